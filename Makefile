@@ -1,0 +1,59 @@
+# vm-provider: `make run` serves on libvirt's test hypervisor; `make test`
+# runs the whole suite (it installs and starts everything it needs).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PKGS   := -e '.[dev]' -e backends/libvirt -e backends/proxmox -e examples/sim
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: setup run test test-fast lint typecheck proto proto-check check testbed testbed-stop bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard backends/*/pyproject.toml examples/*/pyproject.toml)
+	bash tools/bootstrap.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(PKGS)
+	touch $@
+
+run: setup
+	$(BIN)/vm-provider --backend libvirt $(ARGS)
+
+testbed: setup
+	bash testbed/install.sh
+	bash testbed/build-guest.sh >/dev/null
+	bash testbed/libvirtd.sh start
+
+testbed-stop:
+	bash testbed/libvirtd.sh stop
+
+test: testbed
+	$(BIN)/pytest $(ARGS)
+
+# The suite without the real libvirt daemon (its tests skip, saying why).
+test-fast: setup
+	VMP_NO_LIBVIRTD=1 $(BIN)/pytest $(ARGS)
+
+proto: setup
+	$(BIN)/python tools/gen_proto.py
+
+proto-check: setup
+	$(BIN)/python tools/gen_proto.py --check
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy provider_core
+	$(BIN)/mypy backends/libvirt/vm_provider_libvirt backends/proxmox/vm_provider_proxmox examples/sim/vm_provider_sim
+
+check: proto-check lint typecheck
+
+bench: setup
+	$(BIN)/python bench/describe_throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

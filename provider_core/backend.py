@@ -1,0 +1,232 @@
+"""The Backend contract: what a hypervisor plugin implements.
+
+A backend is a class deriving from :class:`Backend`, registered under the
+entry-point group ``vm_provider.backends``. The core constructs it with its
+validated settings, calls :meth:`Backend.connect` once, then dispatches RPCs
+to its methods from worker threads (methods may block; they are never called
+on the event loop). The core serialises mutating calls per VM, so a backend
+never sees two concurrent operations on the same VM from one process.
+
+Every method takes and returns the typed values of :mod:`provider_core.models`
+and raises only :mod:`provider_core.errors` (translate native errors through
+one table, ``raise ... from exc``). Anything else becomes INTERNAL.
+
+Long operations return an :class:`Outcome`: the immediate value (a VM id,
+a snapshot id) plus either work for the core to run in the background and
+track as a task, or the id of a task the hypervisor runs itself.
+
+Optional capabilities (:class:`~provider_core.capabilities.Capability`):
+a backend declares them in ``capabilities`` and overrides exactly the
+methods of those capabilities (``capabilities.METHODS``). The core refuses to
+load a backend whose declaration and methods disagree, and never calls an
+undeclared one: the client gets UNIMPLEMENTED naming the capability.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .capabilities import Capability
+from .errors import NotFound
+from .models import (
+    CloneSpec,
+    CreateSpec,
+    DesiredVM,
+    DiskDetails,
+    ExportResult,
+    ExportSpec,
+    ImagePrepareSpec,
+    ImportResult,
+    ImportSpec,
+    PowerOp,
+    SnapshotSpec,
+    TaskState,
+    ValidationReport,
+    VMInfo,
+    VMStatus,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """The result of a possibly long operation.
+
+    Build it with one of the three constructors:
+
+    - ``Outcome.done(value)``: finished; the client gets no task.
+    - ``Outcome.later(value, work)``: ``value`` is returned to the client at
+      once; the core runs ``work()`` in a worker thread, still holding the
+      VM's lock, and tracks it as a task (TaskStatus answers for it, and a
+      restart of the provider does not lose it). ``work`` may return a new
+      value that replaces ``value`` once done (e.g. an export's checksum);
+      raising a ProviderError fails the task with its message.
+    - ``Outcome.native(value, task_id)``: the hypervisor runs the operation as
+      its own task; ``task_id`` goes to the client verbatim and TaskStatus
+      asks :meth:`Backend.task_status`.
+    """
+
+    value: T
+    work: Callable[[], T | None] | None = None
+    native_task: str = ""
+
+    @classmethod
+    def done(cls, value: T) -> Outcome[T]:
+        return cls(value)
+
+    @classmethod
+    def later(cls, value: T, work: Callable[[], T | None]) -> Outcome[T]:
+        return cls(value, work=work)
+
+    @classmethod
+    def native(cls, value: T, task_id: str) -> Outcome[T]:
+        if not task_id:
+            raise ValueError("a native task needs an id")
+        return cls(value, native_task=task_id)
+
+
+class BackendSettings(BaseModel):
+    """Base of a backend's settings model (``[backends.NAME]`` in plugins.toml).
+
+    Every field can be overridden by ``VM_PROVIDER_<NAME>_<FIELD>`` and read
+    from a file with ``<field>_file`` (TOML) or ``VM_PROVIDER_<NAME>_<FIELD>_FILE``
+    (environment). Declare secrets as ``pydantic.SecretStr`` so they never
+    print. Unknown settings are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backend(ABC):
+    """A hypervisor backend. Subclass it; document only what differs."""
+
+    #: Model of this backend's settings.
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+    #: Optional capabilities this backend offers; nothing else is ever called.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: Values for GetCapabilities' lists.
+    disk_types: ClassVar[tuple[str, ...]] = ()
+    network_types: ClassVar[tuple[str, ...]] = ()
+    export_formats: ClassVar[tuple[str, ...]] = ()
+    import_formats: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+
+    # -- life cycle ---------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open connections to the hypervisor. Raise Unavailable when it
+        cannot be reached; the core reports NOT_SERVING and calls it again
+        later. Called once at start and after every failed :meth:`ping`."""
+
+    def ping(self) -> None:
+        """Cheap liveness check, called periodically. Raise Unavailable when
+        the hypervisor stopped answering (the core then calls connect)."""
+
+    def close(self) -> None:
+        """Release connections at shutdown."""
+
+    # -- mandatory operations ----------------------------------------------
+
+    @abstractmethod
+    def validate(self) -> ValidationReport:
+        """Check connectivity, versions and that the configured resources
+        (storage, networks, privileges) exist. Never raises for a failed
+        check: report it with ``ok=False`` and say what is wrong."""
+
+    @abstractmethod
+    def create(self, spec: CreateSpec) -> Outcome[str]:
+        """Create a VM and return its id. Idempotent by name: when a VM of
+        this name made by this provider exists, return its id (and do not
+        change it). A name taken by a VM not made by this provider raises
+        AlreadyExists. Bad specs raise InvalidArgument naming the field."""
+
+    @abstractmethod
+    def describe(self, vm_id: str) -> VMStatus:
+        """State of one VM. Raise NotFound when it does not exist (the core
+        answers ``exists=false``). Costs O(1) hypervisor calls."""
+
+    @abstractmethod
+    def list_vms(self) -> list[VMInfo]:
+        """All VMs of the backend's scope, O(1) hypervisor calls per VM."""
+
+    @abstractmethod
+    def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
+        """Change power state. Idempotent: powering on a running VM or off a
+        stopped one succeeds. SHUTDOWN_GRACEFUL asks the guest (ACPI/agent),
+        waits up to ``graceful_timeout`` seconds, then forces off. A paused VM
+        powered ON is resumed. NotFound when the VM is missing."""
+
+    @abstractmethod
+    def delete(self, vm_id: str) -> Outcome[None]:
+        """Stop and remove a VM with its disks and snapshots. A missing VM
+        may raise NotFound: the core reports success (Delete is idempotent)."""
+
+    def task_status(self, task_id: str) -> TaskState:
+        """State of a native task returned through ``Outcome.native``. Raise
+        NotFound for an id the backend does not know. Errors that pass (the
+        hypervisor briefly unreachable) should be retried, not reported as a
+        failed task."""
+        raise NotFound(f"task {task_id!r} not found")
+
+    # -- optional operations: override exactly those you declare ----------
+
+    def reconfigure(self, vm_id: str, desired: DesiredVM) -> Outcome[None]:
+        """RECONFIGURE. Bring CPU, memory and disk sizes to ``desired``.
+        Applies all or nothing; raises FailedPrecondition naming what needs a
+        power-off or reboot. Disks only grow (shrinking is InvalidArgument)."""
+        raise NotImplementedError
+
+    def snapshot_create(self, spec: SnapshotSpec) -> Outcome[str]:
+        """SNAPSHOTS. Snapshot a VM, with memory when ``include_memory`` (only
+        called so when MEMORY_SNAPSHOTS is declared). Returns the snapshot id."""
+        raise NotImplementedError
+
+    def snapshot_revert(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
+        """SNAPSHOTS. Revert to a snapshot; NotFound when it does not exist."""
+        raise NotImplementedError
+
+    def snapshot_delete(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
+        """SNAPSHOTS. Delete a snapshot. A missing one may raise NotFound:
+        the core reports success."""
+        raise NotImplementedError
+
+    def clone(self, spec: CloneSpec) -> Outcome[str]:
+        """CLONE. Copy a VM to a new one with its own name, UUID and MACs,
+        apply ``spec.customize``; return the new id. ``linked`` is only set
+        when LINKED_CLONES is declared. Idempotent by target name like create."""
+        raise NotImplementedError
+
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+        """IMAGE_PREPARE. Bring an image onto storage under ``target_name``,
+        verifying its checksum. Idempotent when the image is already there."""
+        raise NotImplementedError
+
+    def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
+        """DISK_INFO. Describe one disk (the primary one when ``disk_id`` is
+        empty)."""
+        raise NotImplementedError
+
+    def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
+        """DISK_EXPORT. Stream a disk, converted to ``spec.format``, to the
+        destination URL; the final value carries the SHA256 of what was sent.
+        ``compress`` is only set when EXPORT_COMPRESSION is declared."""
+        raise NotImplementedError
+
+    def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
+        """DISK_IMPORT. Fetch a disk from the source URL onto storage,
+        verifying the expected SHA256 and the image before it appears."""
+        raise NotImplementedError
+
+    def hardware_upgrade(self, vm_id: str, target_version: int) -> Outcome[None]:
+        """HARDWARE_UPGRADE. Move a stopped VM to a newer hardware/machine
+        version; FailedPrecondition when it runs, InvalidArgument when the
+        target is not supported."""
+        raise NotImplementedError

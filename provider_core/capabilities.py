@@ -1,0 +1,82 @@
+"""The capability vocabulary: one enum, declared once per backend.
+
+GetCapabilities, the refusal of unsupported calls (UNIMPLEMENTED naming the
+capability), the load-time honesty check, the conformance kit's choice of
+tests and the support matrix in the docs all derive from a backend's
+``capabilities`` declaration and the tables below.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Capability(str, Enum):
+    """An optional part of the protocol a backend may offer.
+
+    Create, Describe, Delete, Power, ListVMs, Validate and TaskStatus are
+    mandatory for every backend and have no capability.
+    """
+
+    RECONFIGURE = "reconfigure"
+    """Reconfigure: apply a desired_json to an existing VM."""
+    RECONFIGURE_ONLINE = "reconfigure_online"
+    """CPU and memory change while the VM runs (refines RECONFIGURE)."""
+    DISK_EXPANSION_ONLINE = "disk_expansion_online"
+    """Disks grow while the VM runs (refines RECONFIGURE)."""
+    SNAPSHOTS = "snapshots"
+    """SnapshotCreate, SnapshotRevert, SnapshotDelete."""
+    MEMORY_SNAPSHOTS = "memory_snapshots"
+    """Snapshots with include_memory=true (refines SNAPSHOTS)."""
+    CLONE = "clone"
+    """Clone: full copy of a VM."""
+    LINKED_CLONES = "linked_clones"
+    """Clone with linked=true: copy-on-write clone (refines CLONE)."""
+    IMAGE_PREPARE = "image_prepare"
+    """ImagePrepare: bring an image onto the backend's storage."""
+    DISK_INFO = "disk_info"
+    """GetDiskInfo."""
+    DISK_EXPORT = "disk_export"
+    """ExportDisk to an http(s) or s3 URL."""
+    EXPORT_COMPRESSION = "export_compression"
+    """ExportDisk with compress=true (refines DISK_EXPORT)."""
+    DISK_IMPORT = "disk_import"
+    """ImportDisk from an http(s) or s3 URL."""
+    HARDWARE_UPGRADE = "hardware_upgrade"
+    """HardwareUpgrade: move a VM to a newer machine/hardware version."""
+
+
+#: Backend methods that implement each capability. A backend must override
+#: exactly the methods of the capabilities it declares.
+METHODS: dict[Capability, tuple[str, ...]] = {
+    Capability.RECONFIGURE: ("reconfigure",),
+    Capability.SNAPSHOTS: ("snapshot_create", "snapshot_revert", "snapshot_delete"),
+    Capability.CLONE: ("clone",),
+    Capability.IMAGE_PREPARE: ("image_prepare",),
+    Capability.DISK_INFO: ("disk_info",),
+    Capability.DISK_EXPORT: ("export_disk",),
+    Capability.DISK_IMPORT: ("import_disk",),
+    Capability.HARDWARE_UPGRADE: ("hardware_upgrade",),
+}
+
+#: Capabilities that refine another one (an option of its RPC); declaring
+#: one requires declaring its parent.
+REFINES: dict[Capability, Capability] = {
+    Capability.RECONFIGURE_ONLINE: Capability.RECONFIGURE,
+    Capability.DISK_EXPANSION_ONLINE: Capability.RECONFIGURE,
+    Capability.MEMORY_SNAPSHOTS: Capability.SNAPSHOTS,
+    Capability.LINKED_CLONES: Capability.CLONE,
+    Capability.EXPORT_COMPRESSION: Capability.DISK_EXPORT,
+}
+
+#: The RPCs gated by each method capability (for docs and the kit).
+RPCS: dict[Capability, tuple[str, ...]] = {
+    Capability.RECONFIGURE: ("Reconfigure",),
+    Capability.SNAPSHOTS: ("SnapshotCreate", "SnapshotRevert", "SnapshotDelete"),
+    Capability.CLONE: ("Clone",),
+    Capability.IMAGE_PREPARE: ("ImagePrepare",),
+    Capability.DISK_INFO: ("GetDiskInfo",),
+    Capability.DISK_EXPORT: ("ExportDisk",),
+    Capability.DISK_IMPORT: ("ImportDisk",),
+    Capability.HARDWARE_UPGRADE: ("HardwareUpgrade",),
+}

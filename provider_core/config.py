@@ -1,0 +1,141 @@
+"""plugins.toml, environment overrides and secrets from files.
+
+One rule for every backend, built-in or third-party: the table
+``[backends.NAME]`` holds the backend's settings; ``VM_PROVIDER_NAME_SETTING``
+overrides one; ``setting_file = "/path"`` in the table or
+``VM_PROVIDER_NAME_SETTING_FILE`` in the environment reads it from a file (for
+secrets that must not sit in the TOML). The server's own settings follow the
+same rule under ``[server]`` and ``VM_PROVIDER_SERVER_...``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import ConfigError
+
+ENV_PREFIX = "VM_PROVIDER_"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ServerSettings(BaseModel):
+    """``[server]``: how vm-provider listens and runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = "127.0.0.1:50051"
+    tls_cert: Path | None = Field(None, description="PEM server certificate chain; enables TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle; clients must present a certificate it signed (mutual TLS)")
+    auth_token: SecretStr | None = Field(None, description="bearer token clients must send; health checks are exempt")
+    grace_seconds: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight calls and tasks")
+    state_dir: Path | None = Field(None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND)")
+    workers: int = Field(64, ge=1, le=1024, description="threads for backend calls")
+    task_workers: int = Field(32, ge=1, le=1024, description="threads for background tasks")
+    health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")
+    log_level: str = "INFO"
+
+
+class Config(BaseModel):
+    """The whole of plugins.toml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = ""
+    server: dict[str, Any] = {}
+    backends: dict[str, dict[str, Any]] = {}
+
+
+def load_file(path: Path | None) -> Config:
+    """Read plugins.toml (or nothing: every default)."""
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    provider = data.pop("provider", {})
+    if not isinstance(provider, dict):
+        raise ConfigError(f"{path}: [provider] must be a table")
+    try:
+        return Config(backend=provider.get("backend", ""), **data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc, '')}") from None
+
+
+def _describe(exc: ValidationError, table: str) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        where = f"{table}.{loc}" if table else loc
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _env_name(section: str) -> str:
+    return ENV_PREFIX + section.upper().replace("-", "_") + "_"
+
+
+def settings_values(model: type[BaseModel], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Merge a TOML table, the environment and ``*_file`` indirections for
+    ``model``'s fields. The environment wins over the file."""
+    env = os.environ if environ is None else environ
+    prefix = _env_name(section)
+    fields = set(model.model_fields)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key.endswith("_file") and key.removesuffix("_file") in fields and key not in fields:
+            values[key.removesuffix("_file")] = _read_secret(Path(str(value)), f"{section}.{key}")
+        else:
+            values[key] = value
+    for field in fields:
+        name = prefix + field.upper()
+        if name in env:
+            values[field] = env[name]
+        elif name + "_FILE" in env and field + "_file" not in fields:
+            values[field] = _read_secret(Path(env[name + "_FILE"]), name + "_FILE")
+    return values
+
+
+def _read_secret(path: Path, origin: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+
+
+def build(model: type[M], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> M:
+    """Validate ``model`` from TOML + environment; a clear ConfigError otherwise.
+
+    Values from the environment are strings; pydantic converts them (lax mode)."""
+    values = settings_values(model, section, table, environ)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        kind = "server" if section == "server" else f"backends.{section}"
+        raise ConfigError(f"invalid settings [{kind}]: {_describe(exc, '')}") from None
+
+
+def default_config_path() -> Path | None:
+    """$VM_PROVIDER_CONFIG, else ./plugins.toml when present, else None."""
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env)
+    here = Path("plugins.toml")
+    return here if here.is_file() else None
+
+
+def default_state_dir(backend: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "vm-provider" / backend

@@ -1,0 +1,364 @@
+"""Dispatch of operations to a backend: threads, per-VM locks, tasks.
+
+The gRPC layer converts requests into the typed specs and calls the methods
+here; this module knows nothing of protobuf. Backend methods block, so they
+run in worker threads: requests in one pool, background task work in
+another, so that long tasks never starve Describe or health. Mutating
+operations on one VM are serialised with per-VM locks (held until their
+background work ends); different VMs proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import deadline
+from .backend import Backend, Outcome
+from .capabilities import Capability
+from .errors import CapabilityMissing, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
+from .models import (
+    CloneSpec,
+    CreateSpec,
+    DesiredVM,
+    DiskDetails,
+    ExportResult,
+    ExportSpec,
+    ImagePrepareSpec,
+    ImportResult,
+    ImportSpec,
+    PowerOp,
+    SnapshotSpec,
+    TaskState,
+    ValidationReport,
+    VMInfo,
+    VMStatus,
+)
+from .tasks import PREFIX, TaskRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def internal_error(exc: BaseException, what: str) -> str:
+    """Log an unexpected exception with its traceback; return the generic
+    message a client may see (a reference to find the log entry)."""
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (ref %s)", what, ref, exc_info=exc)
+    return f"internal error (ref {ref})"
+
+
+class KeyedLocks:
+    """asyncio locks by key, created on demand and dropped when unused."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def acquire(self, keys: Iterable[str]) -> list[str]:
+        held: list[str] = []
+        try:
+            for key in sorted(set(keys)):  # one global order: no deadlocks
+                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+                self._locks[key] = (lock, users + 1)
+                held.append(key)
+                await lock.acquire()
+        except BaseException:
+            self._drop(held, acquired=held[:-1])
+            raise
+        return held
+
+    def release(self, keys: list[str]) -> None:
+        self._drop(keys, acquired=keys)
+
+    def _drop(self, keys: list[str], acquired: list[str]) -> None:
+        for key in keys:
+            lock, users = self._locks[key]
+            if key in acquired:
+                lock.release()
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Runtime:
+    """Runs one backend on behalf of the gRPC service."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        *,
+        state_dir: Path | None = None,
+        workers: int = 64,
+        task_workers: int = 32,
+        health_interval: float = 5.0,
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.capabilities = frozenset(backend.capabilities)
+        self.tasks = TaskRegistry(state_dir / "tasks.sqlite3" if state_dir else None)
+        self._calls = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-call")
+        self._work = ThreadPoolExecutor(task_workers, thread_name_prefix=f"{name}-task")
+        self._locks = KeyedLocks()
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._health_interval = health_interval
+        self.connected = False
+        self._on_health: list[Callable[[bool], None]] = []
+
+    # -- threads --------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run a blocking backend call in a worker thread with the caller's
+        deadline visible through provider_core.deadline."""
+        ctx = contextvars.copy_context()
+        ctx.run(deadline.set_remaining, timeout)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._calls, functools.partial(ctx.run, fn, *args))
+
+    # -- health and life cycle -------------------------------------------------
+
+    def on_health(self, callback: Callable[[bool], None]) -> None:
+        self._on_health.append(callback)
+
+    def _set_connected(self, value: bool) -> None:
+        if value != self.connected:
+            log.info("backend %s is %s", self.name, "connected" if value else "unreachable")
+        self.connected = value
+        for cb in self._on_health:
+            cb(value)
+
+    async def connect(self) -> bool:
+        try:
+            await self._call(self.backend.connect)
+        except ProviderError as exc:
+            log.warning("backend %s cannot connect: %s", self.name, exc)
+            self._set_connected(False)
+        else:
+            self._set_connected(True)
+        return self.connected
+
+    async def monitor(self) -> None:
+        """Ping the backend periodically; reconnect when it stopped answering."""
+        while True:
+            await asyncio.sleep(self._health_interval)
+            if self.connected:
+                try:
+                    await self._call(self.backend.ping)
+                except ProviderError as exc:
+                    log.warning("backend %s stopped answering: %s", self.name, exc)
+                    self._set_connected(False)
+                except Exception as exc:  # noqa: BLE001 - a broken ping must not kill the monitor
+                    internal_error(exc, "ping")
+                    self._set_connected(False)
+            if not self.connected:
+                await self.connect()
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for background tasks, then stop."""
+        pending = list(self._running.values())
+        if pending:
+            log.info("waiting up to %.0fs for %d background task(s)", grace, len(pending))
+            await asyncio.wait(pending, timeout=grace)
+        self._calls.shutdown(wait=False, cancel_futures=True)
+        self._work.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
+        self.tasks.close()
+
+    # -- the machinery of mutating operations ----------------------------------
+
+    def require(self, capability: Capability) -> None:
+        if capability not in self.capabilities:
+            raise CapabilityMissing(capability.value, self.name)
+
+    async def _mutate(
+        self,
+        kind: str,
+        keys: list[str],
+        fn: Callable[..., Outcome[T]],
+        *args: Any,
+        timeout: float | None,
+        missing_ok: bool = False,
+        wait: bool = False,
+    ) -> tuple[T | None, str]:
+        """Run a mutating backend call under the locks of ``keys``.
+
+        Returns the value and a task id ("" when finished). With
+        ``missing_ok`` a NotFound from the backend counts as success. With
+        ``wait`` the caller waits for background work while its deadline
+        allows, and then gets the final value and no task.
+        """
+        held = await self._locks.acquire(keys)
+        try:
+            outcome = await self._call(fn, *args, timeout=timeout)
+        except NotFound:
+            self._locks.release(held)
+            if missing_ok:
+                return None, ""
+            raise
+        except BaseException:
+            self._locks.release(held)
+            raise
+        if outcome.work is None:
+            self._locks.release(held)
+            return outcome.value, outcome.native_task
+        task_id = self.tasks.start(kind, ",".join(keys))
+        job = asyncio.create_task(self._background(task_id, kind, outcome, held, missing_ok))
+        self._running[task_id] = job
+        if wait:
+            budget = None if timeout is None else timeout - 2.0
+            if budget is None or budget > 0:
+                done, _ = await asyncio.wait({job}, timeout=budget)
+                if done:
+                    value, failure = job.result()
+                    if failure is not None:
+                        raise failure
+                    return value, ""
+        return outcome.value, task_id
+
+    async def _background(
+        self, task_id: str, kind: str, outcome: Outcome[T], held: list[str], missing_ok: bool
+    ) -> tuple[T, ProviderError | None]:
+        assert outcome.work is not None
+        value = outcome.value
+        failure: ProviderError | None = None
+        try:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._work, contextvars.copy_context().run, outcome.work)
+            if result is not None:
+                value = result
+        except NotFound as exc:
+            if not missing_ok:
+                failure = exc
+        except ProviderError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - a task's failure is reported, never raised
+            failure = Internal(internal_error(exc, f"task {kind}"))
+        finally:
+            self._locks.release(held)
+            self._running.pop(task_id, None)
+        error = "" if failure is None else (str(failure) or type(failure).__name__)
+        self.tasks.finish(task_id, error)
+        if error:
+            log.info("task %s (%s) failed: %s", task_id, kind, error)
+        return value, failure
+
+    # -- operations ------------------------------------------------------------
+
+    async def validate(self, timeout: float | None) -> ValidationReport:
+        return await self._call(self.backend.validate, timeout=timeout)
+
+    async def create(self, spec: CreateSpec, timeout: float | None) -> tuple[str, str]:
+        value, task = await self._mutate("create", [f"name:{spec.name}"], self.backend.create, spec, timeout=timeout)
+        return str(value), task
+
+    async def describe(self, vm_id: str, timeout: float | None) -> VMStatus | None:
+        try:
+            return await self._call(self.backend.describe, vm_id, timeout=timeout)
+        except NotFound:
+            return None
+
+    async def list_vms(self, timeout: float | None) -> list[VMInfo]:
+        return await self._call(self.backend.list_vms, timeout=timeout)
+
+    async def power(self, vm_id: str, op: PowerOp, graceful: float, timeout: float | None) -> str:
+        return (await self._mutate(f"power-{op.value}", [vm_id], self.backend.power, vm_id, op, graceful, timeout=timeout))[1]
+
+    async def delete(self, vm_id: str, timeout: float | None) -> str:
+        return (await self._mutate("delete", [vm_id], self.backend.delete, vm_id, timeout=timeout, missing_ok=True))[1]
+
+    async def reconfigure(self, vm_id: str, desired: DesiredVM, timeout: float | None) -> str:
+        self.require(Capability.RECONFIGURE)
+        return (await self._mutate("reconfigure", [vm_id], self.backend.reconfigure, vm_id, desired, timeout=timeout))[1]
+
+    async def snapshot_create(self, spec: SnapshotSpec, timeout: float | None) -> tuple[str, str]:
+        self.require(Capability.SNAPSHOTS)
+        if spec.include_memory:
+            self.require(Capability.MEMORY_SNAPSHOTS)
+        value, task = await self._mutate("snapshot-create", [spec.vm_id], self.backend.snapshot_create, spec, timeout=timeout)
+        return str(value), task
+
+    async def snapshot_revert(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
+        self.require(Capability.SNAPSHOTS)
+        return (await self._mutate("snapshot-revert", [vm_id], self.backend.snapshot_revert, vm_id, snapshot_id, timeout=timeout))[1]
+
+    async def snapshot_delete(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
+        self.require(Capability.SNAPSHOTS)
+        return (
+            await self._mutate(
+                "snapshot-delete", [vm_id], self.backend.snapshot_delete, vm_id, snapshot_id, timeout=timeout, missing_ok=True
+            )
+        )[1]
+
+    async def clone(self, spec: CloneSpec, timeout: float | None) -> tuple[str, str]:
+        self.require(Capability.CLONE)
+        if spec.linked:
+            self.require(Capability.LINKED_CLONES)
+        keys = [spec.source_vm_id, f"name:{spec.target_name}"]
+        value, task = await self._mutate("clone", keys, self.backend.clone, spec, timeout=timeout)
+        return str(value), task
+
+    async def image_prepare(self, spec: ImagePrepareSpec, timeout: float | None) -> str:
+        self.require(Capability.IMAGE_PREPARE)
+        keys = [f"image:{spec.storage_hint}/{spec.target_name}"]
+        return (await self._mutate("image-prepare", keys, self.backend.image_prepare, spec, timeout=timeout))[1]
+
+    async def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str, timeout: float | None) -> DiskDetails:
+        self.require(Capability.DISK_INFO)
+        return await self._call(self.backend.disk_info, vm_id, disk_id, snapshot_id, timeout=timeout)
+
+    def _check_format(self, fmt: str, allowed: tuple[str, ...], field: str) -> None:
+        if fmt not in allowed:
+            raise InvalidArgument.field(field, f"format {fmt!r} is not supported; use one of {', '.join(allowed) or '(none)'}")
+
+    async def export_disk(self, spec: ExportSpec, timeout: float | None) -> tuple[ExportResult, str]:
+        self.require(Capability.DISK_EXPORT)
+        if spec.compress:
+            self.require(Capability.EXPORT_COMPRESSION)
+        self._check_format(spec.format, self.backend.export_formats, "format")
+        value, task = await self._mutate("export-disk", [spec.vm_id], self.backend.export_disk, spec, timeout=timeout, wait=True)
+        assert value is not None
+        return value, task
+
+    async def import_disk(self, spec: ImportSpec, timeout: float | None) -> tuple[ImportResult, str]:
+        self.require(Capability.DISK_IMPORT)
+        self._check_format(spec.format, self.backend.import_formats, "format")
+        keys = [f"image:{spec.storage_hint}/{spec.target_name}"]
+        value, task = await self._mutate("import-disk", keys, self.backend.import_disk, spec, timeout=timeout, wait=True)
+        assert value is not None
+        return value, task
+
+    async def hardware_upgrade(self, vm_id: str, target_version: int, timeout: float | None) -> str:
+        self.require(Capability.HARDWARE_UPGRADE)
+        return (await self._mutate("hardware-upgrade", [vm_id], self.backend.hardware_upgrade, vm_id, target_version, timeout=timeout))[1]
+
+    async def task_status(self, task_id: str, timeout: float | None) -> TaskState:
+        if not task_id:
+            raise InvalidArgument.field("task.id", "is empty")
+        if task_id.startswith(PREFIX):
+            state = self.tasks.get(task_id)
+            if state is None:
+                raise NotFound(f"task {task_id!r} not found")
+            return state
+        return await self._call(self.backend.task_status, task_id, timeout=timeout)
+
+    @asynccontextmanager
+    async def started(self) -> AsyncIterator[None]:
+        """Connect, keep the health monitor running, drain at exit."""
+        await self.connect()
+        monitor = asyncio.create_task(self.monitor())
+        try:
+            yield
+        finally:
+            monitor.cancel()
+
+
+__all__ = ["KeyedLocks", "Runtime", "Unavailable"]

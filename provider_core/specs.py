@@ -1,0 +1,453 @@
+"""Pydantic models of the JSON carried in the ``*_json`` request fields.
+
+Every key is accepted in PascalCase (Go clients), camelCase and snake_case;
+unknown keys, wrong types and impossible values are rejected. ``parse()``
+turns any problem into :class:`~provider_core.errors.InvalidArgument` whose
+message and violations name the JSON path as the client spelled it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InvalidArgument
+
+INT32_MAX = 2**31 - 1
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
+PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX)]
+NonNegInt32 = Annotated[int, Field(ge=0, le=INT32_MAX)]
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+DISK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _camel(pascal: str) -> str:
+    """``MemoryMiB`` -> ``memoryMiB``; ``CPU`` -> ``cpu``; ``DNS`` -> ``dns``;
+    ``VLAN`` -> ``vlan``; ``IPPolicy`` -> ``ipPolicy``."""
+    m = re.match(r"^([A-Z]+)(?=[A-Z][a-z]|$)", pascal)
+    if m:
+        head = m.group(1)
+        return head.lower() + pascal[len(head) :]
+    return pascal[:1].lower() + pascal[1:]
+
+
+def _aliases(pascal: str, snake: str) -> AliasChoices:
+    camel = _camel(pascal)
+    choices = dict.fromkeys([pascal, camel, snake, pascal.lower(), camel.replace("MiB", "Mib").replace("GiB", "Gib")])
+    return AliasChoices(*choices)
+
+
+def _snake(pascal: str) -> str:
+    """``MemoryMiB`` -> ``memory_mib``; ``CPUHotAddEnabled`` -> ``cpu_hot_add_enabled``."""
+    text = pascal.replace("MiB", "Mib").replace("GiB", "Gib")
+    words = re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+", text)
+    return "_".join(w.lower() for w in words)
+
+
+def spec(pascal: str, default: Any = None, **kw: Any) -> Any:
+    """A spec field known as ``pascal`` on the wire, accepted in PascalCase,
+    camelCase and snake_case."""
+    return Field(default, validation_alias=_aliases(pascal, _snake(pascal)), **kw)
+
+
+class SpecModel(BaseModel):
+    """Base of every payload model: strict types, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _upper_words(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _lower_words(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class Firmware(str, Enum):
+    BIOS = "BIOS"
+    UEFI = "UEFI"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Firmware | None:
+        return cls.UEFI if isinstance(value, str) and value.upper() == "EFI" else None
+
+
+class DiskDefaults(SpecModel):
+    type: str = spec("Type", "")
+    size_gib: PositiveInt32 | None = spec("SizeGiB")
+
+
+class PerformanceProfile(SpecModel):
+    latency_sensitivity: str = spec("LatencySensitivity", "")
+    cpu_hot_add_enabled: bool = spec("CPUHotAddEnabled", False)
+    memory_hot_add_enabled: bool = spec("MemoryHotAddEnabled", False)
+    virtualization_based_security: bool = spec("VirtualizationBasedSecurity", False)
+    nested_virtualization: bool = spec("NestedVirtualization", False)
+    hyper_threading_policy: str = spec("HyperThreadingPolicy", "")
+
+
+class SecurityProfile(SpecModel):
+    secure_boot: bool = spec("SecureBoot", False)
+    tpm_enabled: bool = spec("TPMEnabled", False)
+    tpm_version: str = spec("TPMVersion", "")
+    vtd_enabled: bool = spec("VTDEnabled", False)
+    encryption_enabled: bool = spec("EncryptionEnabled", False)
+    key_provider: str = spec("KeyProvider", "")
+    require_encryption: bool = spec("RequireEncryption", False)
+
+
+class ResourceLimits(SpecModel):
+    cpu_limit: NonNegInt32 | None = spec("CPULimit")
+    cpu_reservation: NonNegInt32 | None = spec("CPUReservation")
+    memory_limit_mib: NonNegInt32 | None = spec("MemoryLimitMiB")
+    memory_reservation_mib: NonNegInt32 | None = spec("MemoryReservationMiB")
+    cpu_shares: NonNegInt32 | None = spec("CPUShares")
+
+
+_QUANTITY_RE = re.compile(r"^\s*(\d+)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")
+_QUANTITY_FACTOR = {
+    None: 1,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+
+
+def quantity_to_mib(value: str | int) -> int:
+    """A Kubernetes memory quantity (``4Gi``, ``512Mi``, bytes) in MiB."""
+    if isinstance(value, int):
+        return value // 2**20
+    m = _QUANTITY_RE.match(value)
+    if not m:
+        raise ValueError(f"not a memory quantity: {value!r} (use e.g. 512Mi or 4Gi)")
+    return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)] // 2**20
+
+
+class VMClass(SpecModel):
+    """class_json: CPU, memory and firmware of a VM."""
+
+    cpu: PositiveInt32 | None = spec("CPU")
+    memory_mib: PositiveInt32 | None = spec("MemoryMiB")
+    memory: str | None = spec("Memory", description="Kubernetes quantity, e.g. 4Gi")
+    firmware: Annotated[Firmware | None, BeforeValidator(_upper_words)] = spec("Firmware")
+    disk_defaults: DiskDefaults | None = spec("DiskDefaults")
+    guest_tools_policy: Annotated[str, BeforeValidator(_lower_words)] = spec("GuestToolsPolicy", "")
+    extra_config: dict[str, str] | None = spec("ExtraConfig")
+    performance_profile: PerformanceProfile | None = spec("PerformanceProfile")
+    security_profile: SecurityProfile | None = spec("SecurityProfile")
+    resource_limits: ResourceLimits | None = spec("ResourceLimits")
+
+    @field_validator("guest_tools_policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        if v not in ("", "install", "skip", "upgrade", "uninstall"):
+            raise ValueError("must be one of install, skip, upgrade, uninstall")
+        return v
+
+    @model_validator(mode="after")
+    def _memory(self) -> VMClass:
+        if self.memory is not None:
+            if self.memory_mib is not None:
+                raise ValueError("give MemoryMiB or memory, not both")
+            mib = quantity_to_mib(self.memory)
+            if mib < 1:
+                raise ValueError(f"memory {self.memory!r} is less than 1 MiB")
+            object.__setattr__(self, "memory_mib", mib)
+            object.__setattr__(self, "memory", None)
+        return self
+
+
+class ChecksumType(str, Enum):
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+    MD5 = "md5"
+
+
+_DIGEST_LEN = {ChecksumType.SHA256: 64, ChecksumType.SHA512: 128, ChecksumType.MD5: 32}
+
+
+def check_url(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """Accept only the given schemes and a host; never echo credentials."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"URL scheme must be one of {', '.join(schemes)}")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    return url
+
+
+class VMImage(SpecModel):
+    """image_json: where the VM's root disk comes from."""
+
+    template_name: str = spec("TemplateName", "")
+    path: str = spec("Path", "")
+    url: str = spec("URL", "")
+    format: Annotated[str, BeforeValidator(_lower_words)] = spec("Format", "")
+    checksum: Annotated[str, BeforeValidator(_lower_words)] = spec("Checksum", "")
+    checksum_type: Annotated[ChecksumType, BeforeValidator(_lower_words)] = spec("ChecksumType", ChecksumType.SHA256)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_url(v) if v else v
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v not in ("", "qcow2", "raw", "vmdk", "iso"):
+            raise ValueError("must be one of qcow2, raw, vmdk, iso")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VMImage:
+        given = [k for k, v in (("TemplateName", self.template_name), ("Path", self.path), ("URL", self.url)) if v]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of TemplateName, Path, URL (got {', '.join(given)})")
+        if self.checksum:
+            want = _DIGEST_LEN[self.checksum_type]
+            if len(self.checksum) != want or not re.fullmatch(r"[0-9a-f]+", self.checksum):
+                raise ValueError(f"Checksum must be {want} hex digits for {self.checksum_type.value}")
+        return self
+
+    @property
+    def source(self) -> str:
+        """``template``, ``path``, ``url`` or ``blank``."""
+        if self.template_name:
+            return "template"
+        if self.path:
+            return "path"
+        return "url" if self.url else "blank"
+
+
+class IPPolicy(str, Enum):
+    DHCP = "dhcp"
+    STATIC = "static"
+
+
+class NetworkAttachment(SpecModel):
+    """One entry of networks_json."""
+
+    name: str = spec("Name", "")
+    portgroup: str = spec("Portgroup", "")
+    network_name: str = spec("NetworkName", "")
+    bridge: str = spec("Bridge", "")
+    vlan: Annotated[int, Field(ge=0, le=4094)] = spec("VLAN", 0)
+    model: Annotated[str, BeforeValidator(_lower_words)] = spec("Model", "")
+    mac_address: Annotated[str, BeforeValidator(_lower_words)] = spec("MacAddress", "")
+    ip_policy: Annotated[IPPolicy | None, BeforeValidator(lambda v: _lower_words(v) or None)] = spec("IPPolicy")
+    static_ip: str = spec("StaticIP", "")
+    prefix: Annotated[int, Field(ge=0, le=128)] = spec("Prefix", 0)
+    gateway: str = spec("Gateway", "")
+    dns: str = spec("DNS", "")
+
+    @field_validator("mac_address")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        if v and not MAC_RE.match(v):
+            raise ValueError("must look like aa:bb:cc:dd:ee:ff")
+        if v and int(v[:2], 16) & 1:
+            raise ValueError("is a multicast address; a NIC needs a unicast MAC")
+        return v
+
+    @field_validator("static_ip", "gateway")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        if v:
+            ipaddress.ip_address(v)
+        return v
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        for server in self_split(v):
+            ipaddress.ip_address(server)
+        return v
+
+    @model_validator(mode="after")
+    def _static(self) -> NetworkAttachment:
+        if self.ip_policy is IPPolicy.STATIC and not self.static_ip:
+            raise ValueError("IPPolicy static needs StaticIP")
+        if self.static_ip:
+            limit = 32 if ipaddress.ip_address(self.static_ip).version == 4 else 128
+            if not 1 <= self.prefix <= limit:
+                raise ValueError(f"Prefix must be 1..{limit} for StaticIP {self.static_ip}")
+        return self
+
+    @property
+    def dns_servers(self) -> list[str]:
+        return self_split(self.dns)
+
+
+def self_split(value: str) -> list[str]:
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+class DiskSpec(SpecModel):
+    """One entry of disks_json."""
+
+    size_gib: PositiveInt32 = spec("SizeGiB")
+    type: Annotated[str, BeforeValidator(_lower_words)] = spec("Type", "")
+    name: str = spec("Name", "")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v and not DISK_NAME_RE.match(v):
+            raise ValueError("must be 1-63 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+
+def _unique_disk_names(disks: list[DiskSpec]) -> list[DiskSpec]:
+    names = [d.name for d in disks if d.name]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"disk names must be unique within the VM (repeated: {', '.join(dup)})")
+    return disks
+
+
+DiskList = Annotated[list[DiskSpec], Field(max_length=64), AfterValidator(_unique_disk_names)]
+NetworkList = Annotated[list[NetworkAttachment], Field(max_length=32)]
+
+
+class Placement(SpecModel):
+    """placement_json."""
+
+    datastore: str = spec("Datastore", "")
+    storage_pod: str = spec("StoragePod", "")
+    cluster: str = spec("Cluster", "")
+    folder: str = spec("Folder", "")
+    host: str = spec("Host", "")
+
+
+class CustomNetwork(SpecModel):
+    name: str = spec("Name", "")
+    ip_address: str = spec("IPAddress", "")
+    subnet_mask: str = spec("SubnetMask", "")
+    gateway: str = spec("Gateway", "")
+    dns: list[str] = spec("DNS", [])
+
+    @field_validator("ip_address", "gateway")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        if v:
+            ipaddress.ip_address(v)
+        return v
+
+    @field_validator("subnet_mask")
+    @classmethod
+    def _mask(cls, v: str) -> str:
+        if v:
+            ipaddress.IPv4Network(f"0.0.0.0/{v}")
+        return v
+
+    @property
+    def prefix(self) -> int:
+        if not self.subnet_mask:
+            return 24
+        return ipaddress.IPv4Network(f"0.0.0.0/{self.subnet_mask}").prefixlen
+
+
+class Customization(SpecModel):
+    """customize_json (Clone)."""
+
+    hostname: str = spec("Hostname", "")
+    domain: str = spec("Domain", "")
+    time_zone: str = spec("TimeZone", "")
+    networks: list[CustomNetwork] = spec("Networks", [])
+    user_data: str = spec("UserData", "")
+    tags: list[str] = spec("Tags", [])
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", v):
+            raise ValueError("must be a DNS label (letters, digits, '-', at most 63)")
+        return v
+
+
+class UserDataSpec(SpecModel):
+    cloud_init_data: str = spec("CloudInitData", "")
+    type: str = spec("Type", "")
+
+
+class MetaDataSpec(SpecModel):
+    meta_data_yaml: str = spec("MetaDataYAML", "")
+
+
+class DesiredVM(SpecModel):
+    """desired_json (Reconfigure): the whole create-time description."""
+
+    name: str = spec("Name", "")
+    vm_class: VMClass | None = Field(None, validation_alias=AliasChoices("Class", "class", "vm_class", "vmClass"))
+    image: VMImage | None = spec("Image")
+    networks: NetworkList | None = spec("Networks")
+    disks: DiskList | None = spec("Disks")
+    user_data: UserDataSpec | None = spec("UserData")
+    meta_data: MetaDataSpec | None = spec("MetaData")
+    placement: Placement | None = spec("Placement")
+    tags: list[str] | None = spec("Tags")
+
+
+
+T = TypeVar("T")
+
+
+def _path(field: str, loc: tuple[int | str, ...]) -> str:
+    out = field
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _problem(err: Any) -> str:
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def parse(field: str, text: str, model: Any, default: Any = None) -> Any:
+    """Parse the JSON text of request field ``field`` into ``model``.
+
+    ``model`` is a SpecModel class or a type such as ``list[DiskSpec]``. An
+    empty string means "not given" and yields ``default``. Every problem is
+    an :class:`InvalidArgument` naming ``field`` and the JSON path inside it.
+    """
+    if not text.strip():
+        return default
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument.field(field, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if data is None:
+        return default
+    adapter: TypeAdapter[Any] = TypeAdapter(model)
+    try:
+        value = adapter.validate_json(text, strict=True)
+    except ValidationError as exc:
+        violations = [(_path(field, tuple(e["loc"])), _problem(e)) for e in exc.errors(include_url=False)]
+        first_path, first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise InvalidArgument(f"{first_path}: {first}{more}", violations) from None
+    return value

@@ -1,0 +1,86 @@
+"""The one table from the error tree to gRPC status codes.
+
+Conversion happens here and only here (the service wraps every RPC with
+:func:`rpc`). Invalid arguments carry ``google.rpc.BadRequest`` field
+violations; a missing capability carries ``google.rpc.ErrorInfo``. Anything
+outside the tree is INTERNAL with a generic message and a log reference, so
+no RPC ever answers UNKNOWN and no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from . import errors
+from .runtime import internal_error
+
+STATUS_CODES: dict[type[errors.ProviderError], grpc.StatusCode] = {
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+
+DOMAIN = "vm-provider"
+
+
+def code_for(exc: errors.ProviderError) -> grpc.StatusCode:
+    """The status code of an error: its own class's, or its nearest parent's."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
+
+
+def to_status(exc: errors.ProviderError) -> grpc.Status:
+    code = code_for(exc)
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
+    if isinstance(exc, errors.InvalidArgument) and exc.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in exc.violations]
+        )
+        proto.details.append(_pack(bad))
+    if isinstance(exc, errors.CapabilityMissing):
+        info = error_details_pb2.ErrorInfo(reason="CAPABILITY_MISSING", domain=DOMAIN, metadata={"capability": exc.capability})
+        proto.details.append(_pack(info))
+    return rpc_status.to_status(proto)
+
+
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+
+
+def rpc(handler: H) -> H:
+    """Wrap a servicer method: every exception becomes a proper status."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except errors.ProviderError as exc:
+            await context.abort_with_status(to_status(exc))
+        except Exception as exc:  # noqa: BLE001 - the single place unexpected errors become INTERNAL
+            message = internal_error(exc, handler.__name__)
+            await context.abort_with_status(to_status(errors.Internal(message)))
+
+    return wrapper  # type: ignore[return-value]
