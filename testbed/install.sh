@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install the Debian packages the libvirt test bed needs (Debian 12, as root).
+# Idempotent: does nothing when every package is already installed.
+set -euo pipefail
+
+PACKAGES=(
+    # daemon, hypervisor and tools
+    libvirt-daemon-system
+    libvirt-daemon-driver-qemu
+    libvirt-daemon-config-network
+    libvirt-clients
+    qemu-system-x86
+    qemu-utils
+    # libvirt-python builds against these
+    pkg-config
+    gcc
+    libvirt-dev
+    # running the daemon without systemd, in its own network namespace
+    tini
+    iproute2
+    util-linux
+    dnsmasq-base
+    iptables
+    # building the test guest (build-guest.sh)
+    busybox-static
+    cpio
+    e2fsprogs
+    xz-utils
+    zstd
+    genisoimage
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+    echo "testbed packages: all ${#PACKAGES[@]} installed"
+    exit 0
+fi
+
+if ((EUID != 0)); then
+    echo "install.sh: must run as root to install: ${missing[*]}" >&2
+    exit 1
+fi
+
+log=$(mktemp /tmp/vmp-testbed-install.XXXXXX.log)
+export DEBIAN_FRONTEND=noninteractive
+if ! { apt-get update && apt-get install -y "${missing[@]}"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "install.sh: apt-get failed, full log in $log" >&2
+    exit 1
+fi
+rm -f "$log"
+echo "testbed packages: installed ${missing[*]}"
