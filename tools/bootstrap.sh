@@ -3,7 +3,7 @@
 # Python's venv and headers, a compiler, and libvirt's headers for
 # libvirt-python. Fast no-op when everything is present.
 set -euo pipefail
-pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev make)
+pkgs=(make python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
