@@ -1,0 +1,155 @@
+"""Fixtures: a Proxmox VE API simulator (fakepve, over verified HTTPS on
+127.0.0.1) and a real vm-provider server serving the proxmox backend.
+
+``pve`` is fakepve's own function-scoped fixture (fresh state per test,
+tasks finishing at once: time_scale 0) with an API token for the provider,
+a second node and a file storage ``cloud`` holding images, ISOs, import
+files and snippets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from proxmoxer import ProxmoxAPI
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
+
+TOKEN_ID = "vmp@pve!ci"
+TOKEN_SECRET = "5ecret-t0ken-value"
+OWNER = "vm-provider"
+
+Factory = Callable[..., ProviderHarness]
+
+
+@pytest.fixture
+def pve(fakepve: Any) -> Any:
+    fakepve.apitokens[TOKEN_ID] = TOKEN_SECRET
+    fakepve.add_node("pve2")
+    fakepve.storages["cloud"] = {
+        "type": "dir",
+        "path": "/mnt/pve/cloud",
+        "content": "images,iso,import,snippets",
+        "active": 1,
+        "files": set(),
+        "shared": 1,
+    }
+    return fakepve
+
+
+@pytest.fixture
+def api(pve: Any, fakepve_cafile: str) -> ProxmoxAPI:
+    """A separate Proxmox client, for what someone else does to the cluster."""
+    pve.apitokens["root@pam!other"] = "other-secret"
+    return ProxmoxAPI(
+        pve.host, port=pve.port, user="root@pam", token_name="other", token_value="other-secret", verify_ssl=fakepve_cafile
+    )
+
+
+@pytest.fixture
+def snippets_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cloud"
+
+
+@pytest.fixture
+def settings(pve: Any, fakepve_cafile: str, snippets_dir: Path) -> dict[str, Any]:
+    return {
+        "endpoint": pve.url,
+        "token_id": TOKEN_ID,
+        "token_secret": TOKEN_SECRET,
+        "ca_file": str(fakepve_cafile),
+        "node": "pve1",
+        "storage": "local-lvm",
+        "import_storage": "cloud",
+        "snippets_storage": "cloud",
+        "snippets_dir": str(snippets_dir),
+        "lock_retry_seconds": 2,
+    }
+
+
+@pytest.fixture
+def provider() -> Iterator[Factory]:
+    """Start providers: ``provider(settings)``; each stops at the test's end."""
+    started: list[ProviderHarness] = []
+
+    def make(table: dict[str, Any], **server: Any) -> ProviderHarness:
+        h = ProviderHarness.for_backend("proxmox", table, **server)
+        started.append(h)
+        return h.start()
+
+    yield make
+    for h in reversed(started):
+        h.stop()
+
+
+@pytest.fixture
+def h(provider: Factory, settings: dict[str, Any]) -> ProviderHarness:
+    return provider(settings)
+
+
+class Ops:
+    """Client-side conveniences over one provider (and the simulator)."""
+
+    def __init__(self, h: ProviderHarness, pve: Any) -> None:
+        self.h = h
+        self.stub = h.stub
+        self.pve = pve
+
+    def create(self, name: str, **fields: Any) -> str:
+        """Create a VM and wait for its task; *_json fields may be objects."""
+        resp = self.stub.Create(pb.CreateRequest(name=name, **_json(fields)), timeout=30)
+        self.h.wait(resp.task, timeout=30)
+        return str(resp.id)
+
+    def clone(self, source: str, target: str, **fields: Any) -> str:
+        resp = self.stub.Clone(pb.CloneRequest(source_vm_id=source, target_name=target, **_json(fields)), timeout=30)
+        self.h.wait(resp.task, timeout=30)
+        return str(resp.target_vm_id)
+
+    def power(self, vm_id: str, op: pb.PowerOp, graceful: int = 0) -> None:
+        resp = self.stub.Power(pb.PowerRequest(id=vm_id, op=op, graceful_timeout_seconds=graceful), timeout=30)
+        self.h.wait(resp.task, timeout=30)
+
+    def describe(self, vm_id: str) -> Any:
+        return self.stub.Describe(pb.DescribeRequest(id=vm_id), timeout=30)
+
+    def raw(self, vm_id: str) -> dict[str, Any]:
+        return dict(json.loads(self.describe(vm_id).provider_raw_json))
+
+    def state(self, vm_id: str) -> str:
+        return str(self.describe(vm_id).power_state)
+
+    def mark(self) -> int:
+        return len(self.pve.requests)
+
+    def requests_since(self, mark: int) -> list[tuple[str, str]]:
+        """(method, path) of the API requests fakepve received after ``mark``."""
+        return [(m, p) for m, p, _ in self.pve.requests[mark:]]
+
+    @staticmethod
+    def fails(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+        """Run a gRPC call that must fail; return its code and message."""
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        err: Any = info.value
+        return err.code(), err.details()
+
+
+def _json(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if k.endswith("_json") and not isinstance(v, str) else v for k, v in fields.items()}
+
+
+@pytest.fixture
+def ops(h: ProviderHarness, pve: Any) -> Ops:
+    return Ops(h, pve)
+
+
+@pytest.fixture
+def ops_for(pve: Any) -> Callable[[ProviderHarness], Ops]:
+    return lambda harness: Ops(harness, pve)

@@ -1,0 +1,128 @@
+"""ProxmoxBackend: the provider.v1 operations on a Proxmox VE cluster.
+
+The methods only wire the core's contract to the modules that do the work;
+each module's docstring says what Proxmox calls it makes and which choices
+it takes. VM ids are VMIDs as strings; task ids of Proxmox's own tasks are
+their UPIDs.
+
+Not offered: DISK_EXPORT and DISK_IMPORT. The Proxmox API has no call that
+streams a disk out of or into a storage, so the backend does not pretend:
+clients get UNIMPLEMENTED. RECONFIGURE_ONLINE is not declared either: Proxmox
+changes a running VM's cores only at the next reboot (memory only with
+memory hotplug and NUMA), so online CPU and memory changes are not something
+a client can rely on. Disks do grow online (``resize``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from provider_core import (
+    Backend,
+    Capability,
+    CloneSpec,
+    CreateSpec,
+    DesiredVM,
+    DiskDetails,
+    ImagePrepareSpec,
+    Outcome,
+    PowerOp,
+    SnapshotSpec,
+    TaskState,
+    ValidationReport,
+    VMInfo,
+    VMStatus,
+)
+
+from . import cloning, create, describe, disks, images, power, reconfigure, snapshots, tasks, validate
+from .client import PveClient
+from .inventory import Cluster
+from .settings import ProxmoxSettings
+
+
+class ProxmoxBackend(Backend):
+    Settings = ProxmoxSettings
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.RECONFIGURE,
+            Capability.DISK_EXPANSION_ONLINE,
+            Capability.SNAPSHOTS,
+            Capability.MEMORY_SNAPSHOTS,
+            Capability.CLONE,
+            Capability.LINKED_CLONES,
+            Capability.IMAGE_PREPARE,
+            Capability.DISK_INFO,
+            Capability.HARDWARE_UPGRADE,
+        }
+    )
+    disk_types = ("thin", "thick", "qcow2", "raw", "vmdk")
+    network_types = ("bridge", "vlan", "sdn-vnet")
+
+    def __init__(self, settings: ProxmoxSettings) -> None:
+        super().__init__(settings)
+        self.settings: ProxmoxSettings = settings
+        self.client = PveClient(settings)
+        self.cluster = Cluster(self.client, settings)
+
+    # -- life cycle -------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Log in, check the API answers, and learn where the VMs are."""
+        self.client.connect()
+        self.client.get("version")
+        self.cluster.vms()
+
+    def ping(self) -> None:
+        self.client.get("version")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- mandatory ----------------------------------------------------------------
+
+    def validate(self) -> ValidationReport:
+        return validate.validate(self.cluster)
+
+    def create(self, spec: CreateSpec) -> Outcome[str]:
+        return create.create(self.cluster, spec)
+
+    def describe(self, vm_id: str) -> VMStatus:
+        return describe.describe(self.cluster, vm_id)
+
+    def list_vms(self) -> list[VMInfo]:
+        return describe.list_vms(self.cluster)
+
+    def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
+        return power.power(self.cluster, vm_id, op, graceful_timeout)
+
+    def delete(self, vm_id: str) -> Outcome[None]:
+        return power.delete(self.cluster, vm_id)
+
+    def task_status(self, task_id: str) -> TaskState:
+        return tasks.state(self.client, task_id)
+
+    # -- optional -----------------------------------------------------------------
+
+    def reconfigure(self, vm_id: str, desired: DesiredVM) -> Outcome[None]:
+        return reconfigure.reconfigure(self.cluster, vm_id, desired)
+
+    def snapshot_create(self, spec: SnapshotSpec) -> Outcome[str]:
+        return snapshots.create(self.cluster, spec)
+
+    def snapshot_revert(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
+        return snapshots.revert(self.cluster, vm_id, snapshot_id)
+
+    def snapshot_delete(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
+        return snapshots.delete(self.cluster, vm_id, snapshot_id)
+
+    def clone(self, spec: CloneSpec) -> Outcome[str]:
+        return cloning.clone(self.cluster, spec)
+
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+        return images.image_prepare(self.cluster, spec)
+
+    def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
+        return disks.disk_info(self.cluster, vm_id, disk_id, snapshot_id)
+
+    def hardware_upgrade(self, vm_id: str, target_version: int) -> Outcome[None]:
+        return disks.hardware_upgrade(self.cluster, vm_id, target_version)

@@ -1,0 +1,178 @@
+"""Clone, and Create from a template (which is a full clone).
+
+A clone is always several Proxmox steps (the clone task, then the new VM's
+configuration: ownership tag, CPU and memory, NICs, cloud-init, extra disks,
+then a disk resize), so it returns ``Outcome.later``; the new VMID is known
+and the VM visible as soon as Clone answers.
+
+Linked clones need a template (Proxmox refuses them otherwise; the backend
+says so before asking) and stay on the template's storage. Full clones go to
+placement's Datastore (Create: else ``storage``; Clone: else the source's
+storage), on placement's Host (else the template's or source's node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provider_core import CloneSpec, FailedPrecondition, InvalidArgument, NotFound, Outcome
+from provider_core.specs import DiskSpec
+
+from . import cloudinit, newvm, tasks
+from .inventory import Cluster, VmRef
+from .vmconfig import GIB, Built, class_config, data_disks, disk_value, drives, free_key, primary_disk
+
+
+@dataclass
+class ClonePlan:
+    source: VmRef
+    source_config: dict[str, Any]
+    name: str
+    node: str
+    full: bool
+    storage: str
+    built: Built
+    root_gib: int | None = None
+    extra_disks: list[DiskSpec] = field(default_factory=list)
+    extra_field: str = "disks_json"
+    files: list[Path] = field(default_factory=list)
+    start: bool = False
+    replace_nets: bool = False
+
+
+def find_template(cluster: Cluster, refs: list[VmRef], name: str, node: str) -> VmRef:
+    """A template by VMID or name; with several of one name (one per node
+    on local storage is common), the one on ``node``."""
+    matches = [r for r in refs if name in (r.id, r.name)]
+    templates = [r for r in matches if r.template]
+    if not templates:
+        if matches:
+            raise FailedPrecondition(f"VM {matches[0].vmid} ({name!r}) is not a template; convert it to a template first")
+        raise NotFound(f"template {name!r} does not exist (image_json.TemplateName)")
+    local = [r for r in templates if r.node == node]
+    return (local or templates)[0]
+
+
+def check_root_size(config: dict[str, Any], gib: int | None, field_name: str) -> None:
+    disk = primary_disk(config)
+    if gib is not None and disk is not None and gib * GIB < disk.size_bytes:
+        raise InvalidArgument.field(
+            field_name, f"is smaller than the source disk {disk.key} ({disk.size_bytes / GIB:g} GiB); disks only grow"
+        )
+
+
+def run(cluster: Cluster, plan: ClonePlan) -> Outcome[str]:
+    """Start the clone (VMID allocated safely) and return the later work."""
+    client = cluster.client
+    src = plan.source
+    params: dict[str, Any] = {"name": plan.name, "full": int(plan.full), "description": newvm.DESCRIPTION}
+    if plan.node != src.node:
+        params["target"] = plan.node
+    if plan.full and plan.storage:
+        params["storage"] = plan.storage
+    try:
+        vmid, upid = newvm.allocate(cluster, lambda vmid: client.post(f"{src.path}/clone", newid=vmid, **params))
+    except BaseException:
+        cloudinit.remove_files(plan.files)
+        raise
+    cluster.remember(vmid, plan.node)
+    root = primary_disk(plan.source_config)
+    cluster.learn_boot_disk(vmid, root.key if root else None)
+    steps: list[newvm.Step] = [lambda path: _configure(cluster, plan, path)]
+    if plan.root_gib is not None:
+        steps.append(lambda path: grow_root(cluster, path, plan.root_gib or 0))
+    if plan.start:
+        steps.append(lambda path: newvm.start(cluster, path))
+    return Outcome.later(str(vmid), newvm.finish(cluster, vmid, plan.node, upid, steps=steps, files=plan.files))
+
+
+def _configure(cluster: Cluster, plan: ClonePlan, path: str) -> None:
+    cfg = plan.source_config
+    b = Built()
+    b.update(plan.built)
+    root = primary_disk(cfg)
+    storage = plan.storage or (root.storage if root else "") or cluster.settings.storage
+    if cloudinit.needs_drive(b.config) and not any(d.is_cloudinit for d in drives(cfg)):
+        key = "ide2" if "ide2" not in cfg else free_key(cfg, "ide")
+        b.set(key, f"{storage}:cloudinit", "cloud-init")
+    taken = dict(cfg)
+    for i, disk in enumerate(plan.extra_disks):
+        key = free_key(taken, "scsi")
+        taken[key] = "new"
+        b.set(key, disk_value(storage, disk, f"{plan.extra_field}[{i + 1}]"), f"{plan.extra_field}[{i + 1}]")
+    if plan.replace_nets:
+        surplus = sorted(k for k in cfg if k.startswith(("net", "ipconfig")) and k not in b.config and k[-1].isdigit())
+        if surplus:
+            b.config["delete"] = ",".join(surplus)
+    try:
+        newvm.post_config(cluster, path, b.config)
+    except InvalidArgument as exc:
+        raise b.remap(exc) from exc
+
+
+def grow_root(cluster: Cluster, path: str, gib: int) -> None:
+    """Grow the VM's primary disk to ``gib`` unless it is that big already."""
+    config = cluster.client.get(f"{path}/config")
+    disk = primary_disk(config)
+    if disk is not None and disk.size_bytes < gib * GIB:
+        tasks.wait(cluster.client, cluster.client.put(f"{path}/resize", disk=disk.key, size=f"{gib}G"))
+
+
+def clone(cluster: Cluster, spec: CloneSpec) -> Outcome[str]:
+    """Clone RPC: full or linked copy of ``source_vm_id`` named ``target_name``,
+    with class_json overrides and customize_json applied."""
+    s = cluster.settings
+    newvm.check_name(spec.target_name, "target_name")
+    refs = cluster.vms()
+    found = newvm.existing(cluster, spec.target_name, refs)
+    if found is not None:
+        return Outcome.done(found.id)
+    source = next((r for r in refs if r.id == spec.source_vm_id.strip()), None)
+    if source is None:
+        raise NotFound(f"source VM {spec.source_vm_id!r} does not exist")
+    if spec.linked and not source.template:
+        raise FailedPrecondition(
+            f"a linked clone needs a template, and VM {source.vmid} is not one: convert it to a template, or ask for a full clone"
+        )
+    if spec.linked and spec.placement.datastore:
+        raise InvalidArgument.field("placement_json.Datastore", "a linked clone stays on its template's storage; leave it empty")
+    source_config: dict[str, Any] = cluster.client.get(f"{source.path}/config")
+    c = spec.customize
+    built = Built()
+    built.set("tags", newvm.tag_value(c.tags, s.owner_tag, "customize_json.tags"), "customize_json.tags")
+    built.update(class_config(spec.vm_class, s, spec.placement.datastore or s.storage, new=False))
+    if "efidisk0" in built.config and "efidisk0" in source_config:
+        del built.config["efidisk0"]
+    built.update(cloudinit.customization(c, spec.target_name, s))
+    files: list[Path] = []
+    if c.user_data:
+        value, files = cloudinit.write_snippets(s, c.user_data.encode(), b"", "customize_json.userData")
+        built.set("cicustom", value, "customize_json.userData")
+    plan = ClonePlan(
+        source=source,
+        source_config=source_config,
+        name=spec.target_name,
+        node=spec.placement.host or source.node,
+        full=not spec.linked,
+        storage=spec.placement.datastore,
+        built=built,
+        files=files,
+    )
+    return run(cluster, plan)
+
+
+def from_template(cluster: Cluster, template: VmRef, plan_args: dict[str, Any]) -> Outcome[str]:
+    """Create from a template: a full clone configured like a new VM."""
+    config: dict[str, Any] = cluster.client.get(f"{template.path}/config")
+    disks: list[DiskSpec] = plan_args.pop("disks")
+    root = disks[0].size_gib if disks else None
+    check_root_size(config, root, "disks_json[0].SizeGiB")
+    built: Built = plan_args["built"]
+    if "efidisk0" in built.config and "efidisk0" in config:
+        del built.config["efidisk0"]
+    if not data_disks(config):
+        raise FailedPrecondition(f"template {template.vmid} has no disk to clone")
+    plan = ClonePlan(source=template, source_config=config, full=True, root_gib=root, extra_disks=disks[1:], **plan_args)
+    return run(cluster, plan)

@@ -1,0 +1,196 @@
+"""Where VMs are: cluster-wide lookup, ownership, and native state.
+
+A VM lives on its own node, which is never assumed: every lookup asks the
+whole cluster with ONE request, ``GET /cluster/resources?type=vm``, whose
+entries carry node, name, status, lock, tags, CPU and memory. The node of
+each VM seen is remembered (:attr:`Cluster.nodes`) so that Describe can go
+straight to the VM's node; a stale entry (the VM migrated or was deleted)
+is detected by Proxmox's "does not exist" answer and looked up again.
+
+Native states map to the four client words through :data:`QMP_STATES` and
+:func:`power_state`, the one state table of this backend.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from provider_core import NotFound, PowerState, Unavailable
+
+from .client import PveClient, backoff
+from .errors import Locked
+from .settings import ProxmoxSettings
+
+VMID_RE = re.compile(r"^[1-9][0-9]{2,8}$")
+TAG_SPLIT_RE = re.compile(r"[;,\s]+")
+
+#: QEMU run states (``qmpstatus``) of a running process, to client words.
+#: A paused guest is never Off: it is Suspended.
+QMP_STATES: dict[str, PowerState] = {
+    "running": PowerState.ON,
+    "paused": PowerState.SUSPENDED,
+    "suspended": PowerState.SUSPENDED,
+    "prelaunch": PowerState.SUSPENDED,
+    "inmigrate": PowerState.SUSPENDED,
+    "postmigrate": PowerState.SUSPENDED,
+    "finish-migrate": PowerState.SUSPENDED,
+    "save-vm": PowerState.SUSPENDED,
+    "restore-vm": PowerState.SUSPENDED,
+    "io-error": PowerState.SUSPENDED,
+    "watchdog": PowerState.SUSPENDED,
+    "debug": PowerState.SUSPENDED,
+    "shutdown": PowerState.OFF,
+    "stopped": PowerState.OFF,
+    "guest-panicked": PowerState.UNKNOWN,
+    "internal-error": PowerState.UNKNOWN,
+}
+
+
+def power_state(status: str, qmpstatus: str | None = None, lock: str = "") -> PowerState:
+    """Client word for PVE's ``status`` (running/stopped/unknown), the QEMU
+    ``qmpstatus`` when known, and the VM's lock. A VM hibernated to disk
+    (stopped with lock ``suspended``) is Suspended."""
+    if status == "stopped":
+        return PowerState.SUSPENDED if lock == "suspended" else PowerState.OFF
+    if status == "running":
+        if qmpstatus is None:
+            return PowerState.ON
+        return QMP_STATES.get(qmpstatus, PowerState.UNKNOWN)
+    return PowerState.UNKNOWN
+
+
+def parse_tags(text: object) -> frozenset[str]:
+    """PVE tags, however separated (PVE normalises them only at create)."""
+    if not isinstance(text, str):
+        return frozenset()
+    return frozenset(t.lower() for t in TAG_SPLIT_RE.split(text) if t)
+
+
+def parse_vmid(vm_id: str) -> int:
+    """The VMID of a VM id; NotFound for anything that cannot be one."""
+    text = vm_id.strip()
+    if not VMID_RE.match(text):
+        raise NotFound(f"VM {vm_id!r} does not exist (Proxmox VM ids are numbers from 100)")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class VmRef:
+    """One VM as /cluster/resources shows it."""
+
+    vmid: int
+    node: str
+    name: str
+    status: str
+    lock: str = ""
+    template: bool = False
+    tags: frozenset[str] = frozenset()
+    entry: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def id(self) -> str:
+        return str(self.vmid)
+
+    @property
+    def path(self) -> str:
+        return f"nodes/{self.node}/qemu/{self.vmid}"
+
+    @classmethod
+    def from_entry(cls, e: dict[str, Any]) -> VmRef:
+        return cls(
+            vmid=int(e["vmid"]),
+            node=str(e.get("node", "")),
+            name=str(e.get("name", "")),
+            status=str(e.get("status", "unknown")),
+            lock=str(e.get("lock", "") or ""),
+            template=bool(int(e.get("template", 0) or 0)),
+            tags=parse_tags(e.get("tags")),
+            entry=e,
+        )
+
+
+class Cluster:
+    """The client plus what the backend knows about the cluster."""
+
+    def __init__(self, client: PveClient, settings: ProxmoxSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.nodes: dict[int, str] = {}
+        #: Config key of each VM's boot disk, where known (ListVMs names it).
+        self.boot_disks: dict[int, str] = {}
+
+    def vm_path(self, vmid: int, node: str) -> str:
+        return f"nodes/{node}/qemu/{vmid}"
+
+    def owned(self, ref: VmRef) -> bool:
+        return self.settings.owner_tag in ref.tags
+
+    # -- lookups (one request each) ------------------------------------------
+
+    def vms(self) -> list[VmRef]:
+        """Every QEMU VM of the cluster (templates included), in ONE request."""
+        entries: list[dict[str, Any]] = self.client.get("cluster/resources", type="vm") or []
+        refs = [VmRef.from_entry(e) for e in entries if e.get("type", "qemu") == "qemu" and "vmid" in e]
+        self.nodes = {r.vmid: r.node for r in refs}
+        return refs
+
+    def find(self, vm_id: str) -> VmRef:
+        """The VM with this id, wherever it runs; NotFound otherwise."""
+        vmid = parse_vmid(vm_id)
+        for ref in self.vms():
+            if ref.vmid == vmid:
+                return ref
+        raise NotFound(f"VM {vmid} does not exist in the Proxmox cluster")
+
+    def by_name(self, name: str, refs: Iterable[VmRef] | None = None) -> list[VmRef]:
+        return sorted((r for r in (self.vms() if refs is None else refs) if r.name == name), key=lambda r: r.vmid)
+
+    def node_of(self, vmid: int) -> str | None:
+        return self.nodes.get(vmid)
+
+    def remember(self, vmid: int, node: str) -> None:
+        self.nodes[vmid] = node
+
+    def forget(self, vmid: int) -> None:
+        self.nodes.pop(vmid, None)
+
+    def learn_boot_disk(self, vmid: int, key: str | None) -> None:
+        if key:
+            self.boot_disks[vmid] = key
+
+    def pick_node(self, host: str = "") -> str:
+        """The node for a new VM: the placement's Host, else the configured
+        node, else the online node with the most free memory."""
+        if host:
+            return host
+        if self.settings.node:
+            return self.settings.node
+        entries: list[dict[str, Any]] = self.client.get("cluster/resources", type="node") or []
+        online = [e for e in entries if e.get("status") == "online" and e.get("node")]
+        if not online:
+            raise Unavailable("no Proxmox node is online")
+        best = max(online, key=lambda e: int(e.get("maxmem", 0) or 0) - int(e.get("mem", 0) or 0))
+        return str(best["node"])
+
+    def find_unlocked(self, vm_id: str, allow: Iterable[str] = ()) -> VmRef:
+        """Like :meth:`find`, but wait (within the caller's deadline) while
+        another operation holds a lock on the VM; then Locked (ABORTED)."""
+        allowed = set(allow)
+        end = time.monotonic() + self.client.budget()
+        attempt = 0
+        while True:
+            ref = self.find(vm_id)
+            if not ref.lock or ref.lock in allowed:
+                return ref
+            pause = backoff(attempt)
+            if time.monotonic() + pause > end:
+                raise Locked(
+                    f"VM {ref.vmid} is locked ({ref.lock}) by another Proxmox operation; gave up waiting, retry later",
+                    ref.lock,
+                )
+            time.sleep(pause)
+            attempt += 1

@@ -1,0 +1,106 @@
+"""Power and Delete.
+
+Each power operation that is one Proxmox task returns that task's UPID:
+
+- ON: ``start`` for a stopped (or hibernated) VM, ``resume`` for a paused
+  one; a running VM is left alone.
+- OFF: ``stop`` (hard); a stopped VM is left alone.
+- SHUTDOWN_GRACEFUL: ``shutdown`` with ``timeout`` = the graceful timeout and
+  ``forceStop=1``: Proxmox asks the guest (ACPI, or the agent), waits, then
+  stops it. One task.
+- REBOOT: the same graceful shutdown, then ``start`` (background work; this
+  also applies pending configuration changes, like Proxmox's own reboot,
+  and works for guests that ignore ACPI). A stopped VM is started.
+
+A VM locked by another operation (backup, migration, ...) is waited for
+within the caller's deadline, then ABORTED naming the lock.
+
+Delete stops the VM (hard), then destroys it with ``purge=1`` and
+``destroy-unreferenced-disks=1`` (its disks, snapshots, backup jobs, HA and
+replication entries go too) and removes its cloud-init snippets. A missing
+VM is NotFound, which the core reports as success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from provider_core import FailedPrecondition, Outcome, PowerOp
+
+from . import cloudinit, tasks
+from .inventory import Cluster, VmRef
+
+PAUSED = frozenset({"paused", "suspended", "prelaunch"})
+
+
+def power(cluster: Cluster, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
+    ref = cluster.find_unlocked(vm_id, allow={"suspended"})  # hibernated: start resumes it; off: already off
+    return _OPS[op](cluster, ref, max(1, round(graceful_timeout)))
+
+
+def _task(cluster: Cluster, ref: VmRef, action: str, **params: Any) -> Outcome[None]:
+    return Outcome.native(None, cluster.client.post(f"{ref.path}/status/{action}", **params))
+
+
+def _on(cluster: Cluster, ref: VmRef, timeout: int) -> Outcome[None]:
+    if ref.status != "running":
+        return _task(cluster, ref, "start")
+    status: dict[str, Any] = cluster.client.get(f"{ref.path}/status/current")
+    return _task(cluster, ref, "resume") if status.get("qmpstatus") in PAUSED else Outcome.done(None)
+
+
+def _off(cluster: Cluster, ref: VmRef, timeout: int) -> Outcome[None]:
+    return _task(cluster, ref, "stop") if ref.status == "running" else Outcome.done(None)
+
+
+def _shutdown(cluster: Cluster, ref: VmRef, timeout: int) -> Outcome[None]:
+    if ref.status != "running":
+        return Outcome.done(None)
+    return _task(cluster, ref, "shutdown", timeout=timeout, forceStop=1)
+
+
+def _reboot(cluster: Cluster, ref: VmRef, timeout: int) -> Outcome[None]:
+    if ref.status != "running":
+        return _task(cluster, ref, "start")
+    client = cluster.client
+    first = client.post(f"{ref.path}/status/shutdown", timeout=timeout, forceStop=1)
+
+    def reboot() -> None:
+        tasks.wait(client, first)
+        tasks.wait(client, client.post(f"{ref.path}/status/start"))
+
+    return Outcome.later(None, reboot)
+
+
+_OPS: dict[PowerOp, Callable[[Cluster, VmRef, int], Outcome[None]]] = {
+    PowerOp.ON: _on,
+    PowerOp.OFF: _off,
+    PowerOp.SHUTDOWN_GRACEFUL: _shutdown,
+    PowerOp.REBOOT: _reboot,
+}
+
+
+def delete(cluster: Cluster, vm_id: str) -> Outcome[None]:
+    client = cluster.client
+    ref = cluster.find_unlocked(vm_id)
+    path = ref.path
+    config: dict[str, Any] = client.get(f"{path}/config")
+    if str(config.get("protection", "0")) == "1":
+        raise FailedPrecondition(f"VM {ref.vmid} is protected (protection=1); clear its protection flag to delete it")
+    files = cloudinit.snippet_files(cluster.settings, config)
+    destroy = {"purge": 1, "destroy-unreferenced-disks": 1}
+    if ref.status == "stopped" and not files:
+        upid = client.delete(path, **destroy)
+        cluster.forget(ref.vmid)
+        return Outcome.native(None, upid)
+    stop = client.post(f"{path}/status/stop") if ref.status != "stopped" else ""
+
+    def work() -> None:
+        if stop:
+            tasks.wait(client, stop)
+        tasks.wait(client, client.delete(path, **destroy))
+        cluster.forget(ref.vmid)
+        cloudinit.remove_files(files)
+
+    return Outcome.later(None, work)

@@ -1,0 +1,220 @@
+"""HTTP requests per RPC of the Proxmox backend, with 10 and with 500 VMs.
+
+Serves the backend on a real vm-provider server (127.0.0.1, port 0) against
+the Proxmox API simulator fakepve (HTTPS with its own CA, tasks finishing
+at once), calls each RPC like a client, and counts the requests the
+simulator received. Prints the table and the wall-clock ratio of ListVMs at
+500 VMs to 10 VMs. Exits 1 when ListVMs is not one request or Describe is
+more than three.
+
+    .venv/bin/python bench/proxmox_requests.py
+
+Needs fakepve[crypto] (a test dependency of the project) and the backend
+installed (pip install -e backends/proxmox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fakepve import FakePve, settle  # type: ignore[import-untyped]
+from fakepve.certs import make_cert  # type: ignore[import-untyped]
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
+
+TOKEN_ID = "bench@pve!provider"
+TOKEN_SECRET = "bench-secret"
+SIZES = (10, 500)
+LIST_ROUNDS = 30
+
+
+class Simulator:
+    """fakepve on its own event loop in a thread (its public API only)."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="fakepve-bench-")
+        self.cafile, keyfile, _ = make_cert(self.tmp.name, hosts=("127.0.0.1",))
+        self.pve = FakePve(user="root@pam", password="secret", host="127.0.0.1", port=0)
+        self.pve.time_scale = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.run(self.pve.start(self.cafile, keyfile))
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def close(self) -> None:
+        self.run(settle())
+        self.run(self.pve.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.tmp.cleanup()
+
+
+def populate(pve: Any, count: int) -> None:
+    pve.add_node("pve2")
+    pve.storages["cloud"] = {
+        "type": "dir",
+        "path": "/mnt/pve/cloud",
+        "content": "images,iso,import,snippets",
+        "active": 1,
+        "files": set(),
+        "shared": 1,
+    }
+    pve.add_vm(9000, "tmpl", template=True, config={"scsi0": "local-lvm:base-9000-disk-0,size=2G", "tags": "vm-provider"})
+    for i in range(count):
+        vmid = 1000 + i
+        running = i % 2 == 0
+        vm = pve.add_vm(
+            vmid,
+            f"vm-{i}",
+            node="pve2" if i % 3 == 0 else "pve1",
+            status="running" if running else "stopped",
+            config={
+                "scsi0": f"local-lvm:vm-{vmid}-disk-0,size=8G",
+                "tags": "vm-provider",
+                "agent": "1",
+                "cores": 2,
+                "memory": "2048",
+            },
+        )
+        if running:
+            vm.agent = {}
+
+
+class Counter:
+    def __init__(self, pve: Any, h: ProviderHarness) -> None:
+        self.pve = pve
+        self.h = h
+        self.rows: dict[str, int] = {}
+
+    def measure(self, label: str, call: Callable[[], Any], wait: bool = True) -> Any:
+        """Requests the RPC caused, including its task's work (and the
+        client's TaskStatus polls, one each at time scale 0)."""
+        mark = len(self.pve.requests)
+        resp = call()
+        task = getattr(resp, "task", None)
+        if wait and task is not None and task.id:
+            self.h.wait(task)
+        self.rows[label] = len(self.pve.requests) - mark
+        return resp
+
+
+def run_size(count: int, snippets: Path) -> tuple[dict[str, int], tuple[float, float]]:
+    sim = Simulator()
+    pve = sim.pve
+    try:
+        pve.apitokens[TOKEN_ID] = TOKEN_SECRET
+        populate(pve, count)
+        settings = {
+            "endpoint": pve.url,
+            "token_id": TOKEN_ID,
+            "token_secret": TOKEN_SECRET,
+            "ca_file": sim.cafile,
+            "node": "pve1",
+            "import_storage": "cloud",
+            "snippets_storage": "cloud",
+            "snippets_dir": str(snippets),
+        }
+        with ProviderHarness.for_backend("proxmox", settings) as h:
+            s, c = h.stub, Counter(pve, h)
+            c.measure("ListVMs", lambda: s.ListVMs(pb.ListVMsRequest()))
+            c.measure("Describe (running, agent)", lambda: s.Describe(pb.DescribeRequest(id="1000")))
+            c.measure("Describe (stopped)", lambda: s.Describe(pb.DescribeRequest(id="1001")))
+            pve.add_vm(
+                800, "late", status="running", config={"scsi0": "local-lvm:vm-800-disk-0,size=8G", "agent": "1"}
+            ).agent = {}
+            c.measure("Describe (node not yet known)", lambda: s.Describe(pb.DescribeRequest(id="800")))
+            c.measure("Describe (missing VM)", lambda: s.Describe(pb.DescribeRequest(id="999")))
+            new = c.measure(
+                "Create (blank)", lambda: s.Create(pb.CreateRequest(name="bench-new", disks_json='[{"SizeGiB": 4}]'))
+            ).id
+            c.measure("Create (again: idempotent)", lambda: s.Create(pb.CreateRequest(name="bench-new")))
+            c.measure(
+                "Create (from template)",
+                lambda: s.Create(pb.CreateRequest(name="bench-tpl", image_json='{"TemplateName": "tmpl"}')),
+            )
+            c.measure("Power ON", lambda: s.Power(pb.PowerRequest(id=new, op=pb.POWER_OP_ON)))
+            c.measure("Power ON (already on)", lambda: s.Power(pb.PowerRequest(id=new, op=pb.POWER_OP_ON)))
+            c.measure("Power REBOOT", lambda: s.Power(pb.PowerRequest(id=new, op=pb.POWER_OP_REBOOT)))
+            c.measure("Power SHUTDOWN_GRACEFUL", lambda: s.Power(pb.PowerRequest(id=new, op=pb.POWER_OP_SHUTDOWN_GRACEFUL)))
+            c.measure("Reconfigure", lambda: s.Reconfigure(pb.ReconfigureRequest(id=new, desired_json='{"Class": {"CPU": 2}}')))
+            snap = c.measure("SnapshotCreate", lambda: s.SnapshotCreate(pb.SnapshotCreateRequest(vm_id=new, name_hint="s1")))
+            c.measure(
+                "SnapshotRevert", lambda: s.SnapshotRevert(pb.SnapshotRevertRequest(vm_id=new, snapshot_id=snap.snapshot_id))
+            )
+            c.measure(
+                "SnapshotDelete", lambda: s.SnapshotDelete(pb.SnapshotDeleteRequest(vm_id=new, snapshot_id=snap.snapshot_id))
+            )
+            c.measure("GetDiskInfo", lambda: s.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=new)))
+            c.measure("HardwareUpgrade", lambda: s.HardwareUpgrade(pb.HardwareUpgradeRequest(id=new, target_version=9)))
+            c.measure("Clone (full)", lambda: s.Clone(pb.CloneRequest(source_vm_id=new, target_name="bench-clone")))
+            image = json.dumps({"URL": "https://images.example.invalid/noble.qcow2", "Checksum": "a" * 64})
+            c.measure("ImagePrepare", lambda: s.ImagePrepare(pb.ImagePrepareRequest(image_json=image, target_name="noble")))
+            started = s.Power(pb.PowerRequest(id="1001", op=pb.POWER_OP_ON))  # stopped: a start task
+            c.measure("TaskStatus (UPID)", lambda: s.TaskStatus(pb.TaskStatusRequest(task=started.task)), wait=False)
+            c.measure("Delete", lambda: s.Delete(pb.DeleteRequest(id=new)))
+            c.measure("Validate", lambda: s.Validate(pb.ValidateRequest()))
+            times, raw = [], []
+            api = h.backend.client  # type: ignore[attr-defined]
+            for _ in range(LIST_ROUNDS):
+                t0 = time.perf_counter()
+                vms = s.ListVMs(pb.ListVMsRequest()).vms
+                times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                api.get("cluster/resources", type="vm")  # the one API request alone, for comparison
+                raw.append(time.perf_counter() - t0)
+            assert len(vms) >= count
+            return c.rows, (statistics.median(times), statistics.median(raw))
+    finally:
+        sim.close()
+
+
+def main() -> int:
+    results: dict[int, dict[str, int]] = {}
+    list_time: dict[int, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-snippets-") as snippets:
+        for count in SIZES:
+            results[count], list_time[count] = run_size(count, Path(snippets))
+    labels = list(results[SIZES[0]])
+    width = max(len(label) for label in labels)
+    print("HTTP requests per RPC (Proxmox API simulator; tasks polled to the end)\n")
+    print(f"{'RPC':<{width}}  " + "  ".join(f"{n:>5} VMs" for n in SIZES))
+    for label in labels:
+        print(f"{label:<{width}}  " + "  ".join(f"{results[n][label]:>9}" for n in SIZES))
+    big, small = SIZES[-1], SIZES[0]
+    print(
+        f"\nListVMs wall clock over gRPC (median of {LIST_ROUNDS}): "
+        + ", ".join(f"{n} VMs {list_time[n][0] * 1000:.2f} ms" for n in SIZES)
+        + f"; ratio {big}/{small} = {list_time[big][0] / list_time[small][0]:.2f}"
+    )
+    print(
+        "its one API request alone (GET /cluster/resources?type=vm): "
+        + ", ".join(f"{n} VMs {list_time[n][1] * 1000:.2f} ms" for n in SIZES)
+        + f"; ratio {big}/{small} = {list_time[big][1] / list_time[small][1]:.2f}"
+    )
+    problems = [f"ListVMs made {results[n]['ListVMs']} requests with {n} VMs" for n in SIZES if results[n]["ListVMs"] != 1]
+    problems += [
+        f"{label} made {results[n][label]} requests with {n} VMs"
+        for n in SIZES
+        for label in ("Describe (running, agent)", "Describe (stopped)")
+        if results[n][label] > 3
+    ]
+    for p in problems:
+        print("FAIL:", p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
