@@ -1,0 +1,226 @@
+"""Fixtures for the libvirt backend's tests.
+
+Test-driver tests run a real vm-provider server (ProviderHarness, real gRPC
+on 127.0.0.1) on libvirt's built-in test driver, each on a fresh copy of
+``node.xml`` (``test:///<path>`` gives every connection its own copy): a
+foreign domain, a NAT network ``default``, an Open vSwitch network ``ovs``,
+pools ``default`` (with a 2 GiB template ``base.qcow2``) and ``fast``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
+
+NODE_XML = Path(__file__).with_name("node.xml")
+TEST_URI = f"test://{NODE_XML}"
+FOREIGN = "foreign-vm"
+
+
+@pytest.fixture
+def test_uri() -> str:
+    """A test-driver URI whose every connection is a fresh copy of node.xml."""
+    return TEST_URI
+
+
+@pytest.fixture
+def harness() -> Iterator[ProviderHarness]:
+    with ProviderHarness.for_backend("libvirt", {"uri": TEST_URI}) as h:
+        yield h
+
+
+@pytest.fixture
+def make_vm(harness: ProviderHarness) -> Callable[..., str]:
+    """Create a VM through the RPC (waiting for its task); returns its id."""
+
+    def make(name: str, **fields: Any) -> str:
+        for key in ("class_json", "image_json", "networks_json", "disks_json", "placement_json"):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key])
+        resp = harness.stub.Create(pb.CreateRequest(name=name, **fields), timeout=60)
+        harness.wait(resp.task)
+        return str(resp.id)
+
+    return make
+
+
+def raw_of(harness: ProviderHarness, vm_id: str) -> dict[str, Any]:
+    resp = harness.stub.Describe(pb.DescribeRequest(id=vm_id), timeout=30)
+    assert resp.exists
+    data: dict[str, Any] = json.loads(resp.provider_raw_json)
+    return data
+
+
+@pytest.fixture
+def raw(harness: ProviderHarness) -> Callable[[str], dict[str, Any]]:
+    """Describe's provider_raw_json of a VM, parsed."""
+    return lambda vm_id: raw_of(harness, vm_id)
+
+
+# -- a real libvirt daemon running QEMU guests ----------------------------------------
+
+REPO = Path(__file__).resolve().parents[3]
+TESTBED = REPO / "testbed"
+SYSTEM_URI = "qemu:///system"
+BOOT_ROOT = Path("/var/lib/libvirt/boot")
+LOG_ROOT = Path("/var/log/libvirt")
+
+
+def libvirtd_unavailable() -> str:
+    """Why the real-daemon tests cannot run here ("" when they can)."""
+    if os.environ.get("VMP_NO_LIBVIRTD") == "1":
+        return "VMP_NO_LIBVIRTD=1"
+    try:
+        conn = libvirt.open(SYSTEM_URI)
+    except libvirt.libvirtError as exc:
+        return f"{SYSTEM_URI} is not reachable ({exc.get_error_message()}); start it with testbed/libvirtd.sh start"
+    try:
+        if conn.getType() != "QEMU":
+            return f"{SYSTEM_URI} is not a QEMU host"
+    finally:
+        conn.close()
+    return ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("libvirtd")]
+    if not marked:
+        return
+    reason = libvirtd_unavailable()
+    if reason:
+        skip = pytest.mark.skip(reason=f"needs a libvirt daemon with QEMU: {reason}")
+        for item in marked:
+            item.add_marker(skip)
+
+
+class RealHost:
+    """A vm-provider server on qemu:///system plus the test guest: kernel
+    and initramfs for direct kernel boot, and a base volume in the pool.
+    Everything it makes is named ``vmpt-<tag>-...``."""
+
+    def __init__(self, harness: ProviderHarness, tag: str, boot: Path, logs: Path, base: str) -> None:
+        self.harness = harness
+        self.stub = harness.stub
+        self.tag = tag
+        self.boot = boot
+        self.logs = logs
+        self.base = base
+
+    def name(self, suffix: str) -> str:
+        return f"vmpt-{self.tag}-{suffix}"
+
+    def guest_class(self, cmdline: str = "", **fields: Any) -> dict[str, Any]:
+        extra = {
+            "libvirt.kernel": str(self.boot / "vmlinuz"),
+            "libvirt.initrd": str(self.boot / "initrd.img"),
+            "libvirt.cmdline": f"console=ttyS0 quiet {cmdline}".strip(),
+        }
+        return {"CPU": 1, "MemoryMiB": 128, "ExtraConfig": extra, **fields}
+
+    def create(self, suffix: str, **fields: Any) -> str:
+        fields.setdefault("class_json", self.guest_class())
+        fields.setdefault("image_json", {"TemplateName": self.base})
+        for key in ("class_json", "image_json", "networks_json", "disks_json", "placement_json"):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key])
+        resp = self.stub.Create(pb.CreateRequest(name=self.name(suffix), **fields), timeout=120)
+        self.harness.wait(resp.task)
+        return str(resp.id)
+
+    def power(self, vm_id: str, op: int, graceful: int = 0) -> str:
+        resp = self.stub.Power(pb.PowerRequest(id=vm_id, op=op, graceful_timeout_seconds=graceful), timeout=120)
+        self.harness.wait(resp.task)
+        return str(self.stub.Describe(pb.DescribeRequest(id=vm_id)).power_state)
+
+    def console(self, vm_id: str) -> str:
+        name = self.stub.Describe(pb.DescribeRequest(id=vm_id)).provider_raw_json
+        path = self.logs / f"{json.loads(name)['name']}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_console(self, vm_id: str, text: str, count: int = 1, timeout: float = 60) -> None:
+        """Wait until the serial console printed ``text`` ``count`` times."""
+        end = time.monotonic() + timeout
+        while self.console(vm_id).count(text) < count:
+            assert time.monotonic() < end, (
+                f"no {text!r} x{count} on the console within {timeout}s:\n{self.console(vm_id)[-2000:]}"
+            )
+            time.sleep(0.1)
+
+    def wait_ips(self, vm_id: str, timeout: float = 60) -> list[str]:
+        end = time.monotonic() + timeout
+        while True:
+            ips = list(self.stub.Describe(pb.DescribeRequest(id=vm_id)).ips)
+            if ips:
+                return ips
+            assert time.monotonic() < end, "no address within {timeout}s"
+            time.sleep(0.2)
+
+    def cleanup(self) -> None:
+        """Remove every domain and volume named vmpt-<tag>-*."""
+        conn = libvirt.open(SYSTEM_URI)
+        try:
+            prefix = f"vmpt-{self.tag}-"
+            for dom in conn.listAllDomains(0):
+                if dom.name().startswith(prefix):
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                pool.refresh(0)
+                for vol in pool.listAllVolumes(0):
+                    if vol.name().startswith(prefix):
+                        vol.delete(0)
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
+    """Module-scoped: the test guest in place and a server on qemu:///system."""
+    reason = libvirtd_unavailable()
+    if reason:
+        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    built = subprocess.run(["bash", str(TESTBED / "build-guest.sh")], capture_output=True, text=True, check=False)
+    if built.returncode:
+        pytest.fail(f"testbed/build-guest.sh failed:\n{built.stderr[-2000:]}")
+    cache = Path(built.stdout.strip().splitlines()[-1])
+    tag = uuid.uuid4().hex[:6]
+    # QEMU runs as libvirt-qemu: the kernel must sit where it can read it.
+    boot = BOOT_ROOT / f"vmpt-{tag}"
+    logs = LOG_ROOT / f"vmpt-{tag}"
+    boot.mkdir(parents=True)
+    logs.mkdir(parents=True)
+    for name in ("vmlinuz", "initrd.img"):
+        shutil.copy(cache / name, boot / name)
+    base = f"vmpt-{tag}-base.qcow2"
+    conn = libvirt.open(SYSTEM_URI)
+    try:
+        pool = conn.storagePoolLookupByName("default")
+        pool_dir = Path(ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or "/var/lib/libvirt/images")
+        shutil.copy(cache / "disk.qcow2", pool_dir / base)
+        pool.refresh(0)
+    finally:
+        conn.close()
+    settings = {"uri": SYSTEM_URI, "serial_log_dir": str(logs)}
+    with ProviderHarness.for_backend("libvirt", settings) as h:
+        host = RealHost(h, tag, boot, logs, base)
+        try:
+            yield host
+        finally:
+            host.cleanup()
+            shutil.rmtree(boot, ignore_errors=True)
+            shutil.rmtree(logs, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""The libvirt error table: every entry, the default, and real errors from
+the test driver through a real server."""
+
+from __future__ import annotations
+
+import grpc
+import libvirt
+import pytest
+from vm_provider_libvirt import errors
+
+from provider_core import errors as core
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
+
+CASES = [(rule, code) for rule in errors.TABLE for code in sorted(rule.codes)]
+
+
+def libvirt_error(code: int, message: str, domain: int = libvirt.VIR_FROM_QEMU) -> libvirt.libvirtError:
+    """A libvirtError as libvirt raises it (its ``err`` tuple filled in)."""
+    exc = libvirt.libvirtError(message)
+    exc.err = (code, domain, message, libvirt.VIR_ERR_ERROR, None, None, None, 0, 0)
+    return exc
+
+
+@pytest.mark.parametrize(("rule", "code"), CASES, ids=[f"{r.error.__name__}-{c}" for r, c in CASES])
+def test_every_table_entry_maps_its_codes(rule: errors.Rule, code: int) -> None:
+    message = f"something happened: {rule.phrase or 'details'}"
+    got = errors.translate(libvirt_error(code, message), "VM 'web-1'")
+    assert type(got) is rule.error
+    assert str(got).startswith("VM 'web-1': ")
+    assert message in str(got)
+
+
+def test_a_phrase_rule_needs_its_phrase() -> None:
+    exists = errors.translate(libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "domain 'x' already exists with uuid ..."))
+    other = errors.translate(libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "could not do it"))
+    assert isinstance(exists, core.AlreadyExists)
+    assert type(other) is core.Internal
+
+
+def test_unmapped_code_is_internal_and_keeps_libvirts_message() -> None:
+    got = errors.translate(libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "qemu unexpectedly closed the monitor"))
+    assert type(got) is core.Internal
+    assert "qemu unexpectedly closed the monitor" in str(got)
+
+
+def test_errors_of_the_rpc_layer_are_unavailable_and_mean_a_lost_connection() -> None:
+    exc = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "client socket is closed", libvirt.VIR_FROM_RPC)
+    assert isinstance(errors.translate(exc), core.Unavailable)
+    assert errors.connection_lost(exc)
+    odd = libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "oops", libvirt.VIR_FROM_RPC)
+    assert isinstance(errors.translate(odd), core.Unavailable)
+    assert not errors.connection_lost(libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "no domain"))
+
+
+def test_no_code_sits_in_two_unconditional_rules() -> None:
+    seen: dict[int, str] = {}
+    for rule in errors.TABLE:
+        if rule.phrase:
+            continue
+        for code in rule.codes:
+            assert code not in seen, f"code {code} in {seen.get(code)} and {rule.error.__name__}: the second is unreachable"
+            seen[code] = rule.error.__name__
+
+
+def test_real_libvirt_errors_reach_clients_with_their_codes(harness: ProviderHarness) -> None:
+    stub = harness.stub
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SnapshotRevert(pb.SnapshotRevertRequest(vm_id="foreign-vm", snapshot_id="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nope" in (info.value.details() or "")
+    # Destroying a stopped domain is an invalid operation: FAILED_PRECONDITION.
+    backend = harness.backend
+    dom = backend.lookup("foreign-vm")  # type: ignore[attr-defined]
+    dom.destroy()
+    with pytest.raises(libvirt.libvirtError) as raised:
+        dom.destroy()
+    assert isinstance(backend.translate(raised.value), core.FailedPrecondition)  # type: ignore[attr-defined]

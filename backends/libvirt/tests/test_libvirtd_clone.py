@@ -1,0 +1,151 @@
+"""Clones and image sources against a real libvirt daemon: linked and full
+clones boot, carry a new cloud-init seed, and share bases safely; a VM
+made from a downloaded image boots."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pycdlib
+import pytest
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing_http import HttpSink
+
+pytestmark = pytest.mark.libvirtd
+
+ON = pb.POWER_OP_ON
+READY = "VMP-GUEST-READY"
+
+
+def seed_files(path: str) -> dict[str, str]:
+    """The files of a NoCloud ISO on this host, by name."""
+    iso = pycdlib.PyCdlib()
+    iso.open(path)
+    try:
+        out = {}
+        for name in ("user-data", "meta-data", "network-config"):
+            buf = io.BytesIO()
+            try:
+                iso.get_file_from_iso_fp(buf, rr_path=f"/{name}")
+            except pycdlib.pycdlibexception.PyCdlibInvalidInput:
+                continue
+            out[name] = buf.getvalue().decode()
+        return out
+    finally:
+        iso.close()
+
+
+def disk_sources(host: Any, vm_id: str) -> dict[str, str]:
+    details = json.loads(host.stub.Describe(pb.DescribeRequest(id=vm_id)).provider_raw_json)
+    return {d["target"]: d["path"] for d in details["disks"]}
+
+
+def backing(host: Any, path: str) -> str:
+    vol = host.harness.backend.conn().storageVolLookupByPath(path)
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path") or ""
+
+
+@pytest.fixture(scope="module")
+def source(real_host: Any) -> str:
+    return real_host.create(
+        "src",
+        disks_json=[{"SizeGiB": 1, "Name": "data"}],
+        networks_json=[{"NetworkName": "default"}],
+        user_data=b"#cloud-config\nhostname: src\n",
+        meta_data=b"instance-id: src-1\nlocal-hostname: src\n",
+    )
+
+
+def test_linked_and_full_clones_boot_with_their_own_identity(real_host: Any, source: str) -> None:
+    stub = real_host.stub
+    src_disks = disk_sources(real_host, source)
+    full = stub.Clone(
+        pb.CloneRequest(
+            source_vm_id=source,
+            target_name=real_host.name("full"),
+            customize_json=json.dumps(
+                {"hostname": "full-one", "networks": [{"ipAddress": "192.168.122.250", "subnetMask": "255.255.255.0"}]}
+            ),
+        )
+    )
+    assert full.task.id  # a full copy runs as a task
+    real_host.harness.wait(full.task)
+    linked = stub.Clone(pb.CloneRequest(source_vm_id=source, target_name=real_host.name("linked"), linked=True))
+    assert not linked.task.id  # overlays take milliseconds
+
+    full_disks, linked_disks = disk_sources(real_host, full.target_vm_id), disk_sources(real_host, linked.target_vm_id)
+    assert backing(real_host, full_disks["vda"]) == ""  # flattened
+    assert backing(real_host, linked_disks["vda"]) == src_disks["vda"]  # the source's old disk, now a frozen base
+    assert backing(real_host, disk_sources(real_host, source)["vda"]) == src_disks["vda"]
+
+    seed = seed_files(full_disks["sda"])
+    assert 'local-hostname: "full-one"' in seed["meta-data"] or "local-hostname: full-one" in seed["meta-data"]
+    assert "src-1" not in seed["meta-data"]  # a new instance-id: cloud-init runs again
+    macs = [n.mac for n in next(vm for vm in stub.ListVMs(pb.ListVMsRequest()).vms if vm.id == full.target_vm_id).networks]
+    network = json.loads(seed["network-config"])
+    assert network["ethernets"]["nic0"]["match"]["macaddress"] == macs[0]
+    assert network["ethernets"]["nic0"]["addresses"] == ["192.168.122.250/24"]
+    linked_seed = seed_files(linked_disks["sda"])
+    assert 'local-hostname: "vmpt-' in linked_seed["meta-data"] or real_host.name("linked") in linked_seed["meta-data"]
+
+    for vm_id in (full.target_vm_id, linked.target_vm_id, source):
+        assert real_host.power(vm_id, ON) == "On"
+    for vm_id in (full.target_vm_id, linked.target_vm_id, source):
+        real_host.wait_console(vm_id, READY)
+    ips = {vm_id: real_host.wait_ips(vm_id) for vm_id in (full.target_vm_id, linked.target_vm_id, source)}
+    assert len({tuple(v) for v in ips.values()}) == 3
+
+    # Delete the source first: the base it shares with the linked clone stays until the clone goes too.
+    base = src_disks["vda"]
+    for vm_id in (source, linked.target_vm_id, full.target_vm_id):
+        real_host.harness.wait(stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+        if vm_id == source:
+            assert backing(real_host, linked_disks["vda"]) == base
+    with pytest.raises(libvirt.libvirtError):
+        real_host.harness.backend.conn().storageVolLookupByPath(base)
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[tuple[HttpSink, str]]:
+    built = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parents[3] / "testbed" / "build-guest.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shutil.copy(Path(built.stdout.strip().splitlines()[-1]) / "disk.qcow2", tmp_path / "disk.qcow2")
+    digest = hashlib.sha256((tmp_path / "disk.qcow2").read_bytes()).hexdigest()
+    with HttpSink(tmp_path) as sink:
+        yield sink, digest
+
+
+def test_create_from_a_downloaded_image_boots(real_host: Any, image_server: tuple[HttpSink, str]) -> None:
+    sink, digest = image_server
+    image = {"URL": sink.url("disk.qcow2"), "Checksum": digest, "Format": "qcow2"}
+    conn = real_host.harness.backend.conn()
+    cached = f"vmp-image-{digest[:16]}"
+    try:
+        vm_id = real_host.create("fromurl", image_json=image, class_json=real_host.guest_class())
+        vda = disk_sources(real_host, vm_id)["vda"]
+        assert backing(real_host, vda).endswith(cached)
+        assert real_host.power(vm_id, ON) == "On"
+        real_host.wait_console(vm_id, READY)
+        real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+        assert conn.storagePoolLookupByName("default").storageVolLookupByName(cached)  # cached for the next VM
+    finally:
+        pool = conn.storagePoolLookupByName("default")
+        try:
+            pool.storageVolLookupByName(cached).delete(0)
+        except libvirt.libvirtError:
+            pass

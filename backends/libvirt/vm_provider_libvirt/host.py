@@ -1,0 +1,225 @@
+"""What the libvirt host offers: driver, guest architecture, machine types,
+firmware, and which domain type new VMs get (KVM or QEMU emulation).
+
+Facts come from ``getCapabilities()`` (one call per connection) and, lazily,
+``getDomainCapabilities()``. The domain type follows ``settings.domain_type``;
+``auto`` picks KVM when the host offers it *and* it works, else QEMU.
+
+Why a probe: a host can offer KVM (``/dev/kvm`` exists, libvirt lists
+``<domain type='kvm'/>``) on which KVM guests hang or crawl, e.g. under some
+nested virtualisation. So ``auto`` boots a transient, diskless 16 MiB
+probe guest twice, first emulated, then under KVM: the guest's firmware
+(SeaBIOS) finds nothing to boot and, with ``rebootTimeout=0`` and
+``on_reboot=destroy``, ends the domain at once. KVM counts as working when
+its probe ends within 1.5 times the emulated one's time (at least 1 s): real
+KVM is several times faster than emulation. The probe runs once per
+backend (about 1-2 s) the first time a VM is created, and only on x86 hosts;
+elsewhere KVM is trusted when offered. Set ``domain_type`` to skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import libvirt
+
+from .domxml import parse as parse_xml
+
+log = logging.getLogger(__name__)
+
+PROBE_MEMORY_MIB = 16
+PROBE_LIMIT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Facts about one libvirt host, from its capabilities XML."""
+
+    driver: str
+    """``QEMU``, ``TEST``, ..."""
+    hostname: str
+    libvirt_version: int
+    hypervisor_version: int
+    arch: str
+    """Guest architecture of new VMs (the host's own when it can run it)."""
+    domain_types: tuple[str, ...]
+    """Domain types offered for ``arch`` (``qemu``, ``kvm``, ``test``)."""
+    machines: tuple[str, ...] = ()
+    """Versioned machine types for ``arch`` (``pc-q35-7.2``, ...)."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Machine aliases -> versioned names (``q35`` -> ``pc-q35-7.2``)."""
+
+    @property
+    def is_test(self) -> bool:
+        """libvirt's built-in test driver (no real guests)."""
+        return self.driver.upper() == "TEST"
+
+    @property
+    def is_qemu(self) -> bool:
+        return self.driver.upper() == "QEMU"
+
+    @property
+    def reboot_events(self) -> bool:
+        """Whether a guest reboot is reported by a domain event (the test
+        driver reboots at once and reports nothing)."""
+        return not self.is_test
+
+    @classmethod
+    def read(cls, conn: libvirt.virConnect) -> HostInfo:
+        caps = parse_xml(conn.getCapabilities())
+        host_arch = caps.findtext("host/cpu/arch") or ""
+        guests: dict[str, ET.Element] = {}
+        for guest in caps.findall("guest"):
+            arch = guest.find("arch")
+            if guest.findtext("os_type") == "hvm" and arch is not None:
+                guests.setdefault(arch.get("name", ""), arch)
+        if not guests:
+            for guest in caps.findall("guest"):
+                arch = guest.find("arch")
+                if arch is not None:
+                    guests.setdefault(arch.get("name", ""), arch)
+        chosen = host_arch if host_arch in guests else ("x86_64" if "x86_64" in guests else next(iter(guests), ""))
+        arch_el = guests.get(chosen)
+        types: list[str] = []
+        machines: list[str] = []
+        aliases: dict[str, str] = {}
+        if arch_el is not None:
+            for dom in arch_el.findall("domain"):
+                if dom.get("type") and dom.get("type") not in types:
+                    types.append(dom.get("type", ""))
+            for el in arch_el.iter("machine"):
+                name = (el.text or "").strip()
+                canonical = el.get("canonical")
+                if canonical:
+                    aliases[name] = canonical
+                elif name and name not in machines:
+                    machines.append(name)
+        return cls(
+            driver=conn.getType(),
+            hostname=_hostname(conn),
+            libvirt_version=conn.getLibVersion(),
+            hypervisor_version=conn.getVersion(),
+            arch=chosen,
+            domain_types=tuple(types),
+            machines=tuple(machines),
+            aliases=aliases,
+        )
+
+    # -- machine types ----------------------------------------------------------
+
+    def canonical_machine(self, name: str) -> str:
+        return self.aliases.get(name, name)
+
+    @cached_property
+    def machine_families(self) -> dict[str, list[tuple[tuple[int, ...], str]]]:
+        """``pc-q35`` -> [((7, 2), 'pc-q35-7.2'), ...] sorted by version."""
+        families: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+        for name in self.machines:
+            m = re.fullmatch(r"(.+?)-(\d+(?:\.\d+)*)", name)
+            if m:
+                version = tuple(int(p) for p in m.group(2).split("."))
+                families.setdefault(m.group(1), []).append((version, name))
+        for entries in families.values():
+            entries.sort()
+        return families
+
+
+def _hostname(conn: libvirt.virConnect) -> str:
+    try:
+        return str(conn.getHostname())
+    except libvirt.libvirtError:
+        return ""
+
+
+def version_text(number: int) -> str:
+    """libvirt's version number (9000000) as text (9.0.0)."""
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def efi_available(conn: libvirt.virConnect, host: HostInfo, domain_type: str) -> bool | None:
+    """Whether UEFI firmware can be auto-selected (None: the host cannot say)."""
+    try:
+        caps = parse_xml(conn.getDomainCapabilities(None, host.arch, None, domain_type, 0))
+    except libvirt.libvirtError:
+        return None
+    values = {v.text for v in caps.findall("os/enum[@name='firmware']/value")}
+    return "efi" in values
+
+
+# -- domain type --------------------------------------------------------------
+
+
+def choose_domain_type(conn: libvirt.virConnect, host: HostInfo, setting: str) -> str:
+    """The ``<domain type=...>`` of new VMs, per the setting (see module doc)."""
+    if host.is_test:
+        return "test"
+    if setting != "auto":
+        return setting
+    if "kvm" not in host.domain_types:
+        return "qemu"
+    if host.arch not in ("x86_64", "i686"):
+        return "kvm"
+    return "kvm" if kvm_works(conn, host) else "qemu"
+
+
+def kvm_works(conn: libvirt.virConnect, host: HostInfo) -> bool:
+    """Whether a probe guest runs faster under KVM than emulated."""
+    try:
+        emulated = _probe(conn, host, "qemu", PROBE_LIMIT_SECONDS)
+        if emulated is None:
+            log.warning("KVM probe: the emulated probe guest did not finish; trusting KVM")
+            return True
+        budget = max(1.0, 1.5 * emulated)
+        kvm = _probe(conn, host, "kvm", budget)
+    except libvirt.libvirtError as exc:
+        log.warning("KVM probe failed (%s); trusting the host's offer of KVM", exc.get_error_message())
+        return True
+    if kvm is None:
+        log.warning(
+            "KVM is offered but a probe guest did not finish within %.1fs under KVM (%.2fs emulated): using QEMU emulation",
+            budget,
+            emulated,
+        )
+        return False
+    log.info("KVM works (probe %.2fs, emulated %.2fs)", kvm, emulated)
+    return True
+
+
+def _probe(conn: libvirt.virConnect, host: HostInfo, domain_type: str, limit: float) -> float | None:
+    """Seconds a transient diskless guest of this type takes to end by
+    itself (its firmware finds nothing to boot), or None past ``limit``."""
+    name = f"vmp-kvm-probe-{uuid.uuid4().hex[:8]}"
+    xml = f"""<domain type='{domain_type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{PROBE_MEMORY_MIB}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='{host.arch}'>hvm</type><bios rebootTimeout='0'/></os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices><memballoon model='none'/></devices>
+</domain>"""
+    start = time.monotonic()
+    dom = conn.createXML(xml, 0)
+    try:
+        while time.monotonic() - start < limit:
+            try:
+                if not dom.isActive():
+                    return time.monotonic() - start
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return time.monotonic() - start
+                raise
+            time.sleep(0.05)
+        return None
+    finally:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass

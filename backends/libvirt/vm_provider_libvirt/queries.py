@@ -1,0 +1,265 @@
+"""Read-only operations: Validate, Describe, ListVMs, GetDiskInfo.
+
+Costs: Describe makes a fixed number of libvirt calls (lookup, state, XML,
+one lease query per network of the VM, an agent or ARP query only when the
+leases know nothing). ListVMs makes one ``getAllDomainStats`` call, one
+XML call per domain and one lease query per network, shared by all VMs.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import libvirt
+
+from provider_core import (
+    Disk,
+    DiskDetails,
+    FailedPrecondition,
+    Nic,
+    NotFound,
+    ProviderError,
+    ValidationReport,
+    VMInfo,
+    VMStatus,
+)
+
+from . import domxml, images, marks, networks, states, storage
+from .connection import safe_uri
+from .host import version_text
+
+if TYPE_CHECKING:
+    from .backend import LibvirtBackend
+
+GIB = storage.GIB
+ACTIVE = frozenset(
+    {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN}
+)
+
+
+def validate(lv: LibvirtBackend) -> ValidationReport:
+    uri = safe_uri(lv.settings.uri)
+    try:
+        conn = lv.conn()
+        host = lv.host()
+    except ProviderError as exc:
+        return ValidationReport(ok=False, message=f"cannot use libvirt at {uri}: {exc}")
+    facts = [
+        f"libvirt {version_text(host.libvirt_version)} at {uri} ({host.hostname or 'local'}), "
+        f"{host.driver} {version_text(host.hypervisor_version)}, guests {host.arch}"
+    ]
+    problems: list[str] = []
+    try:
+        pool = lv.pool()
+        facts.append(f"pool {pool.name()!r}")
+    except (NotFound, FailedPrecondition) as exc:
+        problems.append(f"{exc} (setting 'pool')")
+    except ProviderError as exc:
+        problems.append(f"storage pool {lv.settings.pool!r}: {exc}")
+    if lv.settings.network:
+        try:
+            net = conn.networkLookupByName(lv.settings.network)
+            if net.isActive():
+                facts.append(f"network {lv.settings.network!r}")
+            else:
+                problems.append(f"network {lv.settings.network!r} is not active (virsh net-start {lv.settings.network})")
+        except libvirt.libvirtError as exc:
+            problems.append(f"network {lv.settings.network!r} (setting 'network'): {lv.translate(exc)}")
+    if lv.settings.domain_type == "kvm" and "kvm" not in host.domain_types and not host.is_test:
+        problems.append("domain_type is 'kvm' but this host does not offer KVM")
+    try:
+        facts.append(f"domain type {lv.domain_type()}")
+    except ProviderError as exc:
+        problems.append(f"cannot choose the domain type: {exc}")
+    if problems:
+        return ValidationReport(ok=False, message="; ".join(problems + facts))
+    return ValidationReport(ok=True, message="; ".join(facts))
+
+
+# -- Describe and ListVMs ----------------------------------------------------------
+
+
+def raw_details(root: ET.Element, state: int, reason: int) -> dict[str, Any]:
+    """Describe's provider_raw_json: native state and the domain's facts."""
+    native = states.native(state)
+    mark = marks.read(root)
+    current, maximum = domxml.vcpus(root)
+    raw: dict[str, Any] = {
+        "state": native.name,
+        "reason": states.reason(state, reason),
+        "uuid": root.findtext("uuid") or "",
+        "name": root.findtext("name") or "",
+        "id": int(root.get("id", "-1")),
+        "domain_type": root.get("type", ""),
+        "vcpus": current,
+        "max_vcpus": maximum,
+        "memory_mib": domxml.memory_mib(root, "currentMemory"),
+        "max_memory_mib": domxml.memory_mib(root, "memory"),
+        "machine": domxml.machine(root),
+        "firmware": domxml.firmware(root),
+        "managed": mark is not None,
+        "disks": [
+            {"target": d.target, "path": d.path, "format": d.format, "device": d.device, "boot": d.boot}
+            for d in domxml.disks(root)
+        ],
+        "nics": [{"mac": n.mac, "type": n.kind, "source": n.source, "model": n.model, "vlan": n.vlan} for n in domxml.nics(root)],
+    }
+    if mark is not None:
+        raw.update(tags=list(mark.tags), spec_hash=mark.spec_hash, created=mark.created)
+        if mark.source_kind:
+            raw["source"] = {"kind": mark.source_kind, "ref": mark.source_ref}
+        if mark.clone_of:
+            raw["clone_of"] = mark.clone_of
+    return raw
+
+
+def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
+    dom = lv.lookup(vm_id)
+    with lv.translated(f"VM {vm_id!r}"):
+        state, reason = dom.state()
+        root = domxml.parse(dom.XMLDesc(0))
+        active = state in ACTIVE
+        ips = networks.addresses(dom, root, networks.Leases(lv.conn())) if active else []
+        console = domxml.console_url(root, lv.console_host()) if active else ""
+    return VMStatus(power_state=states.power_state(state), ips=ips, console_url=console, raw=raw_details(root, state, reason))
+
+
+def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
+    conn = lv.conn()
+    out: list[VMInfo] = []
+    with lv.translated("listing VMs"):
+        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
+        leases = networks.Leases(conn)
+        for dom, st in stats:
+            try:
+                root = domxml.parse(dom.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since the listing
+                raise
+            mark = marks.read(root)
+            if mark is None and lv.settings.list_scope == "managed":
+                continue
+            out.append(_info(dom, root, st, mark, leases))
+    return out
+
+
+def _info(
+    dom: libvirt.virDomain, root: ET.Element, st: dict[str, Any], mark: marks.Mark | None, leases: networks.Leases
+) -> VMInfo:
+    state = int(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
+    reason = int(st.get("state.reason", 0))
+    capacity = {st.get(f"block.{i}.name"): int(st.get(f"block.{i}.capacity", 0)) for i in range(int(st.get("block.count", 0)))}
+    ips = networks.addresses(dom, root, leases, arp=False) if state in ACTIVE else []
+    nics = domxml.nics(root)
+    static = _static_ips(mark)
+    disks = [
+        Disk(id=d.target, path=d.path, size_gib=capacity.get(d.target, 0) // GIB, format=d.format)
+        for d in domxml.disks(root)
+        if d.device != "cdrom"
+    ]
+    raw = {
+        "state": states.native(state).name,
+        "reason": states.reason(state, reason),
+        "uuid": root.findtext("uuid") or "",
+        "domain_type": root.get("type", ""),
+        "machine": domxml.machine(root),
+        "managed": "true" if mark is not None else "false",
+    }
+    if mark is not None and mark.tags:
+        raw["tags"] = ",".join(mark.tags)
+    return VMInfo(
+        id=root.findtext("uuid") or dom.UUIDString(),
+        name=root.findtext("name") or "",
+        power_state=states.power_state(state),
+        ips=ips,
+        cpu=domxml.vcpus(root)[0],
+        memory_mib=domxml.memory_mib(root, "currentMemory"),
+        disks=disks,
+        networks=[Nic(name=n.source, mac=n.mac, ip_address=static[i] if i < len(static) else "") for i, n in enumerate(nics)],
+        raw=raw,
+    )
+
+
+def _static_ips(mark: marks.Mark | None) -> list[str]:
+    """StaticIP of each NIC as networks_json gave it at Create ("" for DHCP)."""
+    if mark is None or not mark.networks_json:
+        return []
+    try:
+        items = json.loads(mark.networks_json)
+    except ValueError:
+        return []
+    return [str(item.get("static_ip", "")) if isinstance(item, dict) else "" for item in items]
+
+
+# -- GetDiskInfo --------------------------------------------------------------------
+
+
+def pick_disk(lv: LibvirtBackend, dom: libvirt.virDomain, disk_id: str) -> domxml.DomainDisk:
+    """The disk named by target, path or file name; the primary one for ""."""
+    disks = [d for d in lv.domain_disks(dom) if d.device != "cdrom"]
+    if not disk_id:
+        if not disks:
+            raise FailedPrecondition(f"VM {dom.name()!r} has no disk")
+        return disks[0]
+    for d in disks:
+        if disk_id in (d.target, d.path, Path(d.path).name):
+            return d
+    raise NotFound(f"VM {dom.name()!r} has no disk {disk_id!r} (its disks: {', '.join(d.target for d in disks) or 'none'})")
+
+
+def disk_info(lv: LibvirtBackend, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
+    dom = lv.lookup(vm_id)
+    disk = pick_disk(lv, dom, disk_id)
+    conn = lv.conn()
+    metadata = {"target": disk.target, "bus": disk.bus, "domain": dom.name()}
+    with lv.translated(f"VM {vm_id!r}"):
+        snapshots = [s.getName() for s in dom.listAllSnapshots(0)]
+        if snapshot_id and snapshot_id not in snapshots:
+            raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot_id!r}")
+        try:
+            vol = conn.storageVolLookupByPath(disk.path)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+            vol = None
+        if vol is not None:
+            info = storage.describe(vol)
+            fmt, virtual, actual, backing = info.format, info.capacity, info.allocation, info.backing_path
+            metadata.update(pool=info.pool, volume=info.name)
+        else:
+            fmt, virtual, actual, backing = _local_image(lv, disk)
+    if snapshot_id:
+        metadata["snapshot"] = snapshot_id
+    return DiskDetails(
+        disk_id=disk.target,
+        format=fmt or disk.format,
+        virtual_size_bytes=virtual,
+        actual_size_bytes=actual,
+        path=disk.path,
+        is_bootable=disk.boot,
+        snapshots=snapshots,
+        backing_file=backing,
+        metadata=metadata,
+    )
+
+
+def _local_image(lv: LibvirtBackend, disk: domxml.DomainDisk) -> tuple[str, int, int, str]:
+    """qemu-img facts of a disk outside any pool, when libvirt runs here."""
+    parts = urlsplit(lv.settings.uri)
+    if parts.hostname or not Path(disk.path).exists():
+        return disk.format, 0, 0, ""
+    try:
+        meta = images.info(disk.path)
+    except Exception:  # noqa: BLE001 - facts of a foreign file are best effort
+        return disk.format, 0, 0, ""
+    return (
+        str(meta.get("format", disk.format)),
+        int(meta.get("virtual-size", 0)),
+        int(meta.get("actual-size", 0)),
+        str(meta.get("full-backing-filename") or meta.get("backing-filename") or ""),
+    )

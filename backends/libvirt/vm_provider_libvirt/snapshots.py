@@ -1,0 +1,120 @@
+"""Snapshots: libvirt internal snapshots (stored inside the qcow2 disks).
+
+- A running (or paused) VM is snapshotted with its memory: reverting brings
+  it back running where it was. QEMU cannot take an internal snapshot of a
+  running VM's disks alone, and libvirt 9 cannot revert external (disk-only
+  overlay) snapshots, so ``include_memory=false`` on a running VM still
+  records memory; the snapshot's raw XML says ``memory snapshot='internal'``.
+- A stopped VM gets a disk-only snapshot (``qemu-img snapshot`` on each
+  qcow2 disk); reverting to it leaves the VM stopped.
+
+A running VM whose vCPUs were hot-plugged since it started cannot be
+snapshotted with memory (QEMU 7.2 restores the state before libvirt plugs
+the vCPUs back: "Unknown savevm section ... cpu_common"): FAILED_PRECONDITION
+until it is powered off and on.
+
+All disks must be qcow2 (raw disks cannot hold internal snapshots:
+FAILED_PRECONDITION saying so); the cloud-init CD-ROM is read-only and left
+out. The snapshot id is its name: the name hint made safe and unique
+(``-2``, ``-3`` ... appended), or ``snap-<UTC timestamp>``. Snapshots of a
+running VM run as a task (memory is written out); the rest finish within
+the call. Deleting a VM removes its snapshots with it.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from provider_core import FailedPrecondition, NotFound, Outcome, SnapshotSpec
+
+from . import domxml, marks, power
+
+if TYPE_CHECKING:
+    from .backend import LibvirtBackend
+
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def snapshot_name(hint: str, taken: set[str]) -> str:
+    base = UNSAFE.sub("-", hint).strip("-.")[:60] or datetime.now(UTC).strftime("snap-%Y%m%dT%H%M%SZ")
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def snapshot_xml(name: str, description: str, disks: list[tuple[str, str]]) -> str:
+    """``disks``: (target, internal|no) for every disk of the domain."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = name
+    if description:
+        ET.SubElement(root, "description").text = description
+    if disks:
+        el = ET.SubElement(root, "disks")
+        for target, mode in disks:
+            ET.SubElement(el, "disk", name=target, snapshot=mode)
+    return ET.tostring(root, encoding="unicode")
+
+
+def create(lv: LibvirtBackend, spec: SnapshotSpec) -> Outcome[str]:
+    dom = lv.lookup(spec.vm_id)
+    context = f"snapshot of VM {dom.name()!r}"
+    with lv.translated(context):
+        disks = []
+        for disk in lv.domain_disks(dom):
+            if disk.device == "cdrom" or disk.readonly:
+                disks.append((disk.target, "no"))
+            elif disk.format != "qcow2" and not lv.host().is_test:
+                raise FailedPrecondition(f"disk {disk.target} of VM {dom.name()!r} is {disk.format}; snapshots need qcow2 disks")
+            else:
+                disks.append((disk.target, "internal"))
+        running = dom.state()[0] not in power.STOPPED
+        if running:
+            mark = marks.read(domxml.parse(dom.XMLDesc(0)))
+            if mark is not None and mark.extra.get(marks.VCPU_HOTPLUG):
+                raise FailedPrecondition(
+                    f"vCPUs of VM {dom.name()!r} were hot-plugged since it started: QEMU could not restore a memory "
+                    "snapshot of it; power it off and on again first, or snapshot it stopped"
+                )
+        name = snapshot_name(spec.name, set(dom.snapshotListNames(0)))
+        xml = snapshot_xml(name, spec.description, disks)
+
+        def take() -> None:
+            with lv.translated(context):
+                dom.snapshotCreateXML(xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+
+        if running:
+            return Outcome.later(name, take)
+        take()
+    return Outcome.done(name)
+
+
+def _lookup(lv: LibvirtBackend, dom: libvirt.virDomain, snapshot_id: str) -> libvirt.virDomainSnapshot:
+    try:
+        return dom.snapshotLookupByName(snapshot_id, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot_id!r}") from exc
+        raise lv.translate(exc, f"VM {dom.name()!r}") from exc
+
+
+def revert(lv: LibvirtBackend, vm_id: str, snapshot_id: str) -> Outcome[None]:
+    dom = lv.lookup(vm_id)
+    snap = _lookup(lv, dom, snapshot_id)
+    with lv.translated(f"reverting VM {dom.name()!r} to {snapshot_id!r}"):
+        dom.revertToSnapshot(snap, 0)
+    return Outcome.done(None)
+
+
+def delete(lv: LibvirtBackend, vm_id: str, snapshot_id: str) -> Outcome[None]:
+    dom = lv.lookup(vm_id)
+    snap = _lookup(lv, dom, snapshot_id)
+    with lv.translated(f"deleting snapshot {snapshot_id!r} of VM {dom.name()!r}"):
+        snap.delete(0)
+    return Outcome.done(None)

@@ -1,0 +1,139 @@
+"""URLs, credential keys, and keeping their secrets out of logs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
+
+from ..errors import InvalidArgument
+from ._common import SCHEMES
+
+HTTP_KEYS = frozenset({"token", "bearer_token", "username", "password"})
+#: S3 credential keys -> their canonical name.
+S3_KEYS = {
+    "access_key_id": "access_key_id",
+    "aws_access_key_id": "access_key_id",
+    "secret_access_key": "secret_access_key",
+    "aws_secret_access_key": "secret_access_key",
+    "session_token": "session_token",
+    "aws_session_token": "session_token",
+    "endpoint_url": "endpoint_url",
+    "region": "region",
+    "region_name": "region",
+}
+_PUBLIC_KEYS = frozenset({"username", "endpoint_url", "region", "region_name"})
+
+
+def redact(url: str) -> str:
+    """The URL without userinfo, query string and fragment: safe for logs and
+    error messages (presigned URLs carry their signature in the query)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" if parts.username or parts.password else host
+    if port is not None:
+        netloc += f":{port}"
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def parse(url: str, url_field: str) -> SplitResult:
+    """Split a URL of an accepted scheme; InvalidArgument on ``url_field``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise InvalidArgument.field(url_field, f"not a valid URL: {redact(url)}") from None
+    if parts.scheme not in SCHEMES:
+        raise InvalidArgument.field(url_field, f"URL scheme must be one of {', '.join(SCHEMES)}")
+    if not parts.hostname:
+        raise InvalidArgument.field(url_field, "URL has no host (s3 URLs are s3://bucket/key)")
+    if parts.scheme == "s3" and not parts.path.lstrip("/"):
+        raise InvalidArgument.field(url_field, "s3 URL names no object key (s3://bucket/key)")
+    return parts
+
+
+def check_keys(credentials: Mapping[str, str], scheme: str) -> None:
+    """Refuse credential keys the scheme does not use (naming keys, never values)."""
+    allowed = set(S3_KEYS) if scheme == "s3" else HTTP_KEYS
+    unknown = sorted(set(credentials) - allowed)
+    if unknown:
+        raise InvalidArgument.field(
+            "credentials", f"unknown key(s) {', '.join(unknown)} for {scheme} URLs; use {', '.join(sorted(allowed))}"
+        )
+
+
+def secrets(parts: SplitResult, credentials: Mapping[str, str]) -> list[str]:
+    """Everything of a transfer that must not be logged."""
+    values = [v for k, v in credentials.items() if k not in _PUBLIC_KEYS]
+    if parts.password:
+        values += [parts.password, unquote(parts.password)]
+    if parts.query:
+        values.append(parts.query)
+        values += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return [v for v in values if len(v) >= 4]
+
+
+class Scrubber(logging.Filter):
+    """Replaces the secrets of running transfers in log records of the HTTP
+    and AWS libraries (urllib3 logs request lines with their query string,
+    botocore logs headers at DEBUG level)."""
+
+    PREFIXES = ("urllib3", "requests", "botocore", "boto3", "s3transfer")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: Counter[str] = Counter()
+
+    def install(self) -> None:
+        """Attach to every logger of those libraries created so far (a
+        logger's filter applies to the records it emits itself)."""
+        for name in list(logging.Logger.manager.loggerDict):
+            if name.split(".")[0] in self.PREFIXES:
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+    @contextmanager
+    def hiding(self, values: list[str]) -> Iterator[None]:
+        self.install()
+        with self._lock:
+            self._secrets.update(values)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._secrets.subtract(values)
+                self._secrets = +self._secrets
+
+    def _scrub(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        with self._lock:
+            message = record.getMessage()
+            clean = self._scrub(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = self._scrub(record.exc_text)
+        return True
+
+
+scrubber = Scrubber()
