@@ -41,7 +41,7 @@ from .models import (
     VMInfo,
     VMStatus,
 )
-from .specs import DesiredVM
+from .specs import Customization, DesiredVM, DiskSpec, NetworkAttachment, Placement, VMClass, VMImage
 
 __all__ = [
     "Aborted",
@@ -53,10 +53,12 @@ __all__ = [
     "CloneSpec",
     "ConfigError",
     "CreateSpec",
+    "Customization",
     "DeadlineExceeded",
     "DesiredVM",
     "Disk",
     "DiskDetails",
+    "DiskSpec",
     "ExportResult",
     "ExportSpec",
     "FailedPrecondition",
@@ -65,10 +67,12 @@ __all__ = [
     "ImportSpec",
     "Internal",
     "InvalidArgument",
+    "NetworkAttachment",
     "Nic",
     "NotFound",
     "Outcome",
     "PermissionDenied",
+    "Placement",
     "PowerOp",
     "PowerState",
     "ProviderError",
@@ -78,6 +82,8 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "VMClass",
+    "VMImage",
     "VMInfo",
     "VMStatus",
     "ValidationReport",

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -41,6 +41,14 @@ class ServerSettings(BaseModel):
     health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")
     log_level: str = "INFO"
 
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
 
 class Config(BaseModel):
     """The whole of plugins.toml."""
@@ -50,6 +58,8 @@ class Config(BaseModel):
     backend: str = ""
     server: dict[str, Any] = {}
     backends: dict[str, dict[str, Any]] = {}
+    conformance: dict[str, dict[str, Any]] = {}
+    """``[conformance.NAME]``: fixtures of the conformance kit (provider_core.conformance)."""
 
 
 def load_file(path: Path | None) -> Config:

@@ -1,0 +1,283 @@
+"""Declared capabilities exercised end to end: reconfigure, snapshots, clones,
+hardware upgrades. Each check drives real VMs through the server and polls
+every task to completion, then looks at the result the way a client would
+(ListVMs, Describe, GetDiskInfo)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..capabilities import Capability
+from ..pb import provider_pb2 as pb
+from .kit import Code, Kit, expect, skip
+from .registry import check
+
+
+def desired_class(kit: Kit) -> str:
+    return json.dumps({"Class": kit.fixtures.json_object("bigger_class_json")})
+
+
+def grown_disks(kit: Kit, by: int = 1) -> tuple[str, int]:
+    """desired_json growing every fixture disk by ``by`` GiB, and the total growth."""
+    disks = kit.fixtures.json_list("disks_json")
+    if not disks:
+        raise skip("the disks_json fixture gives no disk to grow")
+    grown = [{**d, "SizeGiB": d["SizeGiB"] + by} for d in disks]
+    return json.dumps({"Disks": grown}), by * len(disks)
+
+
+def expect_class(kit: Kit, vm: str, fixture: str, after: str) -> None:
+    want = kit.fixtures.json_object(fixture)
+    listed = kit.listed(vm)
+    expect(listed is not None, f"after {after}, ListVMs does not list VM {vm}")
+    assert listed is not None
+    got = (listed.cpu, listed.memory_mib)
+    expect(
+        got == (want["CPU"], want["MemoryMiB"]),
+        f"after {after}, ListVMs gives {got[0]} CPUs / {got[1]} MiB, expected {want['CPU']} / {want['MemoryMiB']}",
+    )
+
+
+def reconfigure(kit: Kit, vm: str, desired: str, what: str) -> None:
+    resp = kit.ok("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=desired))
+    kit.wait(resp.task, what)
+
+
+# -- reconfigure ---------------------------------------------------------------------------
+
+
+@check("stopped", needs=Capability.RECONFIGURE)
+def reconfigure_stopped(kit: Kit) -> None:
+    """Reconfigure of a stopped VM applies CPU and memory; repeating it changes nothing."""
+    vm = kit.create_vm("reconf")
+    kit.power(vm, pb.POWER_OP_OFF)
+    reconfigure(kit, vm, desired_class(kit), "Reconfigure to bigger_class_json")
+    expect_class(kit, vm, "bigger_class_json", "Reconfigure")
+    with kit.unchanged("a repeated Reconfigure"):
+        reconfigure(kit, vm, desired_class(kit), "a repeated Reconfigure")
+
+
+@check("grow_disk_stopped", needs=Capability.RECONFIGURE)
+def grow_disk_stopped(kit: Kit) -> None:
+    """Reconfigure grows the disks of a stopped VM."""
+    desired, growth = grown_disks(kit)
+    vm = kit.create_vm("grow")
+    kit.power(vm, pb.POWER_OP_OFF)
+    before = sum(kit.disk_sizes(vm))
+    reconfigure(kit, vm, desired, "Reconfigure growing the disks")
+    after = sum(kit.disk_sizes(vm))
+    expect(
+        after == before + growth, f"after growing the disks by {growth} GiB, ListVMs sizes add up to {after} GiB, was {before}"
+    )
+
+
+@check("shrink_refused", needs=Capability.RECONFIGURE)
+def shrink_refused(kit: Kit) -> None:
+    """Reconfigure asked to shrink a disk answers INVALID_ARGUMENT and changes nothing."""
+    disks = kit.fixtures.json_list("disks_json")
+    if not any(d["SizeGiB"] > 1 for d in disks):
+        raise skip("no disk of the disks_json fixture is bigger than 1 GiB")
+    vm = kit.create_vm("shrink")
+    kit.power(vm, pb.POWER_OP_OFF)
+    smaller = json.dumps({"Disks": [{**d, "SizeGiB": max(1, d["SizeGiB"] - 1)} for d in disks]})
+    with kit.unchanged("a Reconfigure shrinking a disk"):
+        kit.refused("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=smaller), Code.INVALID_ARGUMENT)
+
+
+@check("running", needs=Capability.RECONFIGURE_ONLINE)
+def reconfigure_running(kit: Kit) -> None:
+    """Reconfigure adds CPU and memory to a running VM, which keeps running."""
+    vm = kit.create_vm("hotplug")
+    kit.power(vm, pb.POWER_OP_ON)
+    reconfigure(kit, vm, desired_class(kit), "Reconfigure of a running VM")
+    expect_class(kit, vm, "bigger_class_json", "Reconfigure of a running VM")
+    kit.expect_power(vm, "On", "Reconfigure of a running VM")
+
+
+@check("grow_disk_running", needs=Capability.DISK_EXPANSION_ONLINE)
+def grow_disk_running(kit: Kit) -> None:
+    """Reconfigure grows the disks of a running VM, which keeps running."""
+    desired, growth = grown_disks(kit)
+    vm = kit.create_vm("grow-on")
+    kit.power(vm, pb.POWER_OP_ON)
+    before = sum(kit.disk_sizes(vm))
+    reconfigure(kit, vm, desired, "Reconfigure growing the disks of a running VM")
+    after = sum(kit.disk_sizes(vm))
+    expect(
+        after == before + growth,
+        f"after growing the disks of a running VM by {growth} GiB, ListVMs sizes add up to {after} GiB, was {before}",
+    )
+    kit.expect_power(vm, "On", "growing the disks of a running VM")
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+
+def snapshot(kit: Kit, vm: str, label: str, memory: bool = False) -> str:
+    resp = kit.ok(
+        "SnapshotCreate",
+        pb.SnapshotCreateRequest(vm_id=vm, name_hint=label, include_memory=memory, description="conformance kit"),
+    )
+    expect(resp.snapshot_id, "SnapshotCreate returned an empty snapshot_id")
+    kit.wait(resp.task, f"SnapshotCreate({vm}, {label})")
+    return str(resp.snapshot_id)
+
+
+def revert(kit: Kit, vm: str, snap: str) -> None:
+    kit.wait(kit.ok("SnapshotRevert", pb.SnapshotRevertRequest(vm_id=vm, snapshot_id=snap)).task, f"SnapshotRevert({vm}, {snap})")
+
+
+def snapshots_on_disk(kit: Kit, vm: str) -> list[str] | None:
+    if not kit.declares(Capability.DISK_INFO):
+        return None
+    return list(kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=vm)).snapshots)
+
+
+@check("revert", needs=Capability.SNAPSHOTS)
+def snapshot_revert(kit: Kit) -> None:
+    """A snapshot of a stopped VM, reverted after power-on (and a Reconfigure), brings back the stopped VM as it was."""
+    vm = kit.create_vm("snap")
+    kit.power(vm, pb.POWER_OP_OFF)
+    snap = snapshot(kit, vm, "kit-before")
+    listed = snapshots_on_disk(kit, vm)
+    expect(
+        listed is None or any(s in listed for s in (snap, "kit-before")),
+        f"GetDiskInfo.snapshots {listed} does not list snapshot {snap}",
+    )
+    if kit.declares(Capability.RECONFIGURE):
+        reconfigure(kit, vm, desired_class(kit), "Reconfigure after the snapshot")
+    kit.power(vm, pb.POWER_OP_ON)
+    revert(kit, vm, snap)
+    kit.expect_power(vm, "Off", "reverting to a snapshot taken while the VM was off")
+    if kit.declares(Capability.RECONFIGURE):
+        expect_class(kit, vm, "class_json", "reverting to a snapshot taken before a Reconfigure")
+
+
+@check("delete", needs=Capability.SNAPSHOTS)
+def snapshot_delete(kit: Kit) -> None:
+    """SnapshotDelete removes a snapshot; deleting it again, or one that never existed, succeeds."""
+    vm = kit.create_vm("snapdel")
+    snap = snapshot(kit, vm, "kit-delete")
+    kit.wait(kit.ok("SnapshotDelete", pb.SnapshotDeleteRequest(vm_id=vm, snapshot_id=snap)).task, "SnapshotDelete")
+    listed = snapshots_on_disk(kit, vm)
+    expect(listed is None or snap not in listed, f"GetDiskInfo.snapshots still lists {snap} after SnapshotDelete")
+    kit.refused("SnapshotRevert", pb.SnapshotRevertRequest(vm_id=vm, snapshot_id=snap), Code.NOT_FOUND)
+    for gone in (snap, "conformance-no-such-snapshot"):
+        with kit.unchanged(f"SnapshotDelete of missing snapshot {gone}"):
+            kit.wait(
+                kit.ok("SnapshotDelete", pb.SnapshotDeleteRequest(vm_id=vm, snapshot_id=gone)).task, f"SnapshotDelete({gone})"
+            )
+
+
+@check("delete_vm", needs=Capability.SNAPSHOTS)
+def delete_vm_with_snapshots(kit: Kit) -> None:
+    """Delete removes a VM that has snapshots."""
+    vm = kit.create_vm("snapvm")
+    snapshot(kit, vm, "kit-1")
+    snapshot(kit, vm, "kit-2")
+    kit.wait(kit.ok("Delete", pb.DeleteRequest(id=vm)).task, f"Delete({vm}) with snapshots")
+    expect(not kit.describe(vm).exists, f"Describe({vm}) says exists=true after deleting a VM with snapshots")
+    kit.forget(vm)
+
+
+@check("running", needs=Capability.MEMORY_SNAPSHOTS)
+def memory_snapshot(kit: Kit) -> None:
+    """A snapshot with memory of a running VM, reverted after power-off, brings the VM back running."""
+    vm = kit.create_vm("memsnap")
+    kit.power(vm, pb.POWER_OP_ON)
+    snap = snapshot(kit, vm, "kit-memory", memory=True)
+    kit.power(vm, pb.POWER_OP_OFF)
+    revert(kit, vm, snap)
+    kit.expect_power(vm, "On", "reverting to a snapshot with memory")
+
+
+# -- clones ---------------------------------------------------------------------------------------
+
+
+def clone(kit: Kit, source: str, label: str, *, linked: bool = False, **fields: Any) -> tuple[str, str]:
+    name = kit.vm_name(label)
+    resp = kit.ok(
+        "Clone",
+        pb.CloneRequest(
+            source_vm_id=source, target_name=name, linked=linked, placement_json=kit.fixtures.placement_json, **fields
+        ),
+    )
+    expect(resp.target_vm_id, "Clone returned an empty target_vm_id")
+    kit.track(resp.target_vm_id)
+    kit.wait(resp.task, f"Clone({source} -> {name})")
+    return str(resp.target_vm_id), name
+
+
+def expect_clone(kit: Kit, source: str, target: str, name: str, what: str) -> None:
+    expect(target != source, f"{what} returned the source's id")
+    expect(kit.describe(target).exists, f"Describe says exists=false for the id {what} returned ({target})")
+    listed = kit.listed(target)
+    expect(listed is not None and listed.name == name, f"ListVMs does not list the {what} {target} named {name!r}")
+    expect(kit.describe(source).exists, f"the source VM is gone after {what}")
+
+
+@check("full", needs=Capability.CLONE)
+def clone_full(kit: Kit) -> None:
+    """Clone makes a new VM with its own id and the class asked for; it is idempotent by name and outlives its source."""
+    source = kit.create_vm("source")
+    kit.power(source, pb.POWER_OP_OFF)
+    target, name = clone(kit, source, "clone", class_json=kit.fixtures.bigger_class_json)
+    expect_clone(kit, source, target, name, "Clone")
+    expect_class(kit, target, "bigger_class_json", "Clone with class_json")
+    again = kit.ok("Clone", pb.CloneRequest(source_vm_id=source, target_name=name, placement_json=kit.fixtures.placement_json))
+    kit.wait(again.task, f"a second Clone to {name}")
+    expect(again.target_vm_id == target, f"a second Clone to {name!r} returned {again.target_vm_id!r}, the first {target!r}")
+    same_name = [vm.id for vm in kit.list_vms() if vm.name == name]
+    expect(same_name == [target], f"ListVMs has {len(same_name)} VMs named {name!r}")
+    kit.wait(kit.ok("Delete", pb.DeleteRequest(id=source)).task, f"Delete of the source {source}")
+    kit.forget(source)
+    expect(kit.describe(target).exists, "a full clone is gone after its source was deleted")
+    kit.power(target, pb.POWER_OP_ON)
+    kit.expect_power(target, "On", "powering on a full clone whose source is deleted")
+
+
+@check("missing_source", needs=Capability.CLONE)
+def clone_missing_source(kit: Kit) -> None:
+    """Clone of a VM that does not exist answers NOT_FOUND and makes nothing."""
+    name = kit.vm_name("orphan")
+    with kit.unchanged("Clone of a missing VM"):
+        kit.refused("Clone", pb.CloneRequest(source_vm_id="conformance-missing-source", target_name=name), Code.NOT_FOUND)
+
+
+@check("linked", needs=Capability.LINKED_CLONES)
+def clone_linked(kit: Kit) -> None:
+    """A linked clone is a new VM whose disk is backed by the source's."""
+    source = kit.create_vm("lsource")
+    kit.power(source, pb.POWER_OP_OFF)
+    target, name = clone(kit, source, "linked", linked=True)
+    expect_clone(kit, source, target, name, "linked Clone")
+    if kit.declares(Capability.DISK_INFO):
+        disk = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=target))
+        expect(disk.backing_file, "GetDiskInfo of a linked clone's disk gives no backing_file: was it copied in full?")
+        full = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=source))
+        expect(disk.path != full.path, "the linked clone's disk is the source's disk itself")
+    kit.power(target, pb.POWER_OP_ON)
+    kit.expect_power(target, "On", "powering on a linked clone")
+
+
+# -- hardware upgrade ----------------------------------------------------------------------------------
+
+
+@check("upgrade", needs=Capability.HARDWARE_UPGRADE)
+def hardware_upgrade(kit: Kit) -> None:
+    """HardwareUpgrade works on a stopped VM, is refused (FAILED_PRECONDITION) on a running one and for an unknown version."""
+    vm = kit.create_vm("hwup")
+    kit.power(vm, pb.POWER_OP_ON)
+    target = kit.fixtures.hardware_version
+    with kit.unchanged("HardwareUpgrade of a running VM"):
+        kit.refused("HardwareUpgrade", pb.HardwareUpgradeRequest(id=vm, target_version=target), Code.FAILED_PRECONDITION)
+    kit.power(vm, pb.POWER_OP_OFF)
+    with kit.unchanged("HardwareUpgrade to version 99999"):
+        kit.refused("HardwareUpgrade", pb.HardwareUpgradeRequest(id=vm, target_version=99999), Code.INVALID_ARGUMENT)
+    kit.wait(kit.ok("HardwareUpgrade", pb.HardwareUpgradeRequest(id=vm, target_version=target)).task, "HardwareUpgrade")
+    kit.wait(
+        kit.ok("HardwareUpgrade", pb.HardwareUpgradeRequest(id=vm, target_version=target)).task, "a repeated HardwareUpgrade"
+    )
+    kit.power(vm, pb.POWER_OP_ON)
+    kit.expect_power(vm, "On", "powering on an upgraded VM")

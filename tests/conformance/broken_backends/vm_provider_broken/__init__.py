@@ -1,0 +1,1 @@
+"""Deliberately broken backends for the conformance kit's own tests."""

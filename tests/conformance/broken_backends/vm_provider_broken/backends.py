@@ -1,0 +1,54 @@
+"""Three backends, each the sim backend with one realistic defect."""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from vm_provider_sim.backend import SimBackend, native_errors
+from vm_provider_sim.convert import plan_reconfigure
+
+from provider_core import Capability, CloneSpec, DesiredVM, Outcome
+
+
+class FakeCloneBackend(SimBackend):
+    """Declares CLONE and LINKED_CLONES, but Clone checks its source and then
+    returns a made-up id: nothing is ever copied."""
+
+    def clone(self, spec: CloneSpec) -> Outcome[str]:
+        self._get(spec.source_vm_id)
+        return Outcome.done("vm-" + uuid.uuid4().hex[:16])
+
+
+class SilentHotplugBackend(SimBackend):
+    """Declares RECONFIGURE without RECONFIGURE_ONLINE or DISK_EXPANSION_ONLINE,
+    yet changes the CPU, memory and disks of running VMs without a word."""
+
+    capabilities: ClassVar[frozenset[Capability]] = SimBackend.capabilities - {
+        Capability.RECONFIGURE_ONLINE,
+        Capability.DISK_EXPANSION_ONLINE,
+    }
+
+    def reconfigure(self, vm_id: str, desired: DesiredVM) -> Outcome[None]:
+        plan = plan_reconfigure(self._get(vm_id), desired, self.config, self.host)
+        with native_errors():
+            self.host.reconfigure(
+                vm_id,
+                cpu=plan.cpu,
+                memory_mib=plan.memory_mib,
+                disk_sizes=plan.disk_sizes,
+                max_cpu=self.config.hotplug_cpus,
+                max_memory_mib=self.config.hotplug_memory_mib,
+                online_cpu_memory=True,
+                online_disks=True,
+            )
+        return Outcome.done(None)
+
+
+class LeakyDeleteBackend(SimBackend):
+    """Delete answers success at once and leaves the VM where it is (the
+    hypervisor's asynchronous delete was started and never checked)."""
+
+    def delete(self, vm_id: str) -> Outcome[None]:
+        self._get(vm_id)
+        return Outcome.done(None)

@@ -1,0 +1,37 @@
+"""docs/support-matrix.md is what tools/gen_matrix.py makes of the backends'
+declarations, never a hand edit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provider_core import plugins
+from provider_core.capabilities import Capability
+from provider_core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_matrix_is_what_the_tool_generates() -> None:
+    for name in ("libvirt", "proxmox", "sim"):
+        try:
+            plugins.load_class(name)
+        except ConfigError as exc:
+            pytest.skip(f"the matrix documents backend {name!r}, which does not load here: {exc}")
+    proc = subprocess.run(
+        [sys.executable, ROOT / "tools" / "gen_matrix.py", "--check"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_sim_column_is_its_declaration() -> None:
+    from vm_provider_sim import SimBackend
+
+    text = (ROOT / "docs" / "support-matrix.md").read_text()
+    for cap in Capability:
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| `{cap.value}` |")]
+        assert row.split("|")[-2].strip() == ("yes" if cap in SimBackend.capabilities else "no"), row
