@@ -145,6 +145,8 @@ BAD_SPECS = [
     ({"class_json": {"ExtraConfig": {"libvirt.kernal": "/x"}}}, grpc.StatusCode.INVALID_ARGUMENT, "libvirt.kernal"),
     ({"class_json": {"ExtraConfig": {"libvirt.cmdline": "quiet"}}}, grpc.StatusCode.INVALID_ARGUMENT, "libvirt.kernel"),
     ({"disks_json": [{"SizeGiB": 1, "Type": "ssd"}]}, grpc.StatusCode.INVALID_ARGUMENT, "disks_json[0].Type"),
+    # The test driver keeps no disk bytes: nothing to download into.
+    ({"image_json": {"URL": "http://127.0.0.1:9/x.img"}}, grpc.StatusCode.UNIMPLEMENTED, "test driver"),
 ]
 
 

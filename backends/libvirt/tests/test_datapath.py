@@ -358,7 +358,7 @@ def test_export_through_libvirt_streams(
     _qemu_io(overlay, "qcow2", "write -P 0x44 30M 1M")
     dom = lab.domain(overlay)
     provider.backend.local_disks = False  # type: ignore[attr-defined]
-    caplog.set_level(logging.INFO, logger="vm_provider_libvirt.datapath")
+    caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
     resp = _export(provider, dom.UUIDString(), sink.url("remote.vmdk"), "vmdk")
     streamed = [r.getMessage() for r in caplog.records if "through a stream" in r.getMessage()]
     assert streamed == [f"copying {overlay} from libvirtd through a stream", f"copying {base} from libvirtd through a stream"]
@@ -438,14 +438,19 @@ def test_import_with_a_wrong_checksum_leaves_no_volume(provider: ProviderHarness
 
 
 @needs_daemon
-def test_import_refuses_an_image_reading_host_files(provider: ProviderHarness, lab: Lab, sink: HttpSink) -> None:
+@pytest.mark.parametrize(("fmt", "refusal"), [("qcow2", "backing file"), ("raw", "given as raw but holds a qcow2 image")])
+def test_import_refuses_an_image_reading_host_files(
+    provider: ProviderHarness, lab: Lab, sink: HttpSink, fmt: str, refusal: str
+) -> None:
+    """Also when it is sent as raw: libvirt would probe the stored file and
+    list it as a qcow2 volume backed by /etc/shadow."""
     sink.root.mkdir(parents=True, exist_ok=True)
     evil = sink.root / "evil.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(evil), "16M"], check=True)
-    name = lab.track(lab.name("evil.qcow2"))
-    code, details = _code(lambda: _import(provider, sink.url("evil.qcow2"), name))
+    name = lab.track(lab.name(f"evil.{fmt}"))
+    code, details = _code(lambda: _import(provider, sink.url("evil.qcow2"), name, fmt))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "backing file" in details
+    assert refusal in details
     assert lab.find(name) is None
 
 
@@ -481,7 +486,7 @@ def test_import_through_libvirt_streams(
     want = _sha256(sink.root / "golden.qcow2")
     name = lab.track(lab.name("streamed.qcow2"))
     provider.backend.local_disks = False  # type: ignore[attr-defined]
-    caplog.set_level(logging.INFO, logger="vm_provider_libvirt.datapath")
+    caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
     _import(provider, sink.url("golden.qcow2"), name, verify_checksum=True, expected_checksum=want)
     assert not any("hashing" in r.getMessage() for r in caplog.records)
     again = _import(provider, sink.url("golden.qcow2"), name, verify_checksum=True, expected_checksum=want)

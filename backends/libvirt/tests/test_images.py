@@ -124,6 +124,28 @@ def test_inspect_refuses_a_backing_file(tmp_path: Path, disk: Path) -> None:
         images.inspect(evil)
 
 
+@pytest.mark.parametrize("inner", ["qcow2", "vmdk", "vdi"])
+def test_inspect_refuses_a_raw_image_that_looks_like_another_format(tmp_path: Path, inner: str) -> None:
+    """libvirt probes pool files: a "raw" volume holding a qcow2 header with
+    a backing file would be listed as qcow2 backed by a host file."""
+    disguised = tmp_path / "disk.img"
+    if inner == "qcow2":
+        _qemu_img("create", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(disguised), "16M")
+    else:
+        _qemu_img("create", "-f", inner, str(disguised), "16M")
+    with pytest.raises(errors.InvalidArgument, match=f"given as raw but holds a {inner} image"):
+        images.inspect(disguised, "raw")
+
+
+def test_inspect_takes_an_iso_as_raw(tmp_path: Path) -> None:
+    from vm_provider_libvirt.cloudinit import build_nocloud_iso
+
+    iso = tmp_path / "seed.iso"
+    iso.write_bytes(build_nocloud_iso(b"#cloud-config\n", b"", None))
+    assert images.inspect(iso, "raw")["format"] == "raw"
+    assert images.inspect(iso)["format"] == "raw"
+
+
 def test_inspect_refuses_an_external_data_file(tmp_path: Path) -> None:
     evil = tmp_path / "evil.qcow2"
     _qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'data.raw'}", str(evil), "16M")

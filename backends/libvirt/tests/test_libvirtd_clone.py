@@ -1,6 +1,7 @@
 """Clones and image sources against a real libvirt daemon: linked and full
 clones boot, carry a new cloud-init seed, and share bases safely; a VM
-made from a downloaded image boots."""
+made from a downloaded image boots, and one made from a raw image or an ISO
+gets it as a raw disk."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ from typing import Any
 import libvirt
 import pycdlib
 import pytest
+from vm_provider_libvirt.cloudinit import build_nocloud_iso
 
 from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import TaskFailed
 from provider_core.testing_http import HttpSink
 
 pytestmark = pytest.mark.libvirtd
@@ -51,8 +55,6 @@ def disk_sources(host: Any, vm_id: str) -> dict[str, str]:
 
 def backing(host: Any, path: str) -> str:
     vol = host.harness.backend.conn().storageVolLookupByPath(path)
-    import xml.etree.ElementTree as ET
-
     return ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path") or ""
 
 
@@ -149,3 +151,58 @@ def test_create_from_a_downloaded_image_boots(real_host: Any, image_server: tupl
             pool.storageVolLookupByName(cached).delete(0)
         except libvirt.libvirtError:
             pass
+
+
+@pytest.fixture
+def plain_images(tmp_path: Path) -> Iterator[HttpSink]:
+    """An HTTP server with a raw disk image (``disk.img``), an ISO
+    (``tools.iso``) and a qcow2 image backed by /etc/shadow in disguise
+    (``disguised.img``)."""
+    built = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parents[3] / "testbed" / "build-guest.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cache = Path(built.stdout.strip().splitlines()[-1])
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(cache / "disk.qcow2"), str(tmp_path / "disk.img")], check=True)
+    (tmp_path / "tools.iso").write_bytes(build_nocloud_iso(b"#cloud-config\n", b"", None))
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(tmp_path / "disguised.img"), "16M"],
+        check=True,
+        capture_output=True,
+    )
+    with HttpSink(tmp_path) as sink:
+        yield sink
+
+
+@pytest.mark.parametrize(("path", "declared"), [("disk.img", "raw"), ("disk.img", ""), ("tools.iso", "iso")])
+def test_a_downloaded_raw_or_iso_image_is_attached_as_raw(
+    real_host: Any, plain_images: HttpSink, path: str, declared: str
+) -> None:
+    """Without a checksum the image becomes the VM's own volume in its own
+    format: attaching it as qcow2 would make QEMU refuse to start."""
+    image = {"URL": plain_images.url(path), **({"Format": declared} if declared else {})}
+    suffix = f"url-{declared or 'probed'}"
+    vm_id = real_host.create(suffix, image_json=image, class_json=real_host.guest_class())
+    dom = real_host.harness.backend.lookup(vm_id)
+    vda = next(d for d in ET.fromstring(dom.XMLDesc(0)).findall("devices/disk") if d.find("target").get("dev") == "vda")
+    assert vda.find("driver").get("type") == "raw"
+    volume = real_host.harness.backend.conn().storageVolLookupByPath(vda.find("source").get("file"))
+    libvirt_format = ET.fromstring(volume.XMLDesc(0)).find("target/format").get("type")
+    assert libvirt_format == ("iso" if declared == "iso" else "raw")  # libvirt's probe of the pool's files
+    assert volume.name() == f"{real_host.name(suffix)}-vda.img"
+    assert real_host.power(vm_id, ON) == "On"
+    real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    with pytest.raises(libvirt.libvirtError):
+        real_host.harness.backend.conn().storageVolLookupByPath(volume.path())
+
+
+def test_a_raw_image_in_disguise_is_refused(real_host: Any, plain_images: HttpSink) -> None:
+    """Sent as raw, a qcow2 image backed by a host file would be stored raw,
+    then listed by libvirt as qcow2 backed by /etc/shadow."""
+    image = {"URL": plain_images.url("disguised.img"), "Format": "raw"}
+    with pytest.raises(TaskFailed, match="given as raw but holds a qcow2 image"):
+        real_host.create("disguised", image_json=image, class_json=real_host.guest_class())
+    conn = real_host.harness.backend.conn()
+    assert not [v for v in conn.storagePoolLookupByName("default").listAllVolumes(0) if "disguised" in v.name()]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import libvirt
 
-from . import cloudinit, storage
+from . import cloudinit, storage, streams
 from .domxml import DomainDisk
 from .marks import VolumeRef
 
@@ -50,7 +50,7 @@ def make(
         storage.delete(old)
     vol = storage.create_blank(pool, name, len(iso), "raw")
     try:
-        if not storage.upload(lv.conn(), vol, iso):
+        if not streams.upload_bytes(lv.conn(), vol, iso):
             log.debug("libvirt driver %s cannot upload volumes: %s stays empty", lv.host().driver, name)
     except BaseException:
         storage.delete(vol)

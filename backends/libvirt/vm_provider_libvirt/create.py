@@ -12,7 +12,9 @@ Disks:
   volume as ``pool/volume`` or its path) is copied; ``URL`` is downloaded
   (checksum-verified) through the data-path mixin: with a checksum into a
   shared cached base ``vmp-image-<sha>`` and overlaid, else straight into
-  the VM's own volume. ``DiskDefaults.SizeGiB`` grows it.
+  the VM's own volume, which keeps the image's format (a raw image or an
+  ISO stays raw). ``DiskDefaults.SizeGiB`` grows it. Every disk is attached
+  in the format its volume really has.
 - ``disks_json`` adds blank volumes (thin/qcow2, thick, raw). Without an
   image the first of them is the boot disk; with neither, one blank disk of
   ``DiskDefaults.SizeGiB`` (or ``settings.default_disk_gib``).
@@ -168,6 +170,7 @@ class DiskJob:
     target: str
     ref: VolumeRef
     fmt: str
+    """Format the volume is made in ("" for a download: the image's own)."""
     make: Callable[[], libvirt.virStorageVol]
     boot: bool = False
     slow: bool = False
@@ -226,11 +229,13 @@ def root_disk(lv: LibvirtBackend, spec: CreateSpec, pool: libvirt.virStoragePool
     if kind == "blank":
         return None, "", ""
     files = storage.holds_files(pool)
-    name = f"{spec.name}-vda.{'qcow2' if files else 'img'}"
-    ref = VolumeRef(pool=pool.name(), name=name, role="root", target="vda", spec="root")
     size = (spec.vm_class.disk_defaults.size_gib or 0) * GIB if spec.vm_class.disk_defaults else 0
     if kind == "url":
+        suffix = "qcow2" if files and (image.checksum or image.format in ("qcow2", "vmdk")) else "img"
+        ref = VolumeRef(pool=pool.name(), name=f"{spec.name}-vda.{suffix}", role="root", target="vda", spec="root")
         return _url_root(lv, image, pool, ref, size), "url", _safe_url(image.url)
+    name = f"{spec.name}-vda.{'qcow2' if files else 'img'}"
+    ref = VolumeRef(pool=pool.name(), name=name, role="root", target="vda", spec="root")
     field = "image_json.TemplateName" if kind == "template" else "image_json.Path"
     wanted = image.template_name or image.path
     base = storage.find(lv.conn(), wanted, pool)
@@ -249,9 +254,16 @@ def root_disk(lv: LibvirtBackend, spec: CreateSpec, pool: libvirt.virStoragePool
 
 
 def _url_root(lv: LibvirtBackend, image: VMImage, pool: libvirt.virStoragePool, ref: VolumeRef, size: int) -> DiskJob:
+    """The root disk from an image URL: with a checksum (on a file pool) a
+    qcow2 overlay on the shared cached image; else the downloaded image
+    itself, in its own format (qcow2 or raw: an ISO is raw, a vmdk is
+    stored as qcow2), named ``.qcow2`` only when the image says it is one.
+    The disk's format is read from the volume once it is made."""
     fetch = getattr(lv, "fetch_image", None)
     if fetch is None:
         raise Unimplemented("image_json.URL: downloading images is not available in this build of the libvirt backend")
+    if lv.host().is_test:
+        raise Unimplemented("image_json.URL: downloading images needs disk data, which libvirt's test driver does not keep")
 
     def make() -> libvirt.virStorageVol:
         if not image.checksum or not storage.holds_files(pool):
@@ -262,7 +274,7 @@ def _url_root(lv: LibvirtBackend, image: VMImage, pool: libvirt.virStoragePool, 
         base = fetch(image, pool, f"vmp-image-{image.checksum[:16]}")
         return storage.create_overlay(pool, ref.name, storage.describe(base), size)
 
-    return DiskJob("vda", ref, "qcow2", make, boot=True, slow=True)
+    return DiskJob("vda", ref, "", make, boot=True, slow=True)
 
 
 def _safe_url(url: str) -> str:
@@ -310,12 +322,12 @@ def make_disks(jobs: list[DiskJob], made: list[libvirt.virStorageVol]) -> list[D
     for job in jobs:
         vol = job.make()
         made.append(vol)
-        info = storage.describe(vol)  # the format it really has (a downloaded image may be raw)
+        info = storage.describe(vol)
         disks.append(
             DomainDisk(
                 target=job.target,
                 path=info.path,
-                format=info.format or job.fmt,
+                format=info.format,  # what the volume really holds (a downloaded image may be raw)
                 boot=job.boot,
                 bus="virtio",
                 source_type="block" if info.kind == libvirt.VIR_STORAGE_VOL_BLOCK else "file",

@@ -4,8 +4,9 @@ ImportDisk, and fetching image URLs for Create.
 Disk bytes never travel over gRPC: they stream between the pool and an
 http(s) or s3 URL through :mod:`provider_core.transfer`, hashed on the way,
 in chunks, so memory stays flat whatever the disk size. Conversions run
-``qemu-img`` (:mod:`.images`) on scratch files in ``settings.download_dir``
-(default: the system temp dir), which needs free space for:
+``qemu-img`` (:mod:`.images`) on scratch files (:mod:`.scratch`) in
+``settings.download_dir`` (default: the system temp dir), which needs free
+space for:
 
 - export: the converted image (about the disk's allocated data; less when
   compressed; nothing when a raw disk is exported as raw, streamed as is);
@@ -15,7 +16,8 @@ in chunks, so memory stays flat whatever the disk size. Conversions run
 Disks are read through their path when libvirtd runs on this host (a URI
 without a host); for a remote libvirtd the volume (and its backing chain)
 is first copied here with a libvirt stream (``vol.download``). New volumes
-are always written with ``vol.upload`` streams, preserving holes.
+are always written with ``vol.upload`` streams, preserving holes
+(:mod:`.streams`).
 
 Idempotency: when the target volume exists, ImagePrepare and image
 downloads return it if its bytes match the image's checksum (or when the
@@ -29,8 +31,9 @@ its deadline sees only a task, and TaskStatus carries no checksum.
 
 A downloaded image must pass its checksum, an inspection that refuses
 images reading other host files (backing files, external data files,
-multi-file vmdk) and ``qemu-img check`` before its volume is created; a
-failed upload deletes the volume again. The libvirt test driver keeps no
+multi-file vmdk, a "raw" image with another format's header) and
+``qemu-img check`` before its volume is created; a failed upload deletes
+the volume again. The libvirt test driver keeps no
 disk data and cannot stream volumes: what needs bytes answers UNIMPLEMENTED
 there, saying so.
 """
@@ -38,21 +41,17 @@ there, saying so.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import logging
 import os
 import re
-import shutil
-import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, ClassVar, Protocol
 from urllib.parse import urlsplit, urlunsplit
-from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
 import libvirt
@@ -70,17 +69,14 @@ from provider_core import (
     NotFound,
     Outcome,
     ProviderError,
-    ResourceExhausted,
     Unimplemented,
     transfer,
 )
 from provider_core.specs import VMImage
 
-from . import images
+from . import images, scratch, storage, streams
+from .domxml import parse as parse_xml
 from .settings import LibvirtSettings
-
-if TYPE_CHECKING:
-    from provider_core import BackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +122,7 @@ class DiskTransfers:
     local_disks: bool | None = None
 
     if TYPE_CHECKING:
-        settings: BackendSettings
+        settings: LibvirtSettings
 
         def conn(self) -> libvirt.virConnect: ...
         def lookup(self, vm_id: str) -> libvirt.virDomain: ...
@@ -299,7 +295,7 @@ class DiskTransfers:
             return path, ""
         try:
             snap = dom.snapshotLookupByName(snapshot_id)
-            xml = _xml(snap.getXMLDesc())
+            xml = parse_xml(snap.getXMLDesc())
         except libvirt.libvirtError as exc:
             raise self.translate(exc) from exc
         for entry in xml.findall("disks/disk"):
@@ -391,18 +387,7 @@ class DiskTransfers:
                 raise AlreadyExists(f"volume {name!r} appeared in pool {pool.name()!r} meanwhile") from exc
             raise self.translate(exc) from exc
         try:
-            stream = self.conn().newStream(0)
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                vol.upload(stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-                stream.sparseSendAll(_read, _section, _skip, fd)
-                stream.finish()
-            except BaseException:
-                with contextlib.suppress(libvirt.libvirtError):
-                    stream.abort()
-                raise
-            finally:
-                os.close(fd)
+            streams.upload_file(self.conn(), vol, file)
         except BaseException as exc:
             with contextlib.suppress(libvirt.libvirtError):
                 vol.delete(0)
@@ -415,13 +400,10 @@ class DiskTransfers:
         if self._existing(pool, name, image.checksum, image.checksum_type.value) is not None:
             return
         try:
-            src = _xml(source.XMLDesc(0))
-            fmt_el = src.find("target/format")
-            fmt = fmt_el.get("type", "raw") if fmt_el is not None else "raw"
-            capacity = source.info()[1]
+            info = storage.describe(source)  # its format as QEMU names it
             xml = (
-                f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
-                f"<target><format type='{escape(fmt)}'/></target></volume>"
+                f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{info.capacity}</capacity>"
+                f"<target><format type='{escape(info.format)}'/></target></volume>"
             )
             pool.createXMLFrom(xml, source, 0)
         except libvirt.libvirtError as exc:
@@ -437,10 +419,7 @@ class DiskTransfers:
         try:
             if not self._local():
                 log.info("hashing volume %s through a libvirt stream", vol.name())
-                stream = self.conn().newStream(0)
-                vol.download(stream, 0, 0, 0)
-                stream.recvAll(lambda _s, data, _o: digest.update(data), None)
-                stream.finish()
+                streams.read_all(self.conn(), vol, digest.update)
                 return digest.hexdigest()
             path = vol.path()
         except libvirt.libvirtError as exc:
@@ -464,36 +443,17 @@ class DiskTransfers:
     def _fetch_chain(self, path: str, stack: contextlib.ExitStack) -> Path:
         """Copy a remote volume and its backing chain to scratch files, each
         copy pointing at the next; return the copy of the top image."""
-        conn = self.conn()
         try:
-            vol = conn.storageVolLookupByPath(path)
+            return streams.copy_chain(self.conn(), path, lambda: stack.enter_context(self._scratch(".img")))
         except libvirt.libvirtError as exc:
             raise self.translate(exc) from exc
-        copy = stack.enter_context(self._scratch(".img"))
-        log.info("copying %s from libvirtd through a stream", path)
-        with open(copy, "wb") as f:
-            stream = conn.newStream(0)
-            try:
-                vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-                stream.sparseRecvAll(_write, _hole, f)
-                stream.finish()
-            except libvirt.libvirtError as exc:
-                with contextlib.suppress(libvirt.libvirtError):
-                    stream.abort()
-                raise self.translate(exc) from exc
-        meta = images.info(copy, force_share=False)
-        backing = meta.get("full-backing-filename") or meta.get("backing-filename")
-        if backing:
-            base = self._fetch_chain(str(backing), stack)
-            images.rebase_unsafe(copy, base, str(meta.get("backing-filename-format", "")))
-        return copy
 
     def _backing_of(self, path: str, local: bool) -> str:
         if local:
             meta = images.info(path)
             return str(meta.get("full-backing-filename") or meta.get("backing-filename") or "")
         try:
-            xml = _xml(self.conn().storageVolLookupByPath(path).XMLDesc(0))
+            xml = parse_xml(self.conn().storageVolLookupByPath(path).XMLDesc(0))
         except libvirt.libvirtError as exc:
             raise self.translate(exc) from exc
         return xml.findtext("backingStore/path", "")
@@ -512,30 +472,15 @@ class DiskTransfers:
 
     # -- scratch space and settings ------------------------------------------------------
 
-    def _scratch_dir(self) -> Path:
-        settings = cast(LibvirtSettings, self.settings)
-        where = settings.download_dir or Path(tempfile.gettempdir())
-        where.mkdir(parents=True, exist_ok=True)
-        return where
+    def _scratch(self, suffix: str) -> contextlib.AbstractContextManager[Path]:
+        """A new scratch file (see :mod:`.scratch`)."""
+        return scratch.file(self.settings.download_dir, suffix)
 
     def _check_space(self, needed: int) -> None:
-        where = self._scratch_dir()
-        free = shutil.disk_usage(where).free
-        if needed > free:
-            raise ResourceExhausted(f"scratch space {where} has {free} bytes free; the conversion needs about {needed}")
-
-    @contextlib.contextmanager
-    def _scratch(self, suffix: str) -> Iterator[Path]:
-        """A new scratch file, removed at exit whatever happens."""
-        fd, name = tempfile.mkstemp(prefix=".vmp-", suffix=suffix, dir=self._scratch_dir())
-        os.close(fd)
-        try:
-            yield Path(name)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        scratch.check_space(self.settings.download_dir, needed)
 
     def _transfer_settings(self) -> transfer.TransferSettings:
-        s = cast(LibvirtSettings, self.settings)
+        s = self.settings
         return transfer.TransferSettings(
             ca_file=s.tls_ca_file,
             s3_endpoint_url=s.s3_endpoint_url,
@@ -545,54 +490,10 @@ class DiskTransfers:
         )
 
 
-def _xml(text: str) -> ET.Element:
-    return ET.fromstring(text)  # noqa: S314 - XML written by libvirt itself
-
-
 def _volume_name(name: str, field: str) -> str:
     if not VOLUME_NAME_RE.match(name):
         raise InvalidArgument.field(field, "must be 1-255 letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
     return name
-
-
-# -- sparse stream callbacks (fd is the opaque value) ------------------------------------------
-
-
-def _read(_stream: Any, nbytes: int, fd: int) -> bytes:
-    return os.read(fd, nbytes)
-
-
-def _section(_stream: Any, fd: int) -> tuple[bool, int]:
-    """(in data?, bytes to the end of this data or hole section)."""
-    here = os.lseek(fd, 0, os.SEEK_CUR)
-    try:
-        data = os.lseek(fd, here, os.SEEK_DATA)
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:
-            raise
-        data = -1  # only a hole up to the end
-    try:
-        if data < 0:
-            return False, os.fstat(fd).st_size - here
-        if data > here:
-            return False, data - here
-        return True, os.lseek(fd, here, os.SEEK_HOLE) - here
-    finally:
-        os.lseek(fd, here, os.SEEK_SET)
-
-
-def _skip(_stream: Any, length: int, fd: int) -> int:
-    return os.lseek(fd, length, os.SEEK_CUR)
-
-
-def _write(_stream: Any, data: bytes, f: BinaryIO) -> int:
-    return f.write(data)
-
-
-def _hole(_stream: Any, length: int, f: BinaryIO) -> int:
-    f.seek(length, os.SEEK_CUR)
-    f.truncate()
-    return 0
 
 
 __all__ = ["DiskTransfers", "DomainDisk"]

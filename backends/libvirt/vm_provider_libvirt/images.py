@@ -104,12 +104,22 @@ def inspect(path: Path, fmt: str = "") -> dict[str, Any]:
 
     With ``fmt`` the image is opened as that format (InvalidArgument when it
     is not one); without, the format is probed and must be one of
-    :data:`FORMATS`.
+    :data:`FORMATS`. An image given as raw must also probe as raw: a "raw"
+    image holding a qcow2 (or other) header would be taken for that format
+    by libvirt, which probes the volumes of its pools, and could then name
+    a host file as its backing file.
     """
     meta = info(path, fmt=fmt, force_share=False, untrusted=True)
     found = str(meta.get("format", ""))
     if found not in FORMATS:
         raise InvalidArgument(f"image format {found!r} is not supported; use one of {', '.join(FORMATS)}")
+    if fmt == "raw":
+        probed = str(info(path, force_share=False, untrusted=True).get("format", ""))
+        if probed != "raw":
+            raise InvalidArgument(
+                f"the image was given as raw but holds a {probed} image; give its real format (a raw image must not"
+                " start with another format's header)"
+            )
     if meta.get("backing-filename") or meta.get("full-backing-filename"):
         raise InvalidArgument("the image has a backing file; send a flattened image (qemu-img convert)")
     data = meta.get("format-specific", {}).get("data", {})

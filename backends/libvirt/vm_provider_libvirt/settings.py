@@ -49,9 +49,11 @@ class LibvirtSettings(BackendSettings):
     console_host: str = Field("", description="host name used in console URLs (default: the URI's host, or 127.0.0.1)")
     max_vcpus: int = Field(0, ge=0, description="maximum vCPUs for online growth (0: 2 x requested, at least 4)")
     max_memory_factor: float = Field(2.0, ge=1.0, description="maximum memory for online growth, as a multiple of the requested")
-    default_cpu: int = Field(1, ge=1)
-    default_memory_mib: int = Field(512, ge=16)
-    default_disk_gib: int = Field(10, ge=1)
+    default_cpu: int = Field(1, ge=1, description="vCPUs of a VM whose class_json gives no CPU")
+    default_memory_mib: int = Field(512, ge=16, description="memory (MiB) of a VM whose class_json gives none")
+    default_disk_gib: int = Field(
+        10, ge=1, description="size of the blank root disk made when neither image_json nor disks_json gives one"
+    )
     template_clone: Literal["linked", "copy"] = Field(
         "linked", description="root disks from a TemplateName: qcow2 overlay on the template (linked) or a full copy"
     )
@@ -61,8 +63,8 @@ class LibvirtSettings(BackendSettings):
     list_scope: Literal["managed", "all"] = Field("managed", description="ListVMs: only domains made by vm-provider, or all")
     download_dir: Path | None = Field(None, description="scratch space for downloads and conversions (default: system temp)")
     s3_endpoint_url: str = Field("", description="S3 endpoint for s3:// URLs (default: AWS)")
-    s3_region: str = "us-east-1"
-    s3_access_key_id: str = ""
-    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = Field("us-east-1", description="S3 region for s3:// URLs")
+    s3_access_key_id: str = Field("", description="S3 access key for s3:// URLs whose request carries no credentials")
+    s3_secret_access_key: SecretStr | None = Field(None, description="its secret key (better: s3_secret_access_key_file = path)")
     tls_ca_file: Path | None = Field(None, description="CA bundle for https downloads and uploads")
     reconnect_attempts: int = Field(3, ge=1, description="tries to reconnect when the daemon went away")

@@ -1,4 +1,6 @@
-"""Storage volumes: find, create blank/overlay/copy, inspect, delete, upload.
+"""Storage volumes: find, create blank/overlay/copy, inspect, delete.
+
+Their bytes go in and out through :mod:`.streams`.
 
 Volumes live in libvirt storage pools. A VM's disks are qcow2 volumes in a
 file-based pool (dir, fs, netfs); other pool types (LVM, disk, iSCSI, RBD)
@@ -20,7 +22,12 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 FILE_POOLS = frozenset({"dir", "fs", "netfs", "gluster"})
-UPLOAD_CHUNK = 4 * 2**20
+
+#: libvirt's names of volume formats that QEMU reads under another name.
+#: libvirt probes the files of a pool when it refreshes it (as it does after
+#: every upload) and calls a raw file holding an ISO 9660 image "iso", a
+#: type QEMU does not know and a domain disk cannot have.
+QEMU_FORMATS = {"iso": "raw"}
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,18 @@ def describe(vol: libvirt.virStorageVol) -> VolumeInfo:
         name=root.findtext("name") or vol.name(),
         pool=vol.storagePoolLookupByVolume().name(),
         path=root.findtext("target/path") or "",
-        format=fmt.get("type", "raw") if fmt is not None else "raw",
+        format=qemu_format(fmt.get("type", "raw") if fmt is not None else "raw"),
         capacity=_bytes(root.find("capacity")),
         allocation=_bytes(root.find("allocation")),
         backing_path=(backing.findtext("path") or "") if backing is not None else "",
-        backing_format=backing_fmt.get("type", "") if backing_fmt is not None else "",
+        backing_format=qemu_format(backing_fmt.get("type", "")) if backing_fmt is not None else "",
         kind={"file": 0, "block": 1, "dir": 2, "network": 3, "netdir": 4, "ploop": 5}.get(root.get("type", "file"), 0),
     )
+
+
+def qemu_format(libvirt_format: str) -> str:
+    """The QEMU driver of a volume format as libvirt names it."""
+    return QEMU_FORMATS.get(libvirt_format, libvirt_format)
 
 
 def _bytes(el: ET.Element | None) -> int:
@@ -200,30 +212,3 @@ def backs_others(pool: libvirt.virStoragePool, path: str) -> list[str]:
         if backing == path:
             users.append(vol.name())
     return users
-
-
-def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, data: bytes) -> bool:
-    """Write ``data`` into the volume through a libvirt stream. Returns
-    False when the driver cannot upload (libvirt's test driver)."""
-    stream = conn.newStream(0)
-    try:
-        vol.upload(stream, 0, len(data), 0)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-            return False
-        raise
-    try:
-        view = memoryview(data)
-        for offset in range(0, len(data), UPLOAD_CHUNK):
-            chunk = view[offset : offset + UPLOAD_CHUNK]
-            sent = 0
-            while sent < len(chunk):
-                sent += stream.send(bytes(chunk[sent:]))
-        stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        raise
-    return True
