@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PKGS   := -e '.[dev]' -e backends/libvirt -e backends/proxmox -e examples/sim
+PKGS   := -e '.[dev]' -e backends/libvirt -e backends/proxmox -e examples/sim -e tests/plugins -e tests/conformance/broken_backends
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 

@@ -1,8 +1,8 @@
 """The ``vm-provider`` command.
 
-    vm-provider [serve] --backend NAME [--config FILE] [--listen HOST:PORT]
-    vm-provider backends [--config FILE]
-    vm-provider conformance --backend NAME [--config FILE]
+vm-provider [serve] --backend NAME [--config FILE] [--listen HOST:PORT]
+vm-provider backends [--config FILE]
+vm-provider conformance --backend NAME [--config FILE]
 """
 
 from __future__ import annotations
@@ -21,19 +21,29 @@ from .errors import ConfigError
 log = logging.getLogger("vm_provider")
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _options(default: object) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options of every command, and those of the serving commands."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=default)
     common.add_argument("--config", type=Path, help="plugins.toml (default: $VM_PROVIDER_CONFIG or ./plugins.toml)")
-    serve = argparse.ArgumentParser(add_help=False, parents=[common])
+    serve = argparse.ArgumentParser(add_help=False, parents=[common], argument_default=default)
     serve.add_argument("--backend", help="backend to serve (default: [provider] backend in the config, else libvirt)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    return common, serve
 
-    parser = argparse.ArgumentParser(prog="vm-provider", description="Serve provider.v1.Provider on a hypervisor backend.", parents=[serve])
+
+def _parser() -> argparse.ArgumentParser:
+    _, serve = _options(None)
+    # A subcommand's options default to "absent", so that options given before
+    # the subcommand (vm-provider --backend x serve) are not reset by it.
+    common, sub_serve = _options(argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="vm-provider", description="Serve provider.v1.Provider on a hypervisor backend.", parents=[serve]
+    )
     sub = parser.add_subparsers(dest="command", metavar="{serve,backends,conformance}")
-    sub.add_parser("serve", parents=[serve], help="serve the provider (the default)")
+    sub.add_parser("serve", parents=[sub_serve], help="serve the provider (the default)")
     sub.add_parser("backends", parents=[common], help="list installed backends and their capabilities")
-    conf = sub.add_parser("conformance", parents=[serve], help="run the conformance kit against a backend")
+    conf = sub.add_parser("conformance", parents=[sub_serve], help="run the conformance kit against a backend")
     conf.add_argument("-k", dest="select", help="only checks whose name contains this")
     return parser
 
@@ -76,8 +86,12 @@ def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
     logging.getLogger().setLevel(settings.log_level.upper())
     name = _backend_name(args, conf)
     backend = plugins.load(name, conf.backends.get(name, {}))
-    server = ProviderServer(backend, name, settings)
-    asyncio.run(server.serve_until_signal())
+
+    async def serve() -> None:
+        # grpc.aio binds a server to the loop running when it is built.
+        await ProviderServer(backend, name, settings).serve_until_signal()
+
+    asyncio.run(serve())
     return 0
 
 

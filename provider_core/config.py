@@ -32,7 +32,9 @@ class ServerSettings(BaseModel):
     listen: str = "127.0.0.1:50051"
     tls_cert: Path | None = Field(None, description="PEM server certificate chain; enables TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
-    tls_client_ca: Path | None = Field(None, description="PEM CA bundle; clients must present a certificate it signed (mutual TLS)")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle; clients must present a certificate it signed (mutual TLS)"
+    )
     auth_token: SecretStr | None = Field(None, description="bearer token clients must send; health checks are exempt")
     grace_seconds: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight calls and tasks")
     state_dir: Path | None = Field(None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND)")
@@ -89,7 +91,7 @@ def _describe(exc: ValidationError, table: str) -> str:
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
         where = f"{table}.{loc}" if table else loc
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -97,7 +99,9 @@ def _env_name(section: str) -> str:
     return ENV_PREFIX + section.upper().replace("-", "_") + "_"
 
 
-def settings_values(model: type[BaseModel], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def settings_values(
+    model: type[BaseModel], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Merge a TOML table, the environment and ``*_file`` indirections for
     ``model``'s fields. The environment wins over the file."""
     env = os.environ if environ is None else environ

@@ -48,13 +48,9 @@ def check_backend_class(name: str, cls: Any) -> type[Backend]:
         for method in methods:
             overridden = getattr(cls, method) is not getattr(Backend, method)
             if cap in declared and not overridden:
-                raise ConfigError(
-                    f"backend {name!r} declares capability {cap.value!r} but does not implement method {method}()"
-                )
+                raise ConfigError(f"backend {name!r} declares capability {cap.value!r} but does not implement method {method}()")
             if overridden and cap not in declared:
-                raise ConfigError(
-                    f"backend {name!r} implements method {method}() but does not declare capability {cap.value!r}"
-                )
+                raise ConfigError(f"backend {name!r} implements method {method}() but does not declare capability {cap.value!r}")
     for cap, parent in REFINES.items():
         if cap in declared and parent not in declared:
             raise ConfigError(f"backend {name!r} declares {cap.value!r} without {parent.value!r}")
@@ -68,21 +64,23 @@ def load_class(name: str) -> type[Backend]:
     except NoMatches:
         have = ", ".join(installed()) or "none"
         raise ConfigError(f"unknown backend {name!r}; installed backends: {have}") from None
-    except _LoadFailure as exc:
+    except _LoadError as exc:
         cause = exc.__cause__
         raise ConfigError(f"backend {name!r} failed to load: {type(cause).__name__}: {cause}") from cause
     return check_backend_class(name, mgr.driver)
 
 
-class _LoadFailure(Exception):
+class _LoadError(Exception):
     pass
 
 
 def _reraise(manager: Any, entrypoint: Any, exc: BaseException) -> None:
-    raise _LoadFailure(entrypoint.name) from exc
+    raise _LoadError(entrypoint.name) from exc
 
 
-def settings_for(name: str, cls: type[Backend], table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> BackendSettings:
+def settings_for(
+    name: str, cls: type[Backend], table: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> BackendSettings:
     return build(cls.Settings, name, table, environ)
 
 

@@ -14,12 +14,12 @@ import asyncio
 import contextvars
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import deadline
 from .backend import Backend, Outcome
@@ -43,6 +43,7 @@ from .models import (
     VMStatus,
 )
 from .tasks import PREFIX, TaskRegistry
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,8 +107,8 @@ class Runtime:
         self.name = name
         self.capabilities = frozenset(backend.capabilities)
         self.tasks = TaskRegistry(state_dir / "tasks.sqlite3" if state_dir else None)
-        self._calls = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-call")
-        self._work = ThreadPoolExecutor(task_workers, thread_name_prefix=f"{name}-task")
+        self._calls = WorkerPool(workers, f"{name}-call")
+        self._work = WorkerPool(task_workers, f"{name}-task")
         self._locks = KeyedLocks()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._health_interval = health_interval
@@ -121,8 +122,7 @@ class Runtime:
         deadline visible through provider_core.deadline."""
         ctx = contextvars.copy_context()
         ctx.run(deadline.set_remaining, timeout)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._calls, functools.partial(ctx.run, fn, *args))
+        return await self._calls.run(ctx.run, fn, *args)
 
     # -- health and life cycle -------------------------------------------------
 
@@ -141,6 +141,9 @@ class Runtime:
             await self._call(self.backend.connect)
         except ProviderError as exc:
             log.warning("backend %s cannot connect: %s", self.name, exc)
+            self._set_connected(False)
+        except Exception as exc:  # noqa: BLE001 - an untranslated error still means "cannot connect"
+            internal_error(exc, "connect")
             self._set_connected(False)
         else:
             self._set_connected(True)
@@ -167,9 +170,16 @@ class Runtime:
         pending = list(self._running.values())
         if pending:
             log.info("waiting up to %.0fs for %d background task(s)", grace, len(pending))
-            await asyncio.wait(pending, timeout=grace)
-        self._calls.shutdown(wait=False, cancel_futures=True)
-        self._work.shutdown(wait=False, cancel_futures=True)
+            _, unfinished = await asyncio.wait(pending, timeout=grace)
+            for job in unfinished:  # their records stay open: the next start reports them interrupted
+                job.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished)
+        self._calls.shutdown()
+        self._work.shutdown()
+        stuck = self._calls.busy + self._work.busy
+        if stuck:
+            log.warning("abandoning %d backend call(s) still running after the grace period", stuck)
         await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
         self.tasks.close()
 
@@ -188,7 +198,7 @@ class Runtime:
         timeout: float | None,
         missing_ok: bool = False,
         wait: bool = False,
-    ) -> tuple[T | None, str]:
+    ) -> tuple[T, str]:
         """Run a mutating backend call under the locks of ``keys``.
 
         Returns the value and a task id ("" when finished). With
@@ -196,13 +206,22 @@ class Runtime:
         ``wait`` the caller waits for background work while its deadline
         allows, and then gets the final value and no task.
         """
+        started = time.monotonic()
         held = await self._locks.acquire(keys)
+        if timeout is not None:  # waiting for the lock used part of the caller's deadline
+            timeout -= time.monotonic() - started
+        call = asyncio.ensure_future(self._call(fn, *args, timeout=timeout))
         try:
-            outcome = await self._call(fn, *args, timeout=timeout)
+            outcome = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The caller went away, the backend still runs the operation: the
+            # VM stays locked until it has finished, and its work still runs.
+            call.add_done_callback(functools.partial(self._settle, kind, keys, held, missing_ok))
+            raise
         except NotFound:
             self._locks.release(held)
             if missing_ok:
-                return None, ""
+                return cast(T, None), ""  # only asked for by operations whose value is None
             raise
         except BaseException:
             self._locks.release(held)
@@ -210,9 +229,7 @@ class Runtime:
         if outcome.work is None:
             self._locks.release(held)
             return outcome.value, outcome.native_task
-        task_id = self.tasks.start(kind, ",".join(keys))
-        job = asyncio.create_task(self._background(task_id, kind, outcome, held, missing_ok))
-        self._running[task_id] = job
+        task_id, job = self._track(kind, keys, outcome, held, missing_ok)
         if wait:
             budget = None if timeout is None else timeout - 2.0
             if budget is None or budget > 0:
@@ -224,6 +241,22 @@ class Runtime:
                     return value, ""
         return outcome.value, task_id
 
+    def _track(
+        self, kind: str, keys: list[str], outcome: Outcome[T], held: list[str], missing_ok: bool
+    ) -> tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]:
+        """Run an outcome's work as a task; it releases ``held`` when done."""
+        task_id = self.tasks.start(kind, ",".join(keys))
+        job = asyncio.create_task(self._background(task_id, kind, outcome, held, missing_ok))
+        self._running[task_id] = job
+        return task_id, job
+
+    def _settle(self, kind: str, keys: list[str], held: list[str], missing_ok: bool, call: asyncio.Future[Outcome[T]]) -> None:
+        """Finish a mutation whose caller went away once the backend returned."""
+        if call.cancelled() or call.exception() is not None or call.result().work is None:
+            self._locks.release(held)
+        else:
+            self._track(kind, keys, call.result(), held, missing_ok)
+
     async def _background(
         self, task_id: str, kind: str, outcome: Outcome[T], held: list[str], missing_ok: bool
     ) -> tuple[T, ProviderError | None]:
@@ -231,8 +264,7 @@ class Runtime:
         value = outcome.value
         failure: ProviderError | None = None
         try:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._work, contextvars.copy_context().run, outcome.work)
+            result = await self._work.run(contextvars.copy_context().run, outcome.work)
             if result is not None:
                 value = result
         except NotFound as exc:
@@ -288,7 +320,9 @@ class Runtime:
 
     async def snapshot_revert(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
         self.require(Capability.SNAPSHOTS)
-        return (await self._mutate("snapshot-revert", [vm_id], self.backend.snapshot_revert, vm_id, snapshot_id, timeout=timeout))[1]
+        return (
+            await self._mutate("snapshot-revert", [vm_id], self.backend.snapshot_revert, vm_id, snapshot_id, timeout=timeout)
+        )[1]
 
     async def snapshot_delete(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
         self.require(Capability.SNAPSHOTS)
@@ -325,7 +359,6 @@ class Runtime:
             self.require(Capability.EXPORT_COMPRESSION)
         self._check_format(spec.format, self.backend.export_formats, "format")
         value, task = await self._mutate("export-disk", [spec.vm_id], self.backend.export_disk, spec, timeout=timeout, wait=True)
-        assert value is not None
         return value, task
 
     async def import_disk(self, spec: ImportSpec, timeout: float | None) -> tuple[ImportResult, str]:
@@ -333,16 +366,17 @@ class Runtime:
         self._check_format(spec.format, self.backend.import_formats, "format")
         keys = [f"image:{spec.storage_hint}/{spec.target_name}"]
         value, task = await self._mutate("import-disk", keys, self.backend.import_disk, spec, timeout=timeout, wait=True)
-        assert value is not None
         return value, task
 
     async def hardware_upgrade(self, vm_id: str, target_version: int, timeout: float | None) -> str:
         self.require(Capability.HARDWARE_UPGRADE)
-        return (await self._mutate("hardware-upgrade", [vm_id], self.backend.hardware_upgrade, vm_id, target_version, timeout=timeout))[1]
+        return (
+            await self._mutate("hardware-upgrade", [vm_id], self.backend.hardware_upgrade, vm_id, target_version, timeout=timeout)
+        )[1]
 
     async def task_status(self, task_id: str, timeout: float | None) -> TaskState:
-        if not task_id:
-            raise InvalidArgument.field("task.id", "is empty")
+        if not task_id:  # clients treat an absent task as finished
+            return TaskState(done=True)
         if task_id.startswith(PREFIX):
             state = self.tasks.get(task_id)
             if state is None:

@@ -18,16 +18,16 @@ from grpc_reflection.v1alpha import reflection
 from .backend import Backend
 from .config import ServerSettings, default_state_dir
 from .errors import ConfigError
-from .pb import provider_pb2, provider_pb2_grpc
+from .pb import provider_pb2
 from .runtime import Runtime
-from .service import ProviderService
+from .service import ProviderService, add_to_server
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["Provider"].full_name
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
     """Require ``authorization: Bearer <token>`` on every call but health checks."""
 
     def __init__(self, token: str) -> None:
@@ -89,7 +89,7 @@ class ProviderServer:
         )
         interceptors = [BearerTokenInterceptor(settings.auth_token.get_secret_value())] if settings.auth_token else []
         self.server = grpc.aio.server(interceptors=interceptors)
-        provider_pb2_grpc.add_ProviderServicer_to_server(ProviderService(self.runtime), self.server)
+        add_to_server(ProviderService(self.runtime), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -97,6 +97,7 @@ class ProviderServer:
             self.server,
         )
         creds = server_credentials(settings)
+        self.port: int
         try:
             if creds is None:
                 self.port = self.server.add_insecure_port(settings.listen)

@@ -9,6 +9,7 @@ mapped once, by :func:`provider_core.status.rpc`.
 from __future__ import annotations
 
 import json
+from typing import TypeAlias
 
 import grpc
 
@@ -27,9 +28,9 @@ from .models import (
 from .pb import provider_pb2 as pb
 from .pb import provider_pb2_grpc as pb_grpc
 from .runtime import Runtime
-from .status import rpc
+from .status import rpc, tolerant_decoder
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 _POWER_OPS = {
     pb.POWER_OP_ON: PowerOp.ON,
@@ -155,8 +156,8 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     @rpc
     async def Reconfigure(self, request: pb.ReconfigureRequest, context: Ctx) -> pb.TaskResponse:
-        vm_id = _required("id", request.id)
         self.rt.require(Capability.RECONFIGURE)
+        vm_id = _required("id", request.id)
         desired = specs.parse("desired_json", _required("desired_json", request.desired_json), specs.DesiredVM)
         task = await self.rt.reconfigure(vm_id, desired, context.time_remaining())
         return pb.TaskResponse(task=_task(task))
@@ -207,7 +208,9 @@ class ProviderService(pb_grpc.ProviderServicer):
         image = specs.parse("image_json", _required("image_json", request.image_json), specs.VMImage)
         if image.source == "blank":
             raise InvalidArgument.field("image_json", "names no image: give URL, Path or TemplateName")
-        spec = ImagePrepareSpec(image=image, target_name=_required("target_name", request.target_name), storage_hint=request.storage_hint)
+        spec = ImagePrepareSpec(
+            image=image, target_name=_required("target_name", request.target_name), storage_hint=request.storage_hint
+        )
         task = await self.rt.image_prepare(spec, context.time_remaining())
         return pb.TaskResponse(task=_task(task))
 
@@ -295,3 +298,19 @@ class ProviderService(pb_grpc.ProviderServicer):
     async def TaskStatus(self, request: pb.TaskStatusRequest, context: Ctx) -> pb.TaskStatusResponse:
         state = await self.rt.task_status(request.task.id, context.time_remaining())
         return pb.TaskStatusResponse(done=state.done, error=state.error)
+
+
+def add_to_server(service: ProviderService, server: grpc.aio.Server) -> None:
+    """Register ``service`` like the generated ``add_ProviderServicer_to_server``,
+    with request decoders that turn corrupt bytes into INVALID_ARGUMENT."""
+    descriptor = pb.DESCRIPTOR.services_by_name["Provider"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(service, m.name),
+            request_deserializer=tolerant_decoder(getattr(pb, m.input_type.name)),
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString,
+        )
+        for m in descriptor.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)

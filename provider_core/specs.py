@@ -167,15 +167,19 @@ class VMClass(SpecModel):
             raise ValueError("must be one of install, skip, upgrade, uninstall")
         return v
 
+    @field_validator("memory")
+    @classmethod
+    def _quantity(cls, v: str | None) -> str | None:
+        if v is not None and not 1 <= quantity_to_mib(v) <= INT32_MAX:
+            raise ValueError(f"{v!r} is outside 1Mi..{INT32_MAX}Mi")
+        return v
+
     @model_validator(mode="after")
     def _memory(self) -> VMClass:
         if self.memory is not None:
             if self.memory_mib is not None:
                 raise ValueError("give MemoryMiB or memory, not both")
-            mib = quantity_to_mib(self.memory)
-            if mib < 1:
-                raise ValueError(f"memory {self.memory!r} is less than 1 MiB")
-            object.__setattr__(self, "memory_mib", mib)
+            object.__setattr__(self, "memory_mib", quantity_to_mib(self.memory))
             object.__setattr__(self, "memory", None)
         return self
 
@@ -308,7 +312,7 @@ def self_split(value: str) -> list[str]:
 class DiskSpec(SpecModel):
     """One entry of disks_json."""
 
-    size_gib: PositiveInt32 = spec("SizeGiB")
+    size_gib: PositiveInt32 = spec("SizeGiB", ...)
     type: Annotated[str, BeforeValidator(_lower_words)] = spec("Type", "")
     name: str = spec("Name", "")
 
@@ -409,7 +413,6 @@ class DesiredVM(SpecModel):
     meta_data: MetaDataSpec | None = spec("MetaData")
     placement: Placement | None = spec("Placement")
     tags: list[str] | None = spec("Tags")
-
 
 
 T = TypeVar("T")

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -43,7 +44,7 @@ def code_for(exc: errors.ProviderError) -> grpc.StatusCode:
     """The status code of an error: its own class's, or its nearest parent's."""
     for cls in type(exc).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -70,11 +71,35 @@ def to_status(exc: errors.ProviderError) -> grpc.Status:
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
+class CorruptRequest:
+    """Stands in for a request whose bytes are not a valid message, so the
+    handler answers INVALID_ARGUMENT (grpc itself would answer UNKNOWN)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def tolerant_decoder(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return CorruptRequest(message_type.DESCRIPTOR.full_name)
+
+    return decode
+
+
 def rpc(handler: H) -> H:
     """Wrap a servicer method: every exception becomes a proper status."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, CorruptRequest):
+            await context.abort_with_status(
+                to_status(errors.InvalidArgument(f"the request is not a valid {request.kind} message"))
+            )
         try:
             return await handler(self, request, context)
         except errors.ProviderError as exc:

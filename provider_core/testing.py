@@ -113,7 +113,7 @@ class ProviderHarness:
     @property
     def stub(self) -> pb_grpc.ProviderStub:
         assert self.channel is not None, "harness not started"
-        return pb_grpc.ProviderStub(self.channel)
+        return pb_grpc.ProviderStub(self.channel)  # type: ignore[no-untyped-call]
 
     def wait(self, task: pb.TaskRef | None, timeout: float = 120.0, interval: float = 0.05) -> None:
         """Poll TaskStatus until the task is done; raise TaskFailed on error.

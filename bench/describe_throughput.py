@@ -1,0 +1,251 @@
+"""Describe throughput through vm-provider against bare Python gRPC servers.
+
+Three servers, each in its own process:
+
+- ``provider``: vm-provider's own server (``ProviderServer``) on the libvirt
+  backend with libvirt's test hypervisor (``test:///default``) holding a
+  handful of domains (``--backend memory`` uses the test backend instead);
+- ``aio``: a bare ``grpc.aio`` server answering every Describe with the
+  same DescribeResponse the provider gave, no framework around it;
+- ``threads``: the same on ``grpc.server`` with a thread pool.
+
+One client process runs ``--clients`` concurrent callers (one channel
+each) against one server at a time; rounds alternate between the servers
+in a shuffled order so that noise hits all of them alike. Prints calls per
+second and p50/p99 latency of each server, and the provider's throughput
+as a share of the faster bare server (goal: at least 0.7).
+
+    .venv/bin/python bench/describe_throughput.py [--clients 8] [--rounds 6] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.pb import provider_pb2_grpc as pb_grpc
+
+KINDS = ("provider", "aio", "threads")
+GOAL = 0.7
+
+
+# -- the servers (each runs in a process of its own) -------------------------------------
+
+
+class BareProvider(pb_grpc.ProviderServicer):
+    """Describe answered with one canned response: gRPC and nothing else."""
+
+    def __init__(self, response: pb.DescribeResponse) -> None:
+        self.response = response
+
+
+class BareAio(BareProvider):
+    async def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:
+        return self.response
+
+
+class BareThreads(BareProvider):
+    def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:
+        return self.response
+
+
+def _announce(ready: Path, port: int) -> None:
+    tmp = ready.with_suffix(".tmp")
+    tmp.write_text(str(port))
+    tmp.rename(ready)
+
+
+async def _serve_provider(ready: Path, backend: str, state: Path) -> None:
+    from provider_core import plugins
+    from provider_core.config import ServerSettings
+    from provider_core.server import ProviderServer
+
+    table = {"uri": "test:///default"} if backend == "libvirt" else {}
+    server = ProviderServer(
+        plugins.load(backend, table, environ={}),
+        backend,
+        ServerSettings(listen="127.0.0.1:0", state_dir=state, log_level="WARNING"),
+    )
+    await server.start()
+    _announce(ready, server.port)
+    await asyncio.Event().wait()
+
+
+async def _serve_aio(ready: Path, response: pb.DescribeResponse) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_ProviderServicer_to_server(BareAio(response), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    _announce(ready, port)
+    await server.wait_for_termination()
+
+
+def _serve_threads(ready: Path, response: pb.DescribeResponse, workers: int) -> None:
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers))
+    pb_grpc.add_ProviderServicer_to_server(BareThreads(response), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    _announce(ready, port)
+    server.wait_for_termination()
+
+
+def serve(args: argparse.Namespace) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    ready = Path(args.ready)
+    if args.serve == "provider":
+        asyncio.run(_serve_provider(ready, args.backend, Path(args.state)))
+        return
+    response = pb.DescribeResponse.FromString(Path(args.response).read_bytes())
+    if args.serve == "aio":
+        asyncio.run(_serve_aio(ready, response))
+    else:
+        _serve_threads(ready, response, args.clients * 2)
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+def start(kind: str, work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    ready = work / f"{kind}.port"
+    cmd = [sys.executable, __file__, "--serve", kind, "--ready", str(ready), "--backend", args.backend]
+    cmd += ["--state", str(work / "state"), "--response", str(work / "response.bin"), "--clients", str(args.clients)]
+    proc = subprocess.Popen(cmd)
+    end = time.monotonic() + 60
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            raise SystemExit(f"the {kind} server did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{ready.read_text()}"
+
+
+async def load(target: str, ids: list[str], clients: int, seconds: float, warmup: float) -> tuple[int, float, list[float]]:
+    """Run ``clients`` callers for ``seconds`` (after a warm-up); return
+    calls, elapsed time and every call's latency."""
+    channels = [grpc.aio.insecure_channel(target) for _ in range(clients)]
+    latencies: list[float] = []
+    measuring = False
+    stop = False
+
+    async def caller(n: int) -> None:
+        stub = pb_grpc.ProviderStub(channels[n])  # type: ignore[no-untyped-call]
+        requests = [pb.DescribeRequest(id=i) for i in ids]
+        k = n
+        while not stop:
+            t0 = time.perf_counter()
+            await stub.Describe(requests[k % len(requests)], timeout=30)
+            if measuring:
+                latencies.append(time.perf_counter() - t0)
+            k += 1
+
+    tasks = [asyncio.create_task(caller(n)) for n in range(clients)]
+    await asyncio.sleep(warmup)
+    measuring, begun = True, time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring, elapsed = False, time.perf_counter() - begun
+    stop = True
+    await asyncio.gather(*tasks)
+    for ch in channels:
+        await ch.close()
+    return len(latencies), elapsed, latencies
+
+
+def prepare(target: str, backend: str, vms: int, work: Path) -> list[str]:
+    """Create the VMs on the provider; keep one Describe answer for the bare servers."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ProviderStub(channel)  # type: ignore[no-untyped-call]
+        ids = []
+        for n in range(vms):
+            resp = stub.Create(pb.CreateRequest(name=f"bench-{n}", class_json='{"CPU": 1, "MemoryMiB": 256}'), timeout=60)
+            while resp.task.id and not stub.TaskStatus(pb.TaskStatusRequest(task=resp.task), timeout=10).done:
+                time.sleep(0.05)
+            ids.append(resp.id)
+        stub.Power(pb.PowerRequest(id=ids[0], op=pb.POWER_OP_ON), timeout=60)
+        answer = stub.Describe(pb.DescribeRequest(id=ids[0]), timeout=10)
+        assert answer.exists, f"{backend}: Describe of a VM just created says it does not exist"
+        (work / "response.bin").write_bytes(answer.SerializeToString())
+    return ids
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8, help="concurrent callers, one channel each")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per server, interleaved")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured time per round")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured time before each round")
+    parser.add_argument("--vms", type=int, default=5, help="domains to create and Describe in turn")
+    parser.add_argument("--backend", default="libvirt", help="libvirt (test:///default) or memory (tests/plugins)")
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--ready", help=argparse.SUPPRESS)
+    parser.add_argument("--state", help=argparse.SUPPRESS)
+    parser.add_argument("--response", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench-describe-") as tmp:
+        work = Path(tmp)
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        targets: dict[str, str] = {}
+        try:
+            procs["provider"], targets["provider"] = start("provider", work, args)
+            ids = prepare(targets["provider"], args.backend, args.vms, work)
+            for kind in ("aio", "threads"):
+                procs[kind], targets[kind] = start(kind, work, args)
+            calls = dict.fromkeys(KINDS, 0)
+            elapsed = dict.fromkeys(KINDS, 0.0)
+            latencies: dict[str, list[float]] = {k: [] for k in KINDS}
+            order = list(KINDS)
+            setup = f"{args.clients} concurrent clients, {args.rounds} rounds x {args.seconds:.1f}s per server"
+            print(f"Describe, {setup}, backend {args.backend}")
+            for r in range(args.rounds):
+                random.shuffle(order)
+                line = []
+                for kind in order:
+                    n, t, lat = asyncio.run(load(targets[kind], ids, args.clients, args.seconds, args.warmup))
+                    calls[kind] += n
+                    elapsed[kind] += t
+                    latencies[kind] += lat
+                    line.append(f"{kind} {n / t:7.0f}/s")
+                print(f"  round {r + 1}: " + "  ".join(line))
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                proc.wait(10)
+
+    rate = {k: calls[k] / elapsed[k] for k in KINDS}
+    print()
+    print(f"{'server':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for kind in KINDS:
+        print(f"{kind:<10} {rate[kind]:9.0f} {pct(latencies[kind], 0.50):8.2f} {pct(latencies[kind], 0.99):8.2f}")
+    best = max(("aio", "threads"), key=rate.__getitem__)
+    ratio = rate["provider"] / rate[best]
+    per_round = statistics.mean(rate.values())
+    print(f"\nprovider / {best} (the faster bare server) = {ratio:.2f}  (goal >= {GOAL}; mean of all {per_round:.0f}/s)")
+    return 0 if ratio >= GOAL else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

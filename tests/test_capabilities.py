@@ -1,0 +1,179 @@
+"""Capabilities: declared once, refused without calling the backend,
+reported by GetCapabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from provider_core import Capability, capabilities
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
+
+pytestmark = pytest.mark.needs_test_plugins
+_plugins = pytest.importorskip(
+    "vmp_testplugins.memory", reason="the test backends are not installed: pip install -e tests/plugins"
+)
+MemoryPlusBackend = _plugins.MemoryPlusBackend
+MemorySettings = _plugins.MemorySettings
+
+CHECKSUM = "a" * 64
+#: A valid request for each gated RPC, and the capability it needs.
+GATED: dict[str, tuple[Any, str]] = {
+    "Reconfigure": (pb.ReconfigureRequest(id="vm", desired_json='{"Class": {"CPU": 2}}'), "reconfigure"),
+    "SnapshotCreate": (pb.SnapshotCreateRequest(vm_id="vm", name_hint="s1"), "snapshots"),
+    "SnapshotRevert": (pb.SnapshotRevertRequest(vm_id="vm", snapshot_id="s1"), "snapshots"),
+    "SnapshotDelete": (pb.SnapshotDeleteRequest(vm_id="vm", snapshot_id="s1"), "snapshots"),
+    "Clone": (pb.CloneRequest(source_vm_id="vm", target_name="vm2"), "clone"),
+    "ImagePrepare": (
+        pb.ImagePrepareRequest(image_json='{"URL": "https://example.test/a.qcow2"}', target_name="a"),
+        "image_prepare",
+    ),
+    "GetDiskInfo": (pb.GetDiskInfoRequest(vm_id="vm"), "disk_info"),
+    "ExportDisk": (pb.ExportDiskRequest(vm_id="vm", destination_url="https://example.test/up", format="qcow2"), "disk_export"),
+    "ImportDisk": (
+        pb.ImportDiskRequest(source_url="https://example.test/a.qcow2", target_name="a", format="qcow2"),
+        "disk_import",
+    ),
+    "HardwareUpgrade": (pb.HardwareUpgradeRequest(id="vm", target_version=2), "hardware_upgrade"),
+}
+
+
+def test_the_gated_rpcs_are_those_of_the_capability_table() -> None:
+    table = {rpc: cap.value for cap, rpcs in capabilities.RPCS.items() for rpc in rpcs}
+    assert table == {rpc: cap for rpc, (_, cap) in GATED.items()}
+    assert set(capabilities.RPCS) == set(capabilities.METHODS)
+
+
+@pytest.fixture
+def nothing_declared(harness: Callable[..., ProviderHarness]) -> ProviderHarness:
+    """A backend that implements every optional method but declares none of
+    them: the core must refuse on the declaration alone."""
+    backend = MemoryPlusBackend(MemorySettings())
+    backend.capabilities = frozenset()  # type: ignore[misc]  # narrower than its class, on purpose
+    h = harness("memory-plus", backend=backend)
+    h.stub.Create(pb.CreateRequest(name="vm"))
+    return h
+
+
+@pytest.mark.parametrize("rpc", list(GATED))
+@pytest.mark.parametrize("valid", [True, False], ids=["valid-request", "empty-request"])
+def test_an_undeclared_capability_is_unimplemented_without_calling_the_backend(
+    nothing_declared: ProviderHarness, status_details: Callable[..., list[Any]], rpc: str, valid: bool
+) -> None:
+    request, capability = GATED[rpc]
+    before = dict(nothing_declared.backend.calls)  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(nothing_declared.stub, rpc)(request if valid else type(request)(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert f"capability {capability!r}" in info.value.details()
+    assert "'memory-plus'" in info.value.details()
+    (about,) = status_details(info.value, error_details_pb2.ErrorInfo)
+    assert about.metadata["capability"] == capability
+    assert dict(nothing_declared.backend.calls) == before  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("rpc", list(GATED))
+def test_a_declared_capability_reaches_the_backend(plus: ProviderHarness, rpc: str) -> None:
+    plus.stub.Create(pb.CreateRequest(name="vm"))
+    plus.stub.SnapshotCreate(pb.SnapshotCreateRequest(vm_id="vm", name_hint="s1"))
+    request, _ = GATED[rpc]
+    getattr(plus.stub, rpc)(request, timeout=10)
+    method = {
+        "Reconfigure": "reconfigure",
+        "GetDiskInfo": "disk_info",
+        "ExportDisk": "export_disk",
+        "ImportDisk": "import_disk",
+    }.get(rpc, rpc.replace("Snapshot", "snapshot_").lower())
+    method = {"imageprepare": "image_prepare", "hardwareupgrade": "hardware_upgrade"}.get(method, method)
+    assert plus.backend.calls[method] >= 1  # type: ignore[attr-defined]
+
+
+FLAGS = [
+    (
+        "SnapshotCreate",
+        pb.SnapshotCreateRequest(vm_id="vm", name_hint="m", include_memory=True),
+        "memory_snapshots",
+        "snapshot_create",
+    ),
+    ("Clone", pb.CloneRequest(source_vm_id="vm", target_name="linked", linked=True), "linked_clones", "clone"),
+    (
+        "ExportDisk",
+        pb.ExportDiskRequest(vm_id="vm", destination_url="https://example.test/up", format="qcow2", compress=True),
+        "export_compression",
+        "export_disk",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rpc", "request_", "capability", "method"), FLAGS, ids=[f[2] for f in FLAGS])
+def test_an_undeclared_option_is_unimplemented_without_calling_the_backend(
+    plus: ProviderHarness, rpc: str, request_: Any, capability: str, method: str
+) -> None:
+    plus.stub.Create(pb.CreateRequest(name="vm"))
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(plus.stub, rpc)(request_, timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert f"capability {capability!r}" in info.value.details()
+    assert plus.backend.calls[method] == 0  # type: ignore[attr-defined]
+    # Without the option the same call is served.
+    plain = type(request_)()
+    plain.CopyFrom(request_)
+    plain.ClearField(
+        {"memory_snapshots": "include_memory", "linked_clones": "linked", "export_compression": "compress"}[capability]
+    )
+    getattr(plus.stub, rpc)(plain, timeout=10)
+    assert plus.backend.calls[method] == 1  # type: ignore[attr-defined]
+
+
+def test_an_unsupported_export_format_is_invalid_argument(plus: ProviderHarness) -> None:
+    plus.stub.Create(pb.CreateRequest(name="vm"))
+    with pytest.raises(grpc.RpcError) as info:
+        plus.stub.ExportDisk(pb.ExportDiskRequest(vm_id="vm", destination_url="https://example.test/up", format="vmdk"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "qcow2, raw" in info.value.details()
+    assert plus.backend.calls["export_disk"] == 0  # type: ignore[attr-defined]
+
+
+def test_get_capabilities_of_a_backend_with_only_the_core_operations(memory: ProviderHarness) -> None:
+    caps = memory.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+    flags = {f.name: v for f, v in caps.ListFields() if f.name.startswith("supports_")}
+    assert flags == {}, "no optional capability is declared"
+    assert list(caps.supported_disk_types) == ["thin"]
+    assert list(caps.supported_network_types) == ["memory"]
+    assert list(caps.supported_export_formats) == list(caps.supported_import_formats) == []
+
+
+def test_get_capabilities_follows_the_declaration(plus: ProviderHarness) -> None:
+    caps = plus.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+    on = {f.name for f, v in caps.ListFields() if f.name.startswith("supports_") and v}
+    assert on == {"supports_snapshots", "supports_image_import", "supports_disk_export", "supports_disk_import"}
+    assert list(caps.supported_export_formats) == ["qcow2", "raw"]
+    assert list(caps.supported_import_formats) == ["qcow2"]
+
+
+FIELD_OF = {
+    Capability.RECONFIGURE_ONLINE: "supports_reconfigure_online",
+    Capability.DISK_EXPANSION_ONLINE: "supports_disk_expansion_online",
+    Capability.SNAPSHOTS: "supports_snapshots",
+    Capability.MEMORY_SNAPSHOTS: "supports_memory_snapshots",
+    Capability.LINKED_CLONES: "supports_linked_clones",
+    Capability.IMAGE_PREPARE: "supports_image_import",
+    Capability.DISK_EXPORT: "supports_disk_export",
+    Capability.DISK_IMPORT: "supports_disk_import",
+    Capability.EXPORT_COMPRESSION: "supports_export_compression",
+}
+
+
+@pytest.mark.parametrize("capability", list(FIELD_OF), ids=lambda c: c.value)
+def test_each_flag_of_get_capabilities_comes_from_one_capability(
+    harness: Callable[..., ProviderHarness], capability: Capability
+) -> None:
+    backend = MemoryPlusBackend(MemorySettings())
+    backend.capabilities = frozenset({capability})  # type: ignore[misc]
+    caps = harness("memory-plus", backend=backend).stub.GetCapabilities(pb.GetCapabilitiesRequest())
+    assert {f.name for f, v in caps.ListFields() if f.name.startswith("supports_") and v} == {FIELD_OF[capability]}

@@ -1,0 +1,152 @@
+"""SIGTERM on a real ``vm-provider`` process: in-flight calls finish, new
+calls are refused, the process exits 0 within the grace period."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.pb import provider_pb2_grpc as pb_grpc
+from provider_core.tasks import INTERRUPTED
+
+pytestmark = pytest.mark.needs_test_plugins
+
+
+class Provider:
+    """A vm-provider process; its stderr is read line by line."""
+
+    def __init__(self, tmp: Path, backend: str, table: str, grace: float) -> None:
+        config = tmp / "plugins.toml"
+        config.write_text(f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp / "state"}"\n\n[backends.{backend}]\n{table}\n')
+        exe = shutil.which("vm-provider", path=str(Path(sys.executable).parent)) or "vm-provider"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VM_PROVIDER_")}
+        self.proc = subprocess.Popen(
+            [exe, "--backend", backend, "--config", str(config), "--listen", "127.0.0.1:0"],
+            cwd=tmp,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        port = int(self.wait_for(r"serving provider\.v1\.Provider on port (\d+)").group(1))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = pb_grpc.ProviderStub(self.channel)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"the provider never logged {pattern!r}; log:\n{''.join(self.log)}") from None
+            self.log.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+    def stop(self) -> None:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[type[Provider]]:
+    started: list[Provider] = []
+
+    def start(backend: str = "memory", table: str = "", grace: float = 20.0) -> Provider:
+        p = Provider(tmp_path, backend, table, grace)
+        started.append(p)
+        return p
+
+    yield start  # type: ignore[misc]
+    for p in started:
+        p.stop()
+
+
+def _entered(trace: Path, name: str) -> None:
+    end = time.monotonic() + 20
+    while not (trace / name).exists():
+        assert time.monotonic() < end, f"{name} never reached the backend"
+        time.sleep(0.01)
+
+
+def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Provider], tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    p = provider(table=f'delay_seconds = 2.0\ntrace_dir = "{trace}"', grace=20.0)
+    assert not p.stub.Describe(pb.DescribeRequest(id="fast"), timeout=10).exists
+    in_flight = p.stub.Describe.future(pb.DescribeRequest(id="slow-1"), timeout=30)
+    _entered(trace, "describe-slow-1")
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for("signal received: draining")
+
+    refused = None
+    while refused is None:
+        assert not in_flight.done(), "no new call was refused while the slow one still ran"
+        try:
+            p.stub.Describe(pb.DescribeRequest(id="fast"), timeout=5)
+        except grpc.RpcError as err:
+            refused = err
+    # A call arriving at the very moment grpc shuts the server down is
+    # cancelled by grpc itself; after that every new call is UNAVAILABLE.
+    assert refused.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    with pytest.raises(grpc.RpcError) as later:
+        p.stub.Describe(pb.DescribeRequest(id="fast"), timeout=5)
+    assert later.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert in_flight.result(timeout=30) == pb.DescribeResponse(exists=False, power_state="Unknown")
+    assert p.proc.wait(timeout=20) == 0
+    p.wait_for("stopped")
+
+
+def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: type[Provider], tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    table = f'background = true\ndelay_seconds = 1.0\ntrace_dir = "{trace}"'
+    p = provider(table=table, grace=20.0)
+    task = p.stub.Create(pb.CreateRequest(name="slow-bg"), timeout=10).task
+    assert task.id
+    _entered(trace, "create-slow-bg")
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.proc.wait(timeout=20) == 0
+    p.wait_for("stopped")
+    again = provider(table=table)
+    assert again.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10) == pb.TaskStatusResponse(done=True, error="")
+
+
+def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(provider: type[Provider], tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    table = f'background = true\ndelay_seconds = 600\ntrace_dir = "{trace}"'
+    p = provider(table=table, grace=0.2)
+    task = p.stub.Create(pb.CreateRequest(name="slow-cut"), timeout=10).task
+    _entered(trace, "create-slow-cut")
+    p.proc.send_signal(signal.SIGTERM)
+    # The backend is stuck for ten minutes: the grace period still bounds the exit.
+    assert p.proc.wait(timeout=20) == 0
+    p.wait_for("abandoning 1 backend call")
+    again = provider(table="background = true")
+    assert again.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10) == pb.TaskStatusResponse(
+        done=True, error=INTERRUPTED
+    )

@@ -1,0 +1,267 @@
+"""The server around the service: health, reflection, TLS, mutual TLS, tokens."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from pydantic import SecretStr
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.pb import provider_pb2_grpc as pb_grpc
+from provider_core.testing import ProviderHarness
+
+pytestmark = pytest.mark.needs_test_plugins
+
+Harness = Callable[..., ProviderHarness]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(channel: grpc.Channel, service: str = "") -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+# -- health --------------------------------------------------------------------------
+
+
+def test_serving_once_the_backend_connected(memory: ProviderHarness) -> None:
+    assert health(memory.channel) == SERVING  # type: ignore[arg-type]
+    assert health(memory.channel, "provider.v1.Provider") == SERVING  # type: ignore[arg-type]
+    assert memory.backend.connects == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("failure", ["unavailable", "crash"])
+def test_not_serving_while_the_backend_cannot_connect(harness: Harness, tmp_path: Path, failure: str) -> None:
+    flag = tmp_path / "down"
+    flag.write_text(failure)
+    h = harness("memory", {"fail_connect_file": str(flag)}, health_interval=0.05)
+    assert health(h.channel) == NOT_SERVING  # type: ignore[arg-type]
+    assert health(h.channel, "provider.v1.Provider") == NOT_SERVING  # type: ignore[arg-type]
+    # The provider itself still answers.
+    assert not h.stub.Describe(pb.DescribeRequest(id="x")).exists
+    flag.unlink()
+    eventually(lambda: health(h.channel) == SERVING, "reconnected")  # type: ignore[arg-type]
+    assert health(h.channel, "provider.v1.Provider") == SERVING  # type: ignore[arg-type]
+    flag.write_text(failure)
+    eventually(lambda: health(h.channel) == NOT_SERVING, "a failed ping noticed")  # type: ignore[arg-type]
+    flag.unlink()
+    eventually(lambda: health(h.channel) == SERVING, "reconnected again")  # type: ignore[arg-type]
+    assert h.backend.connects >= 3  # type: ignore[attr-defined]
+
+
+def test_an_unknown_service_is_not_found(memory: ProviderHarness) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        health(memory.channel, "nosuch.Service")  # type: ignore[arg-type]
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- reflection ----------------------------------------------------------------------
+
+
+def test_reflection_lists_and_describes_the_provider(memory: ProviderHarness) -> None:
+    db = ProtoReflectionDescriptorDatabase(memory.channel)
+    services = set(db.get_services())
+    assert {"provider.v1.Provider", "grpc.health.v1.Health"} <= services
+    service = DescriptorPool(db).FindServiceByName("provider.v1.Provider")
+    assert len(service.methods) == 18
+    describe = service.methods_by_name["Describe"]
+    assert (describe.input_type.full_name, describe.output_type.full_name) == (
+        "provider.v1.DescribeRequest",
+        "provider.v1.DescribeResponse",
+    )
+    assert [f.number for f in describe.output_type.fields] == [1, 2, 3, 4, 5]
+
+
+# -- TLS -----------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: bytes
+    client_key: bytes
+    other_ca: bytes
+    other_client_cert: bytes
+    other_client_key: bytes
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    kind: str,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=kind == "ca", path_length=None), critical=True)
+    )
+    if kind == "ca":
+        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+        builder = builder.add_extension(usage, critical=True)
+    elif kind == "server":
+        san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    else:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    out = tmp_path_factory.mktemp("pki")
+    ca_key, other_key = _key(), _key()
+    ca = _cert("test CA", ca_key, None, ca_key, "ca")
+    other = _cert("someone else's CA", other_key, None, other_key, "ca")
+    server_key, client_key, other_client_key = _key(), _key(), _key()
+    server = _cert("localhost", server_key, ca, ca_key, "server")
+    client = _cert("controller", client_key, ca, ca_key, "client")
+    other_client = _cert("controller", other_client_key, other, other_key, "client")
+    (out / "ca.pem").write_bytes(_pem(ca))
+    (out / "server.pem").write_bytes(_pem(server) + _pem(ca))
+    (out / "server.key").write_bytes(_pem_key(server_key))
+    return Pki(
+        ca=out / "ca.pem",
+        server_cert=out / "server.pem",
+        server_key=out / "server.key",
+        client_cert=_pem(client),
+        client_key=_pem_key(client_key),
+        other_ca=_pem(other),
+        other_client_cert=_pem(other_client),
+        other_client_key=_pem_key(other_client_key),
+    )
+
+
+def _validate(channel: grpc.Channel) -> pb.ValidateResponse:
+    try:
+        return pb_grpc.ProviderStub(channel).Validate(pb.ValidateRequest(), timeout=5)
+    finally:
+        channel.close()
+
+
+def test_tls(harness: Harness, pki: Pki) -> None:
+    h = harness("memory", tls_cert=pki.server_cert, tls_key=pki.server_key)
+    assert _validate(h.make_channel(grpc.ssl_channel_credentials(pki.ca.read_bytes()))).ok
+    # A plaintext client cannot talk to it, nor one that trusts another CA.
+    with pytest.raises(grpc.RpcError) as plain:
+        _validate(h.make_channel())
+    assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as wrong_ca:
+        _validate(h.make_channel(grpc.ssl_channel_credentials(pki.other_ca)))
+    assert wrong_ca.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls(harness: Harness, pki: Pki) -> None:
+    h = harness("memory", tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca)
+    ca = pki.ca.read_bytes()
+    assert _validate(h.make_channel(grpc.ssl_channel_credentials(ca, pki.client_key, pki.client_cert))).ok
+    with pytest.raises(grpc.RpcError) as no_cert:
+        _validate(h.make_channel(grpc.ssl_channel_credentials(ca)))
+    assert no_cert.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as foreign_cert:
+        _validate(h.make_channel(grpc.ssl_channel_credentials(ca, pki.other_client_key, pki.other_client_cert)))
+    assert foreign_cert.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError):
+        _validate(h.make_channel())
+    assert h.backend.calls["validate"] == 1  # type: ignore[attr-defined]
+
+
+# -- bearer tokens -------------------------------------------------------------------
+
+TOKEN = "0123456789abcdef-token"
+
+
+@pytest.fixture
+def guarded(harness: Harness) -> ProviderHarness:
+    return harness("memory", auth_token=SecretStr(TOKEN))
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("authorization", "Bearer wrong")],
+        [("authorization", TOKEN)],
+        [("authorization", f"Basic {TOKEN}")],
+        [("x-token", TOKEN)],
+    ],
+    ids=["missing", "wrong", "no-scheme", "basic", "other-header"],
+)
+def test_a_missing_or_wrong_token_is_unauthenticated(guarded: ProviderHarness, metadata: list[tuple[str, str]]) -> None:
+    for call in (
+        lambda: guarded.stub.Validate(pb.ValidateRequest(), metadata=metadata, timeout=5),
+        lambda: guarded.stub.Create(pb.CreateRequest(name="vm"), metadata=metadata, timeout=5),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert TOKEN not in info.value.details()
+    assert sum(guarded.backend.calls.values()) == 0  # type: ignore[attr-defined]
+
+
+def test_the_right_token_works(guarded: ProviderHarness) -> None:
+    auth = [("authorization", f"Bearer {TOKEN}")]
+    guarded.stub.Create(pb.CreateRequest(name="vm"), metadata=auth)
+    assert guarded.stub.Describe(pb.DescribeRequest(id="vm"), metadata=auth).exists
+
+
+def test_health_needs_no_token(guarded: ProviderHarness) -> None:
+    assert health(guarded.channel) == SERVING  # type: ignore[arg-type]
+
+
+def test_reflection_needs_the_token(guarded: ProviderHarness) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        ProtoReflectionDescriptorDatabase(guarded.channel).get_services()
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_token_and_tls_together(harness: Harness, pki: Pki) -> None:
+    h = harness("memory", tls_cert=pki.server_cert, tls_key=pki.server_key, auth_token=SecretStr(TOKEN))
+    call_creds = grpc.access_token_call_credentials(TOKEN)
+    creds = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(pki.ca.read_bytes()), call_creds)
+    assert _validate(h.make_channel(creds)).ok
