@@ -36,8 +36,8 @@ def test_readme_demo_runs_against_a_live_server(capsys: pytest.CaptureFixture[st
 def test_docs_toml_samples_load(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "secret"
     secret.write_text("s3cr3t-value\n")
-    for i, sample in enumerate(fenced(ROOT / "docs" / doc, "toml")):
-        sample = re.sub(r'"/(run|etc)/[^"]*(token|secret)[^"]*"', f'"{secret}"', sample)
+    for i, raw in enumerate(fenced(ROOT / "docs" / doc, "toml")):
+        sample = re.sub(r'"/(run|etc)/[^"]*(token|secret)[^"]*"', f'"{secret}"', raw)
         data = tomllib.loads(sample)
         path = tmp_path / f"sample{i}.toml"
         path.write_text(sample)

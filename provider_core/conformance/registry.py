@@ -20,11 +20,11 @@ CORE = "core"
 _MODULES = ("checks_core", "checks_lifecycle", "checks_disks", "checks_honesty")
 
 
-class CheckFailed(AssertionError):  # noqa: N818 - named for the outcome it reports, like pytest's Failed
+class CheckFailed(AssertionError):
     """The backend broke the contract; the message says how."""
 
 
-class CheckSkipped(Exception):  # noqa: N818 - named for the outcome it reports, like pytest's Skipped
+class CheckSkipped(Exception):
     """The check cannot run here; the message says why."""
 
 

@@ -58,7 +58,7 @@ _ERRORS: list[tuple[re.Pattern[str], type[ProviderError]]] = [
 ]
 
 
-class QemuImgFailed(Exception):  # noqa: N818 - named for what happened, like subprocess's errors
+class QemuImgFailed(Exception):
     """qemu-img failed in a way the error table does not know."""
 
     def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
