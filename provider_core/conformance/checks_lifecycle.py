@@ -247,18 +247,63 @@ def clone_missing_source(kit: Kit) -> None:
 
 @check("linked", needs=Capability.LINKED_CLONES)
 def clone_linked(kit: Kit) -> None:
-    """A linked clone is a new VM whose disk is backed by the source's."""
+    """A linked clone is a new VM whose disk is backed by the source's (the
+    ``linked_clone_source`` fixture, else a VM the kit makes)."""
+    given = kit.fixtures.linked_clone_source
+    if given:
+        clone_linked_from(kit, given)
+        return
     source = kit.create_vm("lsource")
     kit.power(source, pb.POWER_OP_OFF)
     target, name = clone(kit, source, "linked", linked=True)
     expect_clone(kit, source, target, name, "linked Clone")
-    if kit.declares(Capability.DISK_INFO):
-        disk = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=target))
-        expect(disk.backing_file, "GetDiskInfo of a linked clone's disk gives no backing_file: was it copied in full?")
-        full = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=source))
-        expect(disk.path != full.path, "the linked clone's disk is the source's disk itself")
+    expect_backed(kit, source, target)
     kit.power(target, pb.POWER_OP_ON)
     kit.expect_power(target, "On", "powering on a linked clone")
+
+
+def expect_backed(kit: Kit, source: str, target: str) -> None:
+    """GetDiskInfo shows the clone's disk backed by another file, not the source's disk itself."""
+    if not kit.declares(Capability.DISK_INFO):
+        return
+    disk = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=target))
+    expect(disk.backing_file, "GetDiskInfo of a linked clone's disk gives no backing_file: was it copied in full?")
+    full = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=source))
+    expect(disk.path != full.path, "the linked clone's disk is the source's disk itself")
+
+
+def source_state(kit: Kit, source: str) -> tuple[Any, ...]:
+    """What a linked clone may not change about its source: Describe, the
+    ListVMs entry (when listed) and GetDiskInfo (when declared)."""
+    described = kit.describe(source)
+    expect(described.exists, f"Describe({source}) says exists=false for the linked_clone_source fixture's VM")
+    listed = kit.listed(source)
+    entry = None
+    if listed is not None:
+        disks = tuple(sorted((d.id, d.size_gib) for d in listed.disks))
+        entry = (listed.name, listed.power_state, listed.cpu, listed.memory_mib, disks)
+    disk = None
+    if kit.declares(Capability.DISK_INFO):
+        d = kit.ok("GetDiskInfo", pb.GetDiskInfoRequest(vm_id=source))
+        disk = (d.disk_id, d.format, d.virtual_size_bytes, d.path, d.backing_file, tuple(sorted(d.snapshots)))
+    return described.power_state, entry, disk
+
+
+def clone_linked_from(kit: Kit, source: str) -> None:
+    """Linked-clone the backend's own source VM (a template, say): the clone
+    is its own VM, powers on and is deleted cleanly; the source is untouched."""
+    before = source_state(kit, source)
+    target, name = clone(kit, source, "linked", linked=True)
+    expect_clone(kit, source, target, name, "linked Clone")
+    expect_backed(kit, source, target)
+    kit.power(target, pb.POWER_OP_ON)
+    kit.expect_power(target, "On", "powering on a linked clone")
+    kit.wait(kit.ok("Delete", pb.DeleteRequest(id=target)).task, f"Delete of the linked clone {target}")
+    kit.forget(target)
+    expect(not kit.describe(target).exists, f"Describe({target}) says exists=true after deleting the linked clone")
+    expect(kit.listed(target) is None, f"ListVMs still lists the linked clone {target} after Delete")
+    after = source_state(kit, source)
+    expect(after == before, f"the linked clone changed its source {source}: before {before}, after {after}")
 
 
 # -- hardware upgrade ----------------------------------------------------------------------------------

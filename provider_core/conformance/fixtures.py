@@ -39,6 +39,9 @@ class Fixtures(BaseModel):
     prepare_image_json: str = Field("", description="image_json for ImagePrepare ('' = a raw image the kit serves on 127.0.0.1)")
     import_file: str = Field("", description="disk image file ImportDisk fetches ('' = a raw image the kit makes)")
     import_format: str = Field("", description="format of import_file ('' = raw)")
+    linked_clone_source: str = Field(
+        "", description="id of an existing VM the backend can linked-clone ('' = a VM the kit makes); never changed"
+    )
     hardware_version: int = Field(0, ge=0, description="target_version of HardwareUpgrade (0 = the newest the host offers)")
     graceful_timeout: int = Field(10, ge=1, description="graceful_timeout_seconds of reboots and graceful shutdowns")
     task_timeout: float = Field(300.0, gt=0, description="seconds the kit polls one task before failing the check")

@@ -11,7 +11,9 @@ from vm_provider_sim import SimBackend
 
 from provider_core.capabilities import Capability
 from provider_core.conformance.registry import checks_for
-from provider_core.conformance.report import PASS
+from provider_core.conformance.report import FAIL, PASS
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
 
 SIM_TOML = "[backends.sim]\ntask_seconds = 0.01\nshutdown_seconds = 0.05\n"
 
@@ -56,3 +58,22 @@ def test_pytest_plugin_passes_sim(tmp_path: Path, run_pytest: Callable[..., Any]
     assert f"{total} passed" in proc.stdout
     assert "PASSED vm-provider-conformance[sim]::core.create_idempotent" in proc.stdout
     assert "vm-provider conformance: backend 'sim'" in proc.stdout
+
+
+def test_linked_clone_of_a_given_source(run_kit: Callable[..., Any], fast_sim: dict[str, Any], tmp_path: Path) -> None:
+    """With ``linked_clone_source`` the kit clones that VM (one it did not make) and leaves it be."""
+    settings = {**fast_sim, "state_file": str(tmp_path / "sim.json"), "foreign_vms": ["golden"]}
+    with ProviderHarness.for_backend("sim", settings) as h:
+        (golden,) = [vm for vm in h.stub.ListVMs(pb.ListVMsRequest()).vms if vm.name == "golden"]
+    results = run_kit("sim", settings, {"linked_clone_source": golden.id}, select="linked_clones.linked")
+    assert [(r.check.name, r.status, r.detail) for r in results] == [("linked_clones.linked", PASS, "")]
+    with ProviderHarness.for_backend("sim", settings) as h:
+        vms = list(h.stub.ListVMs(pb.ListVMsRequest()).vms)
+    assert [(vm.id, vm.name, vm.power_state) for vm in vms] == [(golden.id, "golden", "Off")]
+    assert vms[0].disks == golden.disks
+
+
+def test_a_missing_linked_clone_source_fails_the_check(run_kit: Callable[..., Any], fast_sim: dict[str, Any]) -> None:
+    results = run_kit("sim", fast_sim, {"linked_clone_source": "vm-nope"}, select="linked_clones.linked")
+    assert [(r.check.name, r.status) for r in results] == [("linked_clones.linked", FAIL)]
+    assert "exists=false for the linked_clone_source fixture's VM" in results[0].detail

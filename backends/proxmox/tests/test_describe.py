@@ -4,7 +4,10 @@ at any VM count)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
 
 from provider_core.pb import provider_pb2 as pb
 
@@ -88,7 +91,56 @@ def test_unknown_node_costs_one_lookup(ops: Any, pve: Any) -> None:
     sent = ops.requests_since(mark)
     assert sent[0] == ("GET", "/api2/json/cluster/resources")
     assert all("/nodes/pve1/" not in p for m, p in sent)
-    assert len(sent) == 3  # stopped-or-no-agent: resources, status, pending
+    assert len(sent) == 3  # no agent: resources, status, pending
+
+
+def test_cold_describe_of_a_running_vm_with_the_agent_is_three_requests(ops: Any, pve: Any) -> None:
+    """A VM this provider has not seen (made after it read the cluster's VM
+    list) that runs with the agent: resources, status, agent; the
+    configuration waits for the next Describe."""
+    config = {"scsi0": "local-lvm:vm-200-disk-0,size=4G", "agent": "1", "cores": 2}
+    pve.add_vm(200, "made-elsewhere", node="pve2", status="running", config=config).agent = {"interfaces": INTERFACES}
+    mark = ops.mark()
+    described = ops.describe("200")
+    sent = ops.requests_since(mark)
+    assert sent == [
+        ("GET", "/api2/json/cluster/resources"),
+        ("GET", "/api2/json/nodes/pve2/qemu/200/status/current"),
+        ("GET", "/api2/json/nodes/pve2/qemu/200/agent/network-get-interfaces"),
+    ]
+    assert described.exists
+    assert described.power_state == "On"
+    assert list(described.ips) == ["10.0.0.5", "2001:db8::5"]
+    assert "vmname=made-elsewhere&node=pve2" in described.console_url
+    raw = json.loads(described.provider_raw_json)
+    assert (raw["node"], raw["qmpstatus"], raw["config"], raw["pending"]) == ("pve2", "running", None, None)
+    mark = ops.mark()
+    warm = json.loads(ops.describe("200").provider_raw_json)  # the node is known now: the configuration too
+    assert len(ops.requests_since(mark)) == 3
+    assert warm["config"]["cores"] == 2
+    assert warm["pending"] == {}
+
+
+@pytest.mark.parametrize(
+    ("status", "agent", "word"),
+    [("running", "1", "On"), ("running", "0", "On"), ("stopped", "1", "Off"), ("paused", "1", "Suspended")],
+)
+def test_cold_describe_is_at_most_three_requests(ops: Any, pve: Any, api: Any, status: str, agent: str, word: str) -> None:
+    vm = pve.add_vm(
+        200,
+        "cold",
+        node="pve2",
+        status="stopped" if status == "stopped" else "running",
+        config={"scsi0": "local-lvm:vm-200-disk-0,size=4G", "agent": agent},
+    )
+    vm.agent = {"interfaces": INTERFACES} if agent == "1" else None
+    if status == "paused":
+        api.nodes("pve2").qemu(200).status.suspend.post()
+    mark = ops.mark()
+    described = ops.describe("200")
+    assert len(ops.requests_since(mark)) <= 3
+    assert described.power_state == word
+    assert list(described.ips) == (["10.0.0.5", "2001:db8::5"] if word == "On" and agent == "1" else [])
 
 
 def test_moved_vm_is_found_again(ops: Any, pve: Any) -> None:

@@ -8,14 +8,26 @@ state costs a request per VM; Describe says Suspended), and only the boot
 disk is listed (named by its config key where the provider knows it; every
 disk is in Describe's raw JSON and GetDiskInfo).
 
-Describe makes at most three requests once the VM's node is known (it is
-after any lookup, ListVMs, or connect, which all read the cluster's VM
-list): ``status/current`` (QEMU's run state, so running, paused and stopped
-are distinct), ``pending`` (the configuration and the changes waiting for a
-reboot, both in ``provider_raw_json``), and, for a running VM with the
-agent enabled, the guest agent's ``network-get-interfaces`` for its IPs.
-A VM whose node is not known yet costs one more request to find it; so does
-one that moved to another node since.
+Describe makes at most three requests, also for a VM whose node this
+process does not know yet (made elsewhere since the cluster's VM list was
+last read):
+
+1. ``/cluster/resources?type=vm``, only when the node is not known: it
+   finds the node (and tells a missing VM, or one on a node that does not
+   answer);
+2. ``status/current``: QEMU's run state, so running, paused and stopped are
+   distinct, and whether the guest agent is enabled;
+3. the guest agent's ``network-get-interfaces`` for the IPs, when the VM
+   runs with the agent enabled;
+
+and ``pending`` (the configuration and the changes waiting for a reboot,
+``config`` and ``pending`` in ``provider_raw_json``) when that stays within
+three. It does whenever the node is known; for a VM found by step 1 that
+runs with the agent enabled, ``config`` and ``pending`` are null (the next
+Describe, with the node known, has them). A VM that moved to another node
+since its node was learnt costs one request more: its old node answers
+"does not exist" first, so ``config`` and ``pending`` are null, and a
+running one with the agent enabled makes four requests.
 """
 
 from __future__ import annotations
@@ -69,12 +81,18 @@ def guest_ips(interfaces: list[dict[str, Any]]) -> list[str]:
     return ips
 
 
+#: Requests one Describe may make (issue 4's benchmark).
+MAX_REQUESTS = 3
+
+
 def describe(cluster: Cluster, vm_id: str) -> VMStatus:
     client = cluster.client
     vmid = parse_vmid(vm_id)
     node = cluster.node_of(vmid)
+    sent = 0
     status: dict[str, Any] | None = None
     if node is not None:
+        sent += 1
         try:
             status = client.get(f"nodes/{node}/qemu/{vmid}/status/current")
         except (NotFound, Unavailable):
@@ -82,15 +100,14 @@ def describe(cluster: Cluster, vm_id: str) -> VMStatus:
     if status is None or node is None:
         ref = cluster.find(vm_id)
         node = ref.node
+        sent += 2
         try:
             status = client.get(f"{ref.path}/status/current")
         except Unavailable as exc:
             return _unreachable(cluster, ref, exc)
     path = cluster.vm_path(vmid, node)
-    config, pending = split_pending(client.get(f"{path}/pending") or [])
-    boot = primary_disk(config)
-    cluster.learn_boot_disk(vmid, boot.key if boot else None)
     state = power_state(str(status.get("status", "unknown")), status.get("qmpstatus"), str(status.get("lock", "") or ""))
+    ask_agent = state is PowerState.ON and int(status.get("agent", 0) or 0) == 1
     raw: dict[str, Any] = {
         "vmid": vmid,
         "node": node,
@@ -99,11 +116,17 @@ def describe(cluster: Cluster, vm_id: str) -> VMStatus:
         "lock": status.get("lock", ""),
         "template": bool(status.get("template", 0)),
         "native_status": status,
-        "config": config,
-        "pending": pending,
+        "config": None,
+        "pending": None,
     }
+    config: dict[str, Any] = {}
+    if sent + 1 + int(ask_agent) <= MAX_REQUESTS:
+        config, raw["pending"] = split_pending(client.get(f"{path}/pending") or [])
+        raw["config"] = config
+        boot = primary_disk(config)
+        cluster.learn_boot_disk(vmid, boot.key if boot else None)
     ips: list[str] = []
-    if state is PowerState.ON and int(status.get("agent", 0) or 0) == 1:
+    if ask_agent:
         try:
             answer = client.get(f"{path}/agent/network-get-interfaces")
             interfaces = answer.get("result", []) if isinstance(answer, dict) else []
