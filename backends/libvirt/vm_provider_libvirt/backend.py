@@ -44,7 +44,7 @@ from provider_core import (
     VMStatus,
 )
 
-from . import errors, queries, snapshots
+from . import errors, networks, queries, readcache, snapshots
 from .clone import clone as clone_vm
 from .connection import Connection
 from .create import create as create_vm
@@ -94,6 +94,9 @@ class LibvirtBackend(DiskTransfers, Backend):
         self._host: tuple[int, HostInfo] | None = None
         self._domain_type = ""
         self._probe_lock = threading.Lock()
+        self.handles = readcache.Handles()
+        self.parsed = readcache.Parsed()
+        self._leases: tuple[int, networks.Leases] | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -182,6 +185,32 @@ class LibvirtBackend(DiskTransfers, Backend):
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise NotFound(f"VM {vm_id!r} not found") from exc
             raise self.translate(exc) from exc
+
+    def lookup_cached(self, vm_id: str) -> libvirt.virDomain:
+        """:meth:`lookup`, reusing the handle of a UUID looked up before on
+        this connection (for reads; a handle of a domain that is gone makes
+        its first call fail with VIR_ERR_NO_DOMAIN: then :meth:`forget` it)."""
+        if not UUID_RE.match(vm_id):
+            return self.lookup(vm_id)
+        self.conn()  # reconnects first when the daemon went away
+        return self.handles.get(vm_id, self.connection.generation, lambda: self.lookup(vm_id))
+
+    def forget(self, vm_id: str) -> None:
+        """Drop what the read caches hold about a VM (it is gone)."""
+        self.handles.drop(vm_id.lower())
+        self.parsed.drop(vm_id)
+
+    def leases(self) -> networks.Leases:
+        """DHCP leases for Describe, reused for a short while (see
+        :class:`~vm_provider_libvirt.networks.Leases`)."""
+        conn = self.conn()
+        generation = self.connection.generation
+        cached = self._leases
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        leases = networks.Leases(conn, networks.DESCRIBE_TTL)
+        self._leases = (generation, leases)
+        return leases
 
     def find_by_name(self, name: str) -> libvirt.virDomain | None:
         try:

@@ -4,13 +4,15 @@ libvirt-python connections are thread-safe; one is shared by all worker
 threads. libvirt's default event loop runs in a daemon thread (registered
 once per process, before the first connection opens): it lets libvirt read
 the socket between calls, so a daemon that stops or restarts is noticed at
-once (``isAlive()`` turns false, keepalive probes time out a dead link), and
-it delivers the domain events power operations wait for.
+once (libvirt runs the connection's close callback; keepalive probes time
+out a dead link), and it delivers the domain events power operations wait
+for.
 
-:meth:`Connection.get` hands out the live connection and opens a new one
-when the old one died, so after a daemon restart the next call simply
-works. A call that was in flight when the daemon went away fails with
-UNAVAILABLE (the backend marks the connection dead, see
+:meth:`Connection.get` hands out the connection and opens a new one once
+the close callback said the old one is gone, so after a daemon restart the
+next call simply works; it asks libvirt nothing (it runs on every call). A
+call that was in flight when the daemon went away fails with UNAVAILABLE
+(the backend then drops the connection, see
 :func:`~vm_provider_libvirt.errors.connection_lost`).
 """
 
@@ -78,24 +80,26 @@ class Connection:
         self.attempts = attempts
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._lost = False
         self.generation = 0
         """Counts opened connections (caches keyed on it go stale on reconnect)."""
 
     def get(self) -> libvirt.virConnect:
-        """The live connection, reconnecting when the daemon went away.
+        """The connection, reconnecting when the daemon went away.
         Raises Unavailable when the daemon cannot be reached."""
         conn = self._conn
-        if conn is not None and _alive(conn):
+        if conn is not None and not self._lost:
             return conn
         with self._lock:
             conn = self._conn
-            if conn is not None and _alive(conn):
+            if conn is not None and not self._lost:
                 return conn
             if conn is not None:
                 log.info("libvirt connection to %s was lost; reconnecting", safe_uri(self.uri))
                 _close(conn)
                 self._conn = None
             self._conn = self._open()
+            self._lost = False
             self.generation += 1
             return self._conn
 
@@ -137,15 +141,11 @@ class Connection:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have no keepalive
                 raise errors.translate(exc, "libvirt connection") from exc
 
-    def _closed(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+    def _closed(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        """Close callback (event loop thread): the next :meth:`get` reconnects."""
+        if conn is self._conn:
+            self._lost = True
         log.warning("libvirt closed the connection to %s (reason %d)", safe_uri(self.uri), reason)
-
-
-def _alive(conn: libvirt.virConnect) -> bool:
-    try:
-        return bool(conn.isAlive())
-    except libvirt.libvirtError:
-        return False
 
 
 def _close(conn: libvirt.virConnect) -> None:

@@ -12,7 +12,8 @@ Create refuses it at once for a libvirt network, saying so. A VLAN on a
 of that VLAN (``br0.10``) instead and leave VLAN at 0.
 
 Addresses, cheapest first: the DHCP leases of the VM's libvirt networks
-(one call per network, shared by all VMs in ListVMs), matched by MAC; else
+(one call per network, shared by all VMs in ListVMs, and by all Describe
+calls within :data:`DESCRIBE_TTL` seconds), matched by MAC; else
 the guest agent when its channel is connected; else (Describe only) the
 host's ARP table. The test driver has no leases and answers from its own
 made-up table.
@@ -21,7 +22,8 @@ made-up table.
 from __future__ import annotations
 
 import ipaddress
-import xml.etree.ElementTree as ET
+import math
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from .backend import LibvirtBackend
 
 VLAN_FORWARD_MODES = frozenset({"hostdev", "passthrough", "private", "vepa"})
+
+#: Seconds Describe reuses a network's DHCP leases (see :class:`Leases`).
+DESCRIBE_TTL = 2.0
 
 
 def plan(lv: LibvirtBackend, attachments: list[NetworkAttachment], macs: Iterable[str] = ()) -> list[NicPlan]:
@@ -100,18 +105,32 @@ def _check_vlan(net: libvirt.virNetwork, name: str, vlan: int, field: str) -> No
 
 
 class Leases:
-    """DHCP leases per libvirt network, fetched at most once per network."""
+    """DHCP leases per libvirt network, fetched at most once per network
+    every ``ttl`` seconds (by default once in the object's life: ListVMs
+    makes one per listing).
 
-    def __init__(self, conn: libvirt.virConnect) -> None:
+    The backend keeps one with a short ``ttl`` for Describe (see
+    :data:`DESCRIBE_TTL`): a lease is granted once per boot and renewed
+    every hour or so, so an address shows up at most ``ttl`` seconds late,
+    and a VM polling for its first address is not kept waiting noticeably.
+    Thread-safe: an entry is replaced whole; two threads refreshing one
+    network at once both fetch it, which is harmless."""
+
+    def __init__(self, conn: libvirt.virConnect, ttl: float = math.inf) -> None:
         self.conn = conn
-        self._by_network: dict[str, dict[str, list[str]] | None] = {}
+        self.ttl = ttl
+        self._by_network: dict[str, tuple[float, dict[str, list[str]] | None]] = {}
 
     def for_network(self, name: str) -> dict[str, list[str]] | None:
         """MAC -> addresses on that network; None when the driver has no
         lease API (test driver) or the network is gone."""
-        if name not in self._by_network:
-            self._by_network[name] = self._fetch(name)
-        return self._by_network[name]
+        now = time.monotonic()
+        hit = self._by_network.get(name)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        table = self._fetch(name)
+        self._by_network[name] = (now, table)
+        return table
 
     def _fetch(self, name: str) -> dict[str, list[str]] | None:
         try:
@@ -127,9 +146,11 @@ class Leases:
         return out
 
 
-def addresses(dom: libvirt.virDomain, root: ET.Element, leases: Leases, *, arp: bool = True) -> list[str]:
-    """Guest addresses of a running domain (see the module doc)."""
-    nics = domxml.nics(root)
+def addresses(
+    dom: libvirt.virDomain, nics: list[domxml.DomainNic], agent: bool, leases: Leases, *, arp: bool = True
+) -> list[str]:
+    """Guest addresses of a running domain with these NICs (see the module
+    doc); ``agent``: its XML says the guest agent is connected."""
     ips: list[str] = []
     unsupported = False
     for nic in nics:
@@ -143,7 +164,7 @@ def addresses(dom: libvirt.virDomain, root: ET.Element, leases: Leases, *, arp: 
     if ips:
         return _usable(ips)
     sources: list[int] = []
-    if domxml.agent_connected(root):
+    if agent:
         sources.append(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT)
     if unsupported:
         sources.append(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)

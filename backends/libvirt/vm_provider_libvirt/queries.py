@@ -1,9 +1,13 @@
 """Read-only operations: Validate, Describe, ListVMs, GetDiskInfo.
 
-Costs: Describe makes a fixed number of libvirt calls (lookup, state, XML,
-one lease query per network of the VM, an agent or ARP query only when the
-leases know nothing). ListVMs makes one ``getAllDomainStats`` call, one
-XML call per domain and one lease query per network, shared by all VMs.
+Costs: Describe makes two libvirt calls (``state()`` and ``XMLDesc()``)
+for a VM that is off; a running one adds one lease query per network of
+the VM at most every :data:`~vm_provider_libvirt.networks.DESCRIBE_TTL`
+seconds (shared by all VMs), and an agent or ARP query only when the leases
+know nothing. Domain handles and what is read from an unchanged XML are
+reused (:mod:`~vm_provider_libvirt.readcache`). ListVMs makes one
+``getAllDomainStats`` call, one XML call per domain and one lease query per
+network, shared by all VMs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from provider_core import (
     VMStatus,
 )
 
-from . import domxml, images, marks, networks, states, storage
+from . import domxml, images, marks, networks, readcache, states, storage
 from .connection import safe_uri
 from .host import version_text
 
@@ -83,14 +87,12 @@ def validate(lv: LibvirtBackend) -> ValidationReport:
 # -- Describe and ListVMs ----------------------------------------------------------
 
 
-def raw_details(root: ET.Element, state: int, reason: int) -> dict[str, Any]:
-    """Describe's provider_raw_json: native state and the domain's facts."""
-    native = states.native(state)
+def raw_details(root: ET.Element) -> dict[str, Any]:
+    """Describe's provider_raw_json without the native state: the domain's
+    facts (the caller adds ``state`` and ``reason``)."""
     mark = marks.read(root)
     current, maximum = domxml.vcpus(root)
     raw: dict[str, Any] = {
-        "state": native.name,
-        "reason": states.reason(state, reason),
         "uuid": root.findtext("uuid") or "",
         "name": root.findtext("name") or "",
         "id": int(root.get("id", "-1")),
@@ -117,15 +119,33 @@ def raw_details(root: ET.Element, state: int, reason: int) -> dict[str, Any]:
     return raw
 
 
+def _facts(xml: str, console_host: str) -> readcache.Facts:
+    root = domxml.parse(xml)
+    return readcache.Facts(
+        xml=xml,
+        raw=raw_details(root),
+        nics=domxml.nics(root),
+        agent=domxml.agent_connected(root),
+        console=domxml.console_url(root, console_host),
+    )
+
+
 def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
-    dom = lv.lookup(vm_id)
-    with lv.translated(f"VM {vm_id!r}"):
+    dom = lv.lookup_cached(vm_id)
+    try:
         state, reason = dom.state()
-        root = domxml.parse(dom.XMLDesc(0))
-        active = state in ACTIVE
-        ips = networks.addresses(dom, root, networks.Leases(lv.conn())) if active else []
-        console = domxml.console_url(root, lv.console_host()) if active else ""
-    return VMStatus(power_state=states.power_state(state), ips=ips, console_url=console, raw=raw_details(root, state, reason))
+        xml = dom.XMLDesc(0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            lv.forget(vm_id)
+            raise NotFound(f"VM {vm_id!r} not found") from exc
+        raise lv.translate(exc, f"VM {vm_id!r}") from exc
+    facts = lv.parsed.get(vm_id, xml, lambda text: _facts(text, lv.console_host()))
+    active = state in ACTIVE
+    with lv.translated(f"VM {vm_id!r}"):
+        ips = networks.addresses(dom, facts.nics, facts.agent, lv.leases()) if active else []
+    raw = {**facts.raw, "state": states.native(state).name, "reason": states.reason(state, reason)}
+    return VMStatus(power_state=states.power_state(state), ips=ips, console_url=facts.console if active else "", raw=raw)
 
 
 def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
@@ -154,8 +174,8 @@ def _info(
     state = int(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
     reason = int(st.get("state.reason", 0))
     capacity = {st.get(f"block.{i}.name"): int(st.get(f"block.{i}.capacity", 0)) for i in range(int(st.get("block.count", 0)))}
-    ips = networks.addresses(dom, root, leases, arp=False) if state in ACTIVE else []
     nics = domxml.nics(root)
+    ips = networks.addresses(dom, nics, domxml.agent_connected(root), leases, arp=False) if state in ACTIVE else []
     static = _static_ips(mark)
     disks = [
         Disk(id=d.target, path=d.path, size_gib=capacity.get(d.target, 0) // GIB, format=d.format)
