@@ -1,6 +1,6 @@
 """The generated protocol matches the wire numbers deployed clients encode.
 
-The reference is the shared spec ``provider-v1-wire-numbers.md``, parsed
+The reference is ``docs/spec/provider-v1-wire-numbers.md``, parsed
 here, compared field by field against the descriptors the server uses.
 """
 
@@ -17,7 +17,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from provider_core.pb import provider_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
-WIRE_SPEC = ROOT.parent / "shared" / "spec" / "provider-v1-wire-numbers.md"
+WIRE_SPEC = ROOT / "docs" / "spec" / "provider-v1-wire-numbers.md"
 
 SCALARS = {
     FieldDescriptor.TYPE_STRING: "string",

@@ -23,7 +23,7 @@ from provider_core.testing import ProviderHarness
 
 pytestmark = pytest.mark.needs_test_plugins
 
-PAYLOADS = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "json-payloads.md"
+PAYLOADS = Path(__file__).resolve().parents[1] / "docs" / "spec" / "json-payloads.md"
 INT32_MAX = 2**31 - 1
 
 
