@@ -24,7 +24,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 CHUNK = 1 << 20
@@ -200,3 +200,44 @@ def _handler(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
 
 
 __all__ = ["HttpSink", "SeenRequest"]
+
+
+class S3Server:
+    """A real S3-compatible server (moto's, a test dependency) on 127.0.0.1
+    with the given buckets:
+
+        with S3Server("exports") as s3:
+            upload(f, "s3://exports/disk.qcow2", {"endpoint_url": s3.url, ...})
+    """
+
+    REGION = "us-east-1"
+
+    def __init__(self, *buckets: str) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.buckets = buckets
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.url = ""
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server (any keys are accepted)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=self.REGION,
+            aws_access_key_id="x",
+            aws_secret_access_key="x",  # noqa: S106 - moto accepts any key
+        )
+
+    def __enter__(self) -> S3Server:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        for bucket in self.buckets:
+            self.client().create_bucket(Bucket=bucket)
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self._server.stop()

@@ -21,10 +21,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from moto.server import ThreadedMotoServer
 
 from provider_core import errors, transfer
-from provider_core.testing_http import HttpSink
+from provider_core.testing_http import HttpSink, S3Server
 from provider_core.transfer import TransferSettings
 
 MiB = 1 << 20
@@ -40,14 +39,8 @@ def sink(tmp_path: Path) -> Iterator[HttpSink]:
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    client.create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
+    with S3Server(BUCKET) as server:
+        yield server.url
 
 
 @pytest.fixture

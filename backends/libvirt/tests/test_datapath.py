@@ -23,12 +23,11 @@ import boto3
 import grpc
 import libvirt
 import pytest
-from moto.server import ThreadedMotoServer
 from vm_provider_libvirt import images
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness, TaskFailed
-from provider_core.testing_http import HttpSink
+from provider_core.testing_http import HttpSink, S3Server
 
 URI = "qemu:///system"
 POOL = "default"
@@ -106,13 +105,8 @@ def sink(tmp_path: Path) -> Iterator[HttpSink]:
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    _s3(url).create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
+    with S3Server(BUCKET) as server:
+        yield server.url
 
 
 def _s3(url: str) -> Any:
