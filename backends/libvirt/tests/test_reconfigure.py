@@ -94,3 +94,13 @@ def test_a_stopped_vm_can_go_past_its_maximums(
     vm_id = make_vm("web-2", class_json={"CPU": 1, "MemoryMiB": 512})
     reconfigure(harness, vm_id, {"Class": {"CPU": 6, "MemoryMiB": 4096}})
     assert sizes(raw(vm_id)) == (6, 12, 4096, 8192)
+
+
+def test_list_vms_follows_a_change_after_an_earlier_listing(harness: ProviderHarness, running_vm: str) -> None:
+    def listed() -> tuple[int, int, str]:
+        (vm,) = [vm for vm in harness.stub.ListVMs(pb.ListVMsRequest()).vms if vm.id == running_vm]
+        return vm.cpu, vm.memory_mib, vm.provider_raw["tags"]
+
+    assert listed() == (2, 1024, "a")
+    reconfigure(harness, running_vm, {"Class": {"CPU": 4, "MemoryMiB": 2048}, "Tags": ["a", "b"], "Disks": [{"SizeGiB": 2}]})
+    assert listed() == (4, 2048, "a,b")

@@ -90,7 +90,12 @@ def validate(lv: LibvirtBackend) -> ValidationReport:
 def raw_details(root: ET.Element) -> dict[str, Any]:
     """Describe's provider_raw_json without the native state: the domain's
     facts (the caller adds ``state`` and ``reason``)."""
-    mark = marks.read(root)
+    return _raw(root, marks.read(root), domxml.disks(root), domxml.nics(root))
+
+
+def _raw(
+    root: ET.Element, mark: marks.Mark | None, disks: list[domxml.DomainDisk], nics: list[domxml.DomainNic]
+) -> dict[str, Any]:
     current, maximum = domxml.vcpus(root)
     raw: dict[str, Any] = {
         "uuid": root.findtext("uuid") or "",
@@ -104,11 +109,8 @@ def raw_details(root: ET.Element) -> dict[str, Any]:
         "machine": domxml.machine(root),
         "firmware": domxml.firmware(root),
         "managed": mark is not None,
-        "disks": [
-            {"target": d.target, "path": d.path, "format": d.format, "device": d.device, "boot": d.boot}
-            for d in domxml.disks(root)
-        ],
-        "nics": [{"mac": n.mac, "type": n.kind, "source": n.source, "model": n.model, "vlan": n.vlan} for n in domxml.nics(root)],
+        "disks": [{"target": d.target, "path": d.path, "format": d.format, "device": d.device, "boot": d.boot} for d in disks],
+        "nics": [{"mac": n.mac, "type": n.kind, "source": n.source, "model": n.model, "vlan": n.vlan} for n in nics],
     }
     if mark is not None:
         raw.update(tags=list(mark.tags), spec_hash=mark.spec_hash, created=mark.created)
@@ -120,13 +122,45 @@ def raw_details(root: ET.Element) -> dict[str, Any]:
 
 
 def _facts(xml: str, console_host: str) -> readcache.Facts:
+    """Everything Describe and ListVMs read from one domain XML, in one parse."""
     root = domxml.parse(xml)
+    mark = marks.read(root)
+    disks = domxml.disks(root)
+    nics = domxml.nics(root)
+    raw = _raw(root, mark, disks, nics)
     return readcache.Facts(
         xml=xml,
-        raw=raw_details(root),
-        nics=domxml.nics(root),
+        raw=raw,
+        nics=nics,
         agent=domxml.agent_connected(root),
         console=domxml.console_url(root, console_host),
+        managed=mark is not None,
+        listing=_listing(raw, mark, disks, nics),
+    )
+
+
+def _listing(
+    raw: dict[str, Any], mark: marks.Mark | None, disks: list[domxml.DomainDisk], nics: list[domxml.DomainNic]
+) -> readcache.Listing:
+    static = _static_ips(mark)
+    listed = {
+        "uuid": raw["uuid"],
+        "domain_type": raw["domain_type"],
+        "machine": raw["machine"],
+        "managed": "true" if mark is not None else "false",
+    }
+    if mark is not None and mark.tags:
+        listed["tags"] = ",".join(mark.tags)
+    return readcache.Listing(
+        uuid=raw["uuid"],
+        name=raw["name"],
+        cpu=raw["vcpus"],
+        memory_mib=raw["memory_mib"],
+        disks=tuple((d.target, d.path, d.format) for d in disks if d.device != "cdrom"),
+        networks=tuple(
+            Nic(name=n.source, mac=n.mac, ip_address=static[i] if i < len(static) else "") for i, n in enumerate(nics)
+        ),
+        raw=listed,
     )
 
 
@@ -150,57 +184,52 @@ def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
 
 def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
     conn = lv.conn()
+    managed_only = lv.settings.list_scope == "managed"
+    console_host = lv.console_host()
     out: list[VMInfo] = []
     with lv.translated("listing VMs"):
         stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
         leases = networks.Leases(conn)
         for dom, st in stats:
             try:
-                root = domxml.parse(dom.XMLDesc(0))
+                xml = dom.XMLDesc(0)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined since the listing
                 raise
-            mark = marks.read(root)
-            if mark is None and lv.settings.list_scope == "managed":
+            facts = lv.parsed.get(dom.UUIDString(), xml, lambda text: _facts(text, console_host))
+            if managed_only and not facts.managed:
                 continue
-            out.append(_info(dom, root, st, mark, leases))
+            out.append(_info(dom, facts, st, leases))
     return out
 
 
-def _info(
-    dom: libvirt.virDomain, root: ET.Element, st: dict[str, Any], mark: marks.Mark | None, leases: networks.Leases
-) -> VMInfo:
+def _info(dom: libvirt.virDomain, facts: readcache.Facts, st: dict[str, Any], leases: networks.Leases) -> VMInfo:
+    """A ListVMs entry. Every value is built and typed here, so the models
+    are constructed without validating them again."""
+    listing = facts.listing
     state = int(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
-    reason = int(st.get("state.reason", 0))
-    capacity = {st.get(f"block.{i}.name"): int(st.get(f"block.{i}.capacity", 0)) for i in range(int(st.get("block.count", 0)))}
-    nics = domxml.nics(root)
-    ips = networks.addresses(dom, nics, domxml.agent_connected(root), leases, arp=False) if state in ACTIVE else []
-    static = _static_ips(mark)
-    disks = [
-        Disk(id=d.target, path=d.path, size_gib=capacity.get(d.target, 0) // GIB, format=d.format)
-        for d in domxml.disks(root)
-        if d.device != "cdrom"
-    ]
-    raw = {
-        "state": states.native(state).name,
-        "reason": states.reason(state, reason),
-        "uuid": root.findtext("uuid") or "",
-        "domain_type": root.get("type", ""),
-        "machine": domxml.machine(root),
-        "managed": "true" if mark is not None else "false",
-    }
-    if mark is not None and mark.tags:
-        raw["tags"] = ",".join(mark.tags)
-    return VMInfo(
-        id=root.findtext("uuid") or dom.UUIDString(),
-        name=root.findtext("name") or "",
-        power_state=states.power_state(state),
+    native = states.native(state)
+    ips = networks.addresses(dom, facts.nics, facts.agent, leases, arp=False) if state in ACTIVE else []
+    disks: list[Disk] = []
+    if listing.disks:
+        capacity = {
+            st.get(f"block.{i}.name"): int(st.get(f"block.{i}.capacity", 0)) for i in range(int(st.get("block.count", 0)))
+        }
+        disks = [
+            Disk.model_construct(id=target, path=path, size_gib=capacity.get(target, 0) // GIB, format=fmt)
+            for target, path, fmt in listing.disks
+        ]
+    raw = {"state": native.name, "reason": states.reason(state, int(st.get("state.reason", 0))), **listing.raw}
+    return VMInfo.model_construct(
+        id=listing.uuid or dom.UUIDString(),
+        name=listing.name,
+        power_state=native.power,
         ips=ips,
-        cpu=domxml.vcpus(root)[0],
-        memory_mib=domxml.memory_mib(root, "currentMemory"),
+        cpu=listing.cpu,
+        memory_mib=listing.memory_mib,
         disks=disks,
-        networks=[Nic(name=n.source, mac=n.mac, ip_address=static[i] if i < len(static) else "") for i, n in enumerate(nics)],
+        networks=list(listing.networks),
         raw=raw,
     )
 

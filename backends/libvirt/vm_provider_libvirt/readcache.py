@@ -6,10 +6,10 @@ round trips (``state()`` and ``XMLDesc()``) and little Python.
   every call, so it stays valid while the domain exists and across its
   restarts. An entry is dropped when a call on it says the domain is gone,
   and all of them when the connection is replaced (they belong to it).
-- :class:`Parsed`: what Describe derives from a domain's XML, keyed on the
-  XML text itself. ``XMLDesc`` is asked on every call; only when it returns
-  the very same text as last time is the parse skipped, so the answer is
-  never older than the XML.
+- :class:`Parsed`: what Describe and ListVMs derive from a domain's XML,
+  keyed on the XML text itself. ``XMLDesc`` is asked on every call; only
+  when it returns the very same text as last time is the parse skipped, so
+  the answer is never older than the XML.
 
 Both are bounded and thread-safe (entries are replaced whole; two threads
 filling the same entry at once both compute it, which is harmless).
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import libvirt
+
+from provider_core import Nic
 
 from . import domxml
 
@@ -64,8 +66,25 @@ class Handles(_Bounded[tuple[int, libvirt.virDomain]]):
 
 
 @dataclass(frozen=True)
+class Listing:
+    """What a ListVMs entry takes from one version of a domain's XML (the
+    rest comes from the domain's stats and the leases on each call)."""
+
+    uuid: str
+    name: str
+    cpu: int
+    memory_mib: int
+    disks: tuple[tuple[str, str, str], ...]
+    """(target, path, format) of each disk that is not a CD-ROM."""
+    networks: tuple[Nic, ...]
+    """One per NIC, with the static address Create gave it."""
+    raw: dict[str, str]
+    """provider_raw without the native state (added per call)."""
+
+
+@dataclass(frozen=True)
 class Facts:
-    """What Describe reads from one version of a domain's XML."""
+    """What Describe and ListVMs read from one version of a domain's XML."""
 
     xml: str
     raw: dict[str, Any]
@@ -73,6 +92,9 @@ class Facts:
     nics: list[domxml.DomainNic]
     agent: bool
     console: str
+    managed: bool
+    """The domain carries our mark."""
+    listing: Listing
 
 
 class Parsed(_Bounded[Facts]):
@@ -89,4 +111,4 @@ class Parsed(_Bounded[Facts]):
         return facts
 
 
-__all__ = ["Facts", "Handles", "Parsed"]
+__all__ = ["Facts", "Handles", "Listing", "Parsed"]
