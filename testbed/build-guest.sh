@@ -64,17 +64,25 @@ trap 'rm -rf "$work"' EXIT
 log=$work/build.log
 
 # --- kernel -----------------------------------------------------------------
+kernel_package() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }'
+}
+refresh_lists() {  # a fresh machine may have no package lists, or stale ones
+    ((EUID == 0)) && apt-get update -qq >>"$log" 2>&1
+}
 kpkg=${VMP_TESTBED_KERNEL_PKG:-}
 if [[ -z $kpkg ]]; then
-    kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-        awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
+    kpkg=$(kernel_package)
+    [[ -n $kpkg ]] || { refresh_lists && kpkg=$(kernel_package); }
     [[ -n $kpkg ]] || die "apt does not know linux-image-cloud-amd64 (run apt-get update)"
 fi
 
 mkdir -p "$work/deb" "$work/kernel"
 apt_opts=()
 ((EUID == 0)) && apt_opts=(-o APT::Sandbox::User=root)
-(cd "$work/deb" && apt-get "${apt_opts[@]}" download "$kpkg") >"$log" 2>&1 ||
+download() { (cd "$work/deb" && apt-get "${apt_opts[@]}" download "$kpkg") >>"$log" 2>&1; }
+download || { refresh_lists && download; } ||
     { cat "$log" >&2; die "apt-get download $kpkg failed"; }
 dpkg-deb -x "$work"/deb/*.deb "$work/kernel"
 
