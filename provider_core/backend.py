@@ -169,6 +169,14 @@ class Backend(ABC):
         """Stop and remove a VM with its disks and snapshots. A missing VM
         may raise NotFound: the core reports success (Delete is idempotent)."""
 
+    def lock_key(self, vm_id: str) -> str:
+        """The one name of a VM under which the core serialises operations on
+        it. Override when a VM answers to several ids (libvirt: UUID and
+        name), so that calls naming it differently still wait for each other.
+        Must be cheap, and return ``vm_id`` itself for a VM it cannot find
+        (never raise NotFound: the operation reports that). Default: ``vm_id``."""
+        return vm_id
+
     def task_status(self, task_id: str) -> TaskState:
         """State of a native task returned through ``Outcome.native``. Raise
         NotFound for an id the backend does not know. Errors that pass (the

@@ -301,34 +301,67 @@ class Runtime:
     async def list_vms(self, timeout: float | None) -> list[VMInfo]:
         return await self._call(self.backend.list_vms, timeout=timeout)
 
+    async def _key(self, vm_id: str, timeout: float | None) -> str:
+        """The lock key of a VM: its id, or the backend's one name for it."""
+        if type(self.backend).lock_key is Backend.lock_key:
+            return vm_id  # no hop to a worker for the default
+        return await self._call(self.backend.lock_key, vm_id, timeout=timeout)
+
     async def power(self, vm_id: str, op: PowerOp, graceful: float, timeout: float | None) -> str:
-        return (await self._mutate(f"power-{op.value}", [vm_id], self.backend.power, vm_id, op, graceful, timeout=timeout))[1]
+        return (
+            await self._mutate(
+                f"power-{op.value}", [await self._key(vm_id, timeout)], self.backend.power, vm_id, op, graceful, timeout=timeout
+            )
+        )[1]
 
     async def delete(self, vm_id: str, timeout: float | None) -> str:
-        return (await self._mutate("delete", [vm_id], self.backend.delete, vm_id, timeout=timeout, missing_ok=True))[1]
+        return (
+            await self._mutate(
+                "delete", [await self._key(vm_id, timeout)], self.backend.delete, vm_id, timeout=timeout, missing_ok=True
+            )
+        )[1]
 
     async def reconfigure(self, vm_id: str, desired: DesiredVM, timeout: float | None) -> str:
         self.require(Capability.RECONFIGURE)
-        return (await self._mutate("reconfigure", [vm_id], self.backend.reconfigure, vm_id, desired, timeout=timeout))[1]
+        return (
+            await self._mutate(
+                "reconfigure", [await self._key(vm_id, timeout)], self.backend.reconfigure, vm_id, desired, timeout=timeout
+            )
+        )[1]
 
     async def snapshot_create(self, spec: SnapshotSpec, timeout: float | None) -> tuple[str, str]:
         self.require(Capability.SNAPSHOTS)
         if spec.include_memory:
             self.require(Capability.MEMORY_SNAPSHOTS)
-        value, task = await self._mutate("snapshot-create", [spec.vm_id], self.backend.snapshot_create, spec, timeout=timeout)
+        value, task = await self._mutate(
+            "snapshot-create", [await self._key(spec.vm_id, timeout)], self.backend.snapshot_create, spec, timeout=timeout
+        )
         return str(value), task
 
     async def snapshot_revert(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
         self.require(Capability.SNAPSHOTS)
         return (
-            await self._mutate("snapshot-revert", [vm_id], self.backend.snapshot_revert, vm_id, snapshot_id, timeout=timeout)
+            await self._mutate(
+                "snapshot-revert",
+                [await self._key(vm_id, timeout)],
+                self.backend.snapshot_revert,
+                vm_id,
+                snapshot_id,
+                timeout=timeout,
+            )
         )[1]
 
     async def snapshot_delete(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
         self.require(Capability.SNAPSHOTS)
         return (
             await self._mutate(
-                "snapshot-delete", [vm_id], self.backend.snapshot_delete, vm_id, snapshot_id, timeout=timeout, missing_ok=True
+                "snapshot-delete",
+                [await self._key(vm_id, timeout)],
+                self.backend.snapshot_delete,
+                vm_id,
+                snapshot_id,
+                timeout=timeout,
+                missing_ok=True,
             )
         )[1]
 
@@ -336,7 +369,7 @@ class Runtime:
         self.require(Capability.CLONE)
         if spec.linked:
             self.require(Capability.LINKED_CLONES)
-        keys = [spec.source_vm_id, f"name:{spec.target_name}"]
+        keys = [await self._key(spec.source_vm_id, timeout), f"name:{spec.target_name}"]
         value, task = await self._mutate("clone", keys, self.backend.clone, spec, timeout=timeout)
         return str(value), task
 
@@ -358,7 +391,9 @@ class Runtime:
         if spec.compress:
             self.require(Capability.EXPORT_COMPRESSION)
         self._check_format(spec.format, self.backend.export_formats, "format")
-        value, task = await self._mutate("export-disk", [spec.vm_id], self.backend.export_disk, spec, timeout=timeout, wait=True)
+        value, task = await self._mutate(
+            "export-disk", [await self._key(spec.vm_id, timeout)], self.backend.export_disk, spec, timeout=timeout, wait=True
+        )
         return value, task
 
     async def import_disk(self, spec: ImportSpec, timeout: float | None) -> tuple[ImportResult, str]:
@@ -371,7 +406,14 @@ class Runtime:
     async def hardware_upgrade(self, vm_id: str, target_version: int, timeout: float | None) -> str:
         self.require(Capability.HARDWARE_UPGRADE)
         return (
-            await self._mutate("hardware-upgrade", [vm_id], self.backend.hardware_upgrade, vm_id, target_version, timeout=timeout)
+            await self._mutate(
+                "hardware-upgrade",
+                [await self._key(vm_id, timeout)],
+                self.backend.hardware_upgrade,
+                vm_id,
+                target_version,
+                timeout=timeout,
+            )
         )[1]
 
     async def task_status(self, task_id: str, timeout: float | None) -> TaskState:

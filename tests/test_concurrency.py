@@ -150,3 +150,23 @@ def test_deadline_exceeded_while_waiting_for_a_lock(memory: ProviderHarness) -> 
         memory.backend.gate.set()  # type: ignore[attr-defined]
     first.result(timeout=30)
     assert memory.backend.calls["power"] == 1, "the abandoned call never reached the backend"  # type: ignore[attr-defined]
+
+
+def test_one_vm_named_two_ways_is_still_serialised(memory: ProviderHarness) -> None:
+    """Backend.lock_key gives the core one name per VM: a call naming the VM
+    by an alias waits for a call naming it by its id."""
+    stub, backend = memory.stub, memory.backend
+    stub.Create(pb.CreateRequest(name="slow-twice"))
+    backend.gate.clear()  # type: ignore[attr-defined]
+    try:
+        first = stub.Power.future(pb.PowerRequest(id="slow-twice", op=pb.POWER_OP_ON), timeout=30)
+        assert backend.wait_active(1)  # type: ignore[attr-defined]
+        second = stub.Power.future(pb.PowerRequest(id="alias:slow-twice", op=pb.POWER_OP_OFF), timeout=30)
+        _eventually(lambda: _waiting_for_lock(memory, "slow-twice") == 2, "the aliased call waiting for the lock")
+        assert backend.active == 1  # type: ignore[attr-defined]
+    finally:
+        backend.gate.set()  # type: ignore[attr-defined]
+    first.result(timeout=30)
+    second.result(timeout=30)
+    assert backend.overlaps == []  # type: ignore[attr-defined]
+    assert stub.Describe(pb.DescribeRequest(id="alias:slow-twice")).power_state == "Off"

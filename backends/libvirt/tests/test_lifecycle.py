@@ -169,3 +169,13 @@ def test_validate_without_a_daemon_says_so() -> None:
         with pytest.raises(grpc.RpcError) as info:
             h.stub.Describe(pb.DescribeRequest(id="web-1"))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_vm_named_by_uuid_or_name_has_one_lock_key(harness: ProviderHarness, make_vm: Callable[..., str]) -> None:
+    vm_id = make_vm("lockkey")
+    backend = harness.backend
+    assert backend.lock_key(vm_id) == vm_id
+    assert backend.lock_key(vm_id.upper()) == vm_id
+    name = json.loads(harness.stub.Describe(pb.DescribeRequest(id=vm_id)).provider_raw_json)["name"]
+    assert backend.lock_key(name) == vm_id
+    assert backend.lock_key("no-such-vm") == "no-such-vm"

@@ -186,6 +186,15 @@ class LibvirtBackend(DiskTransfers, Backend):
                 raise NotFound(f"VM {vm_id!r} not found") from exc
             raise self.translate(exc) from exc
 
+    def lock_key(self, vm_id: str) -> str:
+        """A VM answers to its UUID and its name: serialise on the UUID."""
+        if UUID_RE.match(vm_id):
+            return vm_id.lower()
+        try:
+            return str(self.lookup(vm_id).UUIDString())
+        except ProviderError:
+            return vm_id
+
     def lookup_cached(self, vm_id: str) -> libvirt.virDomain:
         """:meth:`lookup`, reusing the handle of a UUID looked up before on
         this connection (for reads; a handle of a domain that is gone makes

@@ -148,8 +148,15 @@ class MemoryBackend(Backend):
         with self._lock:
             return self._lock.wait_for(lambda: self.active >= count, timeout)
 
+    #: A VM also answers to this prefix plus its name (like libvirt's UUID and name).
+    ALIAS = "alias:"
+
+    def lock_key(self, vm_id: str) -> str:
+        return vm_id.removeprefix(self.ALIAS)
+
     def _run(self, op: str, vm: str, value: T, body: Callable[[], T | None]) -> Outcome[T]:
         """Run a mutation the way the settings say: now, later, or natively."""
+        vm = self.lock_key(vm)
 
         def work() -> T | None:
             with self._inside(op, vm, mutation=True):
@@ -175,7 +182,7 @@ class MemoryBackend(Backend):
 
     def _vm(self, vm_id: str) -> MemoryVM:
         try:
-            return self.vms[vm_id]
+            return self.vms[self.lock_key(vm_id)]
         except KeyError:
             raise NotFound(f"VM {vm_id!r} not found") from None
 
