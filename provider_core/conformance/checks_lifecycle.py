@@ -61,15 +61,20 @@ def reconfigure_stopped(kit: Kit) -> None:
 @check("grow_disk_stopped", needs=Capability.RECONFIGURE)
 def grow_disk_stopped(kit: Kit) -> None:
     """Reconfigure grows the disks of a stopped VM."""
+    grow_disks(kit, "grow", pb.POWER_OP_OFF, "Reconfigure growing the disks")
+
+
+def grow_disks(kit: Kit, name: str, power_op: pb.PowerOp, what: str) -> str:
+    """Grow a new VM's disks by the fixture's growth, in the power state
+    ``power_op`` leaves it in; ListVMs must show the new sizes."""
     desired, growth = grown_disks(kit)
-    vm = kit.create_vm("grow")
-    kit.power(vm, pb.POWER_OP_OFF)
+    vm = kit.create_vm(name)
+    kit.power(vm, power_op)
     before = sum(kit.disk_sizes(vm))
-    reconfigure(kit, vm, desired, "Reconfigure growing the disks")
+    reconfigure(kit, vm, desired, what)
     after = sum(kit.disk_sizes(vm))
-    expect(
-        after == before + growth, f"after growing the disks by {growth} GiB, ListVMs sizes add up to {after} GiB, was {before}"
-    )
+    expect(after == before + growth, f"after {what} by {growth} GiB, ListVMs sizes add up to {after} GiB, was {before}")
+    return vm
 
 
 @check("shrink_refused", needs=Capability.RECONFIGURE)
@@ -98,16 +103,7 @@ def reconfigure_running(kit: Kit) -> None:
 @check("grow_disk_running", needs=Capability.DISK_EXPANSION_ONLINE)
 def grow_disk_running(kit: Kit) -> None:
     """Reconfigure grows the disks of a running VM, which keeps running."""
-    desired, growth = grown_disks(kit)
-    vm = kit.create_vm("grow-on")
-    kit.power(vm, pb.POWER_OP_ON)
-    before = sum(kit.disk_sizes(vm))
-    reconfigure(kit, vm, desired, "Reconfigure growing the disks of a running VM")
-    after = sum(kit.disk_sizes(vm))
-    expect(
-        after == before + growth,
-        f"after growing the disks of a running VM by {growth} GiB, ListVMs sizes add up to {after} GiB, was {before}",
-    )
+    vm = grow_disks(kit, "grow-on", pb.POWER_OP_ON, "Reconfigure growing the disks of a running VM")
     kit.expect_power(vm, "On", "growing the disks of a running VM")
 
 
