@@ -4,9 +4,11 @@ libvirt-python connections are thread-safe; one is shared by all worker
 threads. libvirt's default event loop runs in a daemon thread (registered
 once per process, before the first connection opens): it lets libvirt read
 the socket between calls, so a daemon that stops or restarts is noticed at
-once (libvirt runs the connection's close callback; keepalive probes time
-out a dead link), and it delivers the domain events power operations wait
-for.
+once (libvirt runs the connection's close callback), and it delivers the
+domain events power operations wait for. Keepalive probes, which time out a
+link whose peer vanished without closing it, run on remote connections
+only: a local daemon's socket closes when the daemon goes, and the probes'
+timer costs every call a wake-up of the event loop thread.
 
 :meth:`Connection.get` hands out the connection and opens a new one once
 the close callback said the old one is gone, so after a daemon restart the
@@ -35,7 +37,7 @@ _loop_lock = threading.Lock()
 _loop_started = False
 
 #: Seconds between keepalive probes, and unanswered probes before the
-#: connection counts as dead (remote connections only).
+#: connection counts as dead (remote connections only, see :func:`is_local`).
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 
@@ -61,6 +63,13 @@ def ensure_event_loop() -> None:
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _loop_started = True
+
+
+def is_local(uri: str) -> bool:
+    """The URI reaches a daemon on this host over its unix socket (or an
+    in-process driver such as ``test:///``): no host, no network transport."""
+    parts = urlsplit(uri)
+    return not parts.hostname and parts.scheme.partition("+")[2] in ("", "unix")
 
 
 def safe_uri(uri: str) -> str:
@@ -136,7 +145,8 @@ class Connection:
     def _watch(self, conn: libvirt.virConnect) -> None:
         try:
             conn.registerCloseCallback(self._closed, None)
-            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            if not is_local(conn.getURI()):
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have no keepalive
                 raise errors.translate(exc, "libvirt connection") from exc
@@ -159,4 +169,4 @@ def _close(conn: libvirt.virConnect) -> None:
         pass
 
 
-__all__ = ["Connection", "ensure_event_loop", "safe_uri"]
+__all__ = ["Connection", "ensure_event_loop", "is_local", "safe_uri"]

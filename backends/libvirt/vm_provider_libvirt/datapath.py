@@ -74,7 +74,7 @@ from provider_core import (
 )
 from provider_core.specs import VMImage
 
-from . import images, scratch, storage, streams
+from . import connection, images, scratch, storage, streams
 from .domxml import parse as parse_xml
 from .settings import LibvirtSettings
 
@@ -261,8 +261,7 @@ class DiskTransfers:
     def _local(self) -> bool:
         if self.local_disks is not None:
             return self.local_disks
-        parts = urlsplit(self.conn().getURI())
-        return not parts.hostname and parts.scheme.partition("+")[2] in ("", "unix")
+        return connection.is_local(self.conn().getURI())
 
     def _pick_disk(self, dom: libvirt.virDomain, disk_id: str) -> tuple[DomainDisk, str]:
         """The disk ``disk_id`` (target, path or volume name; "" = the
