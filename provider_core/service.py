@@ -9,6 +9,7 @@ mapped once, by :func:`provider_core.status.rpc`.
 from __future__ import annotations
 
 import json
+import re
 from typing import TypeAlias
 
 import grpc
@@ -45,10 +46,13 @@ def _task(task_id: str) -> pb.TaskRef | None:
     return pb.TaskRef(id=task_id) if task_id else None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def _required(field: str, value: str) -> str:
     if not value.strip():
         raise InvalidArgument.field(field, "is required")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise InvalidArgument.field(field, "contains control characters")
     return value
 

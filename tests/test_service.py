@@ -60,6 +60,7 @@ def test_power_ops(memory: ProviderHarness, op: int, expected: PowerOp, state: s
         (pb.PowerRequest(id="vm", op=99), "op"),  # type: ignore[arg-type]
         (pb.PowerRequest(id="vm", op=pb.POWER_OP_ON, graceful_timeout_seconds=-1), "graceful_timeout_seconds"),
         (pb.PowerRequest(id=" ", op=pb.POWER_OP_ON), "id"),
+        (pb.PowerRequest(id="vm\x00", op=pb.POWER_OP_ON), "id"),
     ],
 )
 def test_bad_power_requests(memory: ProviderHarness, request_: pb.PowerRequest, field: str) -> None:
@@ -75,6 +76,14 @@ def test_bad_names(memory: ProviderHarness, name: str) -> None:
         memory.stub.Create(pb.CreateRequest(name=name))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("name: ")
+
+
+@pytest.mark.parametrize("vm_id", ["", " ", "vm\n", "v\x1fm", "\x00"])
+def test_describe_refuses_blank_ids_and_control_characters(memory: ProviderHarness, vm_id: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        memory.stub.Describe(pb.DescribeRequest(id=vm_id))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("id: ")
 
 
 # -- idempotency clients rely on -------------------------------------------------------
