@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .backend import Backend
 from .config import ServerSettings, default_state_dir
@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .pb import provider_pb2
 from .runtime import Runtime
 from .service import ProviderService, add_to_server
+from .status import GuardedRegistrar
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["Provider"].full_name
@@ -91,11 +92,10 @@ class ProviderServer:
         self.server = grpc.aio.server(interceptors=interceptors)
         add_to_server(ProviderService(self.runtime), self.server)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        guarded = GuardedRegistrar(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
         creds = server_credentials(settings)
         self.port: int
         try:

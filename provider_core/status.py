@@ -109,3 +109,96 @@ def rpc(handler: H) -> H:
             await context.abort_with_status(to_status(errors.Internal(message)))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _corrupt_status(request: CorruptRequest) -> grpc.Status:
+    return to_status(errors.InvalidArgument(f"the request is not a valid {request.kind} message"))
+
+
+def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same handler, with requests decoded by a decoder that never
+    raises and corrupt ones answered INVALID_ARGUMENT (grpc would answer
+    UNKNOWN naming a Python exception). For services vm-provider registers
+    but does not write (health, reflection); their behaviours are async."""
+    deserialize = handler.request_deserializer
+    if deserialize is None:
+        return handler
+    kind = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    name = kind.full_name if kind is not None else "request"
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return CorruptRequest(name)
+
+    serialize = handler.response_serializer
+    if handler.request_streaming:
+        behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
+
+        async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for request in requests:
+                if isinstance(request, CorruptRequest):
+                    await context.abort_with_status(_corrupt_status(request))
+                yield request
+
+        if handler.response_streaming:
+
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for response in behaviour(checked(requests, context), context):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, decode, serialize)
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await behaviour(checked(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, decode, serialize)
+
+    if handler.response_streaming:
+        streaming = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, CorruptRequest):
+                await context.abort_with_status(_corrupt_status(request))
+            result = streaming(request, context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    yield response
+            else:  # a coroutine that writes its responses with context.write
+                await result
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, decode, serialize)
+
+    unary = handler.unary_unary
+
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, CorruptRequest):
+            await context.abort_with_status(_corrupt_status(request))
+        return await unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, decode, serialize)
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        return None if handler is None else _guard_handler(handler)
+
+
+class GuardedRegistrar:
+    """Stands in for a grpc.aio server when a generated
+    ``add_*Servicer_to_server`` registers a service vm-provider did not
+    write, so that its methods answer corrupt requests INVALID_ARGUMENT."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(service, {k: _guard_handler(v) for k, v in handlers.items()})

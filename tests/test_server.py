@@ -70,6 +70,41 @@ def test_not_serving_while_the_backend_cannot_connect(harness: Harness, tmp_path
     assert h.backend.connects >= 3  # type: ignore[attr-defined]
 
 
+def test_watch_streams_changes(harness: Harness, tmp_path: Path) -> None:
+    flag = tmp_path / "down"
+    flag.write_text("unavailable")
+    h = harness("memory", {"fail_connect_file": str(flag)}, health_interval=0.05)
+    stream = health_pb2_grpc.HealthStub(h.channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+    assert next(stream).status == NOT_SERVING
+    flag.unlink()
+    assert next(stream).status == SERVING
+    stream.cancel()
+
+
+CORRUPT = b"\x0a\xff\xff\xff"
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"),
+    [
+        ("/grpc.health.v1.Health/Check", "unary_unary"),
+        ("/grpc.health.v1.Health/Watch", "unary_stream"),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "stream_stream"),
+    ],
+)
+def test_corrupt_health_and_reflection_requests_are_invalid_argument(memory: ProviderHarness, method: str, kind: str) -> None:
+    call = getattr(memory.channel, kind)(method)
+    send = {
+        "unary_unary": lambda: call(CORRUPT, timeout=10),
+        "unary_stream": lambda: list(call(CORRUPT, timeout=10)),
+        "stream_stream": lambda: list(call(iter([CORRUPT]), timeout=10)),
+    }[kind]
+    with pytest.raises(grpc.RpcError) as info:
+        send()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid grpc." in info.value.details()
+
+
 def test_an_unknown_service_is_not_found(memory: ProviderHarness) -> None:
     with pytest.raises(grpc.RpcError) as info:
         health(memory.channel, "nosuch.Service")  # type: ignore[arg-type]
