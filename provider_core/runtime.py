@@ -169,7 +169,7 @@ class Runtime:
         """Wait up to ``grace`` seconds for background tasks, then stop."""
         pending = list(self._running.values())
         if pending:
-            log.info("waiting up to %.0fs for %d background task(s)", grace, len(pending))
+            log.info("waiting up to %.1fs for %d background task(s)", grace, len(pending))
             _, unfinished = await asyncio.wait(pending, timeout=grace)
             for job in unfinished:  # their records stay open: the next start reports them interrupted
                 job.cancel()

@@ -125,13 +125,15 @@ class ProviderServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones and tasks finish within grace."""
         grace = self.settings.grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace  # one grace period for calls and background tasks together
         await self.health.enter_graceful_shutdown()
         if self._monitor:
             self._monitor.cancel()
             with suppress(asyncio.CancelledError):
                 await self._monitor
         await self.server.stop(grace)
-        await self.runtime.drain(grace)
+        await self.runtime.drain(max(0.0, end - loop.time()))
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM or SIGINT, then drain."""

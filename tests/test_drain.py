@@ -150,3 +150,22 @@ def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(pro
     assert again.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10) == pb.TaskStatusResponse(
         done=True, error=INTERRUPTED
     )
+
+
+def test_calls_and_background_tasks_share_one_grace_period(provider: type[Provider], tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    p = provider(table=f'background = true\ndelay_seconds = 600\ntrace_dir = "{trace}"', grace=2.0)
+    task = p.stub.Create(pb.CreateRequest(name="slow-task"), timeout=10).task
+    assert task.id
+    _entered(trace, "create-slow-task")
+    in_flight = p.stub.Describe.future(pb.DescribeRequest(id="slow-call"), timeout=60)
+    _entered(trace, "describe-slow-call")
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.proc.wait(timeout=30) == 0
+    # The stuck call used up the grace period: the task gets what is left, not a second one.
+    waited = p.wait_for(r"waiting up to ([\d.]+)s for 1 background task")
+    assert float(waited.group(1)) < 1.0, waited.group(0)
+    p.wait_for("abandoning 2 backend call")
+    with pytest.raises(grpc.RpcError):
+        in_flight.result(timeout=10)
