@@ -12,8 +12,11 @@ Three servers, each in its own process:
 One client process runs ``--clients`` concurrent callers (one channel
 each) against one server at a time; rounds alternate between the servers
 in a shuffled order so that noise hits all of them alike. Prints calls per
-second and p50/p99 latency of each server, and the provider's throughput
-as a share of the faster bare server (goal: at least 0.7).
+second and p50/p99 latency of each server, the CPU time each server spent
+per call (all its threads, and its main thread alone: the event loop's for
+the aio servers; Python runs one thread at a time, so this is where a
+GIL-bound server's ceiling shows), and the provider's throughput as a share
+of the faster bare server (goal: at least 0.7).
 
     .venv/bin/python bench/describe_throughput.py [--clients 8] [--rounds 6] [--seconds 2]
 """
@@ -133,9 +136,23 @@ def start(kind: str, work: Path, args: argparse.Namespace) -> tuple[subprocess.P
     return proc, f"127.0.0.1:{ready.read_text()}"
 
 
-async def load(target: str, ids: list[str], clients: int, seconds: float, warmup: float) -> tuple[int, float, list[float]]:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) used so far by process ``pid`` in all its
+    threads, and by its main thread (the event loop's, for the aio servers)."""
+
+    def read(stat: str) -> float:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
+
+
+async def load(
+    target: str, ids: list[str], clients: int, seconds: float, warmup: float, pid: int
+) -> tuple[int, float, list[float], tuple[float, float]]:
     """Run ``clients`` callers for ``seconds`` (after a warm-up); return
-    calls, elapsed time and every call's latency."""
+    calls, elapsed time, every call's latency and the server's CPU time
+    meanwhile (all threads, main thread)."""
     channels = [grpc.aio.insecure_channel(target) for _ in range(clients)]
     latencies: list[float] = []
     measuring = False
@@ -154,14 +171,14 @@ async def load(target: str, ids: list[str], clients: int, seconds: float, warmup
 
     tasks = [asyncio.create_task(caller(n)) for n in range(clients)]
     await asyncio.sleep(warmup)
-    measuring, begun = True, time.perf_counter()
+    measuring, begun, cpu_before = True, time.perf_counter(), cpu_seconds(pid)
     await asyncio.sleep(seconds)
-    measuring, elapsed = False, time.perf_counter() - begun
+    measuring, elapsed, cpu_after = False, time.perf_counter() - begun, cpu_seconds(pid)
     stop = True
     await asyncio.gather(*tasks)
     for ch in channels:
         await ch.close()
-    return len(latencies), elapsed, latencies
+    return len(latencies), elapsed, latencies, (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
 
 
 def prepare(target: str, backend: str, vms: int, work: Path) -> list[str]:
@@ -215,6 +232,7 @@ def main() -> int:
             calls = dict.fromkeys(KINDS, 0)
             elapsed = dict.fromkeys(KINDS, 0.0)
             latencies: dict[str, list[float]] = {k: [] for k in KINDS}
+            cpu = {k: [0.0, 0.0] for k in KINDS}
             order = list(KINDS)
             setup = f"{args.clients} concurrent clients, {args.rounds} rounds x {args.seconds:.1f}s per server"
             print(f"Describe, {setup}, backend {args.backend}")
@@ -222,10 +240,13 @@ def main() -> int:
                 random.shuffle(order)
                 line = []
                 for kind in order:
-                    n, t, lat = asyncio.run(load(targets[kind], ids, args.clients, args.seconds, args.warmup))
+                    run = load(targets[kind], ids, args.clients, args.seconds, args.warmup, procs[kind].pid)
+                    n, t, lat, used = asyncio.run(run)
                     calls[kind] += n
                     elapsed[kind] += t
                     latencies[kind] += lat
+                    cpu[kind][0] += used[0]
+                    cpu[kind][1] += used[1]
                     line.append(f"{kind} {n / t:7.0f}/s")
                 print(f"  round {r + 1}: " + "  ".join(line))
         finally:
@@ -236,9 +257,14 @@ def main() -> int:
 
     rate = {k: calls[k] / elapsed[k] for k in KINDS}
     print()
-    print(f"{'server':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'server':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/call':>12} {'main thread':>12}")
     for kind in KINDS:
-        print(f"{kind:<10} {rate[kind]:9.0f} {pct(latencies[kind], 0.50):8.2f} {pct(latencies[kind], 0.99):8.2f}")
+        total, main_thread = (1e6 * c / max(1, calls[kind]) for c in cpu[kind])
+        loop = "-" if kind == "threads" else f"{main_thread:.0f}"  # its calls run in pool threads
+        print(
+            f"{kind:<10} {rate[kind]:9.0f} {pct(latencies[kind], 0.50):8.2f} {pct(latencies[kind], 0.99):8.2f}"
+            f" {total:12.0f} {loop:>12}"
+        )
     best = max(("aio", "threads"), key=rate.__getitem__)
     ratio = rate["provider"] / rate[best]
     per_round = statistics.mean(rate.values())
