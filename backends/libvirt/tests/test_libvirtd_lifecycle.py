@@ -9,6 +9,7 @@ on the ACPI power button.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -118,10 +119,17 @@ def test_memory_snapshot_and_revert_while_running(real_host: Any, running: str) 
     assert (details["state"], details["reason"], details["vcpus"]) == ("running", "from_snapshot", 2)
 
 
-def test_reboot_restarts_the_guest(real_host: Any, running: str) -> None:
+def test_reboot_restarts_the_guest(real_host: Any, running: str, caplog: pytest.LogCaptureFixture) -> None:
+    from vm_provider_libvirt import connection
+
+    caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
+    assert not connection.event_loop_running()  # a local daemon needs libvirt's event loop only for events
     before = real_host.console(running).count(READY)
     assert real_host.power(running, REBOOT, graceful=30) == "On"
     real_host.wait_console(running, READY, count=before + 1)
+    # The guest's reboot event arrived (the loop ran for it), so it was not reset; the loop stopped after.
+    assert "did not reboot" not in caplog.text
+    assert not connection.event_loop_running()
 
 
 def test_paused_is_suspended_and_forced_off_after_the_timeout(real_host: Any, running: str) -> None:

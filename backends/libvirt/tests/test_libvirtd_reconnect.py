@@ -1,9 +1,10 @@
 """The backend reconnects by itself when libvirtd restarts.
 
 The daemon is restarted between two calls with testbed/libvirtd.sh. The
-second call succeeds: libvirt's event loop (run by the backend) reads the
-socket between calls, so the closed connection is noticed as soon as the
-old daemon goes away and the next call opens a new one.
+second call succeeds, a read as well as a change: nothing watches a local
+connection between calls, so the first call after the restart meets the
+closed socket; a read is retried on a new connection, and a change first
+checks the connection with a cheap call that is.
 
 This module restarts the daemon, which stops every running guest on it; it
 runs last among the libvirt tests and uses only a stopped VM.
@@ -49,3 +50,17 @@ def test_the_call_after_a_daemon_restart_succeeds(real_host: Any) -> None:
     other = real_host.create("after-restart")
     real_host.harness.wait(stub.Delete(pb.DeleteRequest(id=other)).task)
     real_host.harness.wait(stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+
+
+def test_a_change_right_after_a_daemon_restart_succeeds(real_host: Any) -> None:
+    from pathlib import Path
+
+    testbed = str(Path(__file__).resolve().parents[3] / "testbed")
+    real_host.stub.Validate(pb.ValidateRequest())  # the connection is open before the restart
+    generation = real_host.harness.backend.connection.generation
+
+    restart_libvirtd(testbed)
+
+    vm_id = real_host.create("first-after-restart")  # the very next call
+    assert real_host.harness.backend.connection.generation == generation + 1
+    real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)

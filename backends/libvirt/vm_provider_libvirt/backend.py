@@ -113,6 +113,14 @@ class LibvirtBackend(DiskTransfers, Backend):
     def close(self) -> None:
         self.connection.close()
 
+    def checked(self) -> None:
+        """Before a change: make sure the connection still reaches the
+        daemon, reconnecting if not. A local daemon's restart is noticed
+        only by the call that meets the closed socket (no event loop watches
+        it, see :mod:`.connection`); a read is then simply retried, a change
+        is not, so a change first spends one cheap call that is."""
+        self.reading(self.ping)
+
     # -- helpers shared by the operation modules and the data-path mixin -----------
 
     def conn(self) -> libvirt.virConnect:
@@ -274,6 +282,7 @@ class LibvirtBackend(DiskTransfers, Backend):
         return queries.validate(self)
 
     def create(self, spec: CreateSpec) -> Outcome[str]:
+        self.checked()
         return create_vm(self, spec)
 
     def describe(self, vm_id: str) -> VMStatus:
@@ -283,30 +292,38 @@ class LibvirtBackend(DiskTransfers, Backend):
         return self.reading(lambda: queries.list_vms(self))
 
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
+        self.checked()
         return set_power(self, vm_id, op, graceful_timeout)
 
     def delete(self, vm_id: str) -> Outcome[None]:
+        self.checked()
         return delete_vm(self, vm_id)
 
     # -- optional operations ------------------------------------------------------
 
     def reconfigure(self, vm_id: str, desired: DesiredVM) -> Outcome[None]:
+        self.checked()
         return reconfigure_vm(self, vm_id, desired)
 
     def snapshot_create(self, spec: SnapshotSpec) -> Outcome[str]:
+        self.checked()
         return snapshots.create(self, spec)
 
     def snapshot_revert(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
+        self.checked()
         return snapshots.revert(self, vm_id, snapshot_id)
 
     def snapshot_delete(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
+        self.checked()
         return snapshots.delete(self, vm_id, snapshot_id)
 
     def clone(self, spec: CloneSpec) -> Outcome[str]:
+        self.checked()
         return clone_vm(self, spec)
 
     def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
         return self.reading(lambda: queries.disk_info(self, vm_id, disk_id, snapshot_id))
 
     def hardware_upgrade(self, vm_id: str, target_version: int) -> Outcome[None]:
+        self.checked()
         return upgrade_vm(self, vm_id, target_version)

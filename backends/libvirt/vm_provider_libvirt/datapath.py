@@ -125,6 +125,7 @@ class DiskTransfers:
         settings: LibvirtSettings
 
         def conn(self) -> libvirt.virConnect: ...
+        def checked(self) -> None: ...
         def lookup(self, vm_id: str) -> libvirt.virDomain: ...
         def pool(self, name: str = "") -> libvirt.virStoragePool: ...
         def domain_disks(self, dom: libvirt.virDomain) -> Sequence[DomainDisk]: ...
@@ -133,6 +134,7 @@ class DiskTransfers:
     # -- the operations ----------------------------------------------------------
 
     def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+        self.checked()
         name = _volume_name(spec.target_name, "target_name")
         pool = self.pool(spec.storage_hint)
         image = spec.image
@@ -152,6 +154,7 @@ class DiskTransfers:
         return Outcome.later(None, copy)
 
     def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
+        self.checked()
         self._needs_streams("ExportDisk")
         images.convert_args(spec.format, compress=spec.compress)  # refuses raw + compress
         transfer.validate(spec.destination_url, spec.credentials)
@@ -195,6 +198,7 @@ class DiskTransfers:
             log.warning("could not write the checksum file %s: %s", transfer.redact(url), exc)
 
     def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
+        self.checked()
         self._needs_streams("ImportDisk")
         name = _volume_name(spec.target_name, "target_name")
         transfer.validate(spec.source_url, spec.credentials, url_field="source_url")

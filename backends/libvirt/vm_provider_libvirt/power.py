@@ -33,6 +33,8 @@ import libvirt
 
 from provider_core import Outcome, PowerOp
 
+from . import connection
+
 if TYPE_CHECKING:
     from .backend import LibvirtBackend
 
@@ -125,7 +127,12 @@ def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: flo
     def on_reboot(_conn: libvirt.virConnect, _dom: libvirt.virDomain, _opaque: object) -> None:
         rebooted.set()
 
-    callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None)
+    connection.hold_event_loop()  # delivers the event; released once the wait is over
+    try:
+        callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, on_reboot, None)
+    except BaseException:
+        connection.release_event_loop()
+        raise
     try:
         dom.reboot(0)
     except libvirt.libvirtError:
@@ -133,6 +140,9 @@ def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: flo
         log.info("%s: the guest cannot be asked to reboot; resetting it", context)
         dom.reset(0)
         return Outcome.done(None)
+    except BaseException:
+        _deregister(conn, callback)
+        raise
 
     def finish() -> None:
         try:
@@ -147,7 +157,10 @@ def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: flo
 
 
 def _deregister(conn: libvirt.virConnect, callback: int) -> None:
+    """Drop the reboot callback and the event loop :func:`_reboot` held."""
     try:
         conn.domainEventDeregisterAny(callback)
     except libvirt.libvirtError:
         pass
+    finally:
+        connection.release_event_loop()
