@@ -1,6 +1,6 @@
 """Declared disk capabilities exercised end to end: disk info, image
-preparation, export and import. Files travel through an HTTP server the kit
-runs on 127.0.0.1, never over gRPC.
+preparation, export and import. Files travel through an HTTP server and an
+S3 server (moto's) the kit runs on 127.0.0.1, never over gRPC.
 
 Images and disks made by ImagePrepare and ImportDisk stay on the backend's
 storage (the protocol has no RPC to remove them); their names start with the
@@ -90,14 +90,17 @@ def image_prepare_checksum(kit: Kit) -> None:
     kit.wait(kit.ok("ImagePrepare", right).task, "ImagePrepare with the right checksum after a failed one")
 
 
-def export(kit: Kit, vm: str, fmt: str, compress: bool) -> None:
+def export(kit: Kit, vm: str, fmt: str, compress: bool, *, s3: bool = False) -> None:
+    """Export ``vm``'s disk to the kit's HTTP server (or S3 server) and check
+    what arrived against the checksum the answer reports."""
     name = f"export-{vm}-{'z' if compress else 'plain'}.{fmt}"
-    request = pb.ExportDiskRequest(vm_id=vm, destination_url=kit.sink.url(name), format=fmt, compress=compress)
+    url, credentials = kit.s3_place(name) if s3 else (kit.sink.url(name), {})
+    request = pb.ExportDiskRequest(vm_id=vm, destination_url=url, format=fmt, compress=compress, credentials=credentials)
     resp = kit.ok("ExportDisk", request)
     expect(resp.export_id, "ExportDisk returned an empty export_id")
     kit.wait(resp.task, f"ExportDisk({vm}, {fmt})")
-    data = kit.received(name)
-    expect(data, f"ExportDisk({vm}, {fmt}) finished but nothing arrived at the destination URL")
+    data = kit.s3_object(name) if s3 else kit.received(name)
+    expect(data, f"ExportDisk({vm}, {fmt}) finished but nothing arrived at {url}")
     assert data is not None
     if not resp.task.id:
         sha = hashlib.sha256(data).hexdigest()
@@ -116,6 +119,13 @@ def export_disk(kit: Kit) -> None:
     kit.refused(
         "ExportDisk", pb.ExportDiskRequest(vm_id=vm, destination_url=url, format="conformance-format"), Code.INVALID_ARGUMENT
     )
+
+
+@check("s3", needs=Capability.DISK_EXPORT)
+def export_disk_s3(kit: Kit) -> None:
+    """ExportDisk uploads to an s3:// URL, endpoint and keys in the request's credentials, with the SHA256 of what was sent."""
+    vm = kit.create_vm("exports3")
+    export(kit, vm, kit.backend_cls.export_formats[0], compress=False, s3=True)
 
 
 @check("http", needs=Capability.EXPORT_COMPRESSION)
@@ -137,13 +147,12 @@ def import_source(kit: Kit) -> tuple[bytes, str]:
     return IMAGE, "raw"
 
 
-@check("http", needs=Capability.DISK_IMPORT)
-def import_disk(kit: Kit) -> None:
-    """ImportDisk fetches a disk from an HTTP URL, verifying its SHA256; a wrong checksum fails."""
-    data, fmt = import_source(kit)
-    url, sha = kit.serve(f"import.{fmt}", data)
-    target = kit.vm_name("import")
-    request = pb.ImportDiskRequest(source_url=url, format=fmt, target_name=target, verify_checksum=True, expected_checksum=sha)
+def import_from(kit: Kit, url: str, sha: str, fmt: str, *, credentials: dict[str, str], label: str) -> None:
+    """Import ``url`` verifying ``sha``, then again expecting a wrong SHA256 to fail."""
+    target = kit.vm_name(label)
+    request = pb.ImportDiskRequest(
+        source_url=url, format=fmt, target_name=target, verify_checksum=True, expected_checksum=sha, credentials=credentials
+    )
     resp = kit.ok("ImportDisk", request)
     kit.wait(resp.task, f"ImportDisk({target})")
     expect(resp.disk_id, "ImportDisk returned an empty disk_id")
@@ -153,6 +162,29 @@ def import_disk(kit: Kit) -> None:
             f"ImportDisk says checksum {resp.checksum!r}, the file's SHA256 is {sha}",
         )
     bad = pb.ImportDiskRequest(
-        source_url=url, format=fmt, target_name=kit.vm_name("badimport"), verify_checksum=True, expected_checksum=WRONG_SHA256
+        source_url=url,
+        format=fmt,
+        target_name=kit.vm_name(f"bad{label}"),
+        verify_checksum=True,
+        expected_checksum=WRONG_SHA256,
+        credentials=credentials,
     )
     expect(outcome_error(kit, "ImportDisk", bad), "ImportDisk of a file whose SHA256 does not match the expected one succeeded")
+
+
+@check("http", needs=Capability.DISK_IMPORT)
+def import_disk(kit: Kit) -> None:
+    """ImportDisk fetches a disk from an HTTP URL, verifying its SHA256; a wrong checksum fails."""
+    data, fmt = import_source(kit)
+    url, sha = kit.serve(f"import.{fmt}", data)
+    import_from(kit, url, sha, fmt, credentials={}, label="import")
+
+
+@check("s3", needs=Capability.DISK_IMPORT)
+def import_disk_s3(kit: Kit) -> None:
+    """ImportDisk fetches a disk from an s3:// URL (credentials in the request), verifying its SHA256; a wrong checksum fails."""
+    data, fmt = import_source(kit)
+    key = f"import-{kit.run_tag}.{fmt}"
+    sha = kit.s3_put(key, data)
+    url, credentials = kit.s3_place(key)
+    import_from(kit, url, sha, fmt, credentials=credentials, label="imports3")

@@ -27,7 +27,7 @@ from ..capabilities import Capability
 from ..pb import provider_pb2 as pb
 from ..pb import provider_pb2_grpc as pb_grpc
 from ..testing import TaskFailed, wait_task
-from ..testing_http import HttpSink
+from ..testing_http import HttpSink, S3Server
 from .fixtures import Fixtures
 from .registry import CheckFailed, CheckSkipped
 
@@ -99,6 +99,10 @@ def missing_capability(err: grpc.RpcError) -> str:
     return ""
 
 
+S3_BUCKET = "vm-provider-conformance"
+"""The bucket of the kit's S3 server."""
+
+
 class Kit:
     """One backend under test, seen through a real server."""
 
@@ -113,6 +117,7 @@ class Kit:
         """In every name this kit run makes, so that runs sharing a hypervisor keep apart."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._sink: HttpSink | None = None
+        self._s3: S3Server | None = None
 
     def declares(self, cap: Capability) -> bool:
         return cap in self.declared
@@ -322,7 +327,43 @@ class Kit:
         path = self.sink.root / name
         return path.read_bytes() if path.is_file() else None
 
+    @property
+    def s3(self) -> S3Server:
+        """An S3 server on 127.0.0.1 (moto's) with the bucket :data:`S3_BUCKET`."""
+        if self._s3 is None:
+            try:
+                server = S3Server(S3_BUCKET)
+            except ImportError:
+                raise skip("the S3 checks need moto's S3 server here: pip install 'moto[server]'") from None
+            self._s3 = server.__enter__()
+        return self._s3
+
+    def s3_place(self, key: str) -> tuple[str, dict[str, str]]:
+        """The s3:// URL of ``key`` and the request credentials that reach it."""
+        credentials = {
+            "endpoint_url": self.s3.url,
+            "region": S3Server.REGION,
+            "access_key_id": "kit-access-key",
+            "secret_access_key": "kit-secret-key",
+        }
+        return f"s3://{S3_BUCKET}/{key}", credentials
+
+    def s3_put(self, key: str, data: bytes) -> str:
+        """Store ``data`` as ``key``; return its SHA256."""
+        self.s3.client().put_object(Bucket=S3_BUCKET, Key=key, Body=data)
+        return hashlib.sha256(data).hexdigest()
+
+    def s3_object(self, key: str) -> bytes | None:
+        try:
+            body = self.s3.client().get_object(Bucket=S3_BUCKET, Key=key)["Body"]
+        except Exception:  # noqa: BLE001 - botocore's NoSuchKey and kin: nothing arrived
+            return None
+        return bytes(body.read())
+
     def close(self) -> None:
+        if self._s3 is not None:
+            self._s3.__exit__(None, None, None)
+            self._s3 = None
         if self._sink is not None:
             self._sink.stop()
             self._sink = None
