@@ -23,7 +23,7 @@ outputs=(vmlinuz initrd.img disk.qcow2)
 
 # Modules the guest loads, in this order; dependencies are added before them.
 # Modules that are built into the kernel are skipped.
-guest_modules=(button evdev virtio_pci virtio_blk virtio_net)
+guest_modules=(button evdev virtio_pci virtio_blk virtio_net virtio_balloon)
 disk_size=64M
 
 die() {
@@ -189,6 +189,21 @@ while [ $i -lt 50 ]; do
     usleep 100000
 done
 acpid -l /dev/null
+
+# Report vCPUs and memory at start and whenever they change (vCPU hot-plug,
+# the balloon), bringing hot-plugged vCPUs online as udev would.
+(
+    last=
+    while :; do
+        for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+            [ "$(cat "$c" 2>/dev/null)" = 0 ] && echo 1 >"$c"
+        done
+        now="cpus=$(grep -c '^processor' /proc/cpuinfo) mem_kib=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
+        [ "$now" != "$last" ] && echo "VMP-GUEST-HW $now"
+        last=$now
+        usleep 500000
+    done
+) &
 
 disks=
 for b in /sys/block/*; do

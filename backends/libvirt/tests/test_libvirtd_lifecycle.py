@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import threading
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.libvirtd
 
 ON, OFF, REBOOT, SHUTDOWN = pb.POWER_OP_ON, pb.POWER_OP_OFF, pb.POWER_OP_REBOOT, pb.POWER_OP_SHUTDOWN_GRACEFUL
 READY = "VMP-GUEST-READY"
+HW = re.compile(r"VMP-GUEST-HW cpus=(\d+) mem_kib=(\d+)")
 GIB = 2**30
 
 
@@ -78,15 +81,41 @@ def test_a_created_guest_boots_and_describes_itself(real_host: Any, running: str
     assert [(d.id, d.size_gib) for d in listed[running].disks] == [("vda", 0), ("vdb", 1)]
 
 
+def guest_hw(host: Any, vm_id: str) -> list[tuple[int, int]]:
+    """(vCPUs, MemTotal KiB) as the guest reported them, oldest first."""
+    return [(int(c), int(m)) for c, m in HW.findall(host.console(vm_id))]
+
+
+def settled_hw(host: Any, vm_id: str, balloon_kib: int) -> tuple[int, int]:
+    """The guest's report once its balloon driver reached ``balloon_kib``
+    and its reports stopped changing (it checks every 0.5 s)."""
+    dom = domain(host, vm_id)
+    end = time.monotonic() + 60
+    while dom.memoryStats().get("actual") != balloon_kib or not guest_hw(host, vm_id):
+        assert time.monotonic() < end, f"the balloon never reached {balloon_kib} KiB: {dom.memoryStats()}"
+        time.sleep(0.2)
+    last, since = guest_hw(host, vm_id)[-1], time.monotonic()
+    while time.monotonic() - since < 2:
+        assert time.monotonic() < end, f"the guest's reports do not settle: {guest_hw(host, vm_id)}"
+        time.sleep(0.2)
+        if guest_hw(host, vm_id)[-1] != last:
+            last, since = guest_hw(host, vm_id)[-1], time.monotonic()
+    return last
+
+
 def test_online_cpu_memory_and_disk_growth(real_host: Any, running: str) -> None:
+    cpus, mem_kib = settled_hw(real_host, running, 128 * 1024)  # booted with 256 MiB, ballooned to 128
+    assert cpus == 1
     desired = {"Class": {"CPU": 2, "MemoryMiB": 192}, "Disks": [{"SizeGiB": 2}]}
     resp = real_host.stub.Reconfigure(pb.ReconfigureRequest(id=running, desired_json=json.dumps(desired)))
     real_host.harness.wait(resp.task)
     dom = domain(real_host, running)
     assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
     assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == 2
-    # The balloon target is set live and kept in the config; the test guest
-    # loads no balloon driver, so its actual memory stays at the ceiling.
+    # The guest itself sees the new vCPU and gets the balloon's 64 MiB back.
+    cpus, grown_kib = settled_hw(real_host, running, 192 * 1024)
+    assert cpus == 2
+    assert 60 * 1024 <= grown_kib - mem_kib <= 64 * 1024, (mem_kib, grown_kib)
     config = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     assert config.findtext("currentMemory") == str(192 * 1024)
     assert dom.blockInfo("vdb")[0] == 2 * GIB
@@ -119,17 +148,50 @@ def test_memory_snapshot_and_revert_while_running(real_host: Any, running: str) 
     assert (details["state"], details["reason"], details["vcpus"]) == ("running", "from_snapshot", 2)
 
 
-def test_reboot_restarts_the_guest(real_host: Any, running: str, caplog: pytest.LogCaptureFixture) -> None:
-    from vm_provider_libvirt import connection
-
-    caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
-    assert not connection.event_loop_running()  # a local daemon needs libvirt's event loop only for events
+def test_reboot_restarts_the_guest(real_host: Any, running: str) -> None:
     before = real_host.console(running).count(READY)
     assert real_host.power(running, REBOOT, graceful=30) == "On"
     real_host.wait_console(running, READY, count=before + 1)
-    # The guest's reboot event arrived (the loop ran for it), so it was not reset; the loop stopped after.
-    assert "did not reboot" not in caplog.text
+
+
+def test_libvirts_event_loop_runs_only_while_needed(real_host: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A local daemon needs the loop only for domain events: a graceful
+    reboot holds it until the guest's reboot event arrived (so the guest is
+    not reset), and it stops after."""
+    from vm_provider_libvirt import connection
+
+    caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
+    vm_id = real_host.create("events")
+    assert real_host.power(vm_id, ON) == "On"
+    real_host.wait_console(vm_id, READY)
     assert not connection.event_loop_running()
+
+    dom = domain(real_host, vm_id)
+    conn = real_host.harness.backend.conn()
+    seen: list[int] = []
+    arrived = threading.Event()
+
+    def on_lifecycle(_conn: object, _dom: object, event: int, _detail: int, _opaque: object) -> None:
+        seen.append(event)
+        arrived.set()
+
+    with connection.event_loop():
+        callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
+        try:
+            dom.suspend()
+            assert arrived.wait(10), "no event while the loop runs"
+            dom.resume()
+        finally:
+            conn.domainEventDeregisterAny(callback)
+    assert libvirt.VIR_DOMAIN_EVENT_SUSPENDED in seen
+    assert not connection.event_loop_running()
+
+    before = real_host.console(vm_id).count(READY)
+    assert real_host.power(vm_id, REBOOT, graceful=30) == "On"
+    real_host.wait_console(vm_id, READY, count=before + 1)
+    assert "did not reboot" not in caplog.text  # the reboot event arrived: no reset
+    assert not connection.event_loop_running()
+    real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
 
 
 def test_paused_is_suspended_and_forced_off_after_the_timeout(real_host: Any, running: str) -> None:
