@@ -18,7 +18,11 @@ interleaved rounds (shuffled order, one unrecorded warm-up round):
   leases of its networks when it runs, the ARP table when they know
   nothing) for each, every Describe on its own: nothing kept between them;
 - ``GetCapabilities`` as many times as Describe all: no backend behind it,
-  so it shows what gRPC and the server alone cost per call.
+  so it shows what gRPC and the server alone cost per call;
+- ``Describe all`` through a bare gRPC server (grpc's thread pool, in a
+  process of its own) whose Describe does the bare loop's work for one VM:
+  the same libvirt work behind gRPC, without the framework. The provider's
+  ratio to it is the framework's own cost on the real daemon.
 
 Both run first with ``--small`` (50) domains, then with all of them: the
 growth between the two sizes is the cost per domain, which must be about
@@ -166,6 +170,52 @@ def bare_describe(conn: libvirt.virConnect, vm_id: str) -> dict[str, Any]:
         if graphics is not None:
             vm["console"] = f"{graphics.get('type')}://127.0.0.1:{graphics.get('port')}"
     return vm
+
+
+# -- a bare gRPC server doing the bare work -------------------------------------------------
+
+
+class BareDescribe(pb_grpc.ProviderServicer):
+    """Describe answered by :func:`bare_describe` in grpc's thread pool: the
+    same libvirt work behind gRPC, no framework (no spec models, capability
+    checks, locks, tasks or error table)."""
+
+    WORDS = {libvirt.VIR_DOMAIN_RUNNING: "On", libvirt.VIR_DOMAIN_BLOCKED: "On", libvirt.VIR_DOMAIN_PAUSED: "Suspended"}
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self.conn = conn
+
+    def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:
+        vm = bare_describe(self.conn, request.id)
+        return pb.DescribeResponse(
+            exists=True,
+            power_state=self.WORDS.get(vm["state"], "Off"),
+            ips=vm["ips"],
+            console_url=vm["console"],
+            provider_raw_json=json.dumps(vm, sort_keys=True),
+        )
+
+
+def serve_bare(port_file: Path) -> None:
+    """Run :class:`BareDescribe` on 127.0.0.1 until killed; write its port."""
+    server = grpc.server(ThreadPoolExecutor(8))
+    pb_grpc.add_ProviderServicer_to_server(BareDescribe(libvirt.open(URI)), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port_file.with_suffix(".tmp").write_text(str(port))
+    port_file.with_suffix(".tmp").rename(port_file)
+    server.wait_for_termination()
+
+
+def start_bare(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = work / "bare.port"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port_file)])
+    end = time.monotonic() + 60
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError("the bare gRPC server did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port_file.read_text()}"
 
 
 # -- through vm-provider ------------------------------------------------------------------
@@ -397,7 +447,9 @@ def _ours(item: object) -> bool:
     return str(item["name"]).startswith(PREFIX)  # type: ignore[index]
 
 
-def measure(conn: libvirt.virConnect, stub: pb_grpc.ProviderStub, ids: list[str], n: int, clients: int) -> dict[str, list[float]]:
+def measure(
+    conn: libvirt.virConnect, stub: pb_grpc.ProviderStub, bare: pb_grpc.ProviderStub, ids: list[str], n: int, clients: int
+) -> dict[str, list[float]]:
     """Time both sides; Describe all with ``clients`` callers at once."""
     with ThreadPoolExecutor(clients) as threads:
         pool = threads if clients > 1 else None
@@ -406,6 +458,7 @@ def measure(conn: libvirt.virConnect, stub: pb_grpc.ProviderStub, ids: list[str]
             "ListVMs bare": lambda: bare_list(conn),
             "Describe all provider": lambda: each(lambda i: provider_describe(stub, i), ids, pool),
             "Describe all bare": lambda: each(lambda i: bare_describe(conn, i), ids, pool),
+            "Describe all bare-grpc": lambda: each(lambda i: provider_describe(bare, i), ids, pool),
             # The server's own cost: as many round trips that never reach the backend.
             "GetCapabilities provider": lambda: each(
                 lambda _: stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=30), ids, pool
@@ -431,6 +484,11 @@ def report(results: dict[int, dict[str, list[float]]], calls: dict[int, dict[str
     print(
         f"\n{big} GetCapabilities (gRPC and the server, no backend): {floor:.1f} ms, that is "
         f"{floor / med[big]['Describe all provider']:.0%} of the provider's Describe all"
+    )
+    through = med[big]["Describe all bare-grpc"]
+    print(
+        f"{big} Describe through a bare gRPC server doing the bare work (no framework): {through:.1f} ms;"
+        f" provider / that = {med[big]['Describe all provider'] / through:.2f}"
     )
     print(f"\ncost per domain (growth of the median from {small} to {big} domains):")
     for op in ("ListVMs", "Describe all"):
@@ -464,9 +522,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=25, help="recorded rounds per size")
     parser.add_argument("--clients", type=int, default=1, help="concurrent callers for Describe all (both sides)")
     parser.add_argument("--count-calls", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_calls:
         count_calls(args.count_calls)
+        return 0
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
         return 0
     if not 0 < args.small < args.vms or not 2 <= args.running <= args.small or args.clients < 1:
         parser.error("need 0 < --small < --vms, 2 <= --running <= --small and --clients >= 1")
@@ -491,6 +553,9 @@ def main() -> int:
         proc, address = start_provider(work)
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.ProviderStub(channel)  # type: ignore[no-untyped-call]
+        bare_proc, bare_address = start_bare(work)
+        bare_channel = grpc.insecure_channel(bare_address)
+        bare = pb_grpc.ProviderStub(bare_channel)  # type: ignore[no-untyped-call]
         try:
             ids: list[str] = []
             for size in sizes:
@@ -500,7 +565,7 @@ def main() -> int:
                 if size == sizes[0]:
                     print(f"; {start_some(conn, ids[: args.running])}", end="")
                 print(f"; {args.rounds} rounds")
-                results[size] = measure(conn, stub, ids, args.rounds, args.clients)
+                results[size] = measure(conn, stub, bare, ids, args.rounds, args.clients)
                 calls[size] = counted(ids, work)
         finally:
             try:
@@ -509,8 +574,10 @@ def main() -> int:
                 print(f"removed {removed} domains and their volumes ({time.monotonic() - t0:.1f} s)")
             finally:
                 channel.close()
-                proc.terminate()
-                proc.wait(30)
+                bare_channel.close()
+                for p in (proc, bare_proc):
+                    p.terminate()
+                    p.wait(30)
                 conn.close()
     ratios = report(results, calls)
     big = sizes[-1]
