@@ -28,6 +28,8 @@ PACKAGES=(
     xz-utils
     zstd
     genisoimage
+    # a remote-transport stand-in for the tests (qemu+ext relaying to the local socket)
+    netcat-openbsd
 )
 
 missing=()
