@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -224,3 +225,42 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
             host.cleanup()
             shutil.rmtree(boot, ignore_errors=True)
             shutil.rmtree(logs, ignore_errors=True)
+
+
+# -- a link libvirt counts as remote ----------------------------------------------------------
+
+SOCKET = Path("/run/libvirt/libvirt-sock")
+
+
+class Relay:
+    """A ``qemu+ext`` URI whose command is netcat relaying to the local
+    daemon's socket: a link libvirt counts as remote, and one a test can cut
+    (SIGKILL) or stall (SIGSTOP)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.pids = tmp / "relay.pids"
+        script = tmp / "relay.sh"
+        script.write_text(f"#!/bin/sh\necho $$ >> {self.pids}\nexec nc -U {SOCKET}\n")
+        script.chmod(0o755)
+        self.uri = f"qemu+ext:///system?command={script}"
+
+    def latest(self) -> int:
+        return int(self.pids.read_text().split()[-1])
+
+    def kill_all(self) -> None:
+        for pid in self.pids.read_text().split() if self.pids.exists() else []:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[Relay]:
+    if shutil.which("nc") is None or not SOCKET.exists():
+        pytest.skip("needs netcat (testbed/install.sh) and the daemon's socket")
+    r = Relay(tmp_path)
+    try:
+        yield r
+    finally:
+        r.kill_all()

@@ -97,6 +97,19 @@ def provider(scratch: Path) -> Iterator[ProviderHarness]:
     assert list(scratch.iterdir()) == [], "scratch files were left behind"
 
 
+@pytest.fixture(params=["forced", "qemu+ext"])
+def streaming(request: pytest.FixtureRequest, scratch: Path, tmp_path: Path) -> Iterator[ProviderHarness]:
+    """A provider taking the remote daemon's data path (libvirt streams):
+    on the local connection told to (``local_disks = False``), or over a
+    link libvirt counts as remote (the ``relay`` fixture)."""
+    uri = request.getfixturevalue("relay").uri if request.param == "qemu+ext" else URI
+    with ProviderHarness.for_backend("libvirt", {"uri": uri, "pool": POOL, "download_dir": str(scratch)}) as h:
+        if request.param == "forced":
+            h.backend.local_disks = False  # type: ignore[attr-defined]
+        yield h
+    assert list(scratch.iterdir()) == [], "scratch files were left behind"
+
+
 @pytest.fixture
 def sink(tmp_path: Path) -> Iterator[HttpSink]:
     with HttpSink(tmp_path / "sink") as server:
@@ -343,7 +356,7 @@ def test_export_flattens_a_linked_clone(provider: ProviderHarness, lab: Lab, sin
 
 @needs_daemon
 def test_export_through_libvirt_streams(
-    provider: ProviderHarness, lab: Lab, sink: HttpSink, caplog: pytest.LogCaptureFixture
+    streaming: ProviderHarness, lab: Lab, sink: HttpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The path for a remote libvirtd: the disk and its backing chain come
     through ``vol.download`` instead of being read from their paths."""
@@ -351,9 +364,8 @@ def test_export_through_libvirt_streams(
     overlay = lab.volume("vda.qcow2", backing=base)
     _qemu_io(overlay, "qcow2", "write -P 0x44 30M 1M")
     dom = lab.domain(overlay)
-    provider.backend.local_disks = False  # type: ignore[attr-defined]
     caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
-    resp = _export(provider, dom.UUIDString(), sink.url("remote.vmdk"), "vmdk")
+    resp = _export(streaming, dom.UUIDString(), sink.url("remote.vmdk"), "vmdk")
     streamed = [r.getMessage() for r in caplog.records if "through a stream" in r.getMessage()]
     assert streamed == [f"copying {overlay} from libvirtd through a stream", f"copying {base} from libvirtd through a stream"]
     assert _same_content(overlay, sink.root / "remote.vmdk")
@@ -473,17 +485,16 @@ def test_import_from_s3(provider: ProviderHarness, lab: Lab, s3_url: str, guest:
 
 @needs_daemon
 def test_import_through_libvirt_streams(
-    provider: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path, caplog: pytest.LogCaptureFixture
+    streaming: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink.root.mkdir(parents=True, exist_ok=True)
     shutil.copy(guest / "disk.qcow2", sink.root / "golden.qcow2")
     want = _sha256(sink.root / "golden.qcow2")
     name = lab.track(lab.name("streamed.qcow2"))
-    provider.backend.local_disks = False  # type: ignore[attr-defined]
     caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
-    _import(provider, sink.url("golden.qcow2"), name, verify_checksum=True, expected_checksum=want)
+    _import(streaming, sink.url("golden.qcow2"), name, verify_checksum=True, expected_checksum=want)
     assert not any("hashing" in r.getMessage() for r in caplog.records)
-    again = _import(provider, sink.url("golden.qcow2"), name, verify_checksum=True, expected_checksum=want)
+    again = _import(streaming, sink.url("golden.qcow2"), name, verify_checksum=True, expected_checksum=want)
     assert again.checksum == want
     assert f"hashing volume {name} through a libvirt stream" in caplog.messages
     vol = lab.find(name)

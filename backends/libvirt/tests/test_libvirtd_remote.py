@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +22,6 @@ from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
 pytestmark = pytest.mark.libvirtd
-
-SOCKET = Path("/run/libvirt/libvirt-sock")
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float) -> None:
@@ -34,35 +31,11 @@ def eventually(check: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
-class Relay:
-    """The ext transport's command: writes its pid, then becomes netcat."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.pids = tmp / "relay.pids"
-        self.script = tmp / "relay.sh"
-        self.script.write_text(f"#!/bin/sh\necho $$ >> {self.pids}\nexec nc -U {SOCKET}\n")
-        self.script.chmod(0o755)
-        self.uri = f"qemu+ext:///system?command={self.script}"
-
-    def latest(self) -> int:
-        return int(self.pids.read_text().split()[-1])
-
-    def kill_all(self) -> None:
-        for pid in self.pids.read_text().split() if self.pids.exists() else []:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 @pytest.fixture
-def remote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[ProviderHarness, Relay]]:
-    if shutil.which("nc") is None or not SOCKET.exists():
-        pytest.skip("needs netcat (testbed/install.sh) and the daemon's socket")
+def remote(relay: Any, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[ProviderHarness, Any]]:
     from vm_provider_libvirt import connection
 
     caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
-    relay = Relay(tmp_path)
     with ProviderHarness.for_backend("libvirt", {"uri": relay.uri, "domain_type": "qemu"}) as harness:
         try:
             assert connection.event_loop_running()  # keepalive needs it, as long as the connection is open
@@ -72,9 +45,7 @@ def remote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[P
     assert not connection.event_loop_running()  # the connection closed with the server
 
 
-def test_a_link_that_dies_is_noticed_and_replaced(
-    remote: tuple[ProviderHarness, Relay], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_link_that_dies_is_noticed_and_replaced(remote: tuple[ProviderHarness, Any], caplog: pytest.LogCaptureFixture) -> None:
     h, relay = remote
     assert h.stub.Validate(pb.ValidateRequest(), timeout=30).ok
     generation = h.backend.connection.generation  # type: ignore[attr-defined]
@@ -87,7 +58,7 @@ def test_a_link_that_dies_is_noticed_and_replaced(
 
 @pytest.mark.slow
 def test_a_link_that_goes_silent_is_given_up_by_keepalive(
-    remote: tuple[ProviderHarness, Relay], caplog: pytest.LogCaptureFixture
+    remote: tuple[ProviderHarness, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     h, relay = remote
     assert h.stub.Validate(pb.ValidateRequest(), timeout=30).ok
