@@ -334,7 +334,7 @@ class Kit:
             try:
                 server = S3Server(S3_BUCKET)
             except ImportError:
-                raise skip("the S3 checks need moto's S3 server here: pip install 'moto[server]'") from None
+                raise skip("the S3 checks need moto's S3 server here: pip install 'vm-provider[conformance]'") from None
             self._s3 = server.__enter__()
         return self._s3
 

@@ -5,6 +5,7 @@ plugin, and that docs/conformance.md matches the registry and runs."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,16 @@ def test_the_documented_check_list_is_the_registry() -> None:
     plain_undeclared = {c.name for c in registry.all_checks() if c.absent is not None and c.name not in documented}
     assert documented - {"<capability>.undeclared"} | plain_undeclared == {c.name for c in registry.all_checks()}
     assert all(name.endswith(".undeclared") for name in plain_undeclared)
+
+
+def test_the_s3_checks_skip_saying_why_without_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vm_provider_sim import SimBackend
+
+    from provider_core.conformance.fixtures import Fixtures
+    from provider_core.conformance.registry import CheckSkipped
+
+    monkeypatch.setitem(sys.modules, "moto.server", None)  # as if moto were not installed
+    kit = Kit(None, "sim", SimBackend, Fixtures())  # type: ignore[arg-type]
+    with pytest.raises(CheckSkipped, match=r"pip install 'vm-provider\[conformance\]'"):
+        kit.s3_place("key")
+    kit.close()
