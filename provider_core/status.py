@@ -10,6 +10,7 @@ no RPC ever answers UNKNOWN and no traceback reaches a client.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -133,51 +134,57 @@ def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             return CorruptRequest(name)
 
     serialize = handler.response_serializer
-    if handler.request_streaming:
-        behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
 
-        async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def request_checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, CorruptRequest):
+            await context.abort_with_status(_corrupt_status(request))
+        return request
+
+    async def requests_checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def each() -> Any:
             async for request in requests:
-                if isinstance(request, CorruptRequest):
-                    await context.abort_with_status(_corrupt_status(request))
-                yield request
+                yield await request_checked(request, context)
 
+        return each()
+
+    if handler.request_streaming:
         if handler.response_streaming:
-
-            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for response in behaviour(checked(requests, context), context):
-                    yield response
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, decode, serialize)
+            behaviour = _same_style(handler.stream_stream, requests_checked)
+            return grpc.stream_stream_rpc_method_handler(behaviour, decode, serialize)
+        gather = handler.stream_unary
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await behaviour(checked(requests, context), context)
+            return await gather(await requests_checked(requests, context), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, decode, serialize)
 
     if handler.response_streaming:
-        streaming = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, CorruptRequest):
-                await context.abort_with_status(_corrupt_status(request))
-            result = streaming(request, context)
-            if hasattr(result, "__aiter__"):
-                async for response in result:
-                    yield response
-            else:  # a coroutine that writes its responses with context.write
-                await result
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, decode, serialize)
-
+        return grpc.unary_stream_rpc_method_handler(_same_style(handler.unary_stream, request_checked), decode, serialize)
     unary = handler.unary_unary
 
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, CorruptRequest):
-            await context.abort_with_status(_corrupt_status(request))
-        return await unary(request, context)
+        return await unary(await request_checked(request, context), context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, decode, serialize)
+
+
+def _same_style(inner: Callable[..., Any], prepare: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Any]:
+    """A response-streaming behaviour that calls ``inner`` with what
+    ``prepare`` makes of its request(s), in ``inner``'s own style: an async
+    generator stays one, a coroutine writing with ``context.write`` stays a
+    coroutine (grpc.aio does not allow a handler to mix the two)."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for response in inner(await prepare(request, context), context):
+                yield response
+
+        return generator
+
+    async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await inner(await prepare(request, context), context)
+
+    return writer
 
 
 class _GuardedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints

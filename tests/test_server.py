@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -300,3 +301,60 @@ def test_token_and_tls_together(harness: Harness, pki: Pki) -> None:
     call_creds = grpc.access_token_call_credentials(TOKEN)
     creds = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(pki.ca.read_bytes()), call_creds)
     assert _validate(h.make_channel(creds)).ok
+
+
+async def test_guarded_registrar_keeps_every_call_shape_and_refuses_corrupt_requests() -> None:
+    """Each shape, in both streaming styles grpc.aio offers (yield, context.write)."""
+    from provider_core.status import GuardedRegistrar
+
+    request, response = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+
+    async def unary(req: Any, ctx: Any) -> Any:
+        return response(status=len(req.service))
+
+    async def unary_yields(req: Any, ctx: Any) -> Any:
+        for _ in range(2):
+            yield response(status=len(req.service))
+
+    async def gather(reqs: Any, ctx: Any) -> Any:
+        return response(status=len([r async for r in reqs]))
+
+    async def stream_writes(reqs: Any, ctx: Any) -> None:
+        async for r in reqs:
+            await ctx.write(response(status=len(r.service)))
+
+    shapes = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary, request.FromString, response.SerializeToString),
+        "UnaryYields": grpc.unary_stream_rpc_method_handler(unary_yields, request.FromString, response.SerializeToString),
+        "Gather": grpc.stream_unary_rpc_method_handler(gather, request.FromString, response.SerializeToString),
+        "StreamWrites": grpc.stream_stream_rpc_method_handler(stream_writes, request.FromString, response.SerializeToString),
+    }
+    server = grpc.aio.server()
+    GuardedRegistrar(server).add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Shapes", shapes),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            good = request(service="ab").SerializeToString()
+            parse = response.FromString
+            assert parse(await ch.unary_unary("/test.Shapes/Unary")(good)).status == 2
+            assert [parse(r).status async for r in ch.unary_stream("/test.Shapes/UnaryYields")(good)] == [2, 2]
+            assert parse(await ch.stream_unary("/test.Shapes/Gather")(iter([good, good, good]))).status == 3
+            assert [parse(r).status async for r in ch.stream_stream("/test.Shapes/StreamWrites")(iter([good]))] == [2]
+            calls = [
+                lambda: ch.unary_unary("/test.Shapes/Unary")(CORRUPT),
+                lambda: _drain(ch.unary_stream("/test.Shapes/UnaryYields")(CORRUPT)),
+                lambda: ch.stream_unary("/test.Shapes/Gather")(iter([good, CORRUPT])),
+                lambda: _drain(ch.stream_stream("/test.Shapes/StreamWrites")(iter([good, CORRUPT]))),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call()
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not a valid grpc.health.v1.HealthCheckRequest" in (info.value.details() or "")
+    finally:
+        await server.stop(None)
+
+
+async def _drain(stream: Any) -> list[Any]:
+    return [r async for r in stream]
