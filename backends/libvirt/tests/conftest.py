@@ -92,8 +92,14 @@ def libvirtd_unavailable() -> str:
     try:
         if conn.getType() != "QEMU":
             return f"{SYSTEM_URI} is not a QEMU host"
+        conn.storagePoolLookupByName("default")
+        conn.networkLookupByName("default")
+    except libvirt.libvirtError as exc:
+        return f"the test bed's pool or network is missing ({exc.get_error_message()}); run: bash testbed/libvirtd.sh start"
     finally:
         conn.close()
+    if shutil.which("qemu-img") is None:
+        return "qemu-img is not installed (testbed/install.sh)"
     return ""
 
 

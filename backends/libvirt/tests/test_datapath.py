@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import boto3
 import grpc
@@ -34,34 +33,6 @@ POOL = "default"
 BUCKET = "vmp-disk-exports"
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _daemon_problem() -> str:
-    if os.environ.get("VMP_NO_LIBVIRTD") == "1":
-        return "VMP_NO_LIBVIRTD=1"
-    if shutil.which("qemu-img") is None:
-        return "qemu-img is not installed (testbed/install.sh)"
-    try:
-        conn = libvirt.open(URI)
-    except libvirt.libvirtError as exc:
-        return f"{URI} does not answer ({exc.get_error_message()}); run: bash testbed/libvirtd.sh start"
-    try:
-        conn.storagePoolLookupByName(POOL)
-    except libvirt.libvirtError:
-        return f"the storage pool {POOL!r} is missing; run: bash testbed/libvirtd.sh start"
-    finally:
-        conn.close()
-    return ""
-
-
-_PROBLEM = _daemon_problem()
-T = TypeVar("T")
-
-
-def needs_daemon(test: T) -> T:
-    """Mark a test as needing the real daemon; skip it, saying why, without one."""
-    skip = pytest.mark.skipif(bool(_PROBLEM), reason=f"needs a real libvirtd: {_PROBLEM}")
-    return cast(T, pytest.mark.libvirtd(skip(test)))
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -247,7 +218,7 @@ def _export(h: ProviderHarness, vm_id: str, url: str, fmt: str = "qcow2", **kw: 
     ("fmt", "compress"),
     [("qcow2", False), ("qcow2", True), ("raw", False), ("vmdk", False), ("vmdk", True)],
 )
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_to_http(provider: ProviderHarness, lab: Lab, sink: HttpSink, fmt: str, compress: bool) -> None:
     disk = lab.disk()
     dom = lab.domain(disk)
@@ -267,7 +238,7 @@ def test_export_to_http(provider: ProviderHarness, lab: Lab, sink: HttpSink, fmt
         assert meta["format-specific"]["data"]["compression-type"] == "zstd"
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_a_long_export_is_a_task_and_leaves_its_checksum_beside(provider: ProviderHarness, lab: Lab, sink: HttpSink) -> None:
     dom = lab.domain(lab.disk())
     sink.delay = 1.5  # longer than the call's deadline allows the export (2.2 s minus the core's 2 s margin)
@@ -281,7 +252,7 @@ def test_a_long_export_is_a_task_and_leaves_its_checksum_beside(provider: Provid
     assert (sink.root / "slow.qcow2.sha256").read_text() == f"{_sha256(sink.root / 'slow.qcow2')}  slow.qcow2\n"
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_a_raw_disk_as_raw_streams_it_unchanged(provider: ProviderHarness, lab: Lab, sink: HttpSink) -> None:
     disk = lab.disk("vda.img", "raw")
     dom = lab.domain(disk, "raw")
@@ -292,7 +263,7 @@ def test_export_a_raw_disk_as_raw_streams_it_unchanged(provider: ProviderHarness
     assert not (sink.root / "vm.raw.sha256").exists(), "a presigned URL signs only its own object"
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 @pytest.mark.parametrize(("fmt", "compress"), [("qcow2", True), ("raw", False), ("vmdk", True)])
 def test_export_to_s3(provider: ProviderHarness, lab: Lab, s3_url: str, tmp_path: Path, fmt: str, compress: bool) -> None:
     disk = lab.disk()
@@ -309,7 +280,7 @@ def test_export_to_s3(provider: ProviderHarness, lab: Lab, s3_url: str, tmp_path
     assert _same_content(disk, received)
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_while_the_vm_runs(provider: ProviderHarness, lab: Lab, sink: HttpSink, tmp_path: Path) -> None:
     disk = lab.disk()
     dom = lab.domain(disk, start=True)
@@ -326,7 +297,7 @@ def test_export_while_the_vm_runs(provider: ProviderHarness, lab: Lab, sink: Htt
     assert _same_content(sink.root / "running.qcow2", sink.root / "live.raw")
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_a_snapshot(provider: ProviderHarness, lab: Lab, sink: HttpSink, tmp_path: Path) -> None:
     disk = lab.disk()
     dom = lab.domain(disk)
@@ -342,7 +313,7 @@ def test_export_a_snapshot(provider: ProviderHarness, lab: Lab, sink: HttpSink, 
     assert code == grpc.StatusCode.NOT_FOUND, details
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_flattens_a_linked_clone(provider: ProviderHarness, lab: Lab, sink: HttpSink) -> None:
     base = lab.disk("base.qcow2")
     overlay = lab.volume("vda.qcow2", backing=base)
@@ -354,7 +325,7 @@ def test_export_flattens_a_linked_clone(provider: ProviderHarness, lab: Lab, sin
     assert _same_content(overlay, received)
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_through_libvirt_streams(
     streaming: ProviderHarness, lab: Lab, sink: HttpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -372,7 +343,7 @@ def test_export_through_libvirt_streams(
     assert resp.checksum == _sha256(sink.root / "remote.vmdk")
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_export_failures(provider: ProviderHarness, lab: Lab, sink: HttpSink) -> None:
     dom = lab.domain(lab.disk())
     vm = dom.UUIDString()
@@ -402,7 +373,7 @@ def _import(h: ProviderHarness, url: str, name: str, fmt: str = "qcow2", **kw: A
     return resp
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_import_from_http_verifies_and_stores(provider: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path) -> None:
     sink.root.mkdir(parents=True, exist_ok=True)
     shutil.copy(guest / "disk.qcow2", sink.root / "golden.qcow2")
@@ -430,7 +401,7 @@ def test_import_from_http_verifies_and_stores(provider: ProviderHarness, lab: La
     assert [r.method for r in sink.requests] == ["GET"], "only the first import downloads"
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_import_with_a_wrong_checksum_leaves_no_volume(provider: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path) -> None:
     sink.root.mkdir(parents=True, exist_ok=True)
     shutil.copy(guest / "disk.qcow2", sink.root / "golden.qcow2")
@@ -443,7 +414,7 @@ def test_import_with_a_wrong_checksum_leaves_no_volume(provider: ProviderHarness
     assert lab.find(name) is None
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 @pytest.mark.parametrize(("fmt", "refusal"), [("qcow2", "backing file"), ("raw", "given as raw but holds a qcow2 image")])
 def test_import_refuses_an_image_reading_host_files(
     provider: ProviderHarness, lab: Lab, sink: HttpSink, fmt: str, refusal: str
@@ -460,7 +431,7 @@ def test_import_refuses_an_image_reading_host_files(
     assert lab.find(name) is None
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_import_a_vmdk_stores_qcow2(provider: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path) -> None:
     sink.root.mkdir(parents=True, exist_ok=True)
     images.convert(guest / "disk.qcow2", sink.root / "disk.vmdk", "vmdk", compress=True)
@@ -471,7 +442,7 @@ def test_import_a_vmdk_stores_qcow2(provider: ProviderHarness, lab: Lab, sink: H
     assert _same_content(guest / "disk.qcow2", resp.path)
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_import_from_s3(provider: ProviderHarness, lab: Lab, s3_url: str, guest: Path) -> None:
     key = f"{lab.tag}/disk.qcow2"
     _s3(s3_url).upload_file(str(guest / "disk.qcow2"), BUCKET, key)
@@ -483,7 +454,7 @@ def test_import_from_s3(provider: ProviderHarness, lab: Lab, s3_url: str, guest:
     assert _same_content(guest / "disk.qcow2", resp.path)
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_import_through_libvirt_streams(
     streaming: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -511,7 +482,7 @@ def _prepare(h: ProviderHarness, image_json: str, name: str, storage_hint: str =
     return resp
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_image_prepare_from_a_url_is_a_task(provider: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path) -> None:
     sink.root.mkdir(parents=True, exist_ok=True)
     shutil.copy(guest / "disk.qcow2", sink.root / "cloud.qcow2")
@@ -528,7 +499,7 @@ def test_image_prepare_from_a_url_is_a_task(provider: ProviderHarness, lab: Lab,
     assert [r.method for r in sink.requests] == ["GET"], "the second prepare should not download again"
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_image_prepare_with_a_wrong_checksum_fails_the_task(
     provider: ProviderHarness, lab: Lab, sink: HttpSink, guest: Path
 ) -> None:
@@ -541,7 +512,7 @@ def test_image_prepare_with_a_wrong_checksum_fails_the_task(
     assert lab.find(name) is None
 
 
-@needs_daemon
+@pytest.mark.libvirtd
 def test_image_prepare_copies_a_template(provider: ProviderHarness, lab: Lab) -> None:
     base = lab.disk("template.qcow2")
     name = lab.track(lab.name("copy.qcow2"))
