@@ -354,9 +354,11 @@ class Kit:
         return hashlib.sha256(data).hexdigest()
 
     def s3_object(self, key: str) -> bytes | None:
+        """The object ``key``, or None when there is none."""
+        client = self.s3.client()
         try:
-            body = self.s3.client().get_object(Bucket=S3_BUCKET, Key=key)["Body"]
-        except Exception:  # noqa: BLE001 - botocore's NoSuchKey and kin: nothing arrived
+            body = client.get_object(Bucket=S3_BUCKET, Key=key)["Body"]
+        except client.exceptions.NoSuchKey:
             return None
         return bytes(body.read())
 

@@ -173,6 +173,9 @@ class Connection:
         if self._conn is not None:
             _close(self._conn)
             self._conn = None
+        self._release_loop()
+
+    def _release_loop(self) -> None:
         if self._holding_loop:
             self._holding_loop = False
             release_event_loop()
@@ -211,9 +214,7 @@ class Connection:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have no keepalive
                 _close(conn)
-                if self._holding_loop:
-                    self._holding_loop = False
-                    release_event_loop()
+                self._release_loop()
                 raise errors.translate(exc, "libvirt connection") from exc
 
     def _closed(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
