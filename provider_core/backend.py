@@ -4,7 +4,8 @@ A backend is a class deriving from :class:`Backend`, registered under the
 entry-point group ``vm_provider.backends``. The core constructs it with its
 validated settings, calls :meth:`Backend.connect` once, then dispatches RPCs
 to its methods from worker threads (methods may block; they are never called
-on the event loop). The core serialises mutating calls per VM, so a backend
+on the event loop, unless the backend says its reads never block: see
+:meth:`Backend.nonblocking_reads`). The core serialises mutating calls per VM, so a backend
 never sees two concurrent operations on the same VM from one process.
 
 Every method takes and returns the typed values of :mod:`provider_core.models`
@@ -132,6 +133,18 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release connections at shutdown."""
+
+    def nonblocking_reads(self) -> bool:
+        """Whether :meth:`describe` and :meth:`task_status` return without
+        waiting on anything outside this process: no network, no disk, no
+        daemon, no lock that another call holds across such a wait (true of
+        an in-process simulator such as libvirt's test driver). The core
+        then calls them on its event loop instead of handing them to a worker
+        thread, which saves two thread wake-ups per call: on a busy server
+        more than such a call itself costs. Asked once, when the core takes
+        the backend. Default False; when in doubt keep it so: a call that
+        blocks on the event loop delays every call of the process."""
+        return False
 
     # -- mandatory operations ----------------------------------------------
 

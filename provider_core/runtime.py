@@ -3,7 +3,10 @@
 The gRPC layer converts requests into the typed specs and calls the methods
 here; this module knows nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
-another, so that long tasks never starve Describe or health. Mutating
+another, so that long tasks never starve Describe or health. The one
+exception: a backend whose reads never block
+(:meth:`~provider_core.backend.Backend.nonblocking_reads`) has Describe and
+TaskStatus called on the event loop, sparing them two thread hand-offs. Mutating
 operations on one VM are serialised with per-VM locks (held until their
 background work ends); different VMs proceed in parallel.
 """
@@ -43,7 +46,7 @@ from .models import (
     VMStatus,
 )
 from .tasks import PREFIX, TaskRegistry
-from .workers import WorkerPool
+from .workers import WorkerPool, reportable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +112,7 @@ class Runtime:
         self.tasks = TaskRegistry(state_dir / "tasks.sqlite3" if state_dir else None)
         self._calls = WorkerPool(workers, f"{name}-call")
         self._work = WorkerPool(task_workers, f"{name}-task")
+        self._inline_reads = bool(backend.nonblocking_reads())
         self._locks = KeyedLocks()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._health_interval = health_interval
@@ -123,6 +127,18 @@ class Runtime:
         ctx = contextvars.copy_context()
         ctx.run(deadline.set_remaining, timeout)
         return await self._calls.run(ctx.run, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any, timeout: float | None) -> T:
+        """A per-object read: on the event loop when the backend's reads
+        never block, else like :meth:`_call`."""
+        if not self._inline_reads:
+            return await self._call(fn, *args, timeout=timeout)
+        try:
+            return fn(*args)
+        except Exception:
+            raise
+        except BaseException as exc:  # SystemExit from backend code must not stop the loop
+            raise reportable(exc) from exc
 
     # -- health and life cycle -------------------------------------------------
 
@@ -294,7 +310,7 @@ class Runtime:
 
     async def describe(self, vm_id: str, timeout: float | None) -> VMStatus | None:
         try:
-            return await self._call(self.backend.describe, vm_id, timeout=timeout)
+            return await self._read(self.backend.describe, vm_id, timeout=timeout)
         except NotFound:
             return None
 
@@ -424,7 +440,7 @@ class Runtime:
             if state is None:
                 raise NotFound(f"task {task_id!r} not found")
             return state
-        return await self._call(self.backend.task_status, task_id, timeout=timeout)
+        return await self._read(self.backend.task_status, task_id, timeout=timeout)
 
     @asynccontextmanager
     async def started(self) -> AsyncIterator[None]:

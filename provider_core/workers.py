@@ -21,7 +21,7 @@ T = TypeVar("T")
 _Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
-def _reportable(exc: BaseException) -> BaseException:
+def reportable(exc: BaseException) -> BaseException:
     """An exception a future can carry and the event loop survives:
     SystemExit or KeyboardInterrupt from a library would stop the loop."""
     if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
@@ -76,7 +76,7 @@ class WorkerPool:
             try:
                 result = (True, fn(*args))
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                result = (False, _reportable(exc))
+                result = (False, reportable(exc))
             del job, fn, args
             with self._lock:
                 self._running -= 1

@@ -8,7 +8,7 @@ name starts with ``slow_prefix`` are slow: operations on them sleep
 hold them inside the backend.
 
 For the tests' eyes the backend records what happened: calls per method,
-the deadline each call saw, the specs it received, how many operations were
+the thread and deadline each call saw, the specs it received, how many operations were
 inside at once, and any two mutations of one VM that overlapped.
 """
 
@@ -65,6 +65,7 @@ class MemorySettings(BackendSettings):
         description="connect() and ping() raise Unavailable while this file exists (an untranslated error if it says 'crash')",
     )
     trace_dir: Path | None = Field(None, description="touch <dir>/<op>-<vm> when an operation on a slow VM starts")
+    nonblocking_reads: bool = Field(False, description="say describe and task_status never block (the core runs them inline)")
 
 
 @dataclass
@@ -97,6 +98,7 @@ class MemoryBackend(Backend):
         self.fail_with: BaseException | None = None
         self.calls: Counter[str] = Counter()
         self.deadlines: dict[str, float | None] = {}
+        self.threads: dict[str, str] = {}
         self.specs: dict[str, Any] = {}
         self.inside: Counter[str] = Counter()
         self.overlaps: list[tuple[str, str]] = []
@@ -113,6 +115,7 @@ class MemoryBackend(Backend):
         with self._lock:
             self.calls[op] += 1
             self.deadlines[op] = deadline.remaining()
+            self.threads[op] = threading.current_thread().name
             if spec is not None:
                 self.specs[op] = spec
 
@@ -204,6 +207,9 @@ class MemoryBackend(Backend):
 
     def close(self) -> None:
         self.closed = True
+
+    def nonblocking_reads(self) -> bool:
+        return self.settings.nonblocking_reads
 
     # -- mandatory operations ---------------------------------------------------------
 
