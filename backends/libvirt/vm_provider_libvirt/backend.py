@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -96,6 +97,7 @@ class LibvirtBackend(DiskTransfers, Backend):
         self._probe_lock = threading.Lock()
         self.handles = readcache.Handles()
         self.parsed = readcache.Parsed()
+        self.changes = readcache.Changes()
         self._leases: tuple[int, networks.Leases] | None = None
 
     # -- life cycle ---------------------------------------------------------------
@@ -126,6 +128,30 @@ class LibvirtBackend(DiskTransfers, Backend):
         it, see :mod:`.connection`); a read is then simply retried, a change
         is not, so a change first spends one cheap call that is."""
         self.reading(self.ping)
+
+    def changing(self, change: Callable[[], Outcome[T]]) -> Outcome[T]:
+        """Run a change to domains: first :meth:`checked`, and while it and
+        its background work run, Describe reads every XML afresh
+        (:class:`~vm_provider_libvirt.readcache.Changes`)."""
+        self.changes.begin()
+        try:
+            self.checked()
+            outcome = change()
+        except BaseException:
+            self.changes.end()
+            raise
+        work = outcome.work
+        if work is None:
+            self.changes.end()
+            return outcome
+
+        def tracked() -> T | None:
+            try:
+                return work()
+            finally:
+                self.changes.end()
+
+        return replace(outcome, work=tracked)
 
     # -- helpers shared by the operation modules and the data-path mixin -----------
 
@@ -288,8 +314,7 @@ class LibvirtBackend(DiskTransfers, Backend):
         return queries.validate(self)
 
     def create(self, spec: CreateSpec) -> Outcome[str]:
-        self.checked()
-        return create_vm(self, spec)
+        return self.changing(lambda: create_vm(self, spec))
 
     def describe(self, vm_id: str) -> VMStatus:
         return self.reading(lambda: queries.describe(self, vm_id))
@@ -298,38 +323,30 @@ class LibvirtBackend(DiskTransfers, Backend):
         return self.reading(lambda: queries.list_vms(self))
 
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
-        self.checked()
-        return set_power(self, vm_id, op, graceful_timeout)
+        return self.changing(lambda: set_power(self, vm_id, op, graceful_timeout))
 
     def delete(self, vm_id: str) -> Outcome[None]:
-        self.checked()
-        return delete_vm(self, vm_id)
+        return self.changing(lambda: delete_vm(self, vm_id))
 
     # -- optional operations ------------------------------------------------------
 
     def reconfigure(self, vm_id: str, desired: DesiredVM) -> Outcome[None]:
-        self.checked()
-        return reconfigure_vm(self, vm_id, desired)
+        return self.changing(lambda: reconfigure_vm(self, vm_id, desired))
 
     def snapshot_create(self, spec: SnapshotSpec) -> Outcome[str]:
-        self.checked()
-        return snapshots.create(self, spec)
+        return self.changing(lambda: snapshots.create(self, spec))
 
     def snapshot_revert(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
-        self.checked()
-        return snapshots.revert(self, vm_id, snapshot_id)
+        return self.changing(lambda: snapshots.revert(self, vm_id, snapshot_id))
 
     def snapshot_delete(self, vm_id: str, snapshot_id: str) -> Outcome[None]:
-        self.checked()
-        return snapshots.delete(self, vm_id, snapshot_id)
+        return self.changing(lambda: snapshots.delete(self, vm_id, snapshot_id))
 
     def clone(self, spec: CloneSpec) -> Outcome[str]:
-        self.checked()
-        return clone_vm(self, spec)
+        return self.changing(lambda: clone_vm(self, spec))
 
     def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
         return self.reading(lambda: queries.disk_info(self, vm_id, disk_id, snapshot_id))
 
     def hardware_upgrade(self, vm_id: str, target_version: int) -> Outcome[None]:
-        self.checked()
-        return upgrade_vm(self, vm_id, target_version)
+        return self.changing(lambda: upgrade_vm(self, vm_id, target_version))

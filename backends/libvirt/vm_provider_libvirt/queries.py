@@ -1,11 +1,13 @@
 """Read-only operations: Validate, Describe, ListVMs, GetDiskInfo.
 
-Costs: Describe makes two libvirt calls (``state()`` and ``XMLDesc()``)
-for a VM that is off; a running one adds one lease query per network of
-the VM at most every :data:`~vm_provider_libvirt.networks.DESCRIBE_TTL`
-seconds (shared by all VMs), and an agent or ARP query only when the leases
-know nothing. Domain handles and what is read from an unchanged XML are
-reused (:mod:`~vm_provider_libvirt.readcache`). ListVMs makes one
+Costs: Describe makes one libvirt call (``state()``), and a second
+(``XMLDesc()``) when what it last read of the VM's XML is not recent
+(:meth:`~vm_provider_libvirt.readcache.Parsed.recent`: older than
+:data:`~vm_provider_libvirt.networks.DESCRIBE_TTL` seconds, or a change or a
+new state since). A running VM adds one lease query per network of the VM
+at most every ``DESCRIBE_TTL`` seconds (shared by all VMs), and an agent or
+ARP query only when the leases know nothing. Domain handles and what is read from an XML are reused
+(:mod:`~vm_provider_libvirt.readcache`). ListVMs makes one
 ``getAllDomainStats`` call, one XML call per domain and one lease query per
 network, shared by all VMs.
 """
@@ -166,15 +168,18 @@ def _listing(
 
 def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
     dom = lv.lookup_cached(vm_id)
+    epoch = lv.changes.quiet()
     try:
         state, reason = dom.state()
-        xml = dom.XMLDesc(0)
+        facts = lv.parsed.recent(vm_id, state, epoch, networks.DESCRIBE_TTL)
+        if facts is None:
+            xml = dom.XMLDesc(0)
+            facts = lv.parsed.get(vm_id, xml, lambda text: _facts(text, lv.console_host()), state, epoch)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             lv.forget(vm_id)
             raise NotFound(f"VM {vm_id!r} not found") from exc
         raise lv.translate(exc, f"VM {vm_id!r}") from exc
-    facts = lv.parsed.get(vm_id, xml, lambda text: _facts(text, lv.console_host()))
     active = state in ACTIVE
     with lv.translated(f"VM {vm_id!r}"):
         ips = networks.addresses(dom, facts.nics, facts.agent, lv.leases()) if active else []
@@ -187,6 +192,7 @@ def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
     managed_only = lv.settings.list_scope == "managed"
     console_host = lv.console_host()
     out: list[VMInfo] = []
+    epoch = lv.changes.quiet()
     with lv.translated("listing VMs"):
         stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
         leases = networks.Leases(conn)
@@ -197,7 +203,8 @@ def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined since the listing
                 raise
-            facts = lv.parsed.get(dom.UUIDString(), xml, lambda text: _facts(text, console_host))
+            state = int(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
+            facts = lv.parsed.get(dom.UUIDString(), xml, lambda text: _facts(text, console_host), state, epoch)
             if managed_only and not facts.managed:
                 continue
             out.append(_info(dom, facts, st, leases))

@@ -1,22 +1,29 @@
-"""What Describe keeps between calls, so that a call costs two libvirt
-round trips (``state()`` and ``XMLDesc()``) and little Python.
+"""What Describe keeps between calls, so that a call usually costs one
+libvirt round trip (``state()``) and little Python.
 
 - :class:`Handles`: ``virDomain`` objects by UUID. A handle is only the
   domain's UUID and name on the client side; libvirt resolves it by UUID on
   every call, so it stays valid while the domain exists and across its
   restarts. An entry is dropped when a call on it says the domain is gone,
   and all of them when the connection is replaced (they belong to it).
-- :class:`Parsed`: what Describe and ListVMs derive from a domain's XML,
-  keyed on the XML text itself. ``XMLDesc`` is asked on every call; only
-  when it returns the very same text as last time is the parse skipped, so
-  the answer is never older than the XML.
+- :class:`Parsed`: what Describe and ListVMs derive from a domain's XML.
+  When ``XMLDesc`` returns the very same text as last time the parse is
+  skipped. And Describe does not ask for the XML at all while what it read
+  is recent (:meth:`Parsed.recent`): younger than a few seconds, the
+  domain's state unchanged since, and no change made through this backend
+  begun or ended since (:class:`Changes`). So a Describe sees every change
+  this provider makes, every start, stop, pause and resume at once, and a
+  change made to a domain's definition behind its back (``virsh edit``) at
+  most that many seconds late -- as it sees a new DHCP lease.
 
-Both are bounded and thread-safe (entries are replaced whole; two threads
+All are bounded and thread-safe (entries are replaced whole; two threads
 filling the same entry at once both compute it, which is harmless).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -97,18 +104,67 @@ class Facts:
     listing: Listing
 
 
-class Parsed(_Bounded[Facts]):
-    """:class:`Facts` by VM id, valid while the XML text is unchanged."""
+class Changes:
+    """Counts the changes to domains this backend is making: Describe reuses
+    what it read only while none began or ended since."""
 
-    def get(self, vm_id: str, xml: str, derive: Callable[[str], Facts]) -> Facts:
-        """The facts of ``xml``: cached when the VM's XML is unchanged, else
-        ``derive(xml)``."""
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._running = 0
+
+    def begin(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._running += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._running -= 1
+
+    def quiet(self) -> int | None:
+        """The current epoch when no change is under way, else None. Read it
+        before reading a domain: what was read is reusable while this stays
+        the same."""
+        with self._lock:
+            return None if self._running else self._epoch
+
+
+@dataclass(frozen=True)
+class _Read:
+    facts: Facts
+    state: int
+    """The domain's state (``virDomainState``) when its XML was read."""
+    epoch: int | None
+    """:meth:`Changes.quiet` before the XML was read."""
+    at: float
+    """``time.monotonic()`` when the XML was read."""
+
+
+class Parsed(_Bounded[_Read]):
+    """:class:`Facts` by VM id, with when and how they were read."""
+
+    def recent(self, vm_id: str, state: int, epoch: int | None, ttl: float) -> Facts | None:
+        """The facts last read for ``vm_id`` if they can stand for its XML
+        now: read less than ``ttl`` seconds ago, with the domain in the same
+        ``state``, and ``epoch`` (:meth:`Changes.quiet`, now) what it was
+        then (no change since, none under way). Else None: ask the XML."""
         hit = self._entries.get(vm_id)
-        if hit is not None and hit.xml == xml:
-            return hit
-        facts = derive(xml)
-        self._put(vm_id, facts)
+        if hit is None or epoch is None or hit.epoch != epoch or hit.state != state:
+            return None
+        if time.monotonic() - hit.at >= ttl:
+            return None
+        return hit.facts
+
+    def get(self, vm_id: str, xml: str, derive: Callable[[str], Facts], state: int, epoch: int | None) -> Facts:
+        """The facts of ``xml``: the cached ones when the VM's XML is
+        unchanged, else ``derive(xml)``; remembered with the domain's
+        ``state`` and the ``epoch`` read before the XML was."""
+        hit = self._entries.get(vm_id)
+        facts = hit.facts if hit is not None and hit.facts.xml == xml else derive(xml)
+        self._put(vm_id, _Read(facts, state, epoch, time.monotonic()))
         return facts
 
 
-__all__ = ["Facts", "Handles", "Listing", "Parsed"]
+__all__ = ["Changes", "Facts", "Handles", "Listing", "Parsed"]
