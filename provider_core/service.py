@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
+import orjson
 
 from . import specs
 from .capabilities import Capability
@@ -55,6 +56,14 @@ def _required(field: str, value: str) -> str:
     if _CONTROL.search(value):
         raise InvalidArgument.field(field, "contains control characters")
     return value
+
+
+def _raw_json(raw: dict[str, Any]) -> str:
+    """provider_raw_json: keys sorted, values JSON cannot hold as their str()."""
+    try:
+        return orjson.dumps(raw, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, say
+        return json.dumps(raw, sort_keys=True, default=str)
 
 
 def _checksum(field: str, value: str) -> str:
@@ -119,7 +128,7 @@ class ProviderService(pb_grpc.ProviderServicer):
             power_state=status.power_state.value,
             ips=status.ips,
             console_url=status.console_url,
-            provider_raw_json=json.dumps(status.raw, sort_keys=True, default=str),
+            provider_raw_json=_raw_json(status.raw),
         )
 
     @rpc

@@ -5,15 +5,26 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
 
 from provider_core import PowerOp
 from provider_core.pb import provider_pb2 as pb
+from provider_core.service import _raw_json
 from provider_core.testing import ProviderHarness
 
 pytestmark = pytest.mark.needs_test_plugins
+
+
+def test_raw_json_sorts_keys_and_carries_anything() -> None:
+    raw = {"z": 1, "a": {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "path": Path("/var/lib/x"), 7: "seven"}}
+    text = _raw_json(raw)
+    assert list(json.loads(text)) == ["a", "z"]
+    assert json.loads(text) == {"a": {"7": "seven", "path": "/var/lib/x", "when": "2026-01-02T03:04:05+00:00"}, "z": 1}
+    assert json.loads(_raw_json({"b": 2**70, "a": 1.5})) == {"a": 1.5, "b": 2**70}  # beyond 64 bits
 
 
 def test_validate(memory: ProviderHarness) -> None:
