@@ -21,6 +21,7 @@ made-up table.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -189,11 +190,17 @@ def _usable(ips: list[str]) -> list[str]:
     """Drop loopback and link-local addresses and duplicates, keep order."""
     out: list[str] = []
     for ip in ips:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            continue
-        if addr.is_loopback or addr.is_link_local or ip in out:
-            continue
-        out.append(ip)
+        if _routable(ip) and ip not in out:
+            out.append(ip)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _routable(ip: str) -> bool:
+    """An address, neither loopback nor link-local (asked on every Describe
+    of a running VM: remembered)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return not (addr.is_loopback or addr.is_link_local)

@@ -175,14 +175,13 @@ def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
         if facts is None:
             xml = dom.XMLDesc(0)
             facts = lv.parsed.get(vm_id, xml, lambda text: _facts(text, lv.console_host()), state, epoch)
+        active = state in ACTIVE
+        ips = networks.addresses(dom, facts.nics, facts.agent, lv.leases()) if active else []
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             lv.forget(vm_id)
             raise NotFound(f"VM {vm_id!r} not found") from exc
         raise lv.translate(exc, f"VM {vm_id!r}") from exc
-    active = state in ACTIVE
-    with lv.translated(f"VM {vm_id!r}"):
-        ips = networks.addresses(dom, facts.nics, facts.agent, lv.leases()) if active else []
     raw = {**facts.raw, "state": states.native(state).name, "reason": states.reason(state, reason)}
     return VMStatus(power_state=states.power_state(state), ips=ips, console_url=facts.console if active else "", raw=raw)
 

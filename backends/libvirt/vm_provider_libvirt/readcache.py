@@ -112,23 +112,25 @@ class Changes:
         self._lock = threading.Lock()
         self._epoch = 0
         self._running = 0
+        self._quiet: int | None = 0
 
     def begin(self) -> None:
-        with self._lock:
-            self._epoch += 1
-            self._running += 1
+        self._step(+1)
 
     def end(self) -> None:
+        self._step(-1)
+
+    def _step(self, running: int) -> None:
         with self._lock:
             self._epoch += 1
-            self._running -= 1
+            self._running += running
+            self._quiet = None if self._running else self._epoch
 
     def quiet(self) -> int | None:
         """The current epoch when no change is under way, else None. Read it
         before reading a domain: what was read is reusable while this stays
         the same."""
-        with self._lock:
-            return None if self._running else self._epoch
+        return self._quiet
 
 
 @dataclass(frozen=True)
