@@ -8,7 +8,6 @@ vm-provider conformance --backend NAME [--config FILE]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -80,7 +79,7 @@ def _server_settings(args: argparse.Namespace, conf: cfg.Config) -> cfg.ServerSe
 
 
 def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
-    from .server import ProviderServer
+    from .server import ProviderServer, run
 
     settings = _server_settings(args, conf)
     logging.getLogger().setLevel(settings.log_level.upper())
@@ -91,7 +90,7 @@ def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
         # grpc.aio binds a server to the loop running when it is built.
         await ProviderServer(backend, name, settings).serve_until_signal()
 
-    asyncio.run(serve())
+    run(serve())
     return 0
 
 

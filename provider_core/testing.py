@@ -28,7 +28,7 @@ from .backend import Backend
 from .config import ServerSettings
 from .pb import provider_pb2 as pb
 from .pb import provider_pb2_grpc as pb_grpc
-from .server import ProviderServer
+from .server import ProviderServer, new_event_loop
 
 
 class TaskFailed(AssertionError):
@@ -45,7 +45,7 @@ class ProviderHarness:
         self.settings = settings or ServerSettings(**values)
         self.backend = backend
         self.name = name
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()  # the loop the command serves on
         self._thread = threading.Thread(target=self._loop.run_forever, name="vm-provider-harness", daemon=True)
         self.server: ProviderServer | None = None
         self.channel: grpc.Channel | None = None
