@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
         # grpc.aio binds a server to the loop running when it is built.
         await ProviderServer(backend, name, settings).serve_until_signal()
 
-    run(serve())
+    run(serve(), settings.event_loop)
     return 0
 
 

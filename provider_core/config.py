@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -41,6 +41,9 @@ class ServerSettings(BaseModel):
     workers: int = Field(64, ge=1, le=1024, description="threads for backend calls")
     task_workers: int = Field(32, ge=1, le=1024, description="threads for background tasks")
     health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the event loop to serve on: uvloop (less CPU per call), or asyncio's own"
+    )
     log_level: str = "INFO"
 
     @field_validator("log_level")

@@ -29,21 +29,24 @@ SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["Provider"].full_name
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The event loop vm-provider serves on: uvloop's, on which grpc.aio
-    spends about a tenth less CPU per call than on asyncio's own loop
-    (bench/describe_throughput.py); asyncio's where uvloop is not
-    installed (it has no Windows build)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
+    """An event loop to serve on (``ServerSettings.event_loop``): uvloop's,
+    on which grpc.aio spends about a tenth less CPU per call than on
+    asyncio's own (bench/describe_throughput.py), or asyncio's. asyncio's
+    where uvloop is not installed (it has no Windows build)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: serving on asyncio's event loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
+def run(main: Coroutine[Any, Any, T], kind: str = "uvloop") -> T:
     """``asyncio.run(main)`` on :func:`new_event_loop`."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
         return runner.run(main)
 
 
@@ -139,7 +142,8 @@ class ProviderServer:
         await self.server.start()
         await self.runtime.connect()
         self._monitor = asyncio.create_task(self.runtime.monitor())
-        log.info("serving %s on port %d (backend %s)", SERVICE_NAME, self.port, self.runtime.name)
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        log.info("serving %s on port %d (backend %s, event loop %s)", SERVICE_NAME, self.port, self.runtime.name, loop)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones and tasks finish within grace."""

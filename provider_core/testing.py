@@ -45,7 +45,7 @@ class ProviderHarness:
         self.settings = settings or ServerSettings(**values)
         self.backend = backend
         self.name = name
-        self._loop = new_event_loop()  # the loop the command serves on
+        self._loop = new_event_loop(self.settings.event_loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="vm-provider-harness", daemon=True)
         self.server: ProviderServer | None = None
         self.channel: grpc.Channel | None = None

@@ -28,9 +28,11 @@ pytestmark = pytest.mark.needs_test_plugins
 class Provider:
     """A vm-provider process; its stderr is read line by line."""
 
-    def __init__(self, tmp: Path, backend: str, table: str, grace: float) -> None:
+    def __init__(self, tmp: Path, backend: str, table: str, grace: float, server: str = "") -> None:
         config = tmp / "plugins.toml"
-        config.write_text(f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp / "state"}"\n\n[backends.{backend}]\n{table}\n')
+        config.write_text(
+            f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp / "state"}"\n{server}\n\n[backends.{backend}]\n{table}\n'
+        )
         exe = shutil.which("vm-provider", path=str(Path(sys.executable).parent)) or "vm-provider"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VM_PROVIDER_")}
         self.proc = subprocess.Popen(
@@ -44,7 +46,8 @@ class Provider:
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
-        port = int(self.wait_for(r"serving provider\.v1\.Provider on port (\d+)").group(1))
+        started = self.wait_for(r"serving provider\.v1\.Provider on port (\d+) \(backend \S+, event loop (\w+)\)")
+        port, self.event_loop = int(started.group(1)), started.group(2)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb_grpc.ProviderStub(self.channel)
 
@@ -75,8 +78,8 @@ class Provider:
 def provider(tmp_path: Path) -> Iterator[type[Provider]]:
     started: list[Provider] = []
 
-    def start(backend: str = "memory", table: str = "", grace: float = 20.0) -> Provider:
-        p = Provider(tmp_path, backend, table, grace)
+    def start(backend: str = "memory", table: str = "", grace: float = 20.0, server: str = "") -> Provider:
+        p = Provider(tmp_path, backend, table, grace, server)
         started.append(p)
         return p
 
@@ -92,10 +95,12 @@ def _entered(trace: Path, name: str) -> None:
         time.sleep(0.01)
 
 
-def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Provider], tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Provider], tmp_path: Path, loop: str) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
-    p = provider(table=f'delay_seconds = 2.0\ntrace_dir = "{trace}"', grace=20.0)
+    p = provider(table=f'delay_seconds = 2.0\ntrace_dir = "{trace}"', grace=20.0, server=f'event_loop = "{loop}"')
+    assert p.event_loop == loop
     assert not p.stub.Describe(pb.DescribeRequest(id="fast"), timeout=10).exists
     in_flight = p.stub.Describe.future(pb.DescribeRequest(id="slow-1"), timeout=30)
     _entered(trace, "describe-slow-1")

@@ -46,6 +46,14 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> N
 # -- health --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("loop", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_event_loop_is_a_setting(harness: Harness, loop: str, module: str) -> None:
+    h = harness("memory", event_loop=loop)
+    h.stub.Create(pb.CreateRequest(name="vm"))
+    assert h.stub.Describe(pb.DescribeRequest(id="vm"), timeout=10).exists
+    assert type(h._loop).__module__.partition(".")[0] == module
+
+
 def test_serving_once_the_backend_connected(memory: ProviderHarness) -> None:
     assert health(memory.channel) == SERVING  # type: ignore[arg-type]
     assert health(memory.channel, "provider.v1.Provider") == SERVING  # type: ignore[arg-type]
