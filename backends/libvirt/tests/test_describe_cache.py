@@ -1,5 +1,5 @@
-"""What Describe reuses of a domain's XML, and when it reads it afresh
-(vm_provider_libvirt.readcache), on the test driver.
+"""What Describe and ListVMs reuse of a domain's XML, and when they read it
+afresh (vm_provider_libvirt.readcache), on the test driver.
 
 Changes "behind the provider's back" are made on the backend's own libvirt
 connection, as ``virsh`` would make them on a host's daemon."""
@@ -42,6 +42,27 @@ def test_a_definition_changed_behind_the_back_shows_within_the_ttl(
     monkeypatch.setattr(networks, "DESCRIBE_TTL", 0.2)
     time.sleep(0.25)
     assert raw(vm)["memory_mib"] == 384
+
+
+def _listed(harness: ProviderHarness, vm_id: str) -> pb.VMInfo:
+    (vm,) = [v for v in harness.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms if v.id == vm_id]
+    return vm
+
+
+def test_listvms_follows_the_same_rule(harness: ProviderHarness, vm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _listed(harness, vm).memory_mib == 512
+    _memory_behind_the_back(harness, vm, 384)
+    assert _listed(harness, vm).memory_mib == 512  # read within the TTL: reused
+    dom = harness.backend.conn().lookupByUUIDString(vm)  # type: ignore[attr-defined]
+    dom.create()
+    started = _listed(harness, vm)
+    assert (started.power_state, started.memory_mib) == ("On", 384)  # a new state: read again
+    harness.stub.Reconfigure(pb.ReconfigureRequest(id=vm, desired_json='{"Class": {"MemoryMiB": 256}}'))
+    assert _listed(harness, vm).memory_mib == 256  # a change through the provider: at once
+    dom.setMemoryFlags(320 * MIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    monkeypatch.setattr(networks, "DESCRIBE_TTL", 0.2)
+    time.sleep(0.25)
+    assert _listed(harness, vm).memory_mib == 320
 
 
 def test_a_start_or_stop_behind_the_back_shows_at_once(harness: ProviderHarness, vm: str, raw: Raw) -> None:

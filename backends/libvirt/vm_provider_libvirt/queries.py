@@ -6,10 +6,12 @@ Costs: Describe makes one libvirt call (``state()``), and a second
 :data:`~vm_provider_libvirt.networks.DESCRIBE_TTL` seconds, or a change or a
 new state since). A running VM adds one lease query per network of the VM
 at most every ``DESCRIBE_TTL`` seconds (shared by all VMs), and an agent or
-ARP query only when the leases know nothing. Domain handles and what is read from an XML are reused
-(:mod:`~vm_provider_libvirt.readcache`). ListVMs makes one
-``getAllDomainStats`` call, one XML call per domain and one lease query per
-network, shared by all VMs.
+ARP query only when the leases know nothing. Domain handles and what is
+read from an XML are reused (:mod:`~vm_provider_libvirt.readcache`).
+ListVMs makes one
+``getAllDomainStats`` call, one lease query per network shared by all VMs,
+and one XML call per domain whose XML was not read recently (by the same
+rule as Describe).
 """
 
 from __future__ import annotations
@@ -196,14 +198,17 @@ def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
         stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
         leases = networks.Leases(conn)
         for dom, st in stats:
-            try:
-                xml = dom.XMLDesc(0)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue  # undefined since the listing
-                raise
+            uuid = dom.UUIDString()  # kept in the handle: no call to the daemon
             state = int(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
-            facts = lv.parsed.get(dom.UUIDString(), xml, lambda text: _facts(text, console_host), state, epoch)
+            facts = lv.parsed.recent(uuid, state, epoch, networks.DESCRIBE_TTL)
+            if facts is None:
+                try:
+                    xml = dom.XMLDesc(0)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # undefined since the listing
+                    raise
+                facts = lv.parsed.get(uuid, xml, lambda text: _facts(text, console_host), state, epoch)
             if managed_only and not facts.managed:
                 continue
             out.append(_info(dom, facts, st, leases))
