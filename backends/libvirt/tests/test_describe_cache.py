@@ -76,6 +76,16 @@ def test_a_start_or_stop_behind_the_back_shows_at_once(harness: ProviderHarness,
     assert raw(vm)["id"] == -1
 
 
+def test_a_name_given_to_another_domain_behind_the_back_shows_at_once(harness: ProviderHarness, vm: str, raw: Raw) -> None:
+    assert raw("cached")["uuid"] == vm  # Describe by name
+    conn = harness.backend.conn()  # type: ignore[attr-defined]
+    old = conn.lookupByUUIDString(vm)
+    xml = old.XMLDesc(0)
+    old.undefine()
+    newcomer = conn.defineXML(xml.replace(f"<uuid>{vm}</uuid>", ""))  # same name, a new UUID
+    assert raw("cached")["uuid"] == newcomer.UUIDString() != vm
+
+
 def test_changes_through_the_provider_show_at_once(harness: ProviderHarness, vm: str, raw: Raw) -> None:
     assert raw(vm)["memory_mib"] == 512
     harness.stub.Reconfigure(pb.ReconfigureRequest(id=vm, desired_json='{"Class": {"MemoryMiB": 768}}'))

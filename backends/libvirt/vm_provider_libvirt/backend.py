@@ -247,7 +247,7 @@ class LibvirtBackend(DiskTransfers, Backend):
     def forget(self, vm_id: str) -> None:
         """Drop what the read caches hold about a VM (it is gone)."""
         self.handles.drop(vm_id.lower())
-        self.parsed.drop(vm_id)
+        self.parsed.drop(vm_id.lower())  # by UUID (a name's entry ages out)
 
     def leases(self) -> networks.Leases:
         """DHCP leases for Describe, reused for a short while (see

@@ -173,10 +173,11 @@ def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
     epoch = lv.changes.quiet()
     try:
         state, reason = dom.state()
-        facts = lv.parsed.recent(vm_id, state, epoch, networks.DESCRIBE_TTL)
+        uuid = dom.UUIDString()  # kept in the handle: the key whatever id the caller gave
+        facts = lv.parsed.recent(uuid, state, epoch, networks.DESCRIBE_TTL)
         if facts is None:
             xml = dom.XMLDesc(0)
-            facts = lv.parsed.get(vm_id, xml, lambda text: _facts(text, lv.console_host()), state, epoch)
+            facts = lv.parsed.get(uuid, xml, lambda text: _facts(text, lv.console_host()), state, epoch)
         active = state in ACTIVE
         ips = networks.addresses(dom, facts.nics, facts.agent, lv.leases()) if active else []
     except libvirt.libvirtError as exc:

@@ -145,27 +145,28 @@ class _Read:
 
 
 class Parsed(_Bounded[_Read]):
-    """:class:`Facts` by VM id, with when and how they were read."""
+    """:class:`Facts` by domain UUID (as ``UUIDString()`` gives it), with
+    when and how they were read."""
 
-    def recent(self, vm_id: str, state: int, epoch: int | None, ttl: float) -> Facts | None:
-        """The facts last read for ``vm_id`` if they can stand for its XML
+    def recent(self, uuid: str, state: int, epoch: int | None, ttl: float) -> Facts | None:
+        """The facts last read for ``uuid`` if they can stand for its XML
         now: read less than ``ttl`` seconds ago, with the domain in the same
         ``state``, and ``epoch`` (:meth:`Changes.quiet`, now) what it was
         then (no change since, none under way). Else None: ask the XML."""
-        hit = self._entries.get(vm_id)
+        hit = self._entries.get(uuid)
         if hit is None or epoch is None or hit.epoch != epoch or hit.state != state:
             return None
         if time.monotonic() - hit.at >= ttl:
             return None
         return hit.facts
 
-    def get(self, vm_id: str, xml: str, derive: Callable[[str], Facts], state: int, epoch: int | None) -> Facts:
-        """The facts of ``xml``: the cached ones when the VM's XML is
-        unchanged, else ``derive(xml)``; remembered with the domain's
-        ``state`` and the ``epoch`` read before the XML was."""
-        hit = self._entries.get(vm_id)
+    def get(self, uuid: str, xml: str, derive: Callable[[str], Facts], state: int, epoch: int | None) -> Facts:
+        """The facts of ``xml``: the cached ones when the domain's XML is
+        unchanged, else ``derive(xml)``; remembered with its ``state`` and
+        the ``epoch`` read before the XML was."""
+        hit = self._entries.get(uuid)
         facts = hit.facts if hit is not None and hit.facts.xml == xml else derive(xml)
-        self._put(vm_id, _Read(facts, state, epoch, time.monotonic()))
+        self._put(uuid, _Read(facts, state, epoch, time.monotonic()))
         return facts
 
 
