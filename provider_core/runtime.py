@@ -208,14 +208,16 @@ class Runtime:
     async def _mutate(
         self,
         kind: str,
-        keys: list[str],
         fn: Callable[..., Outcome[T]],
         *args: Any,
+        vm: str | None = None,
+        names: tuple[str, ...] = (),
         timeout: float | None,
         missing_ok: bool = False,
         wait: bool = False,
     ) -> tuple[T, str]:
-        """Run a mutating backend call under the locks of ``keys``.
+        """Run a mutating backend call under the lock of the VM ``vm`` (its
+        :meth:`_key`) and those of ``names`` (a new VM's or image's name).
 
         Returns the value and a task id ("" when finished). With
         ``missing_ok`` a NotFound from the backend counts as success. With
@@ -223,6 +225,7 @@ class Runtime:
         allows, and then gets the final value and no task.
         """
         started = time.monotonic()
+        keys = list(names) if vm is None else [await self._key(vm, timeout), *names]
         held = await self._locks.acquire(keys)
         if timeout is not None:  # waiting for the lock used part of the caller's deadline
             timeout -= time.monotonic() - started
@@ -305,7 +308,7 @@ class Runtime:
         return await self._call(self.backend.validate, timeout=timeout)
 
     async def create(self, spec: CreateSpec, timeout: float | None) -> tuple[str, str]:
-        value, task = await self._mutate("create", [f"name:{spec.name}"], self.backend.create, spec, timeout=timeout)
+        value, task = await self._mutate("create", self.backend.create, spec, names=(f"name:{spec.name}",), timeout=timeout)
         return str(value), task
 
     async def describe(self, vm_id: str, timeout: float | None) -> VMStatus | None:
@@ -324,75 +327,44 @@ class Runtime:
         return await self._call(self.backend.lock_key, vm_id, timeout=timeout)
 
     async def power(self, vm_id: str, op: PowerOp, graceful: float, timeout: float | None) -> str:
-        return (
-            await self._mutate(
-                f"power-{op.value}", [await self._key(vm_id, timeout)], self.backend.power, vm_id, op, graceful, timeout=timeout
-            )
-        )[1]
+        return (await self._mutate(f"power-{op.value}", self.backend.power, vm_id, op, graceful, vm=vm_id, timeout=timeout))[1]
 
     async def delete(self, vm_id: str, timeout: float | None) -> str:
-        return (
-            await self._mutate(
-                "delete", [await self._key(vm_id, timeout)], self.backend.delete, vm_id, timeout=timeout, missing_ok=True
-            )
-        )[1]
+        return (await self._mutate("delete", self.backend.delete, vm_id, vm=vm_id, timeout=timeout, missing_ok=True))[1]
 
     async def reconfigure(self, vm_id: str, desired: DesiredVM, timeout: float | None) -> str:
         self.require(Capability.RECONFIGURE)
-        return (
-            await self._mutate(
-                "reconfigure", [await self._key(vm_id, timeout)], self.backend.reconfigure, vm_id, desired, timeout=timeout
-            )
-        )[1]
+        return (await self._mutate("reconfigure", self.backend.reconfigure, vm_id, desired, vm=vm_id, timeout=timeout))[1]
 
     async def snapshot_create(self, spec: SnapshotSpec, timeout: float | None) -> tuple[str, str]:
         self.require(Capability.SNAPSHOTS)
         if spec.include_memory:
             self.require(Capability.MEMORY_SNAPSHOTS)
-        value, task = await self._mutate(
-            "snapshot-create", [await self._key(spec.vm_id, timeout)], self.backend.snapshot_create, spec, timeout=timeout
-        )
+        value, task = await self._mutate("snapshot-create", self.backend.snapshot_create, spec, vm=spec.vm_id, timeout=timeout)
         return str(value), task
 
     async def snapshot_revert(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
         self.require(Capability.SNAPSHOTS)
-        return (
-            await self._mutate(
-                "snapshot-revert",
-                [await self._key(vm_id, timeout)],
-                self.backend.snapshot_revert,
-                vm_id,
-                snapshot_id,
-                timeout=timeout,
-            )
-        )[1]
+        revert = self.backend.snapshot_revert
+        return (await self._mutate("snapshot-revert", revert, vm_id, snapshot_id, vm=vm_id, timeout=timeout))[1]
 
     async def snapshot_delete(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
         self.require(Capability.SNAPSHOTS)
-        return (
-            await self._mutate(
-                "snapshot-delete",
-                [await self._key(vm_id, timeout)],
-                self.backend.snapshot_delete,
-                vm_id,
-                snapshot_id,
-                timeout=timeout,
-                missing_ok=True,
-            )
-        )[1]
+        delete = self.backend.snapshot_delete
+        return (await self._mutate("snapshot-delete", delete, vm_id, snapshot_id, vm=vm_id, timeout=timeout, missing_ok=True))[1]
 
     async def clone(self, spec: CloneSpec, timeout: float | None) -> tuple[str, str]:
         self.require(Capability.CLONE)
         if spec.linked:
             self.require(Capability.LINKED_CLONES)
-        keys = [await self._key(spec.source_vm_id, timeout), f"name:{spec.target_name}"]
-        value, task = await self._mutate("clone", keys, self.backend.clone, spec, timeout=timeout)
+        names = (f"name:{spec.target_name}",)
+        value, task = await self._mutate("clone", self.backend.clone, spec, vm=spec.source_vm_id, names=names, timeout=timeout)
         return str(value), task
 
     async def image_prepare(self, spec: ImagePrepareSpec, timeout: float | None) -> str:
         self.require(Capability.IMAGE_PREPARE)
-        keys = [f"image:{spec.storage_hint}/{spec.target_name}"]
-        return (await self._mutate("image-prepare", keys, self.backend.image_prepare, spec, timeout=timeout))[1]
+        names = (f"image:{spec.storage_hint}/{spec.target_name}",)
+        return (await self._mutate("image-prepare", self.backend.image_prepare, spec, names=names, timeout=timeout))[1]
 
     async def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str, timeout: float | None) -> DiskDetails:
         self.require(Capability.DISK_INFO)
@@ -407,30 +379,18 @@ class Runtime:
         if spec.compress:
             self.require(Capability.EXPORT_COMPRESSION)
         self._check_format(spec.format, self.backend.export_formats, "format")
-        value, task = await self._mutate(
-            "export-disk", [await self._key(spec.vm_id, timeout)], self.backend.export_disk, spec, timeout=timeout, wait=True
-        )
-        return value, task
+        return await self._mutate("export-disk", self.backend.export_disk, spec, vm=spec.vm_id, timeout=timeout, wait=True)
 
     async def import_disk(self, spec: ImportSpec, timeout: float | None) -> tuple[ImportResult, str]:
         self.require(Capability.DISK_IMPORT)
         self._check_format(spec.format, self.backend.import_formats, "format")
-        keys = [f"image:{spec.storage_hint}/{spec.target_name}"]
-        value, task = await self._mutate("import-disk", keys, self.backend.import_disk, spec, timeout=timeout, wait=True)
-        return value, task
+        names = (f"image:{spec.storage_hint}/{spec.target_name}",)
+        return await self._mutate("import-disk", self.backend.import_disk, spec, names=names, timeout=timeout, wait=True)
 
     async def hardware_upgrade(self, vm_id: str, target_version: int, timeout: float | None) -> str:
         self.require(Capability.HARDWARE_UPGRADE)
-        return (
-            await self._mutate(
-                "hardware-upgrade",
-                [await self._key(vm_id, timeout)],
-                self.backend.hardware_upgrade,
-                vm_id,
-                target_version,
-                timeout=timeout,
-            )
-        )[1]
+        upgrade = self.backend.hardware_upgrade
+        return (await self._mutate("hardware-upgrade", upgrade, vm_id, target_version, vm=vm_id, timeout=timeout))[1]
 
     async def task_status(self, task_id: str, timeout: float | None) -> TaskState:
         if not task_id:  # clients treat an absent task as finished

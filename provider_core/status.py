@@ -79,15 +79,23 @@ class CorruptRequest:
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
+    def status(self) -> grpc.Status:
+        return to_status(errors.InvalidArgument(f"the request is not a valid {self.kind} message"))
+
 
 def tolerant_decoder(message_type: Any) -> Callable[[bytes], Any]:
-    """A request deserializer that never raises."""
+    """A request deserializer of ``message_type`` that never raises."""
+    return _tolerant(message_type.FromString, message_type.DESCRIPTOR.full_name)
+
+
+def _tolerant(deserialize: Callable[[bytes], Any], name: str) -> Callable[[bytes], Any]:
+    """``deserialize``, answering a :class:`CorruptRequest` instead of raising."""
 
     def decode(data: bytes) -> Any:
         try:
-            return message_type.FromString(data)
+            return deserialize(data)
         except DecodeError:
-            return CorruptRequest(message_type.DESCRIPTOR.full_name)
+            return CorruptRequest(name)
 
     return decode
 
@@ -98,9 +106,7 @@ def rpc(handler: H) -> H:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, CorruptRequest):
-            await context.abort_with_status(
-                to_status(errors.InvalidArgument(f"the request is not a valid {request.kind} message"))
-            )
+            await context.abort_with_status(request.status())
         try:
             return await handler(self, request, context)
         except errors.ProviderError as exc:
@@ -112,10 +118,6 @@ def rpc(handler: H) -> H:
     return wrapper  # type: ignore[return-value]
 
 
-def _corrupt_status(request: CorruptRequest) -> grpc.Status:
-    return to_status(errors.InvalidArgument(f"the request is not a valid {request.kind} message"))
-
-
 def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The same handler, with requests decoded by a decoder that never
     raises and corrupt ones answered INVALID_ARGUMENT (grpc would answer
@@ -125,19 +127,12 @@ def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if deserialize is None:
         return handler
     kind = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
-    name = kind.full_name if kind is not None else "request"
-
-    def decode(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except DecodeError:
-            return CorruptRequest(name)
-
+    decode = _tolerant(deserialize, kind.full_name if kind is not None else "request")
     serialize = handler.response_serializer
 
     async def request_checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, CorruptRequest):
-            await context.abort_with_status(_corrupt_status(request))
+            await context.abort_with_status(request.status())
         return request
 
     async def requests_checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:

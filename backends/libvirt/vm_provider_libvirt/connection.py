@@ -244,4 +244,14 @@ def _close(conn: libvirt.virConnect) -> None:
         pass
 
 
-__all__ = ["Connection", "event_loop", "event_loop_running", "is_local", "register_event_loop", "safe_uri"]
+__all__ = [
+    "Connection",
+    "event_loop",
+    "event_loop_running",
+    "hold_event_loop",
+    "in_process",
+    "is_local",
+    "register_event_loop",
+    "release_event_loop",
+    "safe_uri",
+]
