@@ -118,8 +118,6 @@ async def _serve_provider(ready: Path, backend: str, state: Path, workers: bool)
 
     table = {"uri": "test:///default"} if backend == "libvirt" else {}
     instance = plugins.load(backend, table, environ={})
-    if workers:
-        instance.nonblocking_reads = lambda: False  # type: ignore[method-assign]
     server = ProviderServer(instance, backend, ServerSettings(listen="127.0.0.1:0", state_dir=state, log_level="WARNING"))
     await server.start()
     _announce(ready, server.port)

@@ -4,7 +4,7 @@ What a backend author needs is importable from here.
 """
 
 from .backend import Backend, BackendSettings, Outcome
-from .capabilities import Capability
+from .capabilities import Capability, Offer
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -70,6 +70,7 @@ __all__ = [
     "NetworkAttachment",
     "Nic",
     "NotFound",
+    "Offer",
     "Outcome",
     "PermissionDenied",
     "Placement",

@@ -4,8 +4,7 @@ A backend is a class deriving from :class:`Backend`, registered under the
 entry-point group ``vm_provider.backends``. The core constructs it with its
 validated settings, calls :meth:`Backend.connect` once, then dispatches RPCs
 to its methods from worker threads (methods may block; they are never called
-on the event loop, unless the backend says its reads never block: see
-:meth:`Backend.nonblocking_reads`). The core serialises mutating calls per VM, so a backend
+on the event loop). The core serialises mutating calls per VM, so a backend
 never sees two concurrent operations on the same VM from one process.
 
 Every method takes and returns the typed values of :mod:`provider_core.models`
@@ -17,10 +16,13 @@ a snapshot id) plus either work for the core to run in the background and
 track as a task, or the id of a task the hypervisor runs itself.
 
 Optional capabilities (:class:`~provider_core.capabilities.Capability`):
-a backend declares them in ``capabilities`` and overrides exactly the
-methods of those capabilities (``capabilities.METHODS``). The core refuses to
-load a backend whose declaration and methods disagree, and never calls an
-undeclared one: the client gets UNIMPLEMENTED naming the capability.
+a backend class declares the most it can offer in ``capabilities`` and
+overrides exactly the methods of those capabilities
+(``capabilities.METHODS``); the core refuses to load a backend whose
+declaration and methods disagree. Once connected, :meth:`Backend.offer` says
+what this endpoint offers (a subset): GetCapabilities answers with it, and
+the core never calls outside it: the client gets UNIMPLEMENTED naming the
+capability.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .capabilities import Capability
+from .capabilities import Capability, Offer
 from .errors import NotFound
 from .models import (
     CloneSpec,
@@ -134,17 +136,26 @@ class Backend(ABC):
     def close(self) -> None:
         """Release connections at shutdown."""
 
-    def nonblocking_reads(self) -> bool:
-        """Whether :meth:`describe` and :meth:`task_status` return without
-        waiting on anything outside this process: no network, no disk, no
-        daemon, no lock that another call holds across such a wait (true of
-        an in-process simulator such as libvirt's test driver). The core
-        then calls them on its event loop instead of handing them to a worker
-        thread, which saves two thread wake-ups per call: on a busy server
-        more than such a call itself costs. Asked once, when the core takes
-        the backend. Default False; when in doubt keep it so: a call that
-        blocks on the event loop delays every call of the process."""
-        return False
+    @classmethod
+    def declared(cls) -> Offer:
+        """The most this class can offer: its ``capabilities`` and lists."""
+        return Offer(
+            capabilities=frozenset(cls.capabilities),
+            disk_types=tuple(cls.disk_types),
+            network_types=tuple(cls.network_types),
+            export_formats=tuple(cls.export_formats),
+            import_formats=tuple(cls.import_formats),
+        )
+
+    def offer(self) -> Offer:
+        """What the endpoint this backend is connected to offers: never more
+        than :meth:`declared` (the core drops anything beyond it and logs an
+        error). Called after each successful :meth:`connect`, so it may ask
+        the hypervisor (its version, driver, storage) and raise like
+        connect. Override when what an endpoint can do depends on what it
+        is (``self.declared().without(Capability.DISK_EXPORT)``). Default:
+        everything declared."""
+        return self.declared()
 
     # -- mandatory operations ----------------------------------------------
 

@@ -8,6 +8,7 @@ tests and the support matrix in the docs all derive from a backend's
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from enum import Enum
 
 
@@ -80,3 +81,42 @@ RPCS: dict[Capability, tuple[str, ...]] = {
     Capability.DISK_IMPORT: ("ImportDisk",),
     Capability.HARDWARE_UPGRADE: ("HardwareUpgrade",),
 }
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What one connected endpoint offers: a subset of its backend class's
+    declaration (:meth:`provider_core.Backend.offer`).
+
+    GetCapabilities answers with it, the core refuses calls outside it
+    (UNIMPLEMENTED naming the capability; a format outside the lists is
+    INVALID_ARGUMENT), and the conformance kit chooses its checks from it.
+    """
+
+    capabilities: frozenset[Capability] = frozenset()
+    disk_types: tuple[str, ...] = ()
+    network_types: tuple[str, ...] = ()
+    export_formats: tuple[str, ...] = ()
+    import_formats: tuple[str, ...] = ()
+
+    def without(self, *caps: Capability) -> Offer:
+        """This offer less ``caps`` and whatever refines them; the format
+        lists of a dropped DISK_EXPORT or DISK_IMPORT are emptied too."""
+        drop = set(caps)
+        drop |= {cap for cap, parent in REFINES.items() if parent in drop}
+        kept = frozenset(self.capabilities - drop)
+        return replace(
+            self,
+            capabilities=kept,
+            export_formats=self.export_formats if Capability.DISK_EXPORT in kept else (),
+            import_formats=self.import_formats if Capability.DISK_IMPORT in kept else (),
+        )
+
+    def beyond(self, declared: Offer) -> list[str]:
+        """What this offer holds that ``declared`` does not, as readable
+        items (empty when it is a subset, as it must be)."""
+        extra = [f"capability {c.value!r}" for c in sorted(self.capabilities - declared.capabilities, key=lambda c: c.value)]
+        for field in ("disk_types", "network_types", "export_formats", "import_formats"):
+            have = set(getattr(declared, field))
+            extra += [f"{field} {v!r}" for v in getattr(self, field) if v not in have]
+        return extra

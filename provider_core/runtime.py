@@ -3,10 +3,7 @@
 The gRPC layer converts requests into the typed specs and calls the methods
 here; this module knows nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
-another, so that long tasks never starve Describe or health. The one
-exception: a backend whose reads never block
-(:meth:`~provider_core.backend.Backend.nonblocking_reads`) has Describe and
-TaskStatus called on the event loop, sparing them two thread hand-offs. Mutating
+another, so that long tasks never starve Describe or health. Mutating
 operations on one VM are serialised with per-VM locks (held until their
 background work ends); different VMs proceed in parallel.
 """
@@ -26,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from . import deadline
 from .backend import Backend, Outcome
-from .capabilities import Capability
+from .capabilities import REFINES, Capability, Offer
 from .errors import CapabilityMissing, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
 from .models import (
     CloneSpec,
@@ -46,7 +43,7 @@ from .models import (
     VMStatus,
 )
 from .tasks import PREFIX, TaskRegistry
-from .workers import WorkerPool, reportable
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,11 +105,11 @@ class Runtime:
     ) -> None:
         self.backend = backend
         self.name = name
-        self.capabilities = frozenset(backend.capabilities)
+        self.declared = backend.declared()
+        self.offer: Offer | None = None  # what the endpoint offers, known once connected
         self.tasks = TaskRegistry(state_dir / "tasks.sqlite3" if state_dir else None)
         self._calls = WorkerPool(workers, f"{name}-call")
         self._work = WorkerPool(task_workers, f"{name}-task")
-        self._inline_reads = bool(backend.nonblocking_reads())
         self._locks = KeyedLocks()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._health_interval = health_interval
@@ -127,18 +124,6 @@ class Runtime:
         ctx = contextvars.copy_context()
         ctx.run(deadline.set_remaining, timeout)
         return await self._calls.run(ctx.run, fn, *args)
-
-    async def _read(self, fn: Callable[..., T], *args: Any, timeout: float | None) -> T:
-        """A per-object read: on the event loop when the backend's reads
-        never block, else like :meth:`_call`."""
-        if not self._inline_reads:
-            return await self._call(fn, *args, timeout=timeout)
-        try:
-            return fn(*args)
-        except Exception:
-            raise
-        except BaseException as exc:  # SystemExit from backend code must not stop the loop
-            raise reportable(exc) from exc
 
     # -- health and life cycle -------------------------------------------------
 
@@ -155,6 +140,7 @@ class Runtime:
     async def connect(self) -> bool:
         try:
             await self._call(self.backend.connect)
+            offer = await self._call(self.backend.offer)
         except ProviderError as exc:
             log.warning("backend %s cannot connect: %s", self.name, exc)
             self._set_connected(False)
@@ -162,8 +148,37 @@ class Runtime:
             internal_error(exc, "connect")
             self._set_connected(False)
         else:
+            self._take(offer)
             self._set_connected(True)
         return self.connected
+
+    def _take(self, offer: Offer) -> None:
+        beyond = offer.beyond(self.declared)
+        if beyond:
+            log.error("backend %s offers more than its class declares, ignored: %s", self.name, ", ".join(beyond))
+            offer = Offer(
+                capabilities=offer.capabilities & self.declared.capabilities,
+                **{
+                    f: tuple(v for v in getattr(offer, f) if v in getattr(self.declared, f))
+                    for f in ("disk_types", "network_types", "export_formats", "import_formats")
+                },
+            )
+        orphans = [c for c in offer.capabilities if c in REFINES and REFINES[c] not in offer.capabilities]
+        if orphans:
+            log.error("backend %s offers %s without what they refine, ignored", self.name, ", ".join(c.value for c in orphans))
+            offer = offer.without(*orphans)
+        if offer != self.offer:
+            missing = sorted(c.value for c in self.declared.capabilities - offer.capabilities)
+            log.info(
+                "backend %s offers %s", self.name, "everything it declares" if not missing else f"all but {', '.join(missing)}"
+            )
+        self.offer = offer
+
+    def offered(self) -> Offer:
+        """What the endpoint offers; Unavailable before the backend first connected."""
+        if self.offer is None:
+            raise Unavailable(f"backend {self.name} has not connected yet: what it offers is not known")
+        return self.offer
 
     async def monitor(self) -> None:
         """Ping the backend periodically; reconnect when it stopped answering."""
@@ -202,7 +217,7 @@ class Runtime:
     # -- the machinery of mutating operations ----------------------------------
 
     def require(self, capability: Capability) -> None:
-        if capability not in self.capabilities:
+        if capability not in self.offered().capabilities:
             raise CapabilityMissing(capability.value, self.name)
 
     async def _mutate(
@@ -313,7 +328,7 @@ class Runtime:
 
     async def describe(self, vm_id: str, timeout: float | None) -> VMStatus | None:
         try:
-            return await self._read(self.backend.describe, vm_id, timeout=timeout)
+            return await self._call(self.backend.describe, vm_id, timeout=timeout)
         except NotFound:
             return None
 
@@ -378,12 +393,12 @@ class Runtime:
         self.require(Capability.DISK_EXPORT)
         if spec.compress:
             self.require(Capability.EXPORT_COMPRESSION)
-        self._check_format(spec.format, self.backend.export_formats, "format")
+        self._check_format(spec.format, self.offered().export_formats, "format")
         return await self._mutate("export-disk", self.backend.export_disk, spec, vm=spec.vm_id, timeout=timeout, wait=True)
 
     async def import_disk(self, spec: ImportSpec, timeout: float | None) -> tuple[ImportResult, str]:
         self.require(Capability.DISK_IMPORT)
-        self._check_format(spec.format, self.backend.import_formats, "format")
+        self._check_format(spec.format, self.offered().import_formats, "format")
         names = (f"image:{spec.storage_hint}/{spec.target_name}",)
         return await self._mutate("import-disk", self.backend.import_disk, spec, names=names, timeout=timeout, wait=True)
 
@@ -400,7 +415,7 @@ class Runtime:
             if state is None:
                 raise NotFound(f"task {task_id!r} not found")
             return state
-        return await self._read(self.backend.task_status, task_id, timeout=timeout)
+        return await self._call(self.backend.task_status, task_id, timeout=timeout)
 
     @asynccontextmanager
     async def started(self) -> AsyncIterator[None]:

@@ -79,8 +79,8 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     @rpc
     async def GetCapabilities(self, request: pb.GetCapabilitiesRequest, context: Ctx) -> pb.GetCapabilitiesResponse:
-        caps = self.rt.capabilities
-        b = self.rt.backend
+        offer = self.rt.offered()
+        caps = offer.capabilities
         return pb.GetCapabilitiesResponse(
             supports_reconfigure_online=Capability.RECONFIGURE_ONLINE in caps,
             supports_disk_expansion_online=Capability.DISK_EXPANSION_ONLINE in caps,
@@ -88,12 +88,12 @@ class ProviderService(pb_grpc.ProviderServicer):
             supports_memory_snapshots=Capability.MEMORY_SNAPSHOTS in caps,
             supports_linked_clones=Capability.LINKED_CLONES in caps,
             supports_image_import=Capability.IMAGE_PREPARE in caps,
-            supported_disk_types=list(b.disk_types),
-            supported_network_types=list(b.network_types),
+            supported_disk_types=list(offer.disk_types),
+            supported_network_types=list(offer.network_types),
             supports_disk_export=Capability.DISK_EXPORT in caps,
             supports_disk_import=Capability.DISK_IMPORT in caps,
-            supported_export_formats=list(b.export_formats) if Capability.DISK_EXPORT in caps else [],
-            supported_import_formats=list(b.import_formats) if Capability.DISK_IMPORT in caps else [],
+            supported_export_formats=list(offer.export_formats) if Capability.DISK_EXPORT in caps else [],
+            supported_import_formats=list(offer.import_formats) if Capability.DISK_IMPORT in caps else [],
             supports_export_compression=Capability.EXPORT_COMPRESSION in caps,
         )
 

@@ -3,6 +3,7 @@ reported by GetCapabilities."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from provider_core import Capability, capabilities
+from provider_core import Capability, Offer, capabilities
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -51,10 +52,11 @@ def test_the_gated_rpcs_are_those_of_the_capability_table() -> None:
 
 @pytest.fixture
 def nothing_declared(harness: Callable[..., ProviderHarness]) -> ProviderHarness:
-    """A backend that implements every optional method but declares none of
-    them: the core must refuse on the declaration alone."""
+    """A backend that implements and declares every optional method, but
+    whose endpoint offers none of them: the core must refuse on the offer
+    alone."""
     backend = MemoryPlusBackend(MemorySettings())
-    backend.capabilities = frozenset()  # type: ignore[misc]  # narrower than its class, on purpose
+    backend.offer = Offer  # type: ignore[method-assign]  # this endpoint offers nothing
     h = harness("memory-plus", backend=backend)
     h.stub.Create(pb.CreateRequest(name="vm"))
     return h
@@ -173,7 +175,15 @@ FIELD_OF = {
 def test_each_flag_of_get_capabilities_comes_from_one_capability(
     harness: Callable[..., ProviderHarness], capability: Capability
 ) -> None:
-    backend = MemoryPlusBackend(MemorySettings())
-    backend.capabilities = frozenset({capability})  # type: ignore[misc]
+    class Everything(MemoryPlusBackend):
+        capabilities = frozenset(Capability)
+
+    backend = Everything(MemorySettings())
+    parent = capabilities.REFINES.get(capability)
+    offered = {capability} | ({parent} if parent else set())
+    only = dataclasses.replace(backend.declared(), capabilities=frozenset(offered))
+    backend.offer = lambda: only  # type: ignore[method-assign]
     caps = harness("memory-plus", backend=backend).stub.GetCapabilities(pb.GetCapabilitiesRequest())
-    assert {f.name for f, v in caps.ListFields() if f.name.startswith("supports_") and v} == {FIELD_OF[capability]}
+    assert {f.name for f, v in caps.ListFields() if f.name.startswith("supports_") and v} == {
+        FIELD_OF[c] for c in offered if c in FIELD_OF
+    }

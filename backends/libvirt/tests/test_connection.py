@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from vm_provider_libvirt.backend import LibvirtBackend
 from vm_provider_libvirt.connection import in_process, is_local, safe_uri
-from vm_provider_libvirt.settings import LibvirtSettings
 
 
 @pytest.mark.parametrize(
@@ -41,9 +39,8 @@ def test_is_local(uri: str, local: bool) -> None:
         ("qemu+ssh://root@node1/system", False),
     ],
 )
-def test_only_the_test_driver_in_this_process_has_nonblocking_reads(uri: str, inside: bool) -> None:
+def test_in_process_tells_the_test_driver_in_this_process(uri: str, inside: bool) -> None:
     assert in_process(uri) is inside
-    assert LibvirtBackend(LibvirtSettings(uri=uri)).nonblocking_reads() is inside
 
 
 def test_safe_uri_drops_credentials_and_query() -> None:

@@ -47,7 +47,7 @@ from provider_core import (
 
 from . import errors, networks, queries, readcache, snapshots
 from .clone import clone as clone_vm
-from .connection import Connection, in_process
+from .connection import Connection
 from .create import create as create_vm
 from .datapath import DiskTransfers
 from .domxml import DomainDisk, disks, parse
@@ -114,12 +114,6 @@ class LibvirtBackend(DiskTransfers, Backend):
 
     def close(self) -> None:
         self.connection.close()
-
-    def nonblocking_reads(self) -> bool:
-        """True on the test driver, which runs inside this process: a
-        Describe there is a few microseconds of work, less than handing it
-        to a worker thread costs. Never for a daemon, local or not."""
-        return in_process(self.settings.uri)
 
     def checked(self) -> None:
         """Before a change: make sure the connection still reaches the

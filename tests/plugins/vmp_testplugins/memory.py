@@ -65,7 +65,6 @@ class MemorySettings(BackendSettings):
         description="connect() and ping() raise Unavailable while this file exists (an untranslated error if it says 'crash')",
     )
     trace_dir: Path | None = Field(None, description="touch <dir>/<op>-<vm> when an operation on a slow VM starts")
-    nonblocking_reads: bool = Field(False, description="say describe and task_status never block (the core runs them inline)")
 
 
 @dataclass
@@ -207,9 +206,6 @@ class MemoryBackend(Backend):
 
     def close(self) -> None:
         self.closed = True
-
-    def nonblocking_reads(self) -> bool:
-        return self.settings.nonblocking_reads
 
     # -- mandatory operations ---------------------------------------------------------
 
