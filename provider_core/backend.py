@@ -18,7 +18,7 @@ track as a task, or the id of a task the hypervisor runs itself.
 Optional capabilities (:class:`~provider_core.capabilities.Capability`):
 a backend class declares the most it can offer in ``capabilities`` and
 overrides exactly the methods of those capabilities
-(``capabilities.METHODS``); the core refuses to load a backend whose
+(``operations.METHODS``); the core refuses to load a backend whose
 declaration and methods disagree. Once connected, :meth:`Backend.offer` says
 what this endpoint offers (a subset): GetCapabilities answers with it, and
 the core never calls outside it: the client gets UNIMPLEMENTED naming the

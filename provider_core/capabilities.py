@@ -1,9 +1,11 @@
 """The capability vocabulary: one enum, declared once per backend.
 
+A backend class declares the most it can offer (``Backend.capabilities``,
+checked at load against the methods it overrides: ``operations.METHODS``);
+once connected it says what its endpoint offers (:class:`Offer`).
 GetCapabilities, the refusal of unsupported calls (UNIMPLEMENTED naming the
-capability), the load-time honesty check, the conformance kit's choice of
-tests and the support matrix in the docs all derive from a backend's
-``capabilities`` declaration and the tables below.
+capability) and the conformance kit's choice of tests use the offer; which
+RPCs a capability gates is in :mod:`provider_core.operations`.
 """
 
 from __future__ import annotations
@@ -47,19 +49,6 @@ class Capability(str, Enum):
     """HardwareUpgrade: move a VM to a newer machine/hardware version."""
 
 
-#: Backend methods that implement each capability. A backend must override
-#: exactly the methods of the capabilities it declares.
-METHODS: dict[Capability, tuple[str, ...]] = {
-    Capability.RECONFIGURE: ("reconfigure",),
-    Capability.SNAPSHOTS: ("snapshot_create", "snapshot_revert", "snapshot_delete"),
-    Capability.CLONE: ("clone",),
-    Capability.IMAGE_PREPARE: ("image_prepare",),
-    Capability.DISK_INFO: ("disk_info",),
-    Capability.DISK_EXPORT: ("export_disk",),
-    Capability.DISK_IMPORT: ("import_disk",),
-    Capability.HARDWARE_UPGRADE: ("hardware_upgrade",),
-}
-
 #: Capabilities that refine another one (an option of its RPC); declaring
 #: one requires declaring its parent.
 REFINES: dict[Capability, Capability] = {
@@ -68,18 +57,6 @@ REFINES: dict[Capability, Capability] = {
     Capability.MEMORY_SNAPSHOTS: Capability.SNAPSHOTS,
     Capability.LINKED_CLONES: Capability.CLONE,
     Capability.EXPORT_COMPRESSION: Capability.DISK_EXPORT,
-}
-
-#: The RPCs gated by each method capability (for docs and the kit).
-RPCS: dict[Capability, tuple[str, ...]] = {
-    Capability.RECONFIGURE: ("Reconfigure",),
-    Capability.SNAPSHOTS: ("SnapshotCreate", "SnapshotRevert", "SnapshotDelete"),
-    Capability.CLONE: ("Clone",),
-    Capability.IMAGE_PREPARE: ("ImagePrepare",),
-    Capability.DISK_INFO: ("GetDiskInfo",),
-    Capability.DISK_EXPORT: ("ExportDisk",),
-    Capability.DISK_IMPORT: ("ImportDisk",),
-    Capability.HARDWARE_UPGRADE: ("HardwareUpgrade",),
 }
 
 

@@ -1,18 +1,34 @@
 """Typed values that pass between the core and a backend.
 
-Backends take and return these, never protobuf messages: the gRPC layer
-converts. Request specs (``CreateSpec`` ...) are built by the core from the
-request after the JSON fields were parsed and checked.
+Backends take and return these, never protobuf messages. Requests
+(``CreateSpec``, ``PowerRequest`` ...) are :class:`Request` models: the core
+builds them from a request's fields, and their validators are the only
+checks of a request (names, ids, URLs, formats, sizes, the JSON inside
+``*_json`` fields): what fails is INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from .specs import Customization, DesiredVM, DiskSpec, NetworkAttachment, Placement, VMClass, VMImage
+from .specs import (
+    Customization,
+    DesiredVM,
+    DiskList,
+    NetworkList,
+    Placement,
+    Plain,
+    Prose,
+    Required,
+    VMClass,
+    VMImage,
+    check_url,
+    json_text,
+    lower_or,
+)
 
 
 class PowerState(str, Enum):
@@ -24,6 +40,145 @@ class PowerState(str, Enum):
     UNKNOWN = "Unknown"
 
 
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Request(BaseModel):
+    """Base of what the core builds from a request, checked, and hands to a
+    backend: the one place requests are validated. Built from the
+    request's fields by their protocol names (``class_json``) or in Python
+    by field name (``vm_class``); a field the request does not have is
+    refused, so every field of a request message is accounted for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+    def args(self) -> tuple[Any, ...]:
+        """The arguments of the backend method this request calls."""
+        return (self,)
+
+
+def _wire(name: str, default: Any = None, **kw: Any) -> Any:
+    """A field whose protocol name differs from its Python one."""
+    return Field(default, validation_alias=name, **kw)
+
+
+class CreateSpec(Request):
+    """Everything a Create request asks for, parsed and checked."""
+
+    name: Required
+    vm_class: Annotated[VMClass, json_text(VMClass)] = _wire("class_json", VMClass())
+    image: Annotated[VMImage, json_text(VMImage)] = _wire("image_json", VMImage())
+    networks: Annotated[NetworkList, json_text(NetworkList)] = _wire("networks_json", [])
+    disks: Annotated[DiskList, json_text(DiskList)] = _wire("disks_json", [])
+    placement: Annotated[Placement, json_text(Placement)] = _wire("placement_json", Placement())
+    tags: list[Plain] = []
+    user_data: bytes = b""
+    meta_data: bytes = b""
+
+
+class CloneSpec(Request):
+    source_vm_id: Required
+    target_name: Required
+    linked: bool = False
+    vm_class: Annotated[VMClass, json_text(VMClass)] = _wire("class_json", VMClass())
+    placement: Annotated[Placement, json_text(Placement)] = _wire("placement_json", Placement())
+    customize: Annotated[Customization, json_text(Customization)] = _wire("customize_json", Customization())
+
+
+class ImagePrepareSpec(Request):
+    image: Annotated[VMImage, json_text(VMImage, required=True)] = _wire("image_json", ...)
+    target_name: Required
+    storage_hint: Plain = ""
+
+    @field_validator("image")
+    @classmethod
+    def _names_an_image(cls, v: VMImage) -> VMImage:
+        if v.source == "blank":
+            raise ValueError("names no image: give URL, Path or TemplateName")
+        return v
+
+
+TRANSFER_SCHEMES = ("http", "https", "s3")
+
+
+def _transfer_url(value: str) -> str:
+    return check_url(value, TRANSFER_SCHEMES)
+
+
+def _sha256(value: str) -> str:
+    value = value.strip().lower().removeprefix("sha256:")
+    if value and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
+        raise ValueError("must be a SHA256 hex digest (64 hex digits)")
+    return value
+
+
+TransferURL = Annotated[Required, AfterValidator(_transfer_url)]
+DiskFormat = Annotated[Plain, lower_or("qcow2")]
+
+
+class ExportSpec(Request):
+    vm_id: Required
+    disk_id: Plain = ""
+    snapshot_id: Plain = ""
+    destination_url: TransferURL
+    format: DiskFormat = "qcow2"
+    compress: bool = False
+    credentials: dict[str, str] = Field(default_factory=dict, repr=False)
+
+
+class ImportSpec(Request):
+    source_url: TransferURL
+    storage_hint: Plain = ""
+    format: DiskFormat = "qcow2"
+    target_name: Required
+    verify_checksum: bool = False
+    expected_checksum: Annotated[str, AfterValidator(_sha256)] = Field("", validate_default=True)
+    credentials: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("expected_checksum")
+    @classmethod
+    def _given_when_verified(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("verify_checksum") and not v:
+            raise ValueError("is required when verify_checksum is set")
+        return v
+
+
+class SnapshotSpec(Request):
+    vm_id: Required
+    name: Annotated[Plain, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)] = _wire("name_hint", "")
+    description: Prose = ""
+    include_memory: bool = False
+
+
+# -- requests whose backend method takes plain arguments -------------------
+
+
+class NoArguments(Request):
+    """Validate, ListVMs."""
+
+    def args(self) -> tuple[Any, ...]:
+        return ()
+
+
+class VMRef(Request):
+    """Describe, Delete: one VM."""
+
+    id: Required
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.id,)
+
+
+_POWER_WORDS = {
+    "POWER_OP_ON": "on",
+    "POWER_OP_OFF": "off",
+    "POWER_OP_REBOOT": "reboot",
+    "POWER_OP_SHUTDOWN_GRACEFUL": "shutdown_graceful",
+}
+DEFAULT_GRACEFUL_TIMEOUT = 60
+
+
 class PowerOp(str, Enum):
     ON = "on"
     OFF = "off"
@@ -31,64 +186,67 @@ class PowerOp(str, Enum):
     SHUTDOWN_GRACEFUL = "shutdown_graceful"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True)
+def _power_op(value: Any) -> Any:
+    if isinstance(value, PowerOp):
+        return value
+    if isinstance(value, str) and value in _POWER_WORDS:
+        return _POWER_WORDS[value]
+    raise ValueError(f"must be {', '.join(_POWER_WORDS)}")
 
 
-class CreateSpec(_Model):
-    """Everything a Create request asks for, parsed and checked."""
+class PowerRequest(Request):
+    id: Required
+    op: Annotated[PowerOp, BeforeValidator(_power_op)]
+    graceful_timeout_seconds: Annotated[int, Field(ge=0)] = 0
 
-    name: str
-    vm_class: VMClass = VMClass()
-    image: VMImage = VMImage()
-    networks: list[NetworkAttachment] = []
-    disks: list[DiskSpec] = []
-    placement: Placement = Placement()
-    tags: list[str] = []
-    user_data: bytes = b""
-    meta_data: bytes = b""
+    def args(self) -> tuple[Any, ...]:
+        return (self.id, self.op, float(self.graceful_timeout_seconds or DEFAULT_GRACEFUL_TIMEOUT))
 
 
-class CloneSpec(_Model):
-    source_vm_id: str
-    target_name: str
-    linked: bool = False
-    vm_class: VMClass = VMClass()
-    placement: Placement = Placement()
-    customize: Customization = Customization()
+class ReconfigureRequest(Request):
+    id: Required
+    desired: Annotated[DesiredVM, json_text(DesiredVM, required=True)] = _wire("desired_json", ...)
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.id, self.desired)
 
 
-class ImagePrepareSpec(_Model):
-    image: VMImage
-    target_name: str
-    storage_hint: str = ""
+class SnapshotRef(Request):
+    """SnapshotRevert, SnapshotDelete."""
+
+    vm_id: Required
+    snapshot_id: Required
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.vm_id, self.snapshot_id)
 
 
-class ExportSpec(_Model):
-    vm_id: str
-    disk_id: str = ""
-    snapshot_id: str = ""
-    destination_url: str
-    format: str
-    compress: bool = False
-    credentials: dict[str, str] = Field(default_factory=dict, repr=False)
+class DiskRef(Request):
+    """GetDiskInfo."""
+
+    vm_id: Required
+    disk_id: Plain = ""
+    snapshot_id: Plain = ""
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.vm_id, self.disk_id, self.snapshot_id)
 
 
-class ImportSpec(_Model):
-    source_url: str
-    storage_hint: str = ""
-    format: str
-    target_name: str
-    verify_checksum: bool = False
-    expected_checksum: str = ""
-    credentials: dict[str, str] = Field(default_factory=dict, repr=False)
+class UpgradeRequest(Request):
+    id: Required
+    target_version: Annotated[int, Field(ge=0)] = 0
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.id, self.target_version)
 
 
-class SnapshotSpec(_Model):
-    vm_id: str
-    name: str
-    description: str = ""
-    include_memory: bool = False
+class TaskQuery(Request):
+    """TaskStatus: the id of a task ("" means none: finished)."""
+
+    task: Annotated[Plain, BeforeValidator(lambda v: v.get("id", "") if isinstance(v, dict) else v)] = ""
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.task,)
 
 
 class VMStatus(_Model):
@@ -169,22 +327,32 @@ class TaskState(_Model):
 
 
 __all__ = [
+    "DEFAULT_GRACEFUL_TIMEOUT",
     "CloneSpec",
     "CreateSpec",
     "DesiredVM",
     "Disk",
     "DiskDetails",
+    "DiskRef",
     "ExportResult",
     "ExportSpec",
     "ImagePrepareSpec",
     "ImportResult",
     "ImportSpec",
     "Nic",
+    "NoArguments",
     "PowerOp",
+    "PowerRequest",
+    "ReconfigureRequest",
+    "Request",
     "PowerState",
+    "SnapshotRef",
     "SnapshotSpec",
+    "TaskQuery",
     "TaskState",
+    "UpgradeRequest",
     "ValidationReport",
     "VMInfo",
+    "VMRef",
     "VMStatus",
 ]

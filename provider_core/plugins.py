@@ -18,9 +18,10 @@ from stevedore import driver
 from stevedore.exception import NoMatches
 
 from .backend import Backend, BackendSettings
-from .capabilities import METHODS, REFINES, Capability
+from .capabilities import REFINES, Capability
 from .config import build
 from .errors import ConfigError
+from .operations import METHODS
 
 NAMESPACE = "vm_provider.backends"
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """Dispatch of operations to a backend: threads, per-VM locks, tasks.
 
-The gRPC layer converts requests into the typed specs and calls the methods
-here; this module knows nothing of protobuf. Backend methods block, so they
+The gRPC layer hands each request's fields to :meth:`Runtime.call` with its
+entry of the one table (:mod:`provider_core.operations`); this module knows
+nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
 another, so that long tasks never starve Describe or health. Mutating
 operations on one VM are serialised with per-VM locks (held until their
@@ -15,46 +16,26 @@ import contextvars
 import functools
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from pydantic import ValidationError
+
 from . import deadline
 from .backend import Backend, Outcome
-from .capabilities import REFINES, Capability, Offer
+from .capabilities import REFINES, Offer
 from .errors import CapabilityMissing, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
-from .models import (
-    CloneSpec,
-    CreateSpec,
-    DesiredVM,
-    DiskDetails,
-    ExportResult,
-    ExportSpec,
-    ImagePrepareSpec,
-    ImportResult,
-    ImportSpec,
-    PowerOp,
-    SnapshotSpec,
-    TaskState,
-    ValidationReport,
-    VMInfo,
-    VMStatus,
-)
+from .models import Request, TaskState
+from .operations import TASK_STATUS, Operation
+from .specs import invalid
+from .status import internal_error
 from .tasks import PREFIX, TaskRegistry
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def internal_error(exc: BaseException, what: str) -> str:
-    """Log an unexpected exception with its traceback; return the generic
-    message a client may see (a reference to find the log entry)."""
-    ref = uuid.uuid4().hex[:12]
-    log.error("internal error in %s (ref %s)", what, ref, exc_info=exc)
-    return f"internal error (ref {ref})"
 
 
 class KeyedLocks:
@@ -216,10 +197,6 @@ class Runtime:
 
     # -- the machinery of mutating operations ----------------------------------
 
-    def require(self, capability: Capability) -> None:
-        if capability not in self.offered().capabilities:
-            raise CapabilityMissing(capability.value, self.name)
-
     async def _mutate(
         self,
         kind: str,
@@ -319,93 +296,62 @@ class Runtime:
 
     # -- operations ------------------------------------------------------------
 
-    async def validate(self, timeout: float | None) -> ValidationReport:
-        return await self._call(self.backend.validate, timeout=timeout)
+    def _gate(self, op: Operation) -> None:
+        if op.capability is not None and op.capability not in self.offered().capabilities:
+            raise CapabilityMissing(op.capability.value, self.name)
 
-    async def create(self, spec: CreateSpec, timeout: float | None) -> tuple[str, str]:
-        value, task = await self._mutate("create", self.backend.create, spec, names=(f"name:{spec.name}",), timeout=timeout)
-        return str(value), task
-
-    async def describe(self, vm_id: str, timeout: float | None) -> VMStatus | None:
+    def request(self, op: Operation, fields: Mapping[str, Any]) -> Request:
+        """The checked request of ``op`` from a request's fields (by their
+        protocol names): capability first (an endpoint that does not offer
+        the RPC refuses it whatever the request), then the request model
+        (InvalidArgument naming the field), then what the request's options
+        need (refining capabilities, a format the endpoint offers)."""
+        self._gate(op)
         try:
-            return await self._call(self.backend.describe, vm_id, timeout=timeout)
-        except NotFound:
-            return None
+            spec = op.request.model_validate(fields)
+        except ValidationError as exc:
+            raise invalid(exc) from None
+        for field, capability in op.refines:
+            if getattr(spec, field) and capability not in self.offered().capabilities:
+                raise CapabilityMissing(capability.value, self.name)
+        if op.formats:
+            allowed: tuple[str, ...] = getattr(self.offered(), op.formats)
+            fmt = getattr(spec, "format")  # noqa: B009 - every request with formats has a format field
+            if fmt not in allowed:
+                problem = f"format {fmt!r} is not supported; use one of {', '.join(allowed) or '(none)'}"
+                raise InvalidArgument.field("format", problem)
+        return spec
 
-    async def list_vms(self, timeout: float | None) -> list[VMInfo]:
-        return await self._call(self.backend.list_vms, timeout=timeout)
+    async def run(self, op: Operation, spec: Request, timeout: float | None) -> tuple[Any, str]:
+        """Run ``op`` on the backend: its value and a task id ("" when
+        finished, a native task id, or a task of the core's)."""
+        self._gate(op)
+        if op is TASK_STATUS:  # the core's own tasks, or the backend's native ones
+            (task_id,) = spec.args()
+            return await self.task_status(task_id, timeout), ""
+        fn = getattr(self.backend, op.method)
+        if not op.mutates:
+            try:
+                return await self._call(fn, *spec.args(), timeout=timeout), ""
+            except NotFound:
+                if op.missing_ok:
+                    return None, ""
+                raise
+        vm = getattr(spec, op.vm) if op.vm else None
+        names = tuple(key.format_map(dict(spec)) for key in op.names)
+        return await self._mutate(
+            op.kind, fn, *spec.args(), vm=vm, names=names, timeout=timeout, missing_ok=op.missing_ok, wait=op.wait
+        )
+
+    async def call(self, op: Operation, fields: Mapping[str, Any], timeout: float | None) -> tuple[Any, str]:
+        """:meth:`request`, then :meth:`run`: what the servicer does for each RPC."""
+        return await self.run(op, self.request(op, fields), timeout)
 
     async def _key(self, vm_id: str, timeout: float | None) -> str:
         """The lock key of a VM: its id, or the backend's one name for it."""
         if type(self.backend).lock_key is Backend.lock_key:
             return vm_id  # no hop to a worker for the default
         return await self._call(self.backend.lock_key, vm_id, timeout=timeout)
-
-    async def power(self, vm_id: str, op: PowerOp, graceful: float, timeout: float | None) -> str:
-        return (await self._mutate(f"power-{op.value}", self.backend.power, vm_id, op, graceful, vm=vm_id, timeout=timeout))[1]
-
-    async def delete(self, vm_id: str, timeout: float | None) -> str:
-        return (await self._mutate("delete", self.backend.delete, vm_id, vm=vm_id, timeout=timeout, missing_ok=True))[1]
-
-    async def reconfigure(self, vm_id: str, desired: DesiredVM, timeout: float | None) -> str:
-        self.require(Capability.RECONFIGURE)
-        return (await self._mutate("reconfigure", self.backend.reconfigure, vm_id, desired, vm=vm_id, timeout=timeout))[1]
-
-    async def snapshot_create(self, spec: SnapshotSpec, timeout: float | None) -> tuple[str, str]:
-        self.require(Capability.SNAPSHOTS)
-        if spec.include_memory:
-            self.require(Capability.MEMORY_SNAPSHOTS)
-        value, task = await self._mutate("snapshot-create", self.backend.snapshot_create, spec, vm=spec.vm_id, timeout=timeout)
-        return str(value), task
-
-    async def snapshot_revert(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
-        self.require(Capability.SNAPSHOTS)
-        revert = self.backend.snapshot_revert
-        return (await self._mutate("snapshot-revert", revert, vm_id, snapshot_id, vm=vm_id, timeout=timeout))[1]
-
-    async def snapshot_delete(self, vm_id: str, snapshot_id: str, timeout: float | None) -> str:
-        self.require(Capability.SNAPSHOTS)
-        delete = self.backend.snapshot_delete
-        return (await self._mutate("snapshot-delete", delete, vm_id, snapshot_id, vm=vm_id, timeout=timeout, missing_ok=True))[1]
-
-    async def clone(self, spec: CloneSpec, timeout: float | None) -> tuple[str, str]:
-        self.require(Capability.CLONE)
-        if spec.linked:
-            self.require(Capability.LINKED_CLONES)
-        names = (f"name:{spec.target_name}",)
-        value, task = await self._mutate("clone", self.backend.clone, spec, vm=spec.source_vm_id, names=names, timeout=timeout)
-        return str(value), task
-
-    async def image_prepare(self, spec: ImagePrepareSpec, timeout: float | None) -> str:
-        self.require(Capability.IMAGE_PREPARE)
-        names = (f"image:{spec.storage_hint}/{spec.target_name}",)
-        return (await self._mutate("image-prepare", self.backend.image_prepare, spec, names=names, timeout=timeout))[1]
-
-    async def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str, timeout: float | None) -> DiskDetails:
-        self.require(Capability.DISK_INFO)
-        return await self._call(self.backend.disk_info, vm_id, disk_id, snapshot_id, timeout=timeout)
-
-    def _check_format(self, fmt: str, allowed: tuple[str, ...], field: str) -> None:
-        if fmt not in allowed:
-            raise InvalidArgument.field(field, f"format {fmt!r} is not supported; use one of {', '.join(allowed) or '(none)'}")
-
-    async def export_disk(self, spec: ExportSpec, timeout: float | None) -> tuple[ExportResult, str]:
-        self.require(Capability.DISK_EXPORT)
-        if spec.compress:
-            self.require(Capability.EXPORT_COMPRESSION)
-        self._check_format(spec.format, self.offered().export_formats, "format")
-        return await self._mutate("export-disk", self.backend.export_disk, spec, vm=spec.vm_id, timeout=timeout, wait=True)
-
-    async def import_disk(self, spec: ImportSpec, timeout: float | None) -> tuple[ImportResult, str]:
-        self.require(Capability.DISK_IMPORT)
-        self._check_format(spec.format, self.offered().import_formats, "format")
-        names = (f"image:{spec.storage_hint}/{spec.target_name}",)
-        return await self._mutate("import-disk", self.backend.import_disk, spec, names=names, timeout=timeout, wait=True)
-
-    async def hardware_upgrade(self, vm_id: str, target_version: int, timeout: float | None) -> str:
-        self.require(Capability.HARDWARE_UPGRADE)
-        upgrade = self.backend.hardware_upgrade
-        return (await self._mutate("hardware-upgrade", upgrade, vm_id, target_version, vm=vm_id, timeout=timeout))[1]
 
     async def task_status(self, task_id: str, timeout: float | None) -> TaskState:
         if not task_id:  # clients treat an absent task as finished

@@ -9,7 +9,6 @@ message and violations name the JSON path as the client spelled it.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from enum import Enum
 from typing import Annotated, Any, TypeVar
@@ -27,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticUseDefault
 
 from .errors import InvalidArgument
 
@@ -416,41 +416,103 @@ class DesiredVM(SpecModel):
 
 
 T = TypeVar("T")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def _path(field: str, loc: tuple[int | str, ...]) -> str:
-    out = field
+def _plain(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("contains control characters")
+    return value
+
+
+def _required(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is required")
+    return _plain(value)
+
+
+def _prose(value: str) -> str:
+    if _CONTROL_EXCEPT_LINES.search(value):
+        raise ValueError("contains control characters other than tab and newline")
+    return value
+
+
+Required = Annotated[str, AfterValidator(_required)]
+"""A request string that must be given: not blank, no control characters."""
+Plain = Annotated[str, AfterValidator(_plain)]
+"""An optional request string (an id, a name, a hint): no control characters."""
+Prose = Annotated[str, AfterValidator(_prose)]
+"""Free text (a description): lines and tabs allowed, other control characters not."""
+
+
+def json_text(model: Any, *, required: bool = False) -> BeforeValidator:
+    """Parse a ``*_json`` request field into ``model`` (a SpecModel class or
+    a type such as ``list[DiskSpec]``), strictly, before the field is
+    validated. An empty text or ``null`` means "not given": the field's
+    default, or "is required" when ``required``."""
+    adapter: TypeAdapter[Any] = TypeAdapter(model)
+
+    def parse(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value  # built by name in Python: already the model
+        if _absent(value):
+            if required:
+                raise ValueError("is required")
+            raise PydanticUseDefault
+        return adapter.validate_json(value, strict=True)
+
+    return BeforeValidator(parse)
+
+
+def _absent(text: str) -> bool:
+    return not text.strip() or text.strip() == "null"
+
+
+def parse(field: str, text: str, model: Any, default: Any = None) -> Any:
+    """The JSON ``text`` of field ``field`` as ``model``, like a ``*_json``
+    request field (:func:`json_text`): ``default`` when absent, else
+    InvalidArgument naming ``field`` and the path inside it."""
+    if _absent(text):
+        return default
+    try:
+        return TypeAdapter(model).validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise invalid(exc, field) from None
+
+
+def lower_or(default: str) -> BeforeValidator:
+    """A word given in any case, ``default`` when empty."""
+    return BeforeValidator(lambda v: (v.strip().lower() or default) if isinstance(v, str) else v)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+#: Problems worded for JSON, whatever Python type the model names.
+_JSON_WORDS = {"model_type": "should be an object", "dict_type": "should be an object", "list_type": "should be a valid array"}
 
 
 def _problem(err: Any) -> str:
     msg = str(err["msg"])
+    if err["type"] in _JSON_WORDS:
+        return "Input " + _JSON_WORDS[err["type"]]
+    if err["type"] == "json_invalid":
+        return "malformed JSON: " + str(err.get("ctx", {}).get("error", msg))
     return msg.removeprefix("Value error, ")
 
 
-def parse(field: str, text: str, model: Any, default: Any = None) -> Any:
-    """Parse the JSON text of request field ``field`` into ``model``.
-
-    ``model`` is a SpecModel class or a type such as ``list[DiskSpec]``. An
-    empty string means "not given" and yields ``default``. Every problem is
-    an :class:`InvalidArgument` naming ``field`` and the JSON path inside it.
-    """
-    if not text.strip():
-        return default
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument.field(field, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if data is None:
-        return default
-    adapter: TypeAdapter[Any] = TypeAdapter(model)
-    try:
-        value = adapter.validate_json(text, strict=True)
-    except ValidationError as exc:
-        violations = [(_path(field, tuple(e["loc"])), _problem(e)) for e in exc.errors(include_url=False)]
-        first_path, first = violations[0]
-        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-        raise InvalidArgument(f"{first_path}: {first}{more}", violations) from None
-    return value
+def invalid(exc: ValidationError, within: str = "") -> InvalidArgument:
+    """The InvalidArgument of a failed validation: its message names the
+    first field (with the JSON path inside a ``*_json`` field, as the client
+    spelled it), its violations name them all. ``within`` names the field
+    that held what was validated, if any."""
+    prefix: tuple[int | str, ...] = (within,) if within else ()
+    violations = [(_path(prefix + tuple(e["loc"])), _problem(e)) for e in exc.errors(include_url=False)]
+    first_path, first = violations[0]
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return InvalidArgument(f"{first_path}: {first}{more}" if first_path else f"{first}{more}", violations)

@@ -1,18 +1,23 @@
-"""The one table from the error tree to gRPC status codes.
+"""The one table from the error tree to gRPC status codes, and the one
+registration wrapper that applies it to every service the server runs.
 
-Conversion happens here and only here (the service wraps every RPC with
-:func:`rpc`). Invalid arguments carry ``google.rpc.BadRequest`` field
-violations; a missing capability carries ``google.rpc.ErrorInfo``. Anything
-outside the tree is INTERNAL with a generic message and a log reference, so
-no RPC ever answers UNKNOWN and no traceback reaches a client.
+Conversion happens here and only here: :class:`GuardedRegistrar` wraps each
+method of every service (provider.v1, health, reflection) so that a request
+whose bytes are not a valid message is INVALID_ARGUMENT (grpc would answer
+UNKNOWN), a :class:`~provider_core.errors.ProviderError` gets its code from
+:data:`STATUS_CODES`, and anything else is INTERNAL with a generic message
+and a log reference: no RPC ever answers UNKNOWN and no traceback reaches a
+client. Invalid arguments carry ``google.rpc.BadRequest`` field violations;
+a missing capability carries ``google.rpc.ErrorInfo``.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2  # type: ignore[import-untyped]
@@ -21,7 +26,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import errors
-from .runtime import internal_error
+
+log = logging.getLogger(__name__)
 
 STATUS_CODES: dict[type[errors.ProviderError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -39,6 +45,14 @@ STATUS_CODES: dict[type[errors.ProviderError], grpc.StatusCode] = {
 }
 
 DOMAIN = "vm-provider"
+
+
+def internal_error(exc: BaseException, what: str) -> str:
+    """Log an unexpected exception with its traceback; return the generic
+    message a client may see (a reference to find the log entry)."""
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (ref %s)", what, ref, exc_info=exc)
+    return f"internal error (ref {ref})"
 
 
 def code_for(exc: errors.ProviderError) -> grpc.StatusCode:
@@ -69,9 +83,6 @@ def to_status(exc: errors.ProviderError) -> grpc.Status:
     return rpc_status.to_status(proto)
 
 
-H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
-
-
 class CorruptRequest:
     """Stands in for a request whose bytes are not a valid message, so the
     handler answers INVALID_ARGUMENT (grpc itself would answer UNKNOWN)."""
@@ -81,11 +92,6 @@ class CorruptRequest:
 
     def status(self) -> grpc.Status:
         return to_status(errors.InvalidArgument(f"the request is not a valid {self.kind} message"))
-
-
-def tolerant_decoder(message_type: Any) -> Callable[[bytes], Any]:
-    """A request deserializer of ``message_type`` that never raises."""
-    return _tolerant(message_type.FromString, message_type.DESCRIPTOR.full_name)
 
 
 def _tolerant(deserialize: Callable[[bytes], Any], name: str) -> Callable[[bytes], Any]:
@@ -100,29 +106,45 @@ def _tolerant(deserialize: Callable[[bytes], Any], name: str) -> Callable[[bytes
     return decode
 
 
-def rpc(handler: H) -> H:
-    """Wrap a servicer method: every exception becomes a proper status."""
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, what: str) -> None:
+    """Answer ``exc`` as its status (a ProviderError) or INTERNAL (anything else)."""
+    if isinstance(exc, errors.ProviderError):
+        await context.abort_with_status(to_status(exc))
+    await context.abort_with_status(to_status(errors.Internal(internal_error(exc, what))))
 
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, CorruptRequest):
-            await context.abort_with_status(request.status())
+
+def _mapped(behaviour: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``behaviour`` (async, any call shape) with its exceptions answered
+    through the table; a generator stays a generator."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the single place errors become statuses
+                await _abort(context, exc, what)
+
+        return generator
+
+    async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await handler(self, request, context)
-        except errors.ProviderError as exc:
-            await context.abort_with_status(to_status(exc))
-        except Exception as exc:  # noqa: BLE001 - the single place unexpected errors become INTERNAL
-            message = internal_error(exc, handler.__name__)
-            await context.abort_with_status(to_status(errors.Internal(message)))
+            return await behaviour(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the single place errors become statuses
+            await _abort(context, exc, what)
 
-    return wrapper  # type: ignore[return-value]
+    return coroutine
 
 
-def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _guard_handler(handler: grpc.RpcMethodHandler, what: str = "") -> grpc.RpcMethodHandler:
     """The same handler, with requests decoded by a decoder that never
     raises and corrupt ones answered INVALID_ARGUMENT (grpc would answer
-    UNKNOWN naming a Python exception). For services vm-provider registers
-    but does not write (health, reflection); their behaviours are async."""
+    UNKNOWN naming a Python exception), and exceptions answered through the
+    table. Behaviours are async (grpc.aio)."""
     deserialize = handler.request_deserializer
     if deserialize is None:
         return handler
@@ -144,9 +166,9 @@ def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     if handler.request_streaming:
         if handler.response_streaming:
-            behaviour = _same_style(handler.stream_stream, requests_checked)
+            behaviour = _same_style(_mapped(handler.stream_stream, what), requests_checked)
             return grpc.stream_stream_rpc_method_handler(behaviour, decode, serialize)
-        gather = handler.stream_unary
+        gather = _mapped(handler.stream_unary, what)
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             return await gather(await requests_checked(requests, context), context)
@@ -154,8 +176,9 @@ def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(stream_unary, decode, serialize)
 
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_same_style(handler.unary_stream, request_checked), decode, serialize)
-    unary = handler.unary_unary
+        behaviour = _same_style(_mapped(handler.unary_stream, what), request_checked)
+        return grpc.unary_stream_rpc_method_handler(behaviour, decode, serialize)
+    unary = _mapped(handler.unary_unary, what)
 
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await unary(await request_checked(request, context), context)
@@ -188,13 +211,14 @@ class _GuardedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc shi
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(details)
-        return None if handler is None else _guard_handler(handler)
+        return None if handler is None else _guard_handler(handler, details.method)
 
 
 class GuardedRegistrar:
     """Stands in for a grpc.aio server when a generated
-    ``add_*Servicer_to_server`` registers a service vm-provider did not
-    write, so that its methods answer corrupt requests INVALID_ARGUMENT."""
+    ``add_*Servicer_to_server`` registers a service: every method of it
+    answers corrupt requests INVALID_ARGUMENT and its errors through the
+    table. The server registers each of its services through one."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
@@ -203,4 +227,5 @@ class GuardedRegistrar:
         self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._server.add_registered_method_handlers(service, {k: _guard_handler(v) for k, v in handlers.items()})
+        guarded = {k: _guard_handler(v, f"/{service}/{k}") for k, v in handlers.items()}
+        self._server.add_registered_method_handlers(service, guarded)

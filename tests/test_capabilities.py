@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from provider_core import Capability, Offer, capabilities
+from provider_core import Capability, Offer, capabilities, operations
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -45,9 +45,9 @@ GATED: dict[str, tuple[Any, str]] = {
 
 
 def test_the_gated_rpcs_are_those_of_the_capability_table() -> None:
-    table = {rpc: cap.value for cap, rpcs in capabilities.RPCS.items() for rpc in rpcs}
+    table = {rpc: cap.value for cap, rpcs in operations.RPCS.items() for rpc in rpcs}
     assert table == {rpc: cap for rpc, (_, cap) in GATED.items()}
-    assert set(capabilities.RPCS) == set(capabilities.METHODS)
+    assert set(operations.RPCS) == set(operations.METHODS)
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from provider_core import capabilities, plugins
 from provider_core.backend import Backend
-from provider_core.capabilities import REFINES, RPCS, Capability
+from provider_core.capabilities import REFINES, Capability
+from provider_core.operations import RPCS
 from provider_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
