@@ -15,14 +15,18 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from .specs import (
+    MAX_ITEMS,
+    MAX_PROSE,
     Customization,
     DesiredVM,
     DiskList,
+    Line,
     NetworkList,
     Placement,
     Plain,
     Prose,
     Required,
+    Tags,
     VMClass,
     VMImage,
     check_url,
@@ -72,9 +76,9 @@ class CreateSpec(Request):
     networks: Annotated[NetworkList, json_text(NetworkList)] = _wire("networks_json", [])
     disks: Annotated[DiskList, json_text(DiskList)] = _wire("disks_json", [])
     placement: Annotated[Placement, json_text(Placement)] = _wire("placement_json", Placement())
-    tags: list[Plain] = []
-    user_data: bytes = b""
-    meta_data: bytes = b""
+    tags: Tags = []
+    user_data: Annotated[bytes, Field(max_length=MAX_PROSE)] = b""
+    meta_data: Annotated[bytes, Field(max_length=MAX_PROSE)] = b""
 
 
 class CloneSpec(Request):
@@ -113,7 +117,9 @@ def _sha256(value: str) -> str:
     return value
 
 
-TransferURL = Annotated[Required, AfterValidator(_transfer_url)]
+TransferURL = Annotated[Line, AfterValidator(_transfer_url)]
+Credentials = Annotated[dict[Plain, Annotated[str, Field(max_length=MAX_PROSE)]], Field(max_length=MAX_ITEMS, repr=False)]
+"""A request's credentials map (keys, secrets): kept out of repr and logs."""
 DiskFormat = Annotated[Plain, lower_or("qcow2")]
 
 
@@ -124,7 +130,7 @@ class ExportSpec(Request):
     destination_url: TransferURL
     format: DiskFormat = "qcow2"
     compress: bool = False
-    credentials: dict[str, str] = Field(default_factory=dict, repr=False)
+    credentials: Credentials = Field(default_factory=dict, repr=False)
 
 
 class ImportSpec(Request):
@@ -134,7 +140,7 @@ class ImportSpec(Request):
     target_name: Required
     verify_checksum: bool = False
     expected_checksum: Annotated[str, AfterValidator(_sha256)] = Field("", validate_default=True)
-    credentials: dict[str, str] = Field(default_factory=dict, repr=False)
+    credentials: Credentials = Field(default_factory=dict, repr=False)
 
     @field_validator("expected_checksum")
     @classmethod

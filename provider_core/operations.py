@@ -53,9 +53,12 @@ class Operation:
     mutates: bool = False
     """Runs under locks and may leave background work tracked as a task."""
     vm: str = ""
-    """The request field naming the VM whose lock it holds (mutations)."""
+    """The request field naming (by id or name) the VM whose lock it holds (mutations)."""
+    new_vm: str = ""
+    """The request field naming the VM it makes: locked like ``vm``, and
+    the id the backend returns locks the same while the work runs."""
     names: tuple[str, ...] = ()
-    """Lock keys of names it claims, formatted with the request's fields."""
+    """Lock keys of other names it claims (images), formatted with the request's fields."""
     missing_ok: bool = False
     """A missing target (NotFound) counts as success: Delete's idempotency,
     Describe's ``exists=false``."""
@@ -69,7 +72,7 @@ class Operation:
 
 
 VALIDATE = Operation("Validate", NoArguments, "validate")
-CREATE = Operation("Create", CreateSpec, "create", mutates=True, names=("name:{name}",))
+CREATE = Operation("Create", CreateSpec, "create", mutates=True, new_vm="name")
 DESCRIBE = Operation("Describe", VMRef, "describe", missing_ok=True)
 LIST_VMS = Operation("ListVMs", NoArguments, "list_vms")
 POWER = Operation("Power", PowerRequest, "power", mutates=True, vm="id")
@@ -96,7 +99,7 @@ CLONE = Operation(
     refines=(("linked", Capability.LINKED_CLONES),),
     mutates=True,
     vm="source_vm_id",
-    names=("name:{target_name}",),
+    new_vm="target_name",
 )
 IMAGE_PREPARE = Operation(
     "ImagePrepare",

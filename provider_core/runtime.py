@@ -39,15 +39,26 @@ T = TypeVar("T")
 
 
 class KeyedLocks:
-    """asyncio locks by key, created on demand and dropped when unused."""
+    """asyncio locks by key, created on demand and dropped when unused.
+
+    A key may stand for another while that one is in use (:meth:`alias`):
+    a new VM's id for the name it was created under, so that a call naming
+    it by id waits for the work its creation still runs."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._aliases: dict[str, str] = {}
+
+    def alias(self, key: str, target: str) -> None:
+        """Until nobody uses ``target`` any more, ``key`` means ``target``."""
+        target = self._aliases.get(target, target)
+        if key != target and target in self._locks:
+            self._aliases[key] = target
 
     async def acquire(self, keys: Iterable[str]) -> list[str]:
         held: list[str] = []
         try:
-            for key in sorted(set(keys)):  # one global order: no deadlocks
+            for key in sorted({self._aliases.get(k, k) for k in keys}):  # one global order: no deadlocks
                 lock, users = self._locks.get(key, (asyncio.Lock(), 0))
                 self._locks[key] = (lock, users + 1)
                 held.append(key)
@@ -67,6 +78,8 @@ class KeyedLocks:
                 lock.release()
             if users == 1:
                 del self._locks[key]
+                for alias in [a for a, target in self._aliases.items() if target == key]:
+                    del self._aliases[alias]
             else:
                 self._locks[key] = (lock, users - 1)
 
@@ -203,13 +216,17 @@ class Runtime:
         fn: Callable[..., Outcome[T]],
         *args: Any,
         vm: str | None = None,
+        new_vm: str | None = None,
         names: tuple[str, ...] = (),
         timeout: float | None,
         missing_ok: bool = False,
         wait: bool = False,
     ) -> tuple[T, str]:
-        """Run a mutating backend call under the lock of the VM ``vm`` (its
-        :meth:`_key`) and those of ``names`` (a new VM's or image's name).
+        """Run a mutating backend call under the locks of the VM ``vm``, of
+        the VM named ``new_vm`` (both by :meth:`_key`: one lock per VM, by
+        whichever id or name a call gives) and of ``names`` (an image's).
+        While background work runs, the id the call returned locks as
+        ``new_vm`` does.
 
         Returns the value and a task id ("" when finished). With
         ``missing_ok`` a NotFound from the backend counts as success. With
@@ -217,7 +234,8 @@ class Runtime:
         allows, and then gets the final value and no task.
         """
         started = time.monotonic()
-        keys = list(names) if vm is None else [await self._key(vm, timeout), *names]
+        new_key = None if new_vm is None else await self._key(new_vm, timeout)
+        keys = [*[k for k in (None if vm is None else await self._key(vm, timeout), new_key) if k is not None], *names]
         held = await self._locks.acquire(keys)
         if timeout is not None:  # waiting for the lock used part of the caller's deadline
             timeout -= time.monotonic() - started
@@ -240,6 +258,8 @@ class Runtime:
         if outcome.work is None:
             self._locks.release(held)
             return outcome.value, outcome.native_task
+        if new_key is not None:
+            self._locks.alias(await self._key(str(outcome.value), None), new_key)
         task_id, job = self._track(kind, keys, outcome, held, missing_ok)
         if wait:
             budget = None if timeout is None else timeout - 2.0
@@ -338,9 +358,18 @@ class Runtime:
                     return None, ""
                 raise
         vm = getattr(spec, op.vm) if op.vm else None
+        new_vm = getattr(spec, op.new_vm) if op.new_vm else None
         names = tuple(key.format_map(dict(spec)) for key in op.names)
         return await self._mutate(
-            op.kind, fn, *spec.args(), vm=vm, names=names, timeout=timeout, missing_ok=op.missing_ok, wait=op.wait
+            op.kind,
+            fn,
+            *spec.args(),
+            vm=vm,
+            new_vm=new_vm,
+            names=names,
+            timeout=timeout,
+            missing_ok=op.missing_ok,
+            wait=op.wait,
         )
 
     async def call(self, op: Operation, fields: Mapping[str, Any], timeout: float | None) -> tuple[Any, str]:

@@ -11,6 +11,7 @@ wrapper of :mod:`provider_core.status` (:func:`add_to_server`).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, TypeAlias
 
 import grpc
@@ -25,6 +26,9 @@ from .runtime import Runtime
 from .status import GuardedRegistrar
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
+log = logging.getLogger(__name__)
+CLIENT_MESSAGE_LIMIT = 4 * 2**20
+"""What gRPC clients accept in one message unless told otherwise."""
 
 
 def fields(message: Any) -> dict[str, Any]:
@@ -108,7 +112,7 @@ class ProviderService(pb_grpc.ProviderServicer):
 
     async def ListVMs(self, request: pb.ListVMsRequest, context: Ctx) -> pb.ListVMsResponse:
         vms, _ = await self._call(ops.LIST_VMS, request, context)
-        return pb.ListVMsResponse(
+        response = pb.ListVMsResponse(
             vms=[
                 pb.VMInfo(
                     id=vm.id,
@@ -124,6 +128,15 @@ class ProviderService(pb_grpc.ProviderServicer):
                 for vm in vms
             ]
         )
+        size = response.ByteSize()
+        if size > CLIENT_MESSAGE_LIMIT:
+            log.warning(
+                "ListVMs answers %d VMs in %d bytes, more than a client's default message limit of %d",
+                len(vms),
+                size,
+                CLIENT_MESSAGE_LIMIT,
+            )
+        return response
 
     async def Power(self, request: pb.PowerRequest, context: Ctx) -> pb.TaskResponse:
         _, task = await self._call(ops.POWER, request, context)

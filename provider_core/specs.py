@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -67,10 +68,110 @@ def spec(pascal: str, default: Any = None, **kw: Any) -> Any:
     return Field(default, validation_alias=_aliases(pascal, _snake(pascal)), **kw)
 
 
+#: Limits on what a request may carry (docs/protocol.md, "Limits", says why these).
+MAX_NAME = 253
+"""A name or id: a VM's name, an id, a snapshot or image name, a hint (bytes of UTF-8)."""
+MAX_TEXT = 4096
+"""Any other single-line string: a URL, a path, a value inside a *_json document."""
+MAX_PROSE = 262_144
+"""Multi-line text: cloud-init user data and metadata, a description."""
+MAX_JSON = 262_144
+"""One *_json field's text."""
+MAX_TAGS = 16
+MAX_TAG = 63
+MAX_ITEMS = 64
+"""Entries of a list or map inside a *_json document, credentials of a request."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _plain(value: str, limit: int = MAX_NAME) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("contains control characters")
+    if len(value.encode()) > limit:
+        raise ValueError(f"is longer than {limit} bytes")
+    return value
+
+
+def _required(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is required")
+    return _plain(value)
+
+
+def _prose(value: str) -> str:
+    if _CONTROL_EXCEPT_LINES.search(value):
+        raise ValueError("contains control characters other than tab and newline")
+    if len(value.encode()) > MAX_PROSE:
+        raise ValueError(f"is longer than {MAX_PROSE} bytes")
+    return value
+
+
+#: Fields of *_json documents whose text may span lines.
+_MULTILINE = frozenset({"user_data", "cloud_init_data", "meta_data_yaml"})
+
+
+def _checked(value: Any, multiline: bool) -> Any:
+    """``value`` when every string in it (list items, map keys and values
+    too) is within the limits; ValueError naming the first that is not."""
+    if isinstance(value, str):
+        return _prose(value) if multiline else _plain(value, MAX_TEXT)
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_ITEMS:
+            raise ValueError(f"has more than {MAX_ITEMS} entries")
+        for i, item in enumerate(value):
+            try:
+                _checked(item, multiline)
+            except ValueError as exc:
+                raise ValueError(f"entry {i} {exc}") from None
+    elif isinstance(value, dict):
+        if len(value) > MAX_ITEMS:
+            raise ValueError(f"has more than {MAX_ITEMS} entries")
+        for key, item in value.items():
+            try:
+                _checked(key, multiline=False)
+                _checked(item, multiline)
+            except ValueError as exc:
+                raise ValueError(f"entry {str(key)[:40]!r} {exc}") from None
+    return value
+
+
+def _line(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is required")
+    return _plain(value, MAX_TEXT)
+
+
+def _tag(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty")
+    return _plain(value, MAX_TAG)
+
+
+Required = Annotated[str, AfterValidator(_required)]
+"""A request string that must be given: not blank, no control characters."""
+Plain = Annotated[str, AfterValidator(_plain)]
+"""An optional request string (an id, a name, a hint): no control characters."""
+Prose = Annotated[str, AfterValidator(_prose)]
+"""Free text (a description): lines and tabs allowed, other control characters not."""
+Line = Annotated[str, AfterValidator(_line)]
+"""A required single-line string longer than a name may be (a URL)."""
+Tags = Annotated[list[Annotated[str, AfterValidator(_tag)]], Field(max_length=MAX_TAGS)]
+"""A VM's tags: at most MAX_TAGS, each 1..MAX_TAG bytes."""
+
+
 class SpecModel(BaseModel):
-    """Base of every payload model: strict types, unknown keys refused."""
+    """Base of every payload model: strict types, unknown keys refused, no
+    control characters in any string (tab and newline only in multi-line
+    text), every string and list within the limits above."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        return _checked(value, multiline=info.field_name in _MULTILINE)
 
 
 def _upper_words(value: Any) -> Any:
@@ -382,7 +483,7 @@ class Customization(SpecModel):
     time_zone: str = spec("TimeZone", "")
     networks: list[CustomNetwork] = spec("Networks", [])
     user_data: str = spec("UserData", "")
-    tags: list[str] = spec("Tags", [])
+    tags: Tags = spec("Tags", [])
 
     @field_validator("hostname")
     @classmethod
@@ -412,38 +513,10 @@ class DesiredVM(SpecModel):
     user_data: UserDataSpec | None = spec("UserData")
     meta_data: MetaDataSpec | None = spec("MetaData")
     placement: Placement | None = spec("Placement")
-    tags: list[str] | None = spec("Tags")
+    tags: Tags | None = spec("Tags")
 
 
 T = TypeVar("T")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _plain(value: str) -> str:
-    if _CONTROL.search(value):
-        raise ValueError("contains control characters")
-    return value
-
-
-def _required(value: str) -> str:
-    if not value.strip():
-        raise ValueError("is required")
-    return _plain(value)
-
-
-def _prose(value: str) -> str:
-    if _CONTROL_EXCEPT_LINES.search(value):
-        raise ValueError("contains control characters other than tab and newline")
-    return value
-
-
-Required = Annotated[str, AfterValidator(_required)]
-"""A request string that must be given: not blank, no control characters."""
-Plain = Annotated[str, AfterValidator(_plain)]
-"""An optional request string (an id, a name, a hint): no control characters."""
-Prose = Annotated[str, AfterValidator(_prose)]
-"""Free text (a description): lines and tabs allowed, other control characters not."""
 
 
 def json_text(model: Any, *, required: bool = False) -> BeforeValidator:
@@ -456,6 +529,8 @@ def json_text(model: Any, *, required: bool = False) -> BeforeValidator:
     def parse(value: Any) -> Any:
         if not isinstance(value, str):
             return value  # built by name in Python: already the model
+        if len(value) > MAX_JSON:
+            raise ValueError(f"is longer than {MAX_JSON} bytes")
         if _absent(value):
             if required:
                 raise ValueError("is required")

@@ -128,7 +128,7 @@ def test_a_clone_locks_its_source_and_its_target_name(plus: ProviderHarness) -> 
         assert backend.wait_active(1)  # type: ignore[attr-defined]
         power = stub.Power.future(pb.PowerRequest(id="slow-src", op=pb.POWER_OP_ON), timeout=60)
         _eventually(lambda: _waiting_for_lock(plus, "slow-src") == 2, "power waits for the clone of its VM")
-        assert _waiting_for_lock(plus, "name:copy") == 1
+        assert _waiting_for_lock(plus, "copy") == 1
     finally:
         backend.gate.set()  # type: ignore[attr-defined]
     assert clone.result(timeout=30).target_vm_id == "copy"
@@ -170,3 +170,28 @@ def test_one_vm_named_two_ways_is_still_serialised(memory: ProviderHarness) -> N
     second.result(timeout=30)
     assert backend.overlaps == []  # type: ignore[attr-defined]
     assert stub.Describe(pb.DescribeRequest(id="alias:slow-twice")).power_state == "Off"
+
+
+def test_a_delete_by_id_waits_for_the_creation_it_names(harness: Callable[..., ProviderHarness]) -> None:
+    """Create locks the VM by name, a Delete names it by the id Create
+    returned (a Proxmox VMID, a libvirt UUID): one lock all the same, held
+    until the creation's background work has ended."""
+    h = harness("memory", {"background": True, "numbered_ids": True})
+    backend = h.backend
+    backend.gate.clear()  # type: ignore[attr-defined]
+    try:
+        created = h.stub.Create(pb.CreateRequest(name="slow-new"))
+        assert backend.wait_active(1)  # type: ignore[attr-defined]
+        assert created.id == "100"
+        delete = h.stub.Delete.future(pb.DeleteRequest(id=created.id), timeout=60)
+        _eventually(lambda: _waiting_for_lock(h, "slow-new") == 2, "the delete waits for the creation")
+        assert backend.calls["delete"] == 0  # type: ignore[attr-defined]
+    finally:
+        backend.gate.set()  # type: ignore[attr-defined]
+    h.wait(created.task)
+    h.wait(delete.result(timeout=30).task)
+    assert backend.overlaps == []  # type: ignore[attr-defined]
+    assert not h.stub.Describe(pb.DescribeRequest(id=created.id)).exists
+    assert _waiting_for_lock(h, "slow-new") == 0
+    assert h.server is not None
+    assert h.server.runtime._locks._aliases == {}

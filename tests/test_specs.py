@@ -120,10 +120,26 @@ BAD: list[tuple[str, str, str, str]] = [
     ("desired_json", '{"Nope": 1}', "desired_json.Nope", "Extra inputs"),
     ("desired_json", '{"Class": ', "desired_json", "malformed JSON"),
     ("desired_json", "", "desired_json", "required"),
+    # hostile shapes: depth, huge numbers, null where an object belongs
+    ("class_json", "[" * 5000 + "]" * 5000, "class_json", "recursion limit"),
+    ("class_json", '{"ExtraConfig": ' + '{"a": ' * 3000 + "1" + "}" * 3001, "class_json", "recursion limit"),
+    ("class_json", '{"CPU": ' + "9" * 5000 + "}", "class_json", "malformed JSON"),
+    ("disks_json", "[null]", "disks_json[0]", "object"),
+    ("networks_json", "[null, {}]", "networks_json[0]", "object"),
+    ("class_json", '{"ExtraConfig": {"a": null}}', "class_json.ExtraConfig.a", "valid string"),
+    # strings inside JSON reach hypervisors: no control characters, bounded
+    ("networks_json", '[{"NetworkName": "a\\u0000b"}]', "networks_json[0].NetworkName", "control characters"),
+    ("networks_json", '[{"Bridge": "br0\\n<x/>"}]', "networks_json[0].Bridge", "control characters"),
+    ("placement_json", '{"Datastore": "d\\u0000"}', "placement_json.Datastore", "control characters"),
+    ("image_json", '{"Path": "/a\\u0000"}', "image_json.Path", "control characters"),
+    ("image_json", '{"TemplateName": "t\\u001b[31m"}', "image_json.TemplateName", "control characters"),
+    ("class_json", '{"ExtraConfig": {"k": "' + "x" * 5000 + '"}}', "class_json.ExtraConfig", "longer than 4096"),
+    ("customize_json", '{"Tags": [' + ",".join(['"t"'] * 17) + "]}", "customize_json.Tags", "at most 16"),
+    ("class_json", '{"CPU": 1' + " " * 300_000 + "}", "class_json", "longer than 262144"),
 ]
 
 
-@pytest.mark.parametrize(("field", "text", "path", "problem"), BAD, ids=[f"{b[0]}:{b[1]}" for b in BAD])
+@pytest.mark.parametrize(("field", "text", "path", "problem"), BAD, ids=[f"{b[0]}:{b[1][:60]}" for b in BAD])
 def test_bad_payload_is_invalid_argument_naming_the_path(
     server: ProviderHarness, violations: Callable[[grpc.RpcError], dict[str, str]], field: str, text: str, path: str, problem: str
 ) -> None:
@@ -373,3 +389,35 @@ def test_reconfigure_receives_the_desired_vm(server: ProviderHarness) -> None:
     assert (got.vm_class.cpu, got.disks[0].size_gib, got.user_data.cloud_init_data) == (3, 30, "#cloud-config")
     described = server.stub.Describe(pb.DescribeRequest(id="src"))
     assert json.loads(described.provider_raw_json) == {"cpu": 3, "memory_mib": 2048, "name": "src"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "path", "problem"),
+    [
+        (pb.CreateRequest(name="a" * 254), "name", "longer than 253"),
+        (pb.CreateRequest(name="vm", tags=["t"] * 17), "tags", "at most 16"),
+        (pb.CreateRequest(name="vm", tags=["t" * 64]), "tags[0]", "longer than 63"),
+        (pb.CreateRequest(name="vm", tags=["a\x00"]), "tags[0]", "control characters"),
+        (pb.CreateRequest(name="vm", user_data=b"x" * 262_145), "user_data", "at most 262144"),
+        (pb.SnapshotCreateRequest(vm_id="src", name_hint="s\x00"), "name_hint", "control characters"),
+        (pb.SnapshotCreateRequest(vm_id="src", description="a\x00b"), "description", "control characters"),
+        (
+            pb.ImagePrepareRequest(image_json='{"URL": "https://a.test/i.qcow2"}', target_name="i", storage_hint="p\x00"),
+            "storage_hint",
+            "control characters",
+        ),
+    ],
+)
+def test_request_strings_are_checked_and_bounded(server: ProviderHarness, request_: Any, path: str, problem: str) -> None:
+    before = sum(server.backend.calls.values())  # type: ignore[attr-defined]
+    rpc = {"CreateRequest": "Create", "SnapshotCreateRequest": "SnapshotCreate", "ImagePrepareRequest": "ImagePrepare"}
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(server.stub, rpc[type(request_).__name__])(request_)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(f"{path}: ")
+    assert problem in info.value.details()
+    assert sum(server.backend.calls.values()) == before  # type: ignore[attr-defined]
+
+
+def test_a_description_may_span_lines(server: ProviderHarness) -> None:
+    server.stub.SnapshotCreate(pb.SnapshotCreateRequest(vm_id="src", name_hint="lines", description="one\n\ttwo"))

@@ -57,15 +57,16 @@ def test_reboot_of_a_stopped_vm_is_refused(sim: ProviderHarness, create: Callabl
 
 
 def test_power_during_create_waits_for_the_create_task(start: Callable[..., ProviderHarness]) -> None:
+    """The core locks a VM by its name while Create's task runs, and the id
+    Create returned names the same lock: Power by id waits for the task."""
     h = start(task_seconds=0.5)
     vm = h.stub.Create(pb.CreateRequest(name="slow"))
     assert vm.task.id
-    with pytest.raises(grpc.RpcError) as err:
-        h.stub.Power(pb.PowerRequest(id=vm.id, op=pb.POWER_OP_ON))
-    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "still being created" in err.value.details()
-    h.wait(vm.task)
-    h.wait(h.stub.Power(pb.PowerRequest(id=vm.id, op=pb.POWER_OP_ON)).task)
+    assert not h.stub.TaskStatus(pb.TaskStatusRequest(task=vm.task)).done
+    powered = h.stub.Power(pb.PowerRequest(id=vm.id, op=pb.POWER_OP_ON))
+    assert h.stub.TaskStatus(pb.TaskStatusRequest(task=vm.task)).done, "Power began only once the creation had ended"
+    h.wait(powered.task)
+    assert h.stub.Describe(pb.DescribeRequest(id=vm.id)).power_state == "On"
 
 
 def test_a_running_vm_has_stable_ips_and_a_console(sim: ProviderHarness, create: Callable[..., str]) -> None:

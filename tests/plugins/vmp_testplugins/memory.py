@@ -59,6 +59,7 @@ class MemorySettings(BackendSettings):
     delay_seconds: float = Field(0.0, ge=0, description="extra time operations on slow VMs take")
     slow_prefix: str = Field("slow-", min_length=1, description="VMs whose name starts with this are slow")
     background: bool = Field(False, description="run mutations as core-tracked background work (Outcome.later)")
+    numbered_ids: bool = Field(False, description="give VMs numbers as ids, like Proxmox's VMIDs (names still work)")
     native_tasks: bool = Field(False, description="run mutations as backend-native tasks (Outcome.native)")
     fail_connect_file: Path | None = Field(
         None,
@@ -90,6 +91,8 @@ class MemoryBackend(Backend):
         assert isinstance(settings, MemorySettings)
         super().__init__(settings)
         self.vms: dict[str, MemoryVM] = {}
+        #: VM ids given by number (numbered_ids) and the names they stand for.
+        self.numbers: dict[str, str] = {}
         #: Closed by tests to hold operations on slow VMs inside the backend.
         self.gate = threading.Event()
         self.gate.set()
@@ -158,7 +161,7 @@ class MemoryBackend(Backend):
 
     def _run(self, op: str, vm: str, value: T, body: Callable[[], T | None]) -> Outcome[T]:
         """Run a mutation the way the settings say: now, later, or natively."""
-        vm = self.lock_key(vm)
+        vm = self._name(vm)
 
         def work() -> T | None:
             with self._inside(op, vm, mutation=True):
@@ -182,9 +185,12 @@ class MemoryBackend(Backend):
         else:
             self.native[task_id] = TaskState(done=True)
 
+    def _name(self, vm_id: str) -> str:
+        return self.numbers.get(vm_id, self.lock_key(vm_id))
+
     def _vm(self, vm_id: str) -> MemoryVM:
         try:
-            return self.vms[self.lock_key(vm_id)]
+            return self.vms[self._name(vm_id)]
         except KeyError:
             raise NotFound(f"VM {vm_id!r} not found") from None
 
@@ -216,15 +222,21 @@ class MemoryBackend(Backend):
     def create(self, spec: CreateSpec) -> Outcome[str]:
         self._record("create", spec)
 
+        vm_id = spec.name
+        if self.settings.numbered_ids:
+            known = [number for number, name in self.numbers.items() if name == spec.name]
+            vm_id = known[0] if known else str(100 + len(self.numbers))
+            self.numbers[vm_id] = spec.name
+
         def body() -> str:
             if spec.name not in self.vms:
                 cpu = spec.vm_class.cpu or 1
                 memory = spec.vm_class.memory_mib or 512
                 disks = [d.size_gib for d in spec.disks] or [10]
                 self.vms[spec.name] = MemoryVM(spec.name, cpu=cpu, memory_mib=memory, disks_gib=disks, tags=list(spec.tags))
-            return spec.name
+            return vm_id
 
-        return self._run("create", spec.name, spec.name, body)
+        return self._run("create", spec.name, vm_id, body)
 
     def describe(self, vm_id: str) -> VMStatus:
         self._record("describe")
@@ -253,9 +265,9 @@ class MemoryBackend(Backend):
 
         def body() -> None:
             self._vm(vm_id)
-            del self.vms[vm_id]
+            del self.vms[self._name(vm_id)]
 
-        return self._run("delete", vm_id, None, body)
+        return self._run("delete", self._name(vm_id), None, body)
 
     def task_status(self, task_id: str) -> TaskState:
         self._record("task_status", task_id)
