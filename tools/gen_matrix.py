@@ -21,8 +21,8 @@ from pathlib import Path
 from provider_core import capabilities, plugins
 from provider_core.backend import Backend
 from provider_core.capabilities import REFINES, Capability
-from provider_core.operations import RPCS
 from provider_core.errors import ConfigError
+from provider_core.operations import RPCS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "support-matrix.md"
