@@ -44,6 +44,10 @@ class ServerSettings(BaseModel):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the event loop to serve on: uvloop (less CPU per call), or asyncio's own"
     )
+    allow_addresses: list[Literal["loopback", "link-local", "private"]] = Field(
+        [],
+        description="address kinds URLs in requests may point at (images, exports, imports); public addresses always",
+    )
     log_level: str = "INFO"
 
     @field_validator("log_level")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from enum import Enum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from . import urls
 from .specs import (
     MAX_ITEMS,
     MAX_PROSE,
@@ -103,11 +105,12 @@ class ImagePrepareSpec(Request):
         return v
 
 
-TRANSFER_SCHEMES = ("http", "https", "s3")
-
-
 def _transfer_url(value: str) -> str:
-    return check_url(value, TRANSFER_SCHEMES)
+    check_url(value, urls.SCHEMES)
+    parts = urlsplit(value)
+    if parts.scheme == "s3" and not parts.path.lstrip("/"):
+        raise ValueError("s3 URL names no object key (s3://bucket/key)")
+    return value
 
 
 def _sha256(value: str) -> str:
@@ -118,8 +121,25 @@ def _sha256(value: str) -> str:
 
 
 TransferURL = Annotated[Line, AfterValidator(_transfer_url)]
-Credentials = Annotated[dict[Plain, Annotated[str, Field(max_length=MAX_PROSE)]], Field(max_length=MAX_ITEMS, repr=False)]
-"""A request's credentials map (keys, secrets): kept out of repr and logs."""
+
+
+def _endpoint_allowed(credentials: dict[str, str]) -> dict[str, str]:
+    for key in ("endpoint_url", "aws_endpoint_url"):
+        if credentials.get(key):
+            try:
+                check_url(credentials[key], ("http", "https"))
+            except ValueError as exc:
+                raise ValueError(f"{key} {exc}") from None
+    return credentials
+
+
+Credentials = Annotated[
+    dict[Plain, Annotated[str, Field(max_length=MAX_PROSE)]],
+    Field(max_length=MAX_ITEMS, repr=False),
+    AfterValidator(_endpoint_allowed),
+]
+"""A request's credentials map (keys, secrets): kept out of repr and logs; an
+S3 endpoint in it is held to the URL policy."""
 DiskFormat = Annotated[Plain, lower_or("qcow2")]
 
 

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from . import urls
 from .backend import Backend
 from .config import ServerSettings, default_state_dir
 from .errors import ConfigError
@@ -102,6 +103,7 @@ class ProviderServer:
 
     def __init__(self, backend: Backend, name: str, settings: ServerSettings) -> None:
         self.settings = settings
+        urls.allow(settings.allow_addresses)
         self.runtime = Runtime(
             backend,
             name,

@@ -12,7 +12,6 @@ import ipaddress
 import re
 from enum import Enum
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticUseDefault
 
+from . import urls
 from .errors import InvalidArgument
 
 INT32_MAX = 2**31 - 1
@@ -295,13 +295,9 @@ _DIGEST_LEN = {ChecksumType.SHA256: 64, ChecksumType.SHA512: 128, ChecksumType.M
 
 
 def check_url(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
-    """Accept only the given schemes and a host; never echo credentials."""
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        raise ValueError(f"URL scheme must be one of {', '.join(schemes)}")
-    if not parts.hostname:
-        raise ValueError("URL has no host")
-    return url
+    """Accept only the given schemes, a host, and an address the URL policy
+    allows (:mod:`provider_core.urls`); never echo credentials."""
+    return urls.check_url(url, schemes)
 
 
 class VMImage(SpecModel):

@@ -40,7 +40,12 @@ class ProviderHarness:
 
     def __init__(self, backend: Backend, name: str, settings: ServerSettings | None = None, **server: Any) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="vm-provider-test-")
-        values: dict[str, Any] = {"listen": "127.0.0.1:0", "state_dir": Path(self._tmp.name), "grace_seconds": 5.0}
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "state_dir": Path(self._tmp.name),
+            "grace_seconds": 5.0,
+            "allow_addresses": ["loopback"],  # test servers for images, exports and S3 listen on 127.0.0.1
+        }
         values.update(server)
         self.settings = settings or ServerSettings(**values)
         self.backend = backend

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from provider_core import urls
 from provider_core.backend import Backend
 from provider_core.testing import ProviderHarness
 
@@ -32,6 +33,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "needs_test_plugins" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_urls() -> Iterator[None]:
+    """The test servers (image sources, export sinks, S3) listen on
+    127.0.0.1: every test starts with loopback URLs allowed, as an operator
+    would allow them with ``[server] allow_addresses = ["loopback"]``."""
+    urls.allow(["loopback"])
+    yield
+    urls.allow(["loopback"])
 
 
 @pytest.fixture

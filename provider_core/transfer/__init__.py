@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import InvalidArgument
+from ..urls import redact
 from . import _http, _s3
 from ._common import (
     CHUNK,
@@ -59,7 +60,7 @@ from ._common import (
     UploadResult,
     source_size,
 )
-from ._urls import check_keys, parse, redact, scrubber, secrets
+from ._urls import check_keys, parse, scrubber, secrets
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import SplitResult, unquote, urlunsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 import requests
 
 from ..errors import FailedPrecondition, InvalidArgument, ProviderError, Unavailable
+from ..urls import redact
 from ._common import CHUNK, Hasher, TransferSettings, http_error, reason
-from ._urls import check_keys
+from ._urls import check_keys, reach
 
 #: requests' exceptions, most specific first.
 REQUESTS_ERRORS: list[tuple[type[Exception], type[ProviderError], str]] = [
@@ -44,6 +45,20 @@ class _SizedBody:
         return iter(self.hasher)
 
 
+class _Session(requests.Session):
+    """A session that follows a redirect only to where the URL policy allows."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target:
+            parts = urlsplit(urljoin(resp.url, target))
+            what = f"redirect to {redact(parts.geturl())}"
+            if parts.scheme not in ("http", "https"):
+                raise InvalidArgument(f"{what}: not an http(s) URL")
+            reach(parts.hostname or "", parts.port, what)
+        return target
+
+
 def _session(parts: SplitResult, credentials: Mapping[str, str]) -> tuple[requests.Session, str]:
     """A session with the credentials set, and the URL without userinfo."""
     check_keys(credentials, parts.scheme)
@@ -52,7 +67,7 @@ def _session(parts: SplitResult, credentials: Mapping[str, str]) -> tuple[reques
     password = credentials.get("password") or unquote(parts.password or "")
     if token and (credentials.get("username") or credentials.get("password")):
         raise InvalidArgument.field("credentials", "give token or username/password, not both")
-    session = requests.Session()
+    session = _Session()
     session.headers["Accept-Encoding"] = "identity"
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
@@ -76,6 +91,7 @@ def upload(
     hasher: Hasher, parts: SplitResult, what: str, credentials: Mapping[str, str], *, settings: TransferSettings, size: int | None
 ) -> None:
     session, url = _session(parts, credentials)
+    reach(parts.hostname or "", parts.port, what)
     body: Any = b"" if size == 0 else (_SizedBody(hasher, size) if size is not None else iter(hasher))
     with session:
         try:
@@ -91,6 +107,7 @@ def upload(
 
 def download(parts: SplitResult, what: str, credentials: Mapping[str, str], settings: TransferSettings) -> Iterator[bytes]:
     session, url = _session(parts, credentials)
+    reach(parts.hostname or "", parts.port, what)
     with session:
         try:
             resp = session.get(url, stream=True, **_options(settings))

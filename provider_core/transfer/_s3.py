@@ -10,10 +10,11 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, urlsplit
 
 from botocore import exceptions as bx
 
+from .. import urls
 from ..errors import (
     Aborted,
     FailedPrecondition,
@@ -25,8 +26,9 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
+from ..urls import redact
 from ._common import CHUNK, Hasher, TransferSettings, http_error, reason
-from ._urls import S3_KEYS, check_keys, scrubber
+from ._urls import S3_KEYS, check_keys, reach, scrubber
 
 log = logging.getLogger("provider_core.transfer")
 
@@ -95,6 +97,14 @@ def client(credentials: Mapping[str, str], settings: TransferSettings) -> Any:
     buffers."""
     check_keys(credentials, "s3")
     creds = {S3_KEYS[k]: v for k, v in credentials.items()}
+    asked = creds.get("endpoint_url", "")
+    if asked:  # a client's endpoint is held to the URL policy (the operator's setting is not)
+        try:
+            urls.check_url(asked, ("http", "https"))
+        except ValueError as exc:
+            raise InvalidArgument.field("credentials", f"endpoint_url {exc}") from None
+        endpoint = urlsplit(asked)
+        reach(endpoint.hostname or "", endpoint.port, f"S3 endpoint {redact(asked)}")
     key_id = creds.get("access_key_id") or settings.s3_access_key_id
     # the settings' secret goes only with the settings' key id
     secret = creds.get("secret_access_key") or (settings.s3_secret_access_key if key_id == settings.s3_access_key_id else "")

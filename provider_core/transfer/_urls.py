@@ -7,9 +7,10 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from ..errors import InvalidArgument
+from .. import urls
+from ..errors import InvalidArgument, Unavailable
 from ._common import SCHEMES
 
 HTTP_KEYS = frozenset({"token", "bearer_token", "username", "password"})
@@ -28,38 +29,29 @@ S3_KEYS = {
 _PUBLIC_KEYS = frozenset({"username", "endpoint_url", "region", "region_name"})
 
 
-def redact(url: str) -> str:
-    """The URL without userinfo, query string and fragment: safe for logs and
-    error messages (presigned URLs carry their signature in the query)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" if parts.username or parts.password else host
-    if port is not None:
-        netloc += f":{port}"
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 def parse(url: str, url_field: str) -> SplitResult:
-    """Split a URL of an accepted scheme; InvalidArgument on ``url_field``."""
+    """Split a URL the URL policy accepts (:func:`provider_core.urls.check_url`:
+    scheme, host, address); InvalidArgument on ``url_field`` otherwise."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise InvalidArgument.field(url_field, f"not a valid URL: {redact(url)}") from None
-    if parts.scheme not in SCHEMES:
-        raise InvalidArgument.field(url_field, f"URL scheme must be one of {', '.join(SCHEMES)}")
-    if not parts.hostname:
-        raise InvalidArgument.field(url_field, "URL has no host (s3 URLs are s3://bucket/key)")
+        urls.check_url(url, SCHEMES)
+    except ValueError as exc:
+        raise InvalidArgument.field(url_field, str(exc)) from None
+    parts = urlsplit(url)
     if parts.scheme == "s3" and not parts.path.lstrip("/"):
         raise InvalidArgument.field(url_field, "s3 URL names no object key (s3://bucket/key)")
     return parts
+
+
+def reach(host: str, port: int | None, what: str) -> None:
+    """Just before connecting: every address ``host`` resolves to must be
+    one the URL policy allows (InvalidArgument), and it must resolve
+    (Unavailable)."""
+    try:
+        urls.check_host(host, port)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    except OSError:
+        raise Unavailable(f"{what}: host {host!r} does not resolve") from None
 
 
 def check_keys(credentials: Mapping[str, str], scheme: str) -> None:

@@ -94,7 +94,7 @@ def test_url_images_are_fetched_and_verified(sim: ProviderHarness, tmp_path: Pat
         ok = sim.stub.Create(pb.CreateRequest(name="from-url", image_json=json.dumps({"URL": url, "Checksum": good})))
         sim.wait(ok.task)
         bad = sim.stub.Create(pb.CreateRequest(name="bad-sum", image_json=json.dumps({"URL": url, "Checksum": "0" * 64})))
-        with pytest.raises(TaskFailed, match=f"the request says {'0' * 64}"):
+        with pytest.raises(TaskFailed, match=f"image_json.Checksum: sha256 of the .* is {good}, not the expected {'0' * 64}"):
             sim.wait(bad.task)
         assert [r.path for r in server.requests] == ["/img.qcow2", "/img.qcow2"]
     assert json.loads(sim.stub.Describe(pb.DescribeRequest(id=ok.id)).provider_raw_json)["image"] == url

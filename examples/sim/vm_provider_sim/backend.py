@@ -43,7 +43,7 @@ from provider_core import (
 
 from . import hypervisor as hv
 from .convert import ROOT_DISK, build_clone, build_machine, plan_reconfigure
-from .download import ChecksumMismatchError, DownloadError, fetch
+from .download import fetch
 from .machines import CREATING, LIVE, PAUSED, RUNNING, SHUTOFF, SHUTTING_DOWN, Image, Machine
 from .settings import SimSettings
 
@@ -70,8 +70,6 @@ ERRORS: tuple[tuple[type[hv.SimError], Callable[[str], ProviderError]], ...] = (
     (hv.UnsupportedError, InvalidArgument),
     (hv.OutOfSpaceError, ResourceExhausted),
     (hv.StateFileError, Unavailable),
-    (ChecksumMismatchError, InvalidArgument),
-    (DownloadError, Unavailable),
 )
 
 
@@ -190,7 +188,7 @@ class SimBackend(Backend):
             if spec.image.source == "url":
                 try:
                     self._fetch(spec.image)
-                except hv.SimError:
+                except (hv.SimError, ProviderError):
                     host.undefine(machine.id)  # a failed create leaves nothing behind
                     raise
             host.finish_creating(machine.id)
