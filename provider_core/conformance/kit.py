@@ -27,9 +27,9 @@ from ..capabilities import Capability
 from ..pb import provider_pb2 as pb
 from ..pb import provider_pb2_grpc as pb_grpc
 from ..testing import TaskFailed, wait_task
-from ..testing_http import HttpSink, S3Server
 from .fixtures import Fixtures
 from .registry import CheckFailed, CheckSkipped
+from .servers import HttpSink, S3Server
 
 Code = grpc.StatusCode
 POWER_WORDS = ("On", "Off", "Suspended", "Unknown")
