@@ -1,13 +1,17 @@
-"""The conformance kit as pytest items (installed as the pytest plugin
-``vm_provider_conformance``).
+"""The conformance kit as pytest items.
 
-Name a backend and pytest runs one item per check that applies to it::
+pytest loads this plugin only when a project asks for it: on the command
+line (``-p provider_core.conformance.pytest_plugin``), in its pytest
+configuration (``addopts``), or in its root ``conftest.py``
+(``pytest_plugins = ["provider_core.conformance.pytest_plugin"]``). Then,
+name a backend and pytest runs one item per check that applies to it::
 
-    pytest --vm-provider-backend mine [--vm-provider-config conformance.toml]
+    pytest -p provider_core.conformance.pytest_plugin --vm-provider-backend mine [--vm-provider-config conformance.toml]
 
 or, in the project's pytest configuration::
 
     [tool.pytest.ini_options]
+    addopts = "-p provider_core.conformance.pytest_plugin"
     vm_provider_backend = "mine"
     vm_provider_config = "conformance.toml"   # relative to that file
 
@@ -17,8 +21,7 @@ share one server, started at the first item. The fixture
 ``vm_provider_harness`` gives tests of your own that same running server
 (a :class:`provider_core.testing.ProviderHarness`).
 
-Nothing heavy is imported unless a backend is named: this module is loaded
-by every pytest run in an environment where vm-provider is installed.
+Nothing heavy is imported unless a backend is named.
 """
 
 from __future__ import annotations

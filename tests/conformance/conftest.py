@@ -90,7 +90,8 @@ def kit_command(tmp_path: Path) -> Command:
 @pytest.fixture
 def run_pytest() -> Command:
     """``run_pytest(directory, *args)``: a separate pytest run in ``directory``
-    (where the plugin is loaded from its installed entry point)."""
+    (the kit's plugin is loaded only when ``args`` or the directory's pytest
+    configuration ask for it)."""
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args]

@@ -52,7 +52,10 @@ def test_command_exits_non_zero(kit_command: Callable[..., Any], fast_sim: dict[
 
 def test_pytest_plugin_fails_and_the_ini_option_and_fixture_work(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\nvm_provider_backend = "broken-fake-clone"\nvm_provider_config = "kit.toml"\n'
+        "[tool.pytest.ini_options]\n"
+        'addopts = "-p provider_core.conformance.pytest_plugin"\n'
+        'vm_provider_backend = "broken-fake-clone"\n'
+        'vm_provider_config = "kit.toml"\n'
     )
     (tmp_path / "kit.toml").write_text("[backends.broken-fake-clone]\ntask_seconds = 0.01\nshutdown_seconds = 0.05\n")
     (tmp_path / "test_own.py").write_text(

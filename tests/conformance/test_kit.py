@@ -16,7 +16,7 @@ from provider_core import cli
 from provider_core.capabilities import Capability
 from provider_core.config import Config
 from provider_core.conformance import fixtures as kit_fixtures
-from provider_core.conformance import registry, runner
+from provider_core.conformance import pytest_plugin, registry, runner
 from provider_core.conformance.kit import Kit
 from provider_core.conformance.registry import Check, checks_for
 from provider_core.conformance.report import FAIL, PASS, SKIP, Result, render
@@ -25,6 +25,7 @@ from provider_core.errors import ConfigError
 from provider_core.pb import provider_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = pytest_plugin.__name__
 FAST = {"task_seconds": 0.01, "shutdown_seconds": 0.05}
 
 
@@ -131,17 +132,32 @@ def test_command_reports_what_stops_it(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_plugin_refuses_an_unknown_backend(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
-    proc = run_pytest(tmp_path, "--vm-provider-backend", "no-such-backend")
+    proc = run_pytest(tmp_path, "-p", PLUGIN, "--vm-provider-backend", "no-such-backend")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "--vm-provider-backend: unknown backend 'no-such-backend'" in proc.stderr
 
 
 def test_without_a_backend_the_plugin_adds_nothing(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
     (tmp_path / "test_plain.py").write_text("def test_plain():\n    pass\n\n\ndef test_harness(vm_provider_harness):\n    pass\n")
-    proc = run_pytest(tmp_path)
+    proc = run_pytest(tmp_path, "-p", PLUGIN)
     assert proc.returncode == 0, proc.stdout
     assert "1 passed, 1 skipped" in proc.stdout
     assert "no backend named: give --vm-provider-backend NAME" in proc.stdout
+
+
+def test_the_plugin_loads_only_when_asked_for(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
+    """Installing vm-provider adds nothing to a project's pytest runs."""
+    (tmp_path / "test_plain.py").write_text("def test_harness(vm_provider_harness):\n    pass\n")
+    plain = run_pytest(tmp_path)
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "fixture 'vm_provider_harness' not found" in plain.stdout
+    refused = run_pytest(tmp_path, "--vm-provider-backend", "sim")
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert "unrecognized arguments: --vm-provider-backend" in refused.stderr
+    (tmp_path / "conftest.py").write_text(f"pytest_plugins = [{PLUGIN!r}]\n")
+    asked = run_pytest(tmp_path)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "no backend named: give --vm-provider-backend NAME" in asked.stdout
 
 
 def fenced(lang: str) -> list[str]:
