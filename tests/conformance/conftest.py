@@ -4,6 +4,7 @@ command, against installed backends (the broken ones come from
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -54,10 +55,12 @@ def run_kit() -> RunKit:
 
 
 def toml_table(values: Mapping[str, Any]) -> str:
-    """A TOML table body for simple values (numbers, strings, booleans)."""
+    """A TOML table body for simple values (numbers, strings, booleans, lists of strings)."""
     lines = []
     for key, value in values.items():
-        if isinstance(value, bool):
+        if isinstance(value, list):
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        elif isinstance(value, bool):
             text = str(value).lower()
         elif isinstance(value, str):
             text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

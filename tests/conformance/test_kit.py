@@ -38,11 +38,11 @@ def test_every_capability_is_exercised_when_declared_and_checked_when_not() -> N
 def test_checks_follow_the_declaration() -> None:
     none = {c.name for c in checks_for(frozenset())}
     assert {c.split(".")[0] for c in none} == {"core"} | {cap.value for cap in Capability}
-    assert all(name.startswith("core.") or name.endswith(".undeclared") for name in none)
+    assert all(name.startswith("core.") or name.endswith(".not_offered") for name in none)
     snapshots = {c.name for c in checks_for({Capability.SNAPSHOTS})}
     assert "snapshots.revert" in snapshots
-    assert "snapshots.undeclared" not in snapshots
-    assert "memory_snapshots.undeclared" in snapshots
+    assert "snapshots.not_offered" not in snapshots
+    assert "memory_snapshots.not_offered" in snapshots
     assert [c.name for c in checks_for(frozenset(), "core.delete")] == [
         "core.delete",
         "core.delete_running",
@@ -87,10 +87,11 @@ def test_skips_are_reported_with_their_reason(run_kit: Callable[..., list[Result
     assert by_name["core.delete"].detail == "skipped by [conformance.sim]: deleting is slow here"
     assert by_name["snapshots.delete"].detail == "skipped by [conformance.sim]: the lab's storage has no snapshots"
     assert by_name["core.delete_running"].status == PASS
-    report = render("sim", "here", frozenset(Capability), results)
-    assert re.search(r"^snapshots\s+yes\s+0\s+0\s+2\s+SKIP$", report, flags=re.M)
-    assert re.search(r"^core\s+always\s+2\s+0\s+1\s+PASS$", report, flags=re.M)
-    assert re.search(r"^clone\s+yes\s+0\s+0\s+0\s+-$", report, flags=re.M)
+    report = render("sim", "here", frozenset(Capability), frozenset(Capability), results)
+    assert re.search(r"^snapshots\s+yes\s+yes\s+0\s+0\s+2\s+SKIP$", report, flags=re.M)
+    assert re.search(r"^core\s+always\s+always\s+2\s+0\s+1\s+PASS$", report, flags=re.M)
+    assert re.search(r"^clone\s+yes\s+yes\s+0\s+0\s+0\s+-$", report, flags=re.M)
+    assert "not offered" not in report
 
 
 def crashing(kit: Kit) -> None:
@@ -180,9 +181,9 @@ def test_the_documented_pytest_setup_runs(tmp_path: Path, run_pytest: Callable[.
 def test_the_documented_check_list_is_the_registry() -> None:
     text = (ROOT / "docs" / "conformance.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_<>]+\.[a-z0-9_]+)` \|", text, flags=re.M))
-    plain_undeclared = {c.name for c in registry.all_checks() if c.absent is not None and c.name not in documented}
-    assert documented - {"<capability>.undeclared"} | plain_undeclared == {c.name for c in registry.all_checks()}
-    assert all(name.endswith(".undeclared") for name in plain_undeclared)
+    plain_not_offered = {c.name for c in registry.all_checks() if c.absent is not None and c.name not in documented}
+    assert documented - {"<capability>.not_offered"} | plain_not_offered == {c.name for c in registry.all_checks()}
+    assert all(name.endswith(".not_offered") for name in plain_not_offered)
 
 
 def test_the_s3_checks_skip_saying_why_without_moto(monkeypatch: pytest.MonkeyPatch) -> None:
