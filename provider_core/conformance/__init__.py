@@ -1,7 +1,8 @@
 """The conformance kit: does a backend keep the provider.v1 contract?
 
 It serves an installed backend on a real server and drives it over gRPC like
-a client, with checks chosen from the capabilities the backend declares.
+a client, with checks chosen from what the server says its endpoint offers
+(:mod:`.offered`).
 Run it as ``vm-provider conformance --backend NAME`` or through the pytest
 plugin (``pytest -p provider_core.conformance.pytest_plugin
 --vm-provider-backend NAME``); see docs/conformance.md. Its S3 server needs
