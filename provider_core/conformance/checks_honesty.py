@@ -8,7 +8,8 @@ changed (ListVMs and Describe compared before and after). Two refinements
 are options the core cannot gate, so the backend must refuse them itself:
 without RECONFIGURE_ONLINE a running VM's CPU and memory, and without
 DISK_EXPANSION_ONLINE its disks, do not change: Reconfigure answers
-FAILED_PRECONDITION (a power-off is needed).
+FAILED_PRECONDITION (a power-off is needed), or UNIMPLEMENTED where the
+endpoint cannot make the change at all.
 """
 
 from __future__ import annotations
@@ -104,22 +105,24 @@ for _cap in Capability:
 def _online_refused(kit: Kit, cap: Capability, desired: str, what: str) -> None:
     vm = kit.create_vm("offline-only")
     kit.power(vm, pb.POWER_OP_ON)
-    code = Code.FAILED_PRECONDITION if kit.offers(Capability.RECONFIGURE) else Code.UNIMPLEMENTED
+    # FAILED_PRECONDITION: power off first; UNIMPLEMENTED: this endpoint cannot at all.
+    # Without reconfigure, the core refuses the RPC itself.
+    codes = (Code.FAILED_PRECONDITION, Code.UNIMPLEMENTED) if kit.offers(Capability.RECONFIGURE) else (Code.UNIMPLEMENTED,)
     try:
         with kit.unchanged(f"Reconfigure of {what} of a running VM"):
-            kit.refused("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=desired), code)
+            kit.refused("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=desired), *codes)
     except CheckFailed as exc:
         raise CheckFailed(f"{cap.value!r} is not offered, so changing {what} of a running VM must be refused: {exc}") from None
 
 
 @check("not_offered", absent=Capability.RECONFIGURE_ONLINE)
 def cpu_memory_offline_only(kit: Kit) -> None:
-    """Where 'reconfigure_online' is not offered, CPU and memory of a running VM do not change: FAILED_PRECONDITION."""
+    """Where 'reconfigure_online' is not offered, a running VM's CPU and memory do not change: refused, nothing changed."""
     _online_refused(kit, Capability.RECONFIGURE_ONLINE, desired_class(kit), "CPU and memory")
 
 
 @check("not_offered", absent=Capability.DISK_EXPANSION_ONLINE)
 def disks_offline_only(kit: Kit) -> None:
-    """Where 'disk_expansion_online' is not offered, the disks of a running VM do not grow: FAILED_PRECONDITION."""
+    """Where 'disk_expansion_online' is not offered, a running VM's disks do not grow: refused, nothing changed."""
     desired, _ = grown_disks(kit)
     _online_refused(kit, Capability.DISK_EXPANSION_ONLINE, desired, "the disk sizes")
