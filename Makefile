@@ -11,7 +11,7 @@ ARGS   ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(wildcard backends/*/pyproject.toml examples/*/pyproject.toml)
+$(STAMP): pyproject.toml $(wildcard backends/*/pyproject.toml examples/*/pyproject.toml) tests/plugins/pyproject.toml tests/conformance/broken_backends/pyproject.toml
 	bash tools/bootstrap.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

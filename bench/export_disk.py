@@ -37,9 +37,9 @@ from pathlib import Path
 import grpc
 import libvirt
 
+from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
-from provider_core.testing_http import HttpSink
 
 MiB = 1 << 20
 GiB = 1 << 30

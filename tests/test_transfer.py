@@ -23,7 +23,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from provider_core import errors, transfer
-from provider_core.testing_http import HttpSink, S3Server
+from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.transfer import TransferSettings
 
 MiB = 1 << 20

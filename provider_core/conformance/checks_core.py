@@ -1,10 +1,11 @@
-"""The contract every backend keeps, whatever it declares.
+"""The contract every backend keeps, whatever it offers.
 
 Create is idempotent by name and ListVMs shows what it made; Delete of a
 missing VM succeeds and Describe of one says ``exists=false``; power
 operations are idempotent and use the four power words; bad JSON is
 INVALID_ARGUMENT naming the field; no RPC answers UNKNOWN or INTERNAL for a
-bad or stale request; GetCapabilities says what the backend declares.
+bad or stale request; GetCapabilities offers no more than the backend
+declares, consistently.
 """
 
 from __future__ import annotations
@@ -15,23 +16,11 @@ from typing import Any
 
 import grpc
 
-from ..capabilities import Capability
+from ..capabilities import REFINES, Capability
 from ..pb import provider_pb2 as pb
+from . import offered
 from .kit import Code, Kit, expect, fail, field_violations, json_object, valid_ips
 from .registry import check
-
-#: GetCapabilities flag -> the capability it reports.
-FLAGS: dict[str, Capability] = {
-    "supports_reconfigure_online": Capability.RECONFIGURE_ONLINE,
-    "supports_disk_expansion_online": Capability.DISK_EXPANSION_ONLINE,
-    "supports_snapshots": Capability.SNAPSHOTS,
-    "supports_memory_snapshots": Capability.MEMORY_SNAPSHOTS,
-    "supports_linked_clones": Capability.LINKED_CLONES,
-    "supports_image_import": Capability.IMAGE_PREPARE,
-    "supports_disk_export": Capability.DISK_EXPORT,
-    "supports_disk_import": Capability.DISK_IMPORT,
-    "supports_export_compression": Capability.EXPORT_COMPRESSION,
-}
 
 
 def missing_id() -> str:
@@ -40,28 +29,27 @@ def missing_id() -> str:
 
 @check("capabilities")
 def capabilities(kit: Kit) -> None:
-    """GetCapabilities reports exactly the declared capabilities and lists."""
-    resp = kit.ok("GetCapabilities", pb.GetCapabilitiesRequest())
-    for flag, cap in FLAGS.items():
+    """GetCapabilities offers no more than the class declares, consistently, and what the run started with."""
+    answer = offered.read(kit)
+    offer, cls = answer.offer, kit.backend_cls.__qualname__
+    beyond = offer.beyond(kit.declared)
+    expect(not beyond, f"the endpoint offers more than {cls} declares: {', '.join(beyond)}")
+    for cap, parent in REFINES.items():
         expect(
-            getattr(resp, flag) == kit.declares(cap),
-            f"GetCapabilities.{flag} is {getattr(resp, flag)} but {cap.value!r} is {'' if kit.declares(cap) else 'not '}declared",
+            cap not in offer.capabilities or parent in offer.capabilities,
+            f"the endpoint offers {cap.value!r} but not {parent.value!r}, which it refines ({answer.why_not.get(parent)})",
         )
-    cls = kit.backend_cls
-    lists = {
-        "supported_disk_types": list(cls.disk_types),
-        "supported_network_types": list(cls.network_types),
-        "supported_export_formats": list(cls.export_formats) if kit.declares(Capability.DISK_EXPORT) else [],
-        "supported_import_formats": list(cls.import_formats) if kit.declares(Capability.DISK_IMPORT) else [],
-    }
-    for field, want in lists.items():
-        expect(
-            list(getattr(resp, field)) == want,
-            f"GetCapabilities.{field} is {list(getattr(resp, field))}, the backend declares {want}",
-        )
-    for cap in (Capability.DISK_EXPORT, Capability.DISK_IMPORT):
-        formats = cls.export_formats if cap is Capability.DISK_EXPORT else cls.import_formats
-        expect(not kit.declares(cap) or formats, f"{cap.value!r} is declared but the backend lists no formats for it")
+    for cap, field in ((Capability.DISK_EXPORT, "export_formats"), (Capability.DISK_IMPORT, "import_formats")):
+        formats = list(getattr(offer, field))
+        if cap in offer.capabilities:
+            expect(formats, f"the endpoint offers {cap.value!r} but GetCapabilities.supported_{field} is empty")
+        else:
+            expect(not formats, f"GetCapabilities.supported_{field} is {formats}, but {cap.value!r} is not offered")
+    expect(
+        offer == kit.offer,
+        f"GetCapabilities answers {offer}, but at the start of this run it answered {kit.offer}: what an endpoint offers"
+        " changes only when the backend reconnects",
+    )
 
 
 @check("validate")
@@ -279,7 +267,7 @@ def missing_vm(kit: Kit) -> None:
         ),
     ]
     if kit.exercises(Capability.DISK_EXPORT):
-        fmt = kit.backend_cls.export_formats[0]
+        fmt = kit.offer.export_formats[0]
         url = kit.sink.url(f"missing.{fmt}")
         cases.append(("ExportDisk", pb.ExportDiskRequest(vm_id=gone, destination_url=url, format=fmt), Capability.DISK_EXPORT))
     for rpc, request, cap in cases:
@@ -290,7 +278,7 @@ def missing_vm(kit: Kit) -> None:
     if kit.exercises(Capability.SNAPSHOTS):
         resp = kit.ok("SnapshotDelete", pb.SnapshotDeleteRequest(vm_id=gone, snapshot_id="kit"))
         kit.wait(resp.task, "SnapshotDelete of a missing VM")
-    if kit.declares(Capability.CLONE) and any(
+    if kit.offers(Capability.CLONE) and any(
         vm.name.startswith(kit.fixtures.name_prefix + "clone-of-missing") for vm in kit.list_vms()
     ):
         raise fail("Clone of a missing VM left a VM behind")

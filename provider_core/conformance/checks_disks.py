@@ -1,4 +1,4 @@
-"""Declared disk capabilities exercised end to end: disk info, image
+"""Offered disk capabilities exercised end to end: disk info, image
 preparation, export and import. Files travel through an HTTP server and an
 S3 server (moto's) the kit runs on 127.0.0.1, never over gRPC.
 
@@ -114,7 +114,7 @@ def export(kit: Kit, vm: str, fmt: str, compress: bool, *, s3: bool = False) -> 
 def export_disk(kit: Kit) -> None:
     """ExportDisk uploads the disk to an HTTP URL, with the SHA256 of what was sent; an unknown format is INVALID_ARGUMENT."""
     vm = kit.create_vm("export")
-    export(kit, vm, kit.backend_cls.export_formats[0], compress=False)
+    export(kit, vm, kit.offer.export_formats[0], compress=False)
     url = kit.sink.url("never.bin")
     kit.refused(
         "ExportDisk", pb.ExportDiskRequest(vm_id=vm, destination_url=url, format="conformance-format"), Code.INVALID_ARGUMENT
@@ -125,25 +125,25 @@ def export_disk(kit: Kit) -> None:
 def export_disk_s3(kit: Kit) -> None:
     """ExportDisk uploads to an s3:// URL, endpoint and keys in the request's credentials, with the SHA256 of what was sent."""
     vm = kit.create_vm("exports3")
-    export(kit, vm, kit.backend_cls.export_formats[0], compress=False, s3=True)
+    export(kit, vm, kit.offer.export_formats[0], compress=False, s3=True)
 
 
 @check("http", needs=Capability.EXPORT_COMPRESSION)
 def export_compressed(kit: Kit) -> None:
     """ExportDisk with compress=true uploads the disk."""
     vm = kit.create_vm("exportz")
-    formats = kit.backend_cls.export_formats
+    formats = kit.offer.export_formats
     export(kit, vm, "qcow2" if "qcow2" in formats else formats[0], compress=True)
 
 
 def import_source(kit: Kit) -> tuple[bytes, str]:
-    formats = kit.backend_cls.import_formats
+    formats = kit.offer.import_formats
     if kit.fixtures.import_file:
         fmt = kit.fixtures.import_format or "raw"
-        expect(fmt in formats, f"the import_format fixture {fmt!r} is not among the backend's import formats {list(formats)}")
+        expect(fmt in formats, f"the import_format fixture {fmt!r} is not among the import formats offered {list(formats)}")
         return Path(kit.fixtures.import_file).read_bytes(), fmt
     if "raw" not in formats:
-        raise skip(f"the backend imports no raw images ({list(formats)}): set the import_file and import_format fixtures")
+        raise skip(f"this endpoint imports no raw images ({list(formats)}): set the import_file and import_format fixtures")
     return IMAGE, "raw"
 
 

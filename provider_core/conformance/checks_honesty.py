@@ -1,12 +1,15 @@
-"""Capability honesty: what a backend does not declare, it does not do.
+"""Capability honesty: what an endpoint does not offer, it does not do.
 
-For every undeclared capability the kit makes the call a client would make
-and expects UNIMPLEMENTED naming the capability (google.rpc.ErrorInfo
-CAPABILITY_MISSING), with nothing changed (ListVMs and Describe compared
-before and after). Two refinements are options the core cannot gate, so the
-backend must refuse them itself: without RECONFIGURE_ONLINE a running VM's
-CPU and memory, and without DISK_EXPANSION_ONLINE its disks, do not change:
-Reconfigure answers FAILED_PRECONDITION (a power-off is needed).
+For every capability the endpoint under test does not offer (its class does
+not declare it, or this endpoint cannot do it: GetCapabilities says which),
+the kit makes the call a client would make and expects UNIMPLEMENTED naming
+the capability (google.rpc.ErrorInfo CAPABILITY_MISSING), with nothing
+changed (ListVMs and Describe compared before and after). Two refinements
+are options the core cannot gate, so the backend must refuse them itself:
+without RECONFIGURE_ONLINE a running VM's CPU and memory, and without
+DISK_EXPANSION_ONLINE its disks, do not change: Reconfigure answers
+FAILED_PRECONDITION (a power-off is needed), or UNIMPLEMENTED where the
+endpoint cannot make the change at all.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ UNREACHABLE = "http://127.0.0.1:9/conformance-never-fetched"
 
 def _requests(kit: Kit, cap: Capability, vm: str) -> list[tuple[str, Any]]:
     bigger = desired_class(kit)
-    target = kit.vm_name("undeclared")
+    target = kit.vm_name("not-offered")
     table: dict[Capability, Callable[[], list[tuple[str, Any]]]] = {
         Capability.RECONFIGURE: lambda: [("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=bigger))],
         Capability.SNAPSHOTS: lambda: [
@@ -53,7 +56,7 @@ def _requests(kit: Kit, cap: Capability, vm: str) -> list[tuple[str, Any]]:
                 pb.ExportDiskRequest(
                     vm_id=vm,
                     destination_url=UNREACHABLE,
-                    format=(kit.backend_cls.export_formats or ("qcow2",))[0],
+                    format=(kit.offer.export_formats or ("qcow2",))[0],
                     compress=True,
                 ),
             )
@@ -70,9 +73,9 @@ def _requests(kit: Kit, cap: Capability, vm: str) -> list[tuple[str, Any]]:
 
 def _gated_by(kit: Kit, cap: Capability) -> Capability:
     """The capability the core names when refusing ``cap``: its parent when
-    that is undeclared too."""
+    that is not offered either."""
     parent = REFINES.get(cap)
-    return parent if parent is not None and not kit.declares(parent) else cap
+    return parent if parent is not None and not kit.offers(parent) else cap
 
 
 def refuses(cap: Capability) -> Callable[[Kit], None]:
@@ -82,7 +85,7 @@ def refuses(cap: Capability) -> Callable[[Kit], None]:
             kit.power(vm, pb.POWER_OP_ON)
         named = _gated_by(kit, cap)
         for rpc, request in _requests(kit, cap, vm):
-            with kit.unchanged(f"{rpc} (capability {cap.value!r} not declared)"):
+            with kit.unchanged(f"{rpc} (capability {cap.value!r} not offered)"):
                 err = kit.refused(rpc, request, Code.UNIMPLEMENTED)
             said = missing_capability(err)
             expect(
@@ -90,34 +93,36 @@ def refuses(cap: Capability) -> Callable[[Kit], None]:
                 f"{rpc} answered UNIMPLEMENTED but its ErrorInfo names capability {said!r}, not {named.value!r}",
             )
 
-    run.__doc__ = f"Without {cap.value!r} declared, its calls answer UNIMPLEMENTED and change nothing."
+    run.__doc__ = f"Where {cap.value!r} is not offered, its calls answer UNIMPLEMENTED and change nothing."
     return run
 
 
 for _cap in Capability:
     if _cap not in (Capability.RECONFIGURE_ONLINE, Capability.DISK_EXPANSION_ONLINE):
-        check("undeclared", absent=_cap)(refuses(_cap))
+        check("not_offered", absent=_cap)(refuses(_cap))
 
 
 def _online_refused(kit: Kit, cap: Capability, desired: str, what: str) -> None:
     vm = kit.create_vm("offline-only")
     kit.power(vm, pb.POWER_OP_ON)
-    code = Code.FAILED_PRECONDITION if kit.declares(Capability.RECONFIGURE) else Code.UNIMPLEMENTED
+    # FAILED_PRECONDITION: power off first; UNIMPLEMENTED: this endpoint cannot at all.
+    # Without reconfigure, the core refuses the RPC itself.
+    codes = (Code.FAILED_PRECONDITION, Code.UNIMPLEMENTED) if kit.offers(Capability.RECONFIGURE) else (Code.UNIMPLEMENTED,)
     try:
         with kit.unchanged(f"Reconfigure of {what} of a running VM"):
-            kit.refused("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=desired), code)
+            kit.refused("Reconfigure", pb.ReconfigureRequest(id=vm, desired_json=desired), *codes)
     except CheckFailed as exc:
-        raise CheckFailed(f"{cap.value!r} is not declared, so changing {what} of a running VM must be refused: {exc}") from None
+        raise CheckFailed(f"{cap.value!r} is not offered, so changing {what} of a running VM must be refused: {exc}") from None
 
 
-@check("undeclared", absent=Capability.RECONFIGURE_ONLINE)
+@check("not_offered", absent=Capability.RECONFIGURE_ONLINE)
 def cpu_memory_offline_only(kit: Kit) -> None:
-    """Without 'reconfigure_online', CPU and memory of a running VM do not change: FAILED_PRECONDITION."""
+    """Where 'reconfigure_online' is not offered, a running VM's CPU and memory do not change: refused, nothing changed."""
     _online_refused(kit, Capability.RECONFIGURE_ONLINE, desired_class(kit), "CPU and memory")
 
 
-@check("undeclared", absent=Capability.DISK_EXPANSION_ONLINE)
+@check("not_offered", absent=Capability.DISK_EXPANSION_ONLINE)
 def disks_offline_only(kit: Kit) -> None:
-    """Without 'disk_expansion_online', the disks of a running VM do not grow: FAILED_PRECONDITION."""
+    """Where 'disk_expansion_online' is not offered, a running VM's disks do not grow: refused, nothing changed."""
     desired, _ = grown_disks(kit)
     _online_refused(kit, Capability.DISK_EXPANSION_ONLINE, desired, "the disk sizes")

@@ -23,13 +23,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ..backend import Backend
-from ..capabilities import Capability
+from ..capabilities import Capability, Offer
 from ..pb import provider_pb2 as pb
 from ..pb import provider_pb2_grpc as pb_grpc
 from ..testing import TaskFailed, wait_task
-from ..testing_http import HttpSink, S3Server
 from .fixtures import Fixtures
 from .registry import CheckFailed, CheckSkipped
+from .servers import HttpSink, S3Server
 
 Code = grpc.StatusCode
 POWER_WORDS = ("On", "Off", "Suspended", "Unknown")
@@ -110,7 +110,13 @@ class Kit:
         self.stub = stub
         self.name = name
         self.backend_cls = backend_cls
-        self.declared = frozenset(backend_cls.capabilities)
+        self.declared: Offer = backend_cls.declared()
+        """The most the backend's class can offer."""
+        self.offer: Offer = self.declared
+        """What the endpoint offers, as its server answers (:func:`.offered.read`,
+        asked when a session starts): what the checks go by."""
+        self.not_offered: dict[Capability, str] = {}
+        """Every capability the endpoint does not offer -> how the server said so."""
         self.fixtures = fixtures
         self._made: list[str] = []
         self.run_tag = secrets.token_hex(2)
@@ -119,12 +125,13 @@ class Kit:
         self._sink: HttpSink | None = None
         self._s3: S3Server | None = None
 
-    def declares(self, cap: Capability) -> bool:
-        return cap in self.declared
+    def offers(self, cap: Capability) -> bool:
+        """Whether the endpoint under test offers ``cap``."""
+        return cap in self.offer.capabilities
 
     def exercises(self, cap: Capability) -> bool:
-        """Declared, and not skipped as a whole by the fixtures' ``skip``."""
-        return cap in self.declared and cap.value not in self.fixtures.skip
+        """Offered, and not skipped as a whole by the fixtures' ``skip``."""
+        return self.offers(cap) and cap.value not in self.fixtures.skip
 
     # -- calls ----------------------------------------------------------------------
 

@@ -1,24 +1,28 @@
-"""The conformance kit as pytest items (installed as the pytest plugin
-``vm_provider_conformance``).
+"""The conformance kit as pytest items.
 
-Name a backend and pytest runs one item per check that applies to it::
+pytest loads this plugin only when a project asks for it: on the command
+line (``-p provider_core.conformance.pytest_plugin``), in its pytest
+configuration (``addopts``), or in its root ``conftest.py``
+(``pytest_plugins = ["provider_core.conformance.pytest_plugin"]``). Then,
+name a backend and pytest runs one item per check that applies to it::
 
-    pytest --vm-provider-backend mine [--vm-provider-config conformance.toml]
+    pytest -p provider_core.conformance.pytest_plugin --vm-provider-backend mine [--vm-provider-config conformance.toml]
 
 or, in the project's pytest configuration::
 
     [tool.pytest.ini_options]
+    addopts = "-p provider_core.conformance.pytest_plugin"
     vm_provider_backend = "mine"
     vm_provider_config = "conformance.toml"   # relative to that file
 
 Items are named ``vm-provider-conformance[mine]::<check>`` (select with
 ``-k``); a skipped check is a pytest skip with the kit's reason. All items
-share one server, started at the first item. The fixture
+share one server, started when they are collected: which checks apply
+depends on what its endpoint offers. The fixture
 ``vm_provider_harness`` gives tests of your own that same running server
 (a :class:`provider_core.testing.ProviderHarness`).
 
-Nothing heavy is imported unless a backend is named: this module is loaded
-by every pytest run in an environment where vm-provider is installed.
+Nothing heavy is imported unless a backend is named.
 """
 
 from __future__ import annotations
@@ -79,7 +83,12 @@ class ConformanceCollector(pytest.Collector):
             cls = plugins.load_class(self.backend)
         except ConfigError as exc:
             raise pytest.UsageError(f"--vm-provider-backend: {exc}") from None
-        return [CheckItem.from_parent(self, name=c.name, check=c) for c in checks_for(cls.capabilities)]
+        # Which checks apply depends on what the running endpoint offers. When
+        # the server cannot start, the class's declaration stands in, and every
+        # item fails saying why.
+        started = _started(self.config)
+        checks = checks_for(cls.capabilities) if isinstance(started, BaseException) else started.checks()
+        return [CheckItem.from_parent(self, name=c.name, check=c) for c in checks]
 
 
 class CheckItem(pytest.Item):
@@ -112,8 +121,9 @@ class CheckItem(pytest.Item):
         return self.path, None, f"conformance check {self.check.name}: {self.check.summary}"
 
 
-def _session(config: pytest.Config) -> Session:
-    """The shared session, started on first use (a start-up failure fails every item)."""
+def _started(config: pytest.Config) -> Session | BaseException:
+    """The shared session, started on first use (when the kit's items are
+    collected), or why it could not start."""
     found = config.stash.get(_SESSION, None)
     if found is None:
         from ..config import load_file
@@ -124,6 +134,12 @@ def _session(config: pytest.Config) -> Session:
         except Exception as exc:  # noqa: BLE001 - reported by every item, not once as an internal error
             found = exc
         config.stash[_SESSION] = found
+    return found
+
+
+def _session(config: pytest.Config) -> Session:
+    """The shared session; a start-up failure fails every item that asks for it."""
+    found = _started(config)
     if isinstance(found, BaseException):
         raise pytest.fail.Exception(
             f"the conformance kit could not start backend {backend_name(config)!r}: {found}", pytrace=False
@@ -152,10 +168,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     found = config.stash.get(_SESSION, None)
     if not results or found is None or isinstance(found, BaseException):
         return
-    from .report import render
-
     terminalreporter.section("vm-provider conformance")
-    terminalreporter.write_line(render(found.name, found.where, frozenset(found.backend_cls.capabilities), results))
+    terminalreporter.write_line(found.report(results))
 
 
 @pytest.fixture(scope="session")

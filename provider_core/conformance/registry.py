@@ -2,10 +2,10 @@
 
 A check is a plain function taking a :class:`~.kit.Kit`, registered with
 :func:`check`. It belongs to one row of the report: the capability it
-exercises (``needs``: run only when declared), the capability whose absence
-it verifies (``absent``: run only when *not* declared), or ``core`` (the
-contract every backend keeps). The CLI runner and the pytest plugin both
-iterate :func:`checks_for`.
+exercises (``needs``: run when the endpoint offers it), the capability whose
+absence it verifies (``absent``: run when the endpoint does *not* offer
+it), or ``core`` (the contract every backend keeps). The CLI runner and the
+pytest plugin both iterate :func:`checks_for`.
 """
 
 from __future__ import annotations
@@ -47,10 +47,15 @@ class Check:
         doc = (self.func.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else self.name
 
-    def applies(self, declared: frozenset[Capability]) -> bool:
+    def applies(self, declared: frozenset[Capability], offered: frozenset[Capability] | None = None) -> bool:
+        """Whether the check belongs to a run against an endpoint offering
+        ``offered`` (default: all of ``declared``) of a class declaring
+        ``declared``. The checks of a capability declared but not offered
+        belong to it, to be reported skipped."""
+        offered = declared if offered is None else offered
         if self.needs is not None and self.needs not in declared:
             return False
-        return not (self.absent is not None and self.absent in declared)
+        return not (self.absent is not None and self.absent in offered)
 
 
 _CHECKS: dict[str, Check] = {}
@@ -90,8 +95,15 @@ def names() -> set[str]:
     return found
 
 
-def checks_for(declared: Iterable[Capability], select: str | None = None) -> list[Check]:
-    """The checks that apply to a backend declaring ``declared``, optionally
-    only those whose name contains ``select``."""
+def checks_for(
+    declared: Iterable[Capability], select: str | None = None, *, offered: Iterable[Capability] | None = None
+) -> list[Check]:
+    """The checks of a backend whose class declares ``declared`` on an
+    endpoint that offers ``offered`` (default: everything declared),
+    optionally only those whose name contains ``select``: every ``core``
+    check, the end-to-end checks of every declared capability (those of a
+    capability not offered are skipped when run, saying so), and the
+    ``not_offered`` check of every capability not offered."""
     caps = frozenset(declared)
-    return [c for c in all_checks() if c.applies(caps) and (not select or select in c.name)]
+    offer = caps if offered is None else frozenset(offered)
+    return [c for c in all_checks() if c.applies(caps, offer) and (not select or select in c.name)]

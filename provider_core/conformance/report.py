@@ -1,4 +1,5 @@
-"""The kit's report: capability x pass/fail/skipped, then every check with its reason."""
+"""The kit's report: capability (declared, offered) x pass/fail/skipped, then
+every check with its reason."""
 
 from __future__ import annotations
 
@@ -31,16 +32,28 @@ def row_verdict(results: Sequence[Result]) -> str:
     return "SKIP"
 
 
-def render(backend: str, where: str, declared: frozenset[Capability], results: Sequence[Result]) -> str:
-    """The matrix (one row per capability, plus ``core``) and the check list."""
+def render(
+    backend: str, where: str, declared: frozenset[Capability], offered: frozenset[Capability], results: Sequence[Result]
+) -> str:
+    """The matrix (one row per capability, plus ``core``) and the check list.
+
+    ``declared`` is what the backend's class declares, ``offered`` what the
+    endpoint under test offers (GetCapabilities)."""
     lines = [f"vm-provider conformance: backend {backend!r} ({where})", ""]
-    lines.append(f"{'capability':<24}{'declared':<10}{'pass':>5}{'fail':>6}{'skip':>6}  result")
+    lines.append(f"{'capability':<24}{'declared':<10}{'offered':<9}{'pass':>5}{'fail':>6}{'skip':>6}  result")
     rows = [CORE] + [cap.value for cap in Capability]
     for row in rows:
         mine = [r for r in results if r.check.row == row]
-        declared_word = "always" if row == CORE else ("yes" if Capability(row) in declared else "no")
+        if row == CORE:
+            words = ("always", "always")
+        else:
+            cap = Capability(row)
+            words = ("yes" if cap in declared else "no", "yes" if cap in offered else "no")
         counts = [sum(r.status == s for r in mine) for s in (PASS, FAIL, SKIP)]
-        lines.append(f"{row:<24}{declared_word:<10}{counts[0]:>5}{counts[1]:>6}{counts[2]:>6}  {row_verdict(mine)}")
+        lines.append(f"{row:<24}{words[0]:<10}{words[1]:<9}{counts[0]:>5}{counts[1]:>6}{counts[2]:>6}  {row_verdict(mine)}")
+    unoffered = [cap.value for cap in Capability if cap in declared and cap not in offered]
+    if unoffered:
+        lines += ["", f"Declared but not offered by this endpoint (their checks are skipped): {', '.join(unoffered)}"]
     lines.append("")
     width = max((len(r.check.name) for r in results), default=10)
     for r in results:

@@ -1,8 +1,10 @@
 """``vm-provider conformance --backend NAME [--config FILE] [-k SUBSTR]``.
 
-Runs every check that applies to the backend, printing each as it ends,
-then the report. Exits 0 when nothing failed (skips are fine), 1 when a
-check failed; a bad configuration raises ConfigError (the CLI exits 2).
+Serves the backend, asks the server what its endpoint offers, runs every
+check that applies, printing each as it ends, then the report. Exits 0 when
+nothing failed (skips are fine), 1 when a check failed; a bad
+configuration, or a backend that cannot connect, raises ConfigError (the
+CLI exits 2).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import default_config_path, load_file
-from .report import FAIL, Result, render
+from .report import FAIL, Result
 from .session import Session
 
 
@@ -23,17 +25,17 @@ def run(name: str, config: Path | None, select: str | None = None, out: TextIO |
     out = out or sys.stdout
     conf = load_file(config if config is not None else default_config_path())
     logging.getLogger().setLevel(logging.WARNING)  # the report is the output; warnings and errors still show
-    session = Session(name, conf)
-    checks = session.checks(select)
-    if not checks:
-        print(f"no check of backend {name!r} matches {select!r}", file=out)
-        return 1
     results: list[Result] = []
-    with session:
+    with Session(name, conf) as session:
+        checks = session.checks(select)
+        if not checks:
+            print(f"no check of backend {name!r} matches {select!r}", file=out)
+            return 1
         for check in checks:
             result = session.run(check)
             results.append(result)
             print(f"{result.status.upper():<5}{check.name}", file=out, flush=True)
+        report = session.report(results)
     print(file=out)
-    print(render(name, session.where, frozenset(session.backend_cls.capabilities), results), file=out)
+    print(report, file=out)
     return 1 if any(r.status == FAIL for r in results) else 0

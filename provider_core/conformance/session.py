@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
 
 from .. import plugins
 from ..config import Config
+from ..errors import ConfigError
 from ..testing import ProviderHarness
 from . import fixtures as fixtures_mod
-from . import registry
+from . import offered, registry
 from .kit import Kit, describe_error
 from .registry import Check, CheckFailed, CheckSkipped
-from .report import FAIL, PASS, SKIP, Result
+from .report import FAIL, PASS, SKIP, Result, render
 
 
 class Session:
-    """``with Session("sim", config) as s: s.run(check)``.
+    """``with Session("sim", config) as s: [s.run(c) for c in s.checks()]``.
 
     Loads the backend ``name`` with its ``[backends.NAME]`` settings (the
     environment overrides them, as for ``vm-provider serve``) and the kit's
-    ``[conformance.NAME]`` fixtures, and serves it on 127.0.0.1 port 0.
+    ``[conformance.NAME]`` fixtures, serves it on 127.0.0.1 port 0, and asks
+    the server what its endpoint offers: that chooses the checks.
     """
 
     def __init__(self, name: str, config: Config) -> None:
@@ -37,6 +40,8 @@ class Session:
         self._table = config.backends.get(name, {})
         self.harness: ProviderHarness | None = None
         self._kit: Kit | None = None
+        self.answer: offered.Answer | None = None
+        """What the server said its endpoint offers, once started."""
 
     @property
     def where(self) -> str:
@@ -48,8 +53,22 @@ class Session:
         return self._kit
 
     def start(self) -> Session:
+        """Serve the backend and ask the server what its endpoint offers;
+        ConfigError when it cannot say (the backend did not connect)."""
         self.harness = ProviderHarness(plugins.load(self.name, self._table), self.name).start()
-        self._kit = Kit(self.harness.stub, self.name, self.backend_cls, self.fixtures)
+        kit = self._kit = Kit(self.harness.stub, self.name, self.backend_cls, self.fixtures)
+        try:
+            answer = offered.read(kit)
+        except (grpc.RpcError, CheckFailed) as exc:
+            self.stop()
+            said = describe_error(exc) if isinstance(exc, grpc.RpcError) else str(exc)
+            raise ConfigError(
+                f"backend {self.name!r} served, but GetCapabilities answered {said}: the kit cannot tell what this"
+                f" endpoint offers (can the backend reach its hypervisor with [backends.{self.name}]?)"
+            ) from None
+        self.answer = answer
+        kit.offer = answer.offer
+        kit.not_offered = dict(answer.why_not)
         return self
 
     def stop(self) -> None:
@@ -67,12 +86,26 @@ class Session:
         self.stop()
 
     def checks(self, select: str | None = None) -> list[Check]:
-        return registry.checks_for(self.backend_cls.capabilities, select)
+        """The checks of this backend on this endpoint (the session must be started)."""
+        return registry.checks_for(self.kit.declared.capabilities, select, offered=self.kit.offer.capabilities)
 
     def skip_reason(self, check: Check) -> str:
+        """Why ``check`` is skipped here: the fixtures' ``skip``, or a
+        capability the class declares and the endpoint does not offer ("" when it runs)."""
         skips = self.fixtures.skip
         reason = skips.get(check.name) or skips.get(check.row)
-        return f"skipped by [conformance.{self.name}]: {reason}" if reason else ""
+        if reason:
+            return f"skipped by [conformance.{self.name}]: {reason}"
+        cap = check.needs
+        if cap is not None and not self.kit.offers(cap):
+            how = self.kit.not_offered.get(cap, "GetCapabilities does not list it")
+            return f"this endpoint does not offer {cap.value!r}, which {self.backend_cls.__qualname__} declares ({how})"
+        return ""
+
+    def report(self, results: Sequence[Result]) -> str:
+        """The report of ``results`` (:func:`.report.render`), also once the session stopped."""
+        assert self.answer is not None, "session never started"
+        return render(self.name, self.where, frozenset(self.backend_cls.capabilities), self.answer.offer.capabilities, results)
 
     def run(self, check: Check) -> Result:
         """Run one check, then delete what it made."""

@@ -1,5 +1,8 @@
 """Streaming transfers of disk-sized files to and from http(s) and s3 URLs.
 
+Install the extra ``vm-provider[transfer]`` (requests, boto3) to use it;
+without it, importing this package raises ImportError naming the extra.
+
 Any backend can use these to export or import disks: bytes flow in chunks of
 :data:`CHUNK` between a file object and the network, the SHA256 is computed
 on the way, and memory stays flat whatever the size.
@@ -47,7 +50,7 @@ from typing import Any, BinaryIO
 
 from ..errors import InvalidArgument
 from ..urls import redact
-from . import _http, _s3
+from . import _extra, _http, _s3  # _extra first: without the extra it says what to install
 from ._common import (
     CHUNK,
     DIGESTS,
@@ -63,6 +66,9 @@ from ._common import (
 from ._urls import check_keys, parse, scrubber, secrets
 
 log = logging.getLogger(__name__)
+
+EXTRA = _extra.EXTRA
+"""The extra that installs this package's dependencies (requests, boto3)."""
 
 
 def validate(url: str, credentials: Mapping[str, str] | None = None, *, url_field: str = "destination_url") -> None:
@@ -199,6 +205,7 @@ __all__ = [
     "BOTO_ERRORS",
     "CHUNK",
     "DIGESTS",
+    "EXTRA",
     "HTTP_STATUS",
     "REQUESTS_ERRORS",
     "S3_CODES",

@@ -4,6 +4,7 @@ command, against installed backends (the broken ones come from
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -54,10 +55,12 @@ def run_kit() -> RunKit:
 
 
 def toml_table(values: Mapping[str, Any]) -> str:
-    """A TOML table body for simple values (numbers, strings, booleans)."""
+    """A TOML table body for simple values (numbers, strings, booleans, lists of strings)."""
     lines = []
     for key, value in values.items():
-        if isinstance(value, bool):
+        if isinstance(value, list):
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        elif isinstance(value, bool):
             text = str(value).lower()
         elif isinstance(value, str):
             text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -90,7 +93,8 @@ def kit_command(tmp_path: Path) -> Command:
 @pytest.fixture
 def run_pytest() -> Command:
     """``run_pytest(directory, *args)``: a separate pytest run in ``directory``
-    (where the plugin is loaded from its installed entry point)."""
+    (the kit's plugin is loaded only when ``args`` or the directory's pytest
+    configuration ask for it)."""
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args]

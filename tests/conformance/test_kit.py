@@ -16,7 +16,7 @@ from provider_core import cli
 from provider_core.capabilities import Capability
 from provider_core.config import Config
 from provider_core.conformance import fixtures as kit_fixtures
-from provider_core.conformance import registry, runner
+from provider_core.conformance import pytest_plugin, registry, runner
 from provider_core.conformance.kit import Kit
 from provider_core.conformance.registry import Check, checks_for
 from provider_core.conformance.report import FAIL, PASS, SKIP, Result, render
@@ -25,6 +25,7 @@ from provider_core.errors import ConfigError
 from provider_core.pb import provider_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = pytest_plugin.__name__
 FAST = {"task_seconds": 0.01, "shutdown_seconds": 0.05}
 
 
@@ -37,11 +38,11 @@ def test_every_capability_is_exercised_when_declared_and_checked_when_not() -> N
 def test_checks_follow_the_declaration() -> None:
     none = {c.name for c in checks_for(frozenset())}
     assert {c.split(".")[0] for c in none} == {"core"} | {cap.value for cap in Capability}
-    assert all(name.startswith("core.") or name.endswith(".undeclared") for name in none)
+    assert all(name.startswith("core.") or name.endswith(".not_offered") for name in none)
     snapshots = {c.name for c in checks_for({Capability.SNAPSHOTS})}
     assert "snapshots.revert" in snapshots
-    assert "snapshots.undeclared" not in snapshots
-    assert "memory_snapshots.undeclared" in snapshots
+    assert "snapshots.not_offered" not in snapshots
+    assert "memory_snapshots.not_offered" in snapshots
     assert [c.name for c in checks_for(frozenset(), "core.delete")] == [
         "core.delete",
         "core.delete_running",
@@ -86,10 +87,11 @@ def test_skips_are_reported_with_their_reason(run_kit: Callable[..., list[Result
     assert by_name["core.delete"].detail == "skipped by [conformance.sim]: deleting is slow here"
     assert by_name["snapshots.delete"].detail == "skipped by [conformance.sim]: the lab's storage has no snapshots"
     assert by_name["core.delete_running"].status == PASS
-    report = render("sim", "here", frozenset(Capability), results)
-    assert re.search(r"^snapshots\s+yes\s+0\s+0\s+2\s+SKIP$", report, flags=re.M)
-    assert re.search(r"^core\s+always\s+2\s+0\s+1\s+PASS$", report, flags=re.M)
-    assert re.search(r"^clone\s+yes\s+0\s+0\s+0\s+-$", report, flags=re.M)
+    report = render("sim", "here", frozenset(Capability), frozenset(Capability), results)
+    assert re.search(r"^snapshots\s+yes\s+yes\s+0\s+0\s+2\s+SKIP$", report, flags=re.M)
+    assert re.search(r"^core\s+always\s+always\s+2\s+0\s+1\s+PASS$", report, flags=re.M)
+    assert re.search(r"^clone\s+yes\s+yes\s+0\s+0\s+0\s+-$", report, flags=re.M)
+    assert "not offered" not in report
 
 
 def crashing(kit: Kit) -> None:
@@ -131,17 +133,32 @@ def test_command_reports_what_stops_it(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_plugin_refuses_an_unknown_backend(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
-    proc = run_pytest(tmp_path, "--vm-provider-backend", "no-such-backend")
+    proc = run_pytest(tmp_path, "-p", PLUGIN, "--vm-provider-backend", "no-such-backend")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "--vm-provider-backend: unknown backend 'no-such-backend'" in proc.stderr
 
 
 def test_without_a_backend_the_plugin_adds_nothing(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
     (tmp_path / "test_plain.py").write_text("def test_plain():\n    pass\n\n\ndef test_harness(vm_provider_harness):\n    pass\n")
-    proc = run_pytest(tmp_path)
+    proc = run_pytest(tmp_path, "-p", PLUGIN)
     assert proc.returncode == 0, proc.stdout
     assert "1 passed, 1 skipped" in proc.stdout
     assert "no backend named: give --vm-provider-backend NAME" in proc.stdout
+
+
+def test_the_plugin_loads_only_when_asked_for(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
+    """Installing vm-provider adds nothing to a project's pytest runs."""
+    (tmp_path / "test_plain.py").write_text("def test_harness(vm_provider_harness):\n    pass\n")
+    plain = run_pytest(tmp_path)
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "fixture 'vm_provider_harness' not found" in plain.stdout
+    refused = run_pytest(tmp_path, "--vm-provider-backend", "sim")
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert "unrecognized arguments: --vm-provider-backend" in refused.stderr
+    (tmp_path / "conftest.py").write_text(f"pytest_plugins = [{PLUGIN!r}]\n")
+    asked = run_pytest(tmp_path)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "no backend named: give --vm-provider-backend NAME" in asked.stdout
 
 
 def fenced(lang: str) -> list[str]:
@@ -164,9 +181,9 @@ def test_the_documented_pytest_setup_runs(tmp_path: Path, run_pytest: Callable[.
 def test_the_documented_check_list_is_the_registry() -> None:
     text = (ROOT / "docs" / "conformance.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_<>]+\.[a-z0-9_]+)` \|", text, flags=re.M))
-    plain_undeclared = {c.name for c in registry.all_checks() if c.absent is not None and c.name not in documented}
-    assert documented - {"<capability>.undeclared"} | plain_undeclared == {c.name for c in registry.all_checks()}
-    assert all(name.endswith(".undeclared") for name in plain_undeclared)
+    plain_not_offered = {c.name for c in registry.all_checks() if c.absent is not None and c.name not in documented}
+    assert documented - {"<capability>.not_offered"} | plain_not_offered == {c.name for c in registry.all_checks()}
+    assert all(name.endswith(".not_offered") for name in plain_not_offered)
 
 
 def test_the_s3_checks_skip_saying_why_without_moto(monkeypatch: pytest.MonkeyPatch) -> None:

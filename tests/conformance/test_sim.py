@@ -10,11 +10,13 @@ from typing import Any
 from vm_provider_sim import SimBackend
 
 from provider_core.capabilities import Capability
+from provider_core.conformance import pytest_plugin
 from provider_core.conformance.registry import checks_for
 from provider_core.conformance.report import FAIL, PASS
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
+PLUGIN = pytest_plugin.__name__
 SIM_TOML = "[backends.sim]\ntask_seconds = 0.01\nshutdown_seconds = 0.05\n"
 
 
@@ -44,7 +46,7 @@ def test_command_passes_sim_and_prints_the_matrix(kit_command: Callable[..., Any
     }
     for cap in Capability:
         declared = "yes" if cap in SimBackend.capabilities else "no"
-        assert rows[cap.value][1] == declared
+        assert rows[cap.value][1:3] == [declared, declared]  # sim offers all it declares
         assert rows[cap.value][-1] == "PASS", rows[cap.value]
     total = len(expected_checks())
     assert f"{total} checks: {total} passed, 0 failed, 0 skipped" in proc.stdout
@@ -52,7 +54,7 @@ def test_command_passes_sim_and_prints_the_matrix(kit_command: Callable[..., Any
 
 def test_pytest_plugin_passes_sim(tmp_path: Path, run_pytest: Callable[..., Any]) -> None:
     (tmp_path / "kit.toml").write_text(SIM_TOML)
-    proc = run_pytest(tmp_path, "--vm-provider-backend", "sim", "--vm-provider-config", "kit.toml")
+    proc = run_pytest(tmp_path, "-p", PLUGIN, "--vm-provider-backend", "sim", "--vm-provider-config", "kit.toml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     total = len(expected_checks())
     assert f"{total} passed" in proc.stdout

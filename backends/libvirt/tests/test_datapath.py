@@ -24,9 +24,9 @@ import libvirt
 import pytest
 from vm_provider_libvirt import images
 
+from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness, TaskFailed
-from provider_core.testing_http import HttpSink, S3Server
 
 URI = "qemu:///system"
 POOL = "default"

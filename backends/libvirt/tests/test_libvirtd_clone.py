@@ -20,9 +20,9 @@ import pycdlib
 import pytest
 from vm_provider_libvirt.cloudinit import build_nocloud_iso
 
+from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import TaskFailed
-from provider_core.testing_http import HttpSink
 
 pytestmark = pytest.mark.libvirtd
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from provider_core.conformance.kit import field_violations
+from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness, TaskFailed
-from provider_core.testing_http import HttpSink
 
 
 def names(h: ProviderHarness) -> list[str]:

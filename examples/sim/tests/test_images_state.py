@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
-from provider_core.testing_http import HttpSink
 
 
 def test_a_prepared_image_is_a_template_for_create(sim: ProviderHarness, tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
-"""Three backends, each the sim backend with one realistic defect."""
+"""Three backends, each the sim backend with one realistic defect, and one
+whose endpoint offers less than its class declares."""
 
 from __future__ import annotations
 
 import uuid
 from typing import ClassVar
 
+from pydantic import Field
+from vm_provider_sim import SimSettings
 from vm_provider_sim.backend import SimBackend, native_errors
 from vm_provider_sim.convert import plan_reconfigure
 
-from provider_core import Capability, CloneSpec, DesiredVM, Outcome
+from provider_core import BackendSettings, Capability, CloneSpec, DesiredVM, Offer, Outcome
 
 
 class FakeCloneBackend(SimBackend):
@@ -52,3 +55,22 @@ class LeakyDeleteBackend(SimBackend):
     def delete(self, vm_id: str) -> Outcome[None]:
         self._get(vm_id)
         return Outcome.done(None)
+
+
+class WithholdingSettings(SimSettings):
+    withhold: list[Capability] = Field([], description="what this endpoint does not offer, though the class declares it")
+
+
+class WithholdingBackend(SimBackend):
+    """The sim backend on an endpoint that offers everything its class
+    declares but ``withhold`` (and what refines it), as a backend whose
+    host lacks a feature does. The core refuses the RPCs and options it
+    gates; the two refinements it cannot gate (``reconfigure_online``,
+    ``disk_expansion_online``) sim still does, going by its class: withheld,
+    they are a defect the kit reports."""
+
+    Settings: ClassVar[type[BackendSettings]] = WithholdingSettings
+
+    def offer(self) -> Offer:
+        assert isinstance(self.config, WithholdingSettings)
+        return self.declared().without(*self.config.withhold)

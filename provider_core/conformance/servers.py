@@ -1,4 +1,5 @@
-"""A real HTTP(S) server on 127.0.0.1 for tests and benchmarks of transfers.
+"""The kit's file servers on 127.0.0.1, for it and for tests and benchmarks
+of transfers: an HTTP(S) sink, and moto's S3 server.
 
     with HttpSink(tmp_path, token="s3cret") as sink:
         upload(f, sink.url("disk.qcow2"), {"token": "s3cret"})
@@ -199,12 +200,9 @@ def _handler(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-__all__ = ["HttpSink", "SeenRequest"]
-
-
 class S3Server:
-    """A real S3-compatible server (moto's, a test dependency) on 127.0.0.1
-    with the given buckets:
+    """A real S3-compatible server (moto's: ``pip install 'vm-provider[conformance]'``)
+    on 127.0.0.1 with the given buckets:
 
         with S3Server("exports") as s3:
             upload(f, "s3://exports/disk.qcow2", {"endpoint_url": s3.url, ...})
@@ -241,3 +239,6 @@ class S3Server:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self._server.stop()
+
+
+__all__ = ["HttpSink", "S3Server", "SeenRequest"]
