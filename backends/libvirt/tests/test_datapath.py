@@ -76,7 +76,7 @@ def streaming(request: pytest.FixtureRequest, scratch: Path, tmp_path: Path) -> 
     uri = request.getfixturevalue("relay").uri if request.param == "qemu+ext" else URI
     with ProviderHarness.for_backend("libvirt", {"uri": uri, "pool": POOL, "download_dir": str(scratch)}) as h:
         if request.param == "forced":
-            h.backend.local_disks = False  # type: ignore[attr-defined]
+            h.backend.data.local_disks = False  # type: ignore[attr-defined]
         yield h
     assert list(scratch.iterdir()) == [], "scratch files were left behind"
 

@@ -71,11 +71,11 @@ def test_real_libvirt_errors_reach_clients_with_their_codes(harness: ProviderHar
     assert "nope" in (info.value.details() or "")
     # Destroying a stopped domain is an invalid operation: FAILED_PRECONDITION.
     backend = harness.backend
-    dom = backend.lookup("foreign-vm")  # type: ignore[attr-defined]
+    dom = backend.session.lookup("foreign-vm")  # type: ignore[attr-defined]
     dom.destroy()
     with pytest.raises(libvirt.libvirtError) as raised:
         dom.destroy()
-    assert isinstance(backend.translate(raised.value), core.FailedPrecondition)  # type: ignore[attr-defined]
+    assert isinstance(backend.session.translate(raised.value), core.FailedPrecondition)  # type: ignore[attr-defined]
 
 
 CONDITIONS = [

@@ -220,7 +220,7 @@ class Connection:
             self._holding_loop = True
             conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have no keepalive
+            if not errors.is_unsupported(exc):  # local drivers have no keepalive
                 _close(conn)
                 self._release_loop()
                 raise errors.translate(exc, "libvirt connection") from exc
@@ -234,14 +234,11 @@ class Connection:
 
 
 def _close(conn: libvirt.virConnect) -> None:
-    try:
+    """Close a connection that may be dead already."""
+    with errors.ignoring(errors.any_error):
         conn.unregisterCloseCallback()
-    except libvirt.libvirtError:
-        pass
-    try:
+    with errors.ignoring(errors.any_error):
         conn.close()
-    except libvirt.libvirtError:
-        pass
 
 
 __all__ = [

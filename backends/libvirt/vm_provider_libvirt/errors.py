@@ -2,7 +2,8 @@
 conditions the backend branches on.
 
 Every ``libvirt.libvirtError`` the backend meets goes through
-:func:`translate`, which walks
+:func:`translate` (at the one boundary,
+:meth:`vm_provider_libvirt.session.Session.translated`), which walks
 :data:`TABLE` top to bottom and uses the first rule whose error codes match
 (and, for a few rules, whose message contains a given phrase). Rules are
 ordered most specific first. An error no rule matches becomes

@@ -29,6 +29,7 @@ from functools import cached_property
 
 import libvirt
 
+from . import errors
 from .domxml import parse as parse_xml
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,9 @@ class HostInfo:
 
 
 def _hostname(conn: libvirt.virConnect) -> str:
-    try:
+    with errors.ignoring(errors.any_error):  # only shown by Validate
         return str(conn.getHostname())
-    except libvirt.libvirtError:
-        return ""
+    return ""
 
 
 def version_text(number: int) -> str:
@@ -144,10 +144,12 @@ def version_text(number: int) -> str:
 
 def efi_available(conn: libvirt.virConnect, host: HostInfo, domain_type: str) -> bool | None:
     """Whether UEFI firmware can be auto-selected (None: the host cannot say)."""
-    try:
-        caps = parse_xml(conn.getDomainCapabilities(None, host.arch, None, domain_type, 0))
-    except libvirt.libvirtError:
+    text = ""
+    with errors.ignoring(errors.any_error):
+        text = conn.getDomainCapabilities(None, host.arch, None, domain_type, 0)
+    if not text:
         return None
+    caps = parse_xml(text)
     values = {v.text for v in caps.findall("os/enum[@name='firmware']/value")}
     return "efi" in values
 
@@ -170,16 +172,20 @@ def choose_domain_type(conn: libvirt.virConnect, host: HostInfo, setting: str) -
 
 def kvm_works(conn: libvirt.virConnect, host: HostInfo) -> bool:
     """Whether a probe guest runs faster under KVM than emulated."""
-    try:
+    emulated: float | None = None
+    kvm: float | None = None
+    probed = False
+    with errors.best_effort("probe KVM with a guest; trusting the host's offer of KVM"):
         emulated = _probe(conn, host, "qemu", PROBE_LIMIT_SECONDS)
-        if emulated is None:
-            log.warning("KVM probe: the emulated probe guest did not finish; trusting KVM")
-            return True
-        budget = max(1.0, 1.5 * emulated)
-        kvm = _probe(conn, host, "kvm", budget)
-    except libvirt.libvirtError as exc:
-        log.warning("KVM probe failed (%s); trusting the host's offer of KVM", exc.get_error_message())
+        if emulated is not None:
+            kvm = _probe(conn, host, "kvm", max(1.0, 1.5 * emulated))
+        probed = True
+    if not probed:
         return True
+    if emulated is None:
+        log.warning("KVM probe: the emulated probe guest did not finish; trusting KVM")
+        return True
+    budget = max(1.0, 1.5 * emulated)
     if kvm is None:
         log.warning(
             "KVM is offered but a probe guest did not finish within %.1fs under KVM (%.2fs emulated): using QEMU emulation",
@@ -209,17 +215,13 @@ def _probe(conn: libvirt.virConnect, host: HostInfo, domain_type: str, limit: fl
     dom = conn.createXML(xml, 0)
     try:
         while time.monotonic() - start < limit:
-            try:
-                if not dom.isActive():
-                    return time.monotonic() - start
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return time.monotonic() - start
-                raise
+            active = False  # a transient domain that ended is gone
+            with errors.ignoring(errors.is_missing_domain):
+                active = dom.isActive()
+            if not active:
+                return time.monotonic() - start
             time.sleep(0.05)
         return None
     finally:
-        try:
+        with errors.ignoring(errors.any_error):  # it ended by itself, and is gone
             dom.destroy()
-        except libvirt.libvirtError:
-            pass
