@@ -7,7 +7,8 @@ host facts, caches, and the one boundary where libvirt errors become the
 core's); the operations live in modules named for them and take the
 session; the disk data path (ImagePrepare, ExportDisk, ImportDisk, image
 downloads) is a :class:`~vm_provider_libvirt.datapath.DiskTransfers` built
-on the same session.
+on the same session. What a connected host offers is decided in
+:mod:`~vm_provider_libvirt.offers`.
 
 VM ids are domain UUIDs (stable across renames); every call also accepts a
 domain name. Domains made by vm-provider carry its mark
@@ -31,6 +32,7 @@ from provider_core import (
     ImagePrepareSpec,
     ImportResult,
     ImportSpec,
+    Offer,
     Outcome,
     PowerOp,
     SnapshotSpec,
@@ -39,39 +41,21 @@ from provider_core import (
     VMStatus,
 )
 
-from . import clone, create, images, power, queries, reconfigure, removal, snapshots, upgrade
+from . import clone, create, offers, power, queries, reconfigure, removal, snapshots, upgrade
 from .datapath import DiskTransfers
 from .session import Session
 from .settings import LibvirtSettings
-
-_CAPABILITIES: frozenset[Capability] = frozenset(
-    {
-        Capability.RECONFIGURE,
-        Capability.RECONFIGURE_ONLINE,
-        Capability.DISK_EXPANSION_ONLINE,
-        Capability.SNAPSHOTS,
-        Capability.MEMORY_SNAPSHOTS,
-        Capability.CLONE,
-        Capability.LINKED_CLONES,
-        Capability.IMAGE_PREPARE,
-        Capability.DISK_INFO,
-        Capability.DISK_EXPORT,
-        Capability.EXPORT_COMPRESSION,
-        Capability.DISK_IMPORT,
-        Capability.HARDWARE_UPGRADE,
-    }
-)
 
 
 class LibvirtBackend(Backend):
     """vm-provider on libvirt. Settings: :class:`LibvirtSettings`."""
 
     Settings = LibvirtSettings
-    capabilities: ClassVar[frozenset[Capability]] = _CAPABILITIES
-    disk_types: ClassVar[tuple[str, ...]] = ("thin", "thick", "qcow2", "raw")
-    network_types: ClassVar[tuple[str, ...]] = ("network", "bridge")
-    export_formats: ClassVar[tuple[str, ...]] = images.FORMATS
-    import_formats: ClassVar[tuple[str, ...]] = images.FORMATS
+    capabilities: ClassVar[frozenset[Capability]] = offers.DECLARED.capabilities
+    disk_types: ClassVar[tuple[str, ...]] = offers.DECLARED.disk_types
+    network_types: ClassVar[tuple[str, ...]] = offers.DECLARED.network_types
+    export_formats: ClassVar[tuple[str, ...]] = offers.DECLARED.export_formats
+    import_formats: ClassVar[tuple[str, ...]] = offers.DECLARED.import_formats
 
     settings: LibvirtSettings
 
@@ -90,6 +74,9 @@ class LibvirtBackend(Backend):
 
     def close(self) -> None:
         self.session.close()
+
+    def offer(self) -> Offer:
+        return offers.offer(self.declared(), self.session.host())
 
     def lock_key(self, vm_id: str) -> str:
         return self.session.lock_key(vm_id)

@@ -270,8 +270,12 @@ def _url_root(
     itself, in its own format (qcow2 or raw: an ISO is raw, a vmdk is
     stored as qcow2), named ``.qcow2`` only when the image says it is one.
     The disk's format is read from the volume once it is made."""
-    if session.host().is_test:
-        raise Unimplemented("image_json.URL: downloading images needs disk data, which libvirt's test driver does not keep")
+    host = session.host()
+    if not host.streams_disks:
+        raise Unimplemented(
+            f"image_json.URL: downloading images needs volume streams, "
+            f"which libvirt's {host.driver.lower()} driver does not offer"
+        )
 
     def make() -> libvirt.virStorageVol:
         if not image.checksum or not storage.holds_files(pool):

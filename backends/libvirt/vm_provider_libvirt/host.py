@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 PROBE_MEMORY_MIB = 16
 PROBE_LIMIT_SECONDS = 10.0
 
+#: libvirt version (of the daemon) from which volume streams keep holes
+#: (``VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM``, 4.4.0), which the disk data
+#: path uses.
+SPARSE_STREAMS_SINCE = 4_004_000
+
 
 @dataclass(frozen=True)
 class HostInfo:
@@ -69,6 +74,27 @@ class HostInfo:
     def reboot_events(self) -> bool:
         """Whether a guest reboot is reported by a domain event (the test
         driver reboots at once and reports nothing)."""
+        return not self.is_test
+
+    @property
+    def keeps_disk_data(self) -> bool:
+        """Whether volumes hold bytes that streams carry in and out
+        (``vol.upload``, ``vol.download``). The test driver keeps only each
+        volume's name, format and sizes, and has no volume streams."""
+        return not self.is_test
+
+    @property
+    def streams_disks(self) -> bool:
+        """Whether the disk data path can move volume bytes here: the
+        volumes keep data, and the daemon streams it keeping holes
+        (libvirt >= 4.4)."""
+        return self.keeps_disk_data and self.libvirt_version >= SPARSE_STREAMS_SINCE
+
+    @property
+    def resizes_disks(self) -> bool:
+        """Whether volumes and a running domain's disks can grow
+        (``vol.resize``, ``blockResize``): not on the test driver, which
+        implements neither."""
         return not self.is_test
 
     @classmethod

@@ -10,7 +10,9 @@ maximums (they keep the create-time headroom) and growing volumes with
 All or nothing: every change is checked before the first is made; what a
 running VM cannot take raises FAILED_PRECONDITION naming what it needs
 (power-off), impossible requests raise INVALID_ARGUMENT (shrinking a disk,
-adding or removing disks or NICs, changing firmware or the name). CPU and
+adding or removing disks or NICs, changing firmware or the name), and disk
+growth on a host that cannot resize volumes at all (libvirt's test driver)
+UNIMPLEMENTED naming what it lacks: no power state would help there. CPU and
 memory changes are undone when a later change fails (a disk that grew
 stays grown: disks only grow). Image, placement, cloud-init data and
 ExtraConfig are create-time only and ignored here.
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from provider_core import DesiredVM, FailedPrecondition, InvalidArgument, Outcome
+from provider_core import DesiredVM, FailedPrecondition, InvalidArgument, Outcome, Unimplemented
 from provider_core.specs import Firmware, VMClass
 
 from . import domxml, errors, marks, power, storage
@@ -71,6 +73,7 @@ class Plan:
         self.changes: list[Change] = []
         self.disk_changes: list[Change] = []
         self.invalid: list[tuple[str, str]] = []
+        self.unsupported: list[str] = []
         self.needs: list[str] = []
 
     def check(self) -> None:
@@ -78,6 +81,8 @@ class Plan:
             path, problem = self.invalid[0]
             more = f" (and {len(self.invalid) - 1} more)" if len(self.invalid) > 1 else ""
             raise InvalidArgument(f"{path}: {problem}{more}", self.invalid)
+        if self.unsupported:
+            raise Unimplemented("; ".join(self.unsupported))
         if self.needs:
             raise FailedPrecondition("; ".join(self.needs))
 
@@ -197,6 +202,7 @@ def _disks(session: Session, dom: libvirt.virDomain, mark: Mark, desired: Desire
                 plan.invalid.append((f"desired_json.Disks[{i}]", "adding disks is not supported by Reconfigure"))
                 continue
             wanted.append((f"desired_json.Disks[{i}].SizeGiB", ref, disk.size_gib))
+    host = session.host()
     for field, ref, size_gib in wanted:
         if ref is None:
             continue  # no root disk made at Create (DiskDefaults was unused then too)
@@ -210,6 +216,11 @@ def _disks(session: Session, dom: libvirt.virDomain, mark: Mark, desired: Desire
         if size < current:
             plan.invalid.append(
                 (field, f"{size_gib} GiB is smaller than disk {ref.target} ({current / GIB:g} GiB): disks only grow")
+            )
+        elif size > current and not host.resizes_disks:
+            plan.unsupported.append(
+                f"{field}: growing disk {ref.target} needs volume resizing, "
+                f"which libvirt's {host.driver.lower()} driver does not implement"
             )
         elif size > current:
             plan.disk_changes.append(_grow(dom, vol, ref.target, size, running))

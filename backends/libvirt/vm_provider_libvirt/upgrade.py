@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from provider_core import FailedPrecondition, InvalidArgument, Outcome, Unimplemented
+from provider_core import FailedPrecondition, InvalidArgument, Outcome
 
 from . import domxml, power
 from .session import Session
@@ -31,8 +31,6 @@ def hardware_upgrade(session: Session, vm_id: str, target_version: int) -> Outco
         if dom.state()[0] not in power.STOPPED:
             raise FailedPrecondition(f"VM {name!r} is running: power it off to change its machine type")
         root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        if not host.machines:
-            raise Unimplemented(f"libvirt's {host.driver} driver has no machine types to move VM {name!r} to")
         current = host.canonical_machine(domxml.machine(root))
         m = VERSIONED.fullmatch(current)
         if not m:
