@@ -124,14 +124,6 @@ def is_local(uri: str) -> bool:
     return not parts.hostname and parts.scheme.partition("+")[2] in ("", "unix")
 
 
-def in_process(uri: str) -> bool:
-    """The URI names libvirt's test driver inside this process
-    (``test:///default``, ``test:///path/to/host.xml``): its calls wait on
-    no daemon and no I/O."""
-    parts = urlsplit(uri)
-    return parts.scheme == "test" and not parts.netloc
-
-
 def safe_uri(uri: str) -> str:
     """The URI without user info or query (which may carry key files)."""
     parts = urlsplit(uri)
@@ -246,7 +238,6 @@ __all__ = [
     "event_loop",
     "event_loop_running",
     "hold_event_loop",
-    "in_process",
     "is_local",
     "register_event_loop",
     "release_event_loop",
