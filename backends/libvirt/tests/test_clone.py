@@ -24,7 +24,7 @@ def clone(harness: ProviderHarness, source: str, target: str, linked: bool = Fal
 
 
 def domain(harness: ProviderHarness, vm_id: str) -> ET.Element:
-    return ET.fromstring(harness.backend.lookup(vm_id).XMLDesc(0))  # type: ignore[attr-defined]
+    return ET.fromstring(harness.backend.session.lookup(vm_id).XMLDesc(0))  # type: ignore[attr-defined]
 
 
 def disk_paths(root: ET.Element) -> list[str]:
@@ -36,12 +36,12 @@ def macs(root: ET.Element) -> list[str]:
 
 
 def backing(harness: ProviderHarness, path: str) -> str:
-    vol = harness.backend.conn().storageVolLookupByPath(path)  # type: ignore[attr-defined]
+    vol = harness.backend.session.conn().storageVolLookupByPath(path)  # type: ignore[attr-defined]
     return ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path") or ""
 
 
 def pool_volumes(harness: ProviderHarness) -> set[str]:
-    pool = harness.backend.conn().storagePoolLookupByName("default")  # type: ignore[attr-defined]
+    pool = harness.backend.session.conn().storagePoolLookupByName("default")  # type: ignore[attr-defined]
     return {v.name() for v in pool.listAllVolumes(0)}
 
 

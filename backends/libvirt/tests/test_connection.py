@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from vm_provider_libvirt.connection import in_process, is_local, safe_uri
+from vm_provider_libvirt.connection import is_local, safe_uri
 
 
 @pytest.mark.parametrize(
@@ -25,22 +25,6 @@ from vm_provider_libvirt.connection import in_process, is_local, safe_uri
 )
 def test_is_local(uri: str, local: bool) -> None:
     assert is_local(uri) is local
-
-
-@pytest.mark.parametrize(
-    ("uri", "inside"),
-    [
-        ("test:///default", True),
-        ("test:///srv/hosts/node.xml", True),
-        ("test+unix:///default", False),  # through a daemon's socket
-        ("test+tcp://node1/default", False),
-        ("test://node1/default", False),
-        ("qemu:///system", False),
-        ("qemu+ssh://root@node1/system", False),
-    ],
-)
-def test_in_process_tells_the_test_driver_in_this_process(uri: str, inside: bool) -> None:
-    assert in_process(uri) is inside
 
 
 def test_safe_uri_drops_credentials_and_query() -> None:

@@ -76,7 +76,7 @@ def streaming(request: pytest.FixtureRequest, scratch: Path, tmp_path: Path) -> 
     uri = request.getfixturevalue("relay").uri if request.param == "qemu+ext" else URI
     with ProviderHarness.for_backend("libvirt", {"uri": uri, "pool": POOL, "download_dir": str(scratch)}) as h:
         if request.param == "forced":
-            h.backend.local_disks = False  # type: ignore[attr-defined]
+            h.backend.data.local_disks = False  # type: ignore[attr-defined]
         yield h
     assert list(scratch.iterdir()) == [], "scratch files were left behind"
 
@@ -528,25 +528,17 @@ def test_image_prepare_copies_a_template(provider: ProviderHarness, lab: Lab) ->
 # -- the test driver ----------------------------------------------------------------------------
 
 
-def test_on_the_test_driver_only_volume_copies_work() -> None:
-    """libvirt's test driver keeps no disk bytes: what needs them answers
-    UNIMPLEMENTED saying so; ImagePrepare of a template copies the volume."""
-    shared = libvirt.open("test:///default")  # the same in-process instance as the server's
-    try:
-        pool = shared.storagePoolLookupByName("default-pool")
-        base = "<volume><name>golden.img</name><capacity unit='bytes'>1048576</capacity></volume>"
-        pool.createXML(base, 0)
-        with ProviderHarness.for_backend("libvirt", {"uri": "test:///default"}) as h:
-            vm_id = shared.listAllDomains(0)[0].UUIDString()
-            for call in (
-                lambda: _export(h, vm_id, "http://127.0.0.1:9/x.qcow2"),
-                lambda: _import(h, "http://127.0.0.1:9/x.qcow2", "x", storage_hint="default-pool"),
-                lambda: _prepare(h, '{"URL": "http://127.0.0.1:9/x.qcow2"}', "x", storage_hint="default-pool"),
-            ):
-                code, details = _code(call)
-                assert code == grpc.StatusCode.UNIMPLEMENTED, details
-                assert "test driver" in details
-            h.wait(_prepare(h, '{"TemplateName": "golden.img"}', "copy.img", storage_hint="default-pool").task)
-            assert pool.storageVolLookupByName("copy.img").info()[1] == 1048576
-    finally:
-        shared.close()
+def test_the_test_driver_offers_no_data_path() -> None:
+    """libvirt's test driver keeps no disk bytes: ExportDisk, ImportDisk and
+    ImagePrepare are not offered there, and the core refuses them naming the
+    capability before the backend is asked."""
+    with ProviderHarness.for_backend("libvirt", {"uri": "test:///default"}) as h:
+        for call, capability in (
+            (lambda: _export(h, "test", "http://127.0.0.1:9/x.qcow2"), "disk_export"),
+            (lambda: _import(h, "http://127.0.0.1:9/x.qcow2", "x", storage_hint="default-pool"), "disk_import"),
+            (lambda: _prepare(h, '{"URL": "http://127.0.0.1:9/x.qcow2"}', "x", storage_hint="default-pool"), "image_prepare"),
+            (lambda: _prepare(h, '{"TemplateName": "golden.img"}', "copy.img", storage_hint="default-pool"), "image_prepare"),
+        ):
+            code, details = _code(call)
+            assert code == grpc.StatusCode.UNIMPLEMENTED, details
+            assert f"capability {capability!r}" in details

@@ -12,7 +12,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from vm_provider_libvirt import networks
+from vm_provider_libvirt import readcache
 from vm_provider_libvirt.readcache import Changes, Facts, Parsed
 
 from provider_core import Outcome
@@ -24,7 +24,7 @@ MIB = 1024
 
 
 def _memory_behind_the_back(harness: ProviderHarness, vm_id: str, mib: int) -> None:
-    dom = harness.backend.conn().lookupByUUIDString(vm_id)  # type: ignore[attr-defined]
+    dom = harness.backend.session.conn().lookupByUUIDString(vm_id)  # type: ignore[attr-defined]
     dom.setMemoryFlags(mib * MIB, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
 
@@ -39,7 +39,7 @@ def test_a_definition_changed_behind_the_back_shows_within_the_ttl(
     assert raw(vm)["memory_mib"] == 512
     _memory_behind_the_back(harness, vm, 384)
     assert raw(vm)["memory_mib"] == 512, "Describe read the XML again although what it had was recent"
-    monkeypatch.setattr(networks, "DESCRIBE_TTL", 0.2)
+    monkeypatch.setattr(readcache, "DESCRIBE_TTL", 0.2)
     time.sleep(0.25)
     assert raw(vm)["memory_mib"] == 384
 
@@ -53,21 +53,21 @@ def test_listvms_follows_the_same_rule(harness: ProviderHarness, vm: str, monkey
     assert _listed(harness, vm).memory_mib == 512
     _memory_behind_the_back(harness, vm, 384)
     assert _listed(harness, vm).memory_mib == 512  # read within the TTL: reused
-    dom = harness.backend.conn().lookupByUUIDString(vm)  # type: ignore[attr-defined]
+    dom = harness.backend.session.conn().lookupByUUIDString(vm)  # type: ignore[attr-defined]
     dom.create()
     started = _listed(harness, vm)
     assert (started.power_state, started.memory_mib) == ("On", 384)  # a new state: read again
     harness.stub.Reconfigure(pb.ReconfigureRequest(id=vm, desired_json='{"Class": {"MemoryMiB": 256}}'))
     assert _listed(harness, vm).memory_mib == 256  # a change through the provider: at once
     dom.setMemoryFlags(320 * MIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    monkeypatch.setattr(networks, "DESCRIBE_TTL", 0.2)
+    monkeypatch.setattr(readcache, "DESCRIBE_TTL", 0.2)
     time.sleep(0.25)
     assert _listed(harness, vm).memory_mib == 320
 
 
 def test_a_start_or_stop_behind_the_back_shows_at_once(harness: ProviderHarness, vm: str, raw: Raw) -> None:
     assert raw(vm)["id"] == -1  # inactive domains have no id
-    dom = harness.backend.conn().lookupByUUIDString(vm)  # type: ignore[attr-defined]
+    dom = harness.backend.session.conn().lookupByUUIDString(vm)  # type: ignore[attr-defined]
     dom.create()
     started = harness.stub.Describe(pb.DescribeRequest(id=vm))
     assert started.power_state == "On"
@@ -78,7 +78,7 @@ def test_a_start_or_stop_behind_the_back_shows_at_once(harness: ProviderHarness,
 
 def test_a_name_given_to_another_domain_behind_the_back_shows_at_once(harness: ProviderHarness, vm: str, raw: Raw) -> None:
     assert raw("cached")["uuid"] == vm  # Describe by name
-    conn = harness.backend.conn()  # type: ignore[attr-defined]
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
     old = conn.lookupByUUIDString(vm)
     xml = old.XMLDesc(0)
     old.undefine()
@@ -95,7 +95,7 @@ def test_changes_through_the_provider_show_at_once(harness: ProviderHarness, vm:
 def test_while_a_change_is_under_way_describe_reads_afresh(harness: ProviderHarness, vm: str, raw: Raw) -> None:
     backend: Any = harness.backend
     assert raw(vm)["memory_mib"] == 512
-    outcome = backend.changing(lambda: Outcome.later(None, lambda: None))  # begun; its work not yet run
+    outcome = backend.session.changing(lambda: Outcome.later(None, lambda: None))  # begun; its work not yet run
     assert outcome.work is not None
     _memory_behind_the_back(harness, vm, 256)
     assert raw(vm)["memory_mib"] == 256
@@ -115,8 +115,8 @@ def test_a_failed_change_ends_too(harness: ProviderHarness, vm: str, raw: Raw) -
         raise RuntimeError("failed")
 
     with pytest.raises(RuntimeError):
-        backend.changing(broken)
-    assert backend.changes.quiet() is not None
+        backend.session.changing(broken)
+    assert backend.session.quiet() is not None
 
 
 def _facts(xml: str) -> Facts:

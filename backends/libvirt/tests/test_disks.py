@@ -1,4 +1,5 @@
-"""GetDiskInfo and HardwareUpgrade on the libvirt test driver."""
+"""GetDiskInfo on the libvirt test driver (HardwareUpgrade is not offered
+there: test_offers.py; on a real daemon: test_libvirtd_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,3 @@ def test_disk_info_of_primary_and_named_disks(harness: ProviderHarness, make_vm:
         with pytest.raises(grpc.RpcError) as info:
             harness.stub.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=vm_id, disk_id=disk_id, snapshot_id=snapshot_id))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def test_hardware_upgrade_refusals_on_the_test_driver(harness: ProviderHarness, make_vm: Callable[..., str]) -> None:
-    vm_id = make_vm("web-1")
-    with pytest.raises(grpc.RpcError) as info:
-        harness.stub.HardwareUpgrade(pb.HardwareUpgradeRequest(id=vm_id))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # the test driver has no machine types
-    harness.stub.Power(pb.PowerRequest(id=vm_id, op=pb.POWER_OP_ON))
-    with pytest.raises(grpc.RpcError) as info:
-        harness.stub.HardwareUpgrade(pb.HardwareUpgradeRequest(id=vm_id))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

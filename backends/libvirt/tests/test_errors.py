@@ -71,8 +71,53 @@ def test_real_libvirt_errors_reach_clients_with_their_codes(harness: ProviderHar
     assert "nope" in (info.value.details() or "")
     # Destroying a stopped domain is an invalid operation: FAILED_PRECONDITION.
     backend = harness.backend
-    dom = backend.lookup("foreign-vm")  # type: ignore[attr-defined]
+    dom = backend.session.lookup("foreign-vm")  # type: ignore[attr-defined]
     dom.destroy()
     with pytest.raises(libvirt.libvirtError) as raised:
         dom.destroy()
-    assert isinstance(backend.translate(raised.value), core.FailedPrecondition)  # type: ignore[attr-defined]
+    assert isinstance(backend.session.translate(raised.value), core.FailedPrecondition)  # type: ignore[attr-defined]
+
+
+CONDITIONS = [
+    (errors.is_missing_domain, libvirt.VIR_ERR_NO_DOMAIN),
+    (errors.is_missing_snapshot, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT),
+    (errors.is_missing_volume, libvirt.VIR_ERR_NO_STORAGE_VOL),
+    (errors.is_missing_pool, libvirt.VIR_ERR_NO_STORAGE_POOL),
+    (errors.is_missing_network, libvirt.VIR_ERR_NO_NETWORK),
+    (errors.is_volume_taken, libvirt.VIR_ERR_STORAGE_VOL_EXIST),
+    (errors.is_unsupported, libvirt.VIR_ERR_NO_SUPPORT),
+    (errors.is_invalid_in_state, libvirt.VIR_ERR_OPERATION_INVALID),
+    (errors.is_flag_refused, libvirt.VIR_ERR_INVALID_ARG),
+    (errors.is_flag_refused, libvirt.VIR_ERR_NO_SUPPORT),
+]
+
+
+@pytest.mark.parametrize(("condition", "code"), CONDITIONS, ids=[f"{c.__name__}-{code}" for c, code in CONDITIONS])
+def test_each_condition_names_its_codes_and_no_other(condition: errors.Condition, code: int) -> None:
+    assert condition(libvirt_error(code, "it happened"))
+    assert not condition(libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, "something else"))
+
+
+def test_every_named_condition_is_tested() -> None:
+    named = {getattr(errors, n) for n in dir(errors) if n.startswith("is_")}
+    assert named == {c for c, _ in CONDITIONS}
+
+
+def test_ignoring_ends_quietly_only_what_it_names() -> None:
+    missing = libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL, "no volume")
+    with errors.ignoring(errors.is_missing_domain, errors.is_missing_volume):
+        raise missing
+    other = libvirt_error(libvirt.VIR_ERR_NO_STORAGE_POOL, "no pool")
+    with pytest.raises(libvirt.libvirtError) as raised, errors.ignoring(errors.is_missing_volume):
+        raise other
+    assert raised.value is other
+    with pytest.raises(TypeError, match="name the conditions"), errors.ignoring():
+        pass
+
+
+def test_best_effort_logs_a_failed_cleanup_instead_of_raising(caplog: pytest.LogCaptureFixture) -> None:
+    with errors.best_effort("remove volume 'x'"):
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED, "volume is busy")
+    assert "could not remove volume 'x': volume is busy" in caplog.text
+    with pytest.raises(ValueError, match="not libvirt"), errors.best_effort("anything"):
+        raise ValueError("not libvirt")

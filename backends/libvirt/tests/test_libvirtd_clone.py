@@ -54,7 +54,7 @@ def disk_sources(host: Any, vm_id: str) -> dict[str, str]:
 
 
 def backing(host: Any, path: str) -> str:
-    vol = host.harness.backend.conn().storageVolLookupByPath(path)
+    vol = host.harness.backend.session.conn().storageVolLookupByPath(path)
     return ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path") or ""
 
 
@@ -115,7 +115,7 @@ def test_linked_and_full_clones_boot_with_their_own_identity(real_host: Any, sou
         if vm_id == source:
             assert backing(real_host, linked_disks["vda"]) == base
     with pytest.raises(libvirt.libvirtError):
-        real_host.harness.backend.conn().storageVolLookupByPath(base)
+        real_host.harness.backend.session.conn().storageVolLookupByPath(base)
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def image_server(tmp_path: Path) -> Iterator[tuple[HttpSink, str]]:
 def test_create_from_a_downloaded_image_boots(real_host: Any, image_server: tuple[HttpSink, str]) -> None:
     sink, digest = image_server
     image = {"URL": sink.url("disk.qcow2"), "Checksum": digest, "Format": "qcow2"}
-    conn = real_host.harness.backend.conn()
+    conn = real_host.harness.backend.session.conn()
     cached = f"vmp-image-{digest[:16]}"
     try:
         vm_id = real_host.create("fromurl", image_json=image, class_json=real_host.guest_class())
@@ -185,17 +185,17 @@ def test_a_downloaded_raw_or_iso_image_is_attached_as_raw(
     image = {"URL": plain_images.url(path), **({"Format": declared} if declared else {})}
     suffix = f"url-{declared or 'probed'}"
     vm_id = real_host.create(suffix, image_json=image, class_json=real_host.guest_class())
-    dom = real_host.harness.backend.lookup(vm_id)
+    dom = real_host.harness.backend.session.lookup(vm_id)
     vda = next(d for d in ET.fromstring(dom.XMLDesc(0)).findall("devices/disk") if d.find("target").get("dev") == "vda")
     assert vda.find("driver").get("type") == "raw"
-    volume = real_host.harness.backend.conn().storageVolLookupByPath(vda.find("source").get("file"))
+    volume = real_host.harness.backend.session.conn().storageVolLookupByPath(vda.find("source").get("file"))
     libvirt_format = ET.fromstring(volume.XMLDesc(0)).find("target/format").get("type")
     assert libvirt_format == ("iso" if declared == "iso" else "raw")  # libvirt's probe of the pool's files
     assert volume.name() == f"{real_host.name(suffix)}-vda.img"
     assert real_host.power(vm_id, ON) == "On"
     real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
     with pytest.raises(libvirt.libvirtError):
-        real_host.harness.backend.conn().storageVolLookupByPath(volume.path())
+        real_host.harness.backend.session.conn().storageVolLookupByPath(volume.path())
 
 
 def test_a_raw_image_in_disguise_is_refused(real_host: Any, plain_images: HttpSink) -> None:
@@ -204,5 +204,5 @@ def test_a_raw_image_in_disguise_is_refused(real_host: Any, plain_images: HttpSi
     image = {"URL": plain_images.url("disguised.img"), "Format": "raw"}
     with pytest.raises(TaskFailed, match="given as raw but holds a qcow2 image"):
         real_host.create("disguised", image_json=image, class_json=real_host.guest_class())
-    conn = real_host.harness.backend.conn()
+    conn = real_host.harness.backend.session.conn()
     assert not [v for v in conn.storagePoolLookupByName("default").listAllVolumes(0) if "disguised" in v.name()]

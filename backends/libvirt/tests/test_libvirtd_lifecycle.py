@@ -36,7 +36,7 @@ def raw(host: Any, vm_id: str) -> dict[str, Any]:
 
 
 def domain(host: Any, vm_id: str) -> libvirt.virDomain:
-    return host.harness.backend.lookup(vm_id)
+    return host.harness.backend.session.lookup(vm_id)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_libvirts_event_loop_runs_only_while_needed(real_host: Any, caplog: pyte
     assert not connection.event_loop_running()
 
     dom = domain(real_host, vm_id)
-    conn = real_host.harness.backend.conn()
+    conn = real_host.harness.backend.session.conn()
     seen: list[int] = []
     arrived = threading.Event()
 
@@ -251,7 +251,7 @@ def test_hardware_upgrade_moves_a_stopped_vm_forward(real_host: Any) -> None:
 
 
 def test_delete_a_vm_with_snapshots_removes_everything(real_host: Any, running: str) -> None:
-    conn = real_host.harness.backend.conn()
+    conn = real_host.harness.backend.session.conn()
     paths = [d["path"] for d in raw(real_host, running)["disks"]]
     real_host.power(running, ON)
     resp = real_host.stub.Delete(pb.DeleteRequest(id=running))

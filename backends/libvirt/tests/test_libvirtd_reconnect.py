@@ -37,14 +37,14 @@ def test_the_call_after_a_daemon_restart_succeeds(real_host: Any) -> None:
     before = stub.Describe(pb.DescribeRequest(id=vm_id))
     assert before.exists
     assert before.power_state == "Off"
-    generation = real_host.harness.backend.connection.generation
+    generation = real_host.harness.backend.session.connection.generation
 
     restart_libvirtd(testbed)
 
     after = stub.Describe(pb.DescribeRequest(id=vm_id))  # the very next call
     assert after.exists
     assert after.power_state == "Off"
-    assert real_host.harness.backend.connection.generation == generation + 1
+    assert real_host.harness.backend.session.connection.generation == generation + 1
     assert any(vm.id == vm_id for vm in stub.ListVMs(pb.ListVMsRequest()).vms)
     assert stub.Validate(pb.ValidateRequest()).ok
     other = real_host.create("after-restart")
@@ -57,10 +57,10 @@ def test_a_change_right_after_a_daemon_restart_succeeds(real_host: Any) -> None:
 
     testbed = str(Path(__file__).resolve().parents[3] / "testbed")
     real_host.stub.Validate(pb.ValidateRequest())  # the connection is open before the restart
-    generation = real_host.harness.backend.connection.generation
+    generation = real_host.harness.backend.session.connection.generation
 
     restart_libvirtd(testbed)
 
     vm_id = real_host.create("first-after-restart")  # the very next call
-    assert real_host.harness.backend.connection.generation == generation + 1
+    assert real_host.harness.backend.session.connection.generation == generation + 1
     real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)

@@ -48,12 +48,12 @@ def remote(relay: Any, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Provi
 def test_a_link_that_dies_is_noticed_and_replaced(remote: tuple[ProviderHarness, Any], caplog: pytest.LogCaptureFixture) -> None:
     h, relay = remote
     assert h.stub.Validate(pb.ValidateRequest(), timeout=30).ok
-    generation = h.backend.connection.generation  # type: ignore[attr-defined]
+    generation = h.backend.session.connection.generation  # type: ignore[attr-defined]
     os.kill(relay.latest(), signal.SIGKILL)
     # The event loop reads the closed link and runs the close callback at once.
     eventually(lambda: "libvirt closed the connection" in caplog.text, "the close callback", timeout=10)
     h.stub.ListVMs(pb.ListVMsRequest(), timeout=30)
-    assert h.backend.connection.generation == generation + 1  # type: ignore[attr-defined]
+    assert h.backend.session.connection.generation == generation + 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
@@ -62,9 +62,9 @@ def test_a_link_that_goes_silent_is_given_up_by_keepalive(
 ) -> None:
     h, relay = remote
     assert h.stub.Validate(pb.ValidateRequest(), timeout=30).ok
-    generation = h.backend.connection.generation  # type: ignore[attr-defined]
+    generation = h.backend.session.connection.generation  # type: ignore[attr-defined]
     os.kill(relay.latest(), signal.SIGSTOP)  # the link stays open but nothing gets through
     # Probes every 5 s, 3 unanswered: the link is declared dead within about 20 s.
     eventually(lambda: "libvirt closed the connection" in caplog.text, "keepalive giving up", timeout=40)
     h.stub.ListVMs(pb.ListVMsRequest(), timeout=30)
-    assert h.backend.connection.generation == generation + 1  # type: ignore[attr-defined]
+    assert h.backend.session.connection.generation == generation + 1  # type: ignore[attr-defined]

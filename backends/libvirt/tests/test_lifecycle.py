@@ -99,7 +99,7 @@ def test_power_ops_are_idempotent_and_follow_the_table(harness: ProviderHarness,
     assert power(harness, vm_id, REBOOT) == "On"  # a stopped VM rebooted is started
     assert power(harness, vm_id, ON) == "On"  # already on
     assert power(harness, vm_id, REBOOT) == "On"
-    harness.backend.lookup(vm_id).suspend()  # type: ignore[attr-defined]
+    harness.backend.session.lookup(vm_id).suspend()  # type: ignore[attr-defined]
     assert harness.stub.Describe(pb.DescribeRequest(id=vm_id)).power_state == "Suspended"
     assert power(harness, vm_id, ON) == "On"  # resumed
     assert power(harness, vm_id, SHUTDOWN, graceful=5) == "Off"
@@ -131,7 +131,7 @@ def test_delete_removes_the_vm_its_volumes_and_snapshots(
     vm_id = make_vm("web-1", disks_json=[{"SizeGiB": 1}, {"SizeGiB": 2}], user_data=b"#cloud-config\n")
     power(harness, vm_id, ON)
     harness.stub.SnapshotCreate(pb.SnapshotCreateRequest(vm_id=vm_id, name_hint="s1", include_memory=True))
-    pool = harness.backend.conn().storagePoolLookupByName("default")  # type: ignore[attr-defined]
+    pool = harness.backend.session.conn().storagePoolLookupByName("default")  # type: ignore[attr-defined]
     assert len(pool.listAllVolumes(0)) == 4
     resp = harness.stub.Delete(pb.DeleteRequest(id=vm_id))
     harness.wait(resp.task)

@@ -1,7 +1,8 @@
 """The README cannot drift from the code: its TOML samples load as
 plugins.toml and validate as LibvirtSettings, its settings table names
 every setting with its real default, and its tables of ExtraConfig keys,
-native states and capabilities match the backend's declarations."""
+native states and capabilities match the backend's declarations, and what
+it says the test driver offers is what the backend offers there."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 from pydantic import SecretStr
-from vm_provider_libvirt import create, states
+from vm_provider_libvirt import create, offers, states
 from vm_provider_libvirt.backend import LibvirtBackend
+from vm_provider_libvirt.host import HostInfo
 from vm_provider_libvirt.settings import LibvirtSettings
 
 from provider_core.config import build, load_file
@@ -110,3 +113,25 @@ def test_the_state_table_is_the_state_map() -> None:
 def test_the_capability_table_is_the_declaration() -> None:
     documented = [code(row[0]) for row in table("| capability | here |")]
     assert sorted(documented) == sorted(c.value for c in LibvirtBackend.capabilities)
+
+
+def _test_driver_offer() -> set[str]:
+    conn = libvirt.open("test:///default")
+    try:
+        host = HostInfo.read(conn)
+    finally:
+        conn.close()
+    return {c.value for c in offers.offer(LibvirtBackend.declared(), host).capabilities}
+
+
+def test_what_the_test_driver_does_not_offer_is_documented() -> None:
+    rows = table("| not offered | when | why |")
+    documented = {name for cells in rows for name in re.findall(r"`([a-z_]+)`", cells[0])}
+    assert all("the test driver" in when for _, when, _ in rows)
+    assert documented == {c.value for c in LibvirtBackend.capabilities} - _test_driver_offer()
+
+
+def test_what_the_test_driver_offers_is_documented() -> None:
+    sentence = TEXT[TEXT.index("So `test:///default`") : TEXT.index("each", TEXT.index("So `test:///default`"))]
+    listed = set(re.findall(r"`([a-z_]+)`", sentence))
+    assert listed == _test_driver_offer()

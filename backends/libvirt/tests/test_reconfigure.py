@@ -8,7 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import libvirt
 import pytest
+from vm_provider_libvirt import domxml
+from vm_provider_libvirt.reconfigure import Change, Plan, each_side
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
@@ -78,14 +81,34 @@ def test_impossible_changes_are_invalid(harness: ProviderHarness, running_vm: st
     assert raw(running_vm) == before
 
 
-def test_a_change_that_fails_midway_is_undone(
-    harness: ProviderHarness, running_vm: str, raw: Callable[[str], dict[str, Any]]
-) -> None:
-    # The test driver cannot resize disks: the CPU change made first is undone.
-    err = refused(harness, running_vm, {"Class": {"CPU": 3}, "Disks": [{"SizeGiB": 4}]})
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not supported" in (err.details() or "")
-    assert raw(running_vm)["vcpus"] == 2
+def test_a_change_that_fails_midway_is_undone(harness: ProviderHarness, running_vm: str) -> None:
+    """A plan's changes run in order; when one fails, those made before it
+    are undone. Here the CPU change applies, then the test driver refuses
+    blockResize (real libvirt calls, on the server's own connection)."""
+    dom = harness.backend.session.lookup(running_vm)  # type: ignore[attr-defined]
+
+    def vcpus() -> int:
+        return domxml.vcpus(domxml.parse(dom.XMLDesc(0)))[0]
+
+    plan = Plan()
+    plan.changes.append(
+        Change(
+            "vCPUs 2 -> 3",
+            each_side(True, lambda flags: dom.setVcpusFlags(3, flags)),
+            each_side(True, lambda flags: dom.setVcpusFlags(2, flags)),
+        )
+    )
+    grown: list[int] = []
+
+    def grow() -> None:
+        grown.append(vcpus())  # the CPU change was made
+        dom.blockResize("vda", 4 * 2**30, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    plan.disk_changes.append(Change("disk vda -> 4 GiB", grow))
+    with pytest.raises(libvirt.libvirtError, match="virDomainBlockResize"):
+        plan.run()
+    assert grown == [3]
+    assert vcpus() == 2
 
 
 def test_a_stopped_vm_can_go_past_its_maximums(

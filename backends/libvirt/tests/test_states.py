@@ -51,7 +51,7 @@ def test_reasons_are_words() -> None:
 
 def test_running_paused_and_off_are_reported_distinctly(harness: ProviderHarness) -> None:
     stub = harness.stub
-    dom = harness.backend.lookup("foreign-vm")  # type: ignore[attr-defined]
+    dom = harness.backend.session.lookup("foreign-vm")  # type: ignore[attr-defined]
 
     def seen() -> tuple[str, str, str]:
         resp = stub.Describe(pb.DescribeRequest(id="foreign-vm"))

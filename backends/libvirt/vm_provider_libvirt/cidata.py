@@ -10,16 +10,14 @@ volume is created (and attached, and deleted with the VM) but stays empty.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 
 from . import cloudinit, storage, streams
 from .domxml import DomainDisk
 from .marks import VolumeRef
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ def volume_name(vm_name: str) -> str:
 
 
 def make(
-    lv: LibvirtBackend,
+    session: Session,
     pool: libvirt.virStoragePool,
     vm_name: str,
     *,
@@ -50,8 +48,8 @@ def make(
         storage.delete(old)
     vol = storage.create_blank(pool, name, len(iso), "raw")
     try:
-        if not streams.upload_bytes(lv.conn(), vol, iso):
-            log.debug("libvirt driver %s cannot upload volumes: %s stays empty", lv.host().driver, name)
+        if not streams.upload_bytes(session.conn(), vol, iso):
+            log.debug("libvirt driver %s cannot upload volumes: %s stays empty", session.host().driver, name)
     except BaseException:
         storage.delete(vol)
         raise

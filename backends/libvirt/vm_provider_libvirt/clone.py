@@ -31,19 +31,17 @@ import logging
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 
 from provider_core import CloneSpec, FailedPrecondition, Outcome
 from provider_core.specs import Customization, NetworkAttachment
 
-from . import cidata, cloudinit, domxml, marks, power, storage
+from . import cidata, cloudinit, domxml, errors, marks, power, storage
 from .create import check_free, check_name, existing_id, now, placement_pool, resources, rollback, serial_log
 from .marks import Mark, VolumeRef
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +82,22 @@ class ClonePlan:
         return str(self.src.name())
 
 
-def clone(lv: LibvirtBackend, spec: CloneSpec) -> Outcome[str]:
+def clone(session: Session, spec: CloneSpec) -> Outcome[str]:
     check_name(spec.target_name, "target_name")
-    found = existing_id(lv, spec.target_name)
+    found = existing_id(session, spec.target_name)
     if found is not None:
         return Outcome.done(found)
-    plan = _plan(lv, spec)
+    plan = _plan(session, spec)
     if spec.linked:
-        _make(lv, spec, plan)
+        _make(session, spec, plan)
         return Outcome.done(plan.uuid)
-    return Outcome.later(plan.uuid, lambda: _make(lv, spec, plan))
+    return Outcome.later(plan.uuid, lambda: _make(session, spec, plan))
 
 
-def _plan(lv: LibvirtBackend, spec: CloneSpec) -> ClonePlan:
-    src = lv.lookup(spec.source_vm_id)
+def _plan(session: Session, spec: CloneSpec) -> ClonePlan:
+    src = session.lookup(spec.source_vm_id)
     src_name = src.name()
-    with lv.translated(f"cloning VM {src_name!r} to {spec.target_name!r}"):
+    with session.translated(f"cloning VM {src_name!r} to {spec.target_name!r}"):
         if src.state()[0] not in power.STOPPED:
             raise FailedPrecondition(
                 f"VM {src_name!r} is running: shut it down to clone it (its disks must not change meanwhile)"
@@ -112,9 +110,9 @@ def _plan(lv: LibvirtBackend, spec: CloneSpec) -> ClonePlan:
                 f"VM {src_name!r} has snapshots: a linked clone would freeze its disks under them; delete them or clone in full"
             )
         root = copy.deepcopy(src_root)
-        disks = _plan_disks(lv, spec, root, src_mark)
+        disks = _plan_disks(session, spec, root, src_mark)
         seed = bool(src_mark.volume_for(cidata.TARGET)) or _customizes(spec.customize)
-        seed_pool = placement_pool(lv, spec.placement.datastore) if spec.placement.datastore else lv.pool()
+        seed_pool = placement_pool(session, spec.placement.datastore) if spec.placement.datastore else session.pool()
         _check_free(disks, seed_pool, seed, spec.target_name)
         plan = ClonePlan(
             src=src,
@@ -128,15 +126,15 @@ def _plan(lv: LibvirtBackend, spec: CloneSpec) -> ClonePlan:
             seed_pool=seed_pool,
             attachments=_attachments(spec.customize, src_mark),
         )
-        _retarget(lv, root, spec, plan.uuid)
+        _retarget(session, root, spec, plan.uuid)
     return plan
 
 
-def _make(lv: LibvirtBackend, spec: CloneSpec, plan: ClonePlan) -> None:
+def _make(session: Session, spec: CloneSpec, plan: ClonePlan) -> None:
     made: list[libvirt.virStorageVol] = []
     redefined = False
     try:
-        with lv.translated(f"cloning VM {plan.src_name!r} to {spec.target_name!r}"):
+        with session.translated(f"cloning VM {plan.src_name!r} to {spec.target_name!r}"):
             volumes: list[VolumeRef] = []
             src_volumes = list(plan.src_mark.volumes)
             overlays: dict[str, str] = {}
@@ -153,7 +151,7 @@ def _make(lv: LibvirtBackend, spec: CloneSpec, plan: ClonePlan) -> None:
                 volumes.append(VolumeRef(disk.pool.name(), disk.name, role, disk.target, spec_of))
             _drop_seed(plan.root)
             if plan.seed:
-                vol, ref, cdrom = _seed(lv, plan.seed_pool, spec, plan.attachments, plan.macs)
+                vol, ref, cdrom = _seed(session, plan.seed_pool, spec, plan.attachments, plan.macs)
                 made.append(vol)
                 volumes.append(ref)
                 _add_cdrom(plan.root, cdrom)
@@ -170,12 +168,12 @@ def _make(lv: LibvirtBackend, spec: CloneSpec, plan: ClonePlan) -> None:
             )
             marks.write(plan.root, mark)
             if spec.linked:
-                _redefine_source(lv, plan.src_xml, overlays, plan.src_mark, src_volumes)
+                _redefine_source(session, plan.src_xml, overlays, plan.src_mark, src_volumes)
                 redefined = True
-            lv.conn().defineXML(ET.tostring(plan.root, encoding="unicode"))
+            session.conn().defineXML(ET.tostring(plan.root, encoding="unicode"))
     except BaseException:
         if redefined:
-            _restore_source(lv, plan.src_xml)
+            _restore_source(session, plan.src_xml)
         rollback(made)
         raise
     log.info("cloned VM %s to %s (%s, %s)", plan.src_name, spec.target_name, plan.uuid, "linked" if spec.linked else "full")
@@ -184,10 +182,9 @@ def _make(lv: LibvirtBackend, spec: CloneSpec, plan: ClonePlan) -> None:
 # -- planning -----------------------------------------------------------------------------
 
 
-def _plan_disks(lv: LibvirtBackend, spec: CloneSpec, root: ET.Element, mark: Mark) -> list[DiskCopy]:
-    conn = lv.conn()
+def _plan_disks(session: Session, spec: CloneSpec, root: ET.Element, mark: Mark) -> list[DiskCopy]:
     out: list[DiskCopy] = []
-    datastore = placement_pool(lv, spec.placement.datastore) if spec.placement.datastore else None
+    datastore = placement_pool(session, spec.placement.datastore) if spec.placement.datastore else None
     for el in root.findall("devices/disk"):
         if el.get("device", "disk") == "cdrom":
             continue
@@ -197,14 +194,9 @@ def _plan_disks(lv: LibvirtBackend, spec: CloneSpec, root: ET.Element, mark: Mar
         path = (source_el.get("file") or source_el.get("dev") or "") if source_el is not None else ""
         if not path:
             raise FailedPrecondition(f"disk {target} of the source has no file or device to clone")
-        try:
-            vol = conn.storageVolLookupByPath(path)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise FailedPrecondition(
-                    f"disk {target} ({path}) is not a volume in a libvirt storage pool; it cannot be cloned"
-                ) from exc
-            raise
+        vol = session.volume_at(path)
+        if vol is None:
+            raise FailedPrecondition(f"disk {target} ({path}) is not a volume in a libvirt storage pool; it cannot be cloned")
         info = storage.describe(vol)
         pool = datastore or vol.storagePoolLookupByVolume()
         if spec.linked and not storage.holds_files(pool):
@@ -239,7 +231,7 @@ def _new_macs(root: ET.Element) -> list[str]:
     return macs
 
 
-def _retarget(lv: LibvirtBackend, root: ET.Element, spec: CloneSpec, new_uuid: str) -> None:
+def _retarget(session: Session, root: ET.Element, spec: CloneSpec, new_uuid: str) -> None:
     """Name, UUID, console log and class_json overrides of the clone."""
     root.find("name").text = spec.target_name  # type: ignore[union-attr]
     uuid_el = root.find("uuid")
@@ -247,7 +239,7 @@ def _retarget(lv: LibvirtBackend, root: ET.Element, spec: CloneSpec, new_uuid: s
         uuid_el = ET.SubElement(root, "uuid")
     uuid_el.text = new_uuid
     root.attrib.pop("id", None)
-    path = serial_log(lv, spec.target_name)
+    path = serial_log(session, spec.target_name)
     for serial in root.findall("devices/serial"):
         for log_el in serial.findall("log"):
             if path:
@@ -256,7 +248,7 @@ def _retarget(lv: LibvirtBackend, root: ET.Element, spec: CloneSpec, new_uuid: s
                 serial.remove(log_el)  # never share the source's log file
     vm_class = spec.vm_class
     if vm_class.cpu or vm_class.memory_mib:
-        res = resources(lv, vm_class)
+        res = resources(session.settings, vm_class)
         cpu_max = domxml.vcpus(root)[1]
         if vm_class.cpu:
             vcpu = root.find("vcpu")
@@ -341,7 +333,7 @@ def _attachments(c: Customization, src_mark: Mark) -> list[NetworkAttachment]:
 
 
 def _seed(
-    lv: LibvirtBackend, pool: libvirt.virStoragePool, spec: CloneSpec, attachments: list[NetworkAttachment], macs: list[str]
+    session: Session, pool: libvirt.virStoragePool, spec: CloneSpec, attachments: list[NetworkAttachment], macs: list[str]
 ) -> tuple[libvirt.virStorageVol, VolumeRef, domxml.DomainDisk]:
     c = spec.customize
     user_data = c.user_data.encode()
@@ -352,7 +344,7 @@ def _seed(
         hostname = f"{hostname}.{c.domain}"
     config = cloudinit.network_config_v2(attachments, macs) if attachments else None
     return cidata.make(
-        lv,
+        session,
         pool,
         spec.target_name,
         user_data=user_data,
@@ -381,9 +373,7 @@ def _freeze(disk: DiskCopy, src_name: str, made: list[libvirt.virStorageVol], sr
     return str(overlay.path())
 
 
-def _redefine_source(
-    lv: LibvirtBackend, src_xml: str, overlays: dict[str, str], src_mark: Mark, volumes: list[VolumeRef]
-) -> None:
+def _redefine_source(session: Session, src_xml: str, overlays: dict[str, str], src_mark: Mark, volumes: list[VolumeRef]) -> None:
     """Point the source's disks at their new overlays."""
     root = domxml.parse(src_xml)
     for el in root.findall("devices/disk"):
@@ -393,11 +383,9 @@ def _redefine_source(
             _set_source(el, overlays[dev], "qcow2")
     if marks.read(root) is not None:
         marks.write(root, src_mark.with_volumes(tuple(volumes)))
-    lv.conn().defineXML(ET.tostring(root, encoding="unicode"))
+    session.conn().defineXML(ET.tostring(root, encoding="unicode"))
 
 
-def _restore_source(lv: LibvirtBackend, src_xml: str) -> None:
-    try:
-        lv.conn().defineXML(src_xml)
-    except libvirt.libvirtError as exc:
-        log.exception("could not restore the definition of the clone source: %s", exc.get_error_message())
+def _restore_source(session: Session, src_xml: str) -> None:
+    with errors.best_effort("restore the definition of the clone source"):
+        session.conn().defineXML(src_xml)

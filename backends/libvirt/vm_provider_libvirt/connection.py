@@ -124,14 +124,6 @@ def is_local(uri: str) -> bool:
     return not parts.hostname and parts.scheme.partition("+")[2] in ("", "unix")
 
 
-def in_process(uri: str) -> bool:
-    """The URI names libvirt's test driver inside this process
-    (``test:///default``, ``test:///path/to/host.xml``): its calls wait on
-    no daemon and no I/O."""
-    parts = urlsplit(uri)
-    return parts.scheme == "test" and not parts.netloc
-
-
 def safe_uri(uri: str) -> str:
     """The URI without user info or query (which may carry key files)."""
     parts = urlsplit(uri)
@@ -220,7 +212,7 @@ class Connection:
             self._holding_loop = True
             conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:  # local drivers have no keepalive
+            if not errors.is_unsupported(exc):  # local drivers have no keepalive
                 _close(conn)
                 self._release_loop()
                 raise errors.translate(exc, "libvirt connection") from exc
@@ -234,14 +226,11 @@ class Connection:
 
 
 def _close(conn: libvirt.virConnect) -> None:
-    try:
+    """Close a connection that may be dead already."""
+    with errors.ignoring(errors.any_error):
         conn.unregisterCloseCallback()
-    except libvirt.libvirtError:
-        pass
-    try:
+    with errors.ignoring(errors.any_error):
         conn.close()
-    except libvirt.libvirtError:
-        pass
 
 
 __all__ = [
@@ -249,7 +238,6 @@ __all__ = [
     "event_loop",
     "event_loop_running",
     "hold_event_loop",
-    "in_process",
     "is_local",
     "register_event_loop",
     "release_event_loop",

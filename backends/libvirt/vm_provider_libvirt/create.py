@@ -10,7 +10,8 @@ Disks:
   pool, or ``pool/volume``) becomes a qcow2 overlay on it
   (``settings.template_clone = "linked"``) or a full copy; ``Path`` (a
   volume as ``pool/volume`` or its path) is copied; ``URL`` is downloaded
-  (checksum-verified) through the data-path mixin: with a checksum into a
+  (checksum-verified) by the disk data path (:class:`FetchImage`, given by
+  the backend): with a checksum into a
   shared cached base ``vmp-image-<sha>`` and overlaid, else straight into
   the VM's own volume, which keeps the image's format (a raw image or an
   ISO stays raw). ``DiskDefaults.SizeGiB`` grows it. Every disk is attached
@@ -33,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import libvirt
@@ -49,13 +50,12 @@ from provider_core import (
 )
 from provider_core.specs import Firmware, NetworkAttachment, VMClass, VMImage
 
-from . import cidata, cloudinit, domxml, marks, networks, storage
+from . import cidata, cloudinit, domxml, errors, marks, networks, storage
 from .domxml import DomainDisk, DomainPlan
 from .host import efi_available
 from .marks import Mark, VolumeRef
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
+from .settings import LibvirtSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
 EXTRA_KEYS = ("kernel", "initrd", "cmdline", "machine", "cpu_mode")
 CPU_MODES = ("host-model", "host-passthrough", "maximum")
 GIB = storage.GIB
+
+
+class FetchImage(Protocol):
+    """Downloads an image URL into a new volume of a pool, verified, and
+    returns the volume (the disk data path's
+    :meth:`~vm_provider_libvirt.datapath.DiskTransfers.fetch_image`)."""
+
+    def __call__(self, image: VMImage, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol: ...
 
 
 # -- pieces of a plan -------------------------------------------------------------
@@ -109,19 +117,18 @@ class Resources:
     max_memory_mib: int
 
 
-def resources(lv: LibvirtBackend, vm_class: VMClass) -> Resources:
-    s = lv.settings
+def resources(s: LibvirtSettings, vm_class: VMClass) -> Resources:
     cpu = vm_class.cpu or s.default_cpu
     memory = vm_class.memory_mib or s.default_memory_mib
     max_cpu = max(s.max_vcpus or max(2 * cpu, 4), cpu)
     return Resources(cpu, max_cpu, memory, max(int(memory * s.max_memory_factor), memory))
 
 
-def machine_type(lv: LibvirtBackend, extra: Extra) -> str:
+def machine_type(session: Session, extra: Extra) -> str:
     """The machine of a new VM as a versioned name (pc-q35-7.2), so that
     HardwareUpgrade has something to move from."""
-    host = lv.host()
-    wanted = extra.machine or lv.settings.machine
+    host = session.host()
+    wanted = extra.machine or session.settings.machine
     if not wanted and host.is_qemu and host.arch in ("x86_64", "i686"):
         wanted = "q35"
     if not wanted:
@@ -133,13 +140,13 @@ def machine_type(lv: LibvirtBackend, extra: Extra) -> str:
     return host.canonical_machine(wanted)
 
 
-def firmware(lv: LibvirtBackend, vm_class: VMClass) -> tuple[str, bool, bool]:
+def firmware(session: Session, vm_class: VMClass) -> tuple[str, bool, bool]:
     """(bios|efi, secure boot, TPM)."""
     security = vm_class.security_profile
     secure = bool(security and security.secure_boot)
     tpm = bool(security and security.tpm_enabled)
     efi = vm_class.firmware is Firmware.UEFI or secure
-    if efi and efi_available(lv.conn(), lv.host(), lv.domain_type()) is False:
+    if efi and efi_available(session.conn(), session.host(), session.domain_type()) is False:
         raise InvalidArgument.field("class_json.Firmware", "UEFI is not available on this host (no OVMF firmware for libvirt)")
     return ("efi" if efi else "bios"), secure, tpm
 
@@ -191,21 +198,21 @@ def check_name(name: str, field: str = "name") -> None:
         raise InvalidArgument.field(field, "must be 1-63 letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
 
 
-def existing_id(lv: LibvirtBackend, name: str) -> str | None:
+def existing_id(session: Session, name: str) -> str | None:
     """The id of our VM of that name; AlreadyExists for a foreign one."""
-    dom = lv.find_by_name(name)
+    dom = session.find_domain(name)
     if dom is None:
         return None
-    with lv.translated(f"VM {name!r}"):
+    with session.translated(f"VM {name!r}"):
         root = domxml.parse(dom.XMLDesc(0))
         if marks.read(root) is None:
             raise AlreadyExists(f"a VM named {name!r} exists and was not created by vm-provider")
         return str(dom.UUIDString())
 
 
-def placement_pool(lv: LibvirtBackend, datastore: str, field: str = "placement_json.Datastore") -> libvirt.virStoragePool:
+def placement_pool(session: Session, datastore: str, field: str = "placement_json.Datastore") -> libvirt.virStoragePool:
     try:
-        return lv.pool(datastore)
+        return session.pool(datastore)
     except NotFound as exc:
         if datastore:
             raise InvalidArgument.field(field, str(exc)) from exc
@@ -221,7 +228,9 @@ def check_free(pool: libvirt.virStoragePool, names: list[str]) -> None:
 # -- disks from the spec -------------------------------------------------------------
 
 
-def root_disk(lv: LibvirtBackend, spec: CreateSpec, pool: libvirt.virStoragePool) -> tuple[DiskJob | None, str, str]:
+def root_disk(
+    session: Session, spec: CreateSpec, pool: libvirt.virStoragePool, fetch: FetchImage
+) -> tuple[DiskJob | None, str, str]:
     """The job making the root disk from image_json, and the source's kind
     and reference for our mark."""
     image = spec.image
@@ -233,12 +242,12 @@ def root_disk(lv: LibvirtBackend, spec: CreateSpec, pool: libvirt.virStoragePool
     if kind == "url":
         suffix = "qcow2" if files and (image.checksum or image.format in ("qcow2", "vmdk")) else "img"
         ref = VolumeRef(pool=pool.name(), name=f"{spec.name}-vda.{suffix}", role="root", target="vda", spec="root")
-        return _url_root(lv, image, pool, ref, size), "url", _safe_url(image.url)
+        return _url_root(session, image, pool, ref, size, fetch=fetch), "url", _safe_url(image.url)
     name = f"{spec.name}-vda.{'qcow2' if files else 'img'}"
     ref = VolumeRef(pool=pool.name(), name=name, role="root", target="vda", spec="root")
     field = "image_json.TemplateName" if kind == "template" else "image_json.Path"
     wanted = image.template_name or image.path
-    base = storage.find(lv.conn(), wanted, pool)
+    base = storage.find(session.conn(), wanted, pool)
     if base is None:
         raise FailedPrecondition(f"{field}: no volume {wanted!r} in pool {pool.name()!r} (prepare the image first)")
     info = storage.describe(base)
@@ -247,27 +256,30 @@ def root_disk(lv: LibvirtBackend, spec: CreateSpec, pool: libvirt.virStoragePool
             "class_json.DiskDefaults.SizeGiB", f"{size // GIB} GiB is smaller than the image ({info.capacity / GIB:.1f} GiB)"
         )
     source_ref = f"{info.pool}/{info.name}"
-    if kind == "template" and files and lv.settings.template_clone == "linked":
+    if kind == "template" and files and session.settings.template_clone == "linked":
         return DiskJob("vda", ref, "qcow2", lambda: storage.create_overlay(pool, name, info, size), boot=True), kind, source_ref
     fmt = "qcow2" if files else "raw"
     return DiskJob("vda", ref, fmt, lambda: storage.copy(pool, name, base, fmt, size), boot=True, slow=True), kind, source_ref
 
 
-def _url_root(lv: LibvirtBackend, image: VMImage, pool: libvirt.virStoragePool, ref: VolumeRef, size: int) -> DiskJob:
+def _url_root(
+    session: Session, image: VMImage, pool: libvirt.virStoragePool, ref: VolumeRef, size: int, *, fetch: FetchImage
+) -> DiskJob:
     """The root disk from an image URL: with a checksum (on a file pool) a
     qcow2 overlay on the shared cached image; else the downloaded image
     itself, in its own format (qcow2 or raw: an ISO is raw, a vmdk is
     stored as qcow2), named ``.qcow2`` only when the image says it is one.
     The disk's format is read from the volume once it is made."""
-    fetch = getattr(lv, "fetch_image", None)
-    if fetch is None:
-        raise Unimplemented("image_json.URL: downloading images is not available in this build of the libvirt backend")
-    if lv.host().is_test:
-        raise Unimplemented("image_json.URL: downloading images needs disk data, which libvirt's test driver does not keep")
+    host = session.host()
+    if not host.streams_disks:
+        raise Unimplemented(
+            f"image_json.URL: downloading images needs volume streams, "
+            f"which libvirt's {host.driver.lower()} driver does not offer"
+        )
 
     def make() -> libvirt.virStorageVol:
         if not image.checksum or not storage.holds_files(pool):
-            vol: libvirt.virStorageVol = fetch(image, pool, ref.name)
+            vol = fetch(image, pool, ref.name)
             if size > storage.describe(vol).capacity:
                 storage.grow(vol, size)
             return vol
@@ -302,11 +314,11 @@ def data_disks(spec: CreateSpec, pool: libvirt.virStoragePool, first: int) -> li
     return jobs
 
 
-def blank_root(lv: LibvirtBackend, spec: CreateSpec, pool: libvirt.virStoragePool) -> DiskJob:
+def blank_root(session: Session, spec: CreateSpec, pool: libvirt.virStoragePool) -> DiskJob:
     files = storage.holds_files(pool)
     defaults = spec.vm_class.disk_defaults
     fmt, thick = disk_format(defaults.type if defaults else "", files, "class_json.DiskDefaults.Type")
-    size = ((defaults.size_gib if defaults else None) or lv.settings.default_disk_gib) * GIB
+    size = ((defaults.size_gib if defaults else None) or session.settings.default_disk_gib) * GIB
     name = f"{spec.name}-vda.{'qcow2' if fmt == 'qcow2' else 'img'}"
     ref = VolumeRef(pool=pool.name(), name=name, role="root", target="vda", spec="root")
     return DiskJob("vda", ref, fmt, lambda: storage.create_blank(pool, name, size, fmt, thick), boot=True)
@@ -337,34 +349,33 @@ def make_disks(jobs: list[DiskJob], made: list[libvirt.virStorageVol]) -> list[D
 
 
 def rollback(made: list[libvirt.virStorageVol]) -> None:
+    """Remove the volumes made before a failure (best effort)."""
     for vol in reversed(made):
-        try:
+        with errors.best_effort(f"remove volume {vol.name()} after a failure"):
             storage.delete(vol)
-        except libvirt.libvirtError as exc:
-            log.warning("could not remove volume %s after a failed create: %s", vol.name(), exc.get_error_message())
 
 
 def wants_seed(user_data: bytes, meta_data: bytes, attachments: list[NetworkAttachment]) -> bool:
     return bool(user_data or meta_data or any(na.static_ip for na in attachments))
 
 
-def create(lv: LibvirtBackend, spec: CreateSpec) -> Outcome[str]:
+def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str]:
     check_name(spec.name)
-    found = existing_id(lv, spec.name)
+    found = existing_id(session, spec.name)
     if found is not None:
         return Outcome.done(found)
-    with lv.translated(f"creating VM {spec.name!r}"):
-        host = lv.host()
-        domain_type = lv.domain_type()
-        pool = placement_pool(lv, spec.placement.datastore)
-        res = resources(lv, spec.vm_class)
+    with session.translated(f"creating VM {spec.name!r}"):
+        host = session.host()
+        domain_type = session.domain_type()
+        pool = placement_pool(session, spec.placement.datastore)
+        res = resources(session.settings, spec.vm_class)
         extra = extra_config(spec.vm_class)
-        machine = machine_type(lv, extra)
-        fw, secure, tpm = firmware(lv, spec.vm_class)
-        nics = networks.plan(lv, spec.networks)
-        root, source_kind, source_ref = root_disk(lv, spec, pool)
+        machine = machine_type(session, extra)
+        fw, secure, tpm = firmware(session, spec.vm_class)
+        nics = networks.plan(session, spec.networks)
+        root, source_kind, source_ref = root_disk(session, spec, pool, fetch)
         if root is None and not spec.disks:
-            root = blank_root(lv, spec, pool)
+            root = blank_root(session, spec, pool)
         jobs = ([root] if root else []) + data_disks(spec, pool, 1 if root else 0)
         seed = wants_seed(spec.user_data, spec.meta_data, spec.networks)
         check_free(pool, [j.ref.name for j in jobs] + ([cidata.volume_name(spec.name)] if seed else []))
@@ -382,13 +393,13 @@ def create(lv: LibvirtBackend, spec: CreateSpec) -> Outcome[str]:
     def build() -> None:
         made: list[libvirt.virStorageVol] = []
         try:
-            with lv.translated(f"creating VM {spec.name!r}"):
+            with session.translated(f"creating VM {spec.name!r}"):
                 disks = make_disks(jobs, made)
                 volumes = mark.volumes
                 if seed:
                     config = cloudinit.network_config_v2(spec.networks, [n.mac for n in nics])
                     vol, ref, cdrom = cidata.make(
-                        lv, pool, spec.name, user_data=spec.user_data, meta_data=spec.meta_data, network_config=config
+                        session, pool, spec.name, user_data=spec.user_data, meta_data=spec.meta_data, network_config=config
                     )
                     made.append(vol)
                     disks.append(cdrom)
@@ -413,11 +424,11 @@ def create(lv: LibvirtBackend, spec: CreateSpec) -> Outcome[str]:
                     cpu_mode=extra.cpu_mode or ("host-model" if domain_type == "kvm" else ""),
                     disks=tuple(disks),
                     nics=tuple(nics),
-                    graphics=lv.settings.graphics,
-                    graphics_listen=lv.settings.graphics_listen,
-                    serial_log=serial_log(lv, spec.name),
+                    graphics=session.settings.graphics,
+                    graphics_listen=session.settings.graphics_listen,
+                    serial_log=serial_log(session, spec.name),
                 )
-                lv.conn().defineXML(domxml.build(plan))
+                session.conn().defineXML(domxml.build(plan))
         except BaseException:
             rollback(made)
             raise
@@ -429,8 +440,8 @@ def create(lv: LibvirtBackend, spec: CreateSpec) -> Outcome[str]:
     return Outcome.done(vm_uuid)
 
 
-def serial_log(lv: LibvirtBackend, name: str) -> str:
-    directory = lv.settings.serial_log_dir
+def serial_log(session: Session, name: str) -> str:
+    directory = session.settings.serial_log_dir
     return str(directory / f"{name}.log") if directory else ""
 
 

@@ -33,9 +33,15 @@ A downloaded image must pass its checksum, an inspection that refuses
 images reading other host files (backing files, external data files,
 multi-file vmdk, a "raw" image with another format's header) and
 ``qemu-img check`` before its volume is created; a failed upload deletes
-the volume again. The libvirt test driver keeps no
-disk data and cannot stream volumes: what needs bytes answers UNIMPLEMENTED
-there, saying so.
+the volume again. The libvirt test driver keeps no disk data and cannot
+stream volumes: it does not offer ImagePrepare, ExportDisk and ImportDisk
+(:mod:`~vm_provider_libvirt.offers`), and Create refuses an image URL there.
+
+:class:`DiskTransfers` is built on the backend's
+:class:`~vm_provider_libvirt.session.Session`; the backend holds one and
+runs each operation through :meth:`Session.transferring
+<vm_provider_libvirt.session.Session.transferring>`, which translates
+libvirt errors.
 """
 
 from __future__ import annotations
@@ -48,9 +54,8 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
@@ -58,7 +63,6 @@ import libvirt
 
 from provider_core import (
     AlreadyExists,
-    Capability,
     ExportResult,
     ExportSpec,
     FailedPrecondition,
@@ -74,9 +78,10 @@ from provider_core import (
 )
 from provider_core.specs import VMImage
 
-from . import connection, images, scratch, storage, streams
+from . import connection, errors, images, scratch, storage, streams
+from .domxml import DomainDisk
 from .domxml import parse as parse_xml
-from .settings import LibvirtSettings
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -87,59 +92,23 @@ _digests_lock = threading.Lock()
 VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
 
-class DomainDisk(Protocol):
-    """What the backend's ``domain_disks`` reports for each disk."""
-
-    @property
-    def target(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def format(self) -> str: ...
-    @property
-    def device(self) -> str: ...
-    @property
-    def source_type(self) -> str: ...
-
-
 class DiskTransfers:
-    """Mixin giving a libvirt backend the data-path capabilities.
+    """The disk data path of one libvirt endpoint (see the module doc)."""
 
-    Use it as ``class LibvirtBackend(DiskTransfers, Backend)``; it relies on
-    the backend's ``settings``, ``conn()``, ``lookup(vm_id)``,
-    ``pool(name)``, ``domain_disks(dom)`` and ``translate(error)``.
-    """
-
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.IMAGE_PREPARE, Capability.DISK_EXPORT, Capability.EXPORT_COMPRESSION, Capability.DISK_IMPORT}
-    )
-    EXPORT_FORMATS: ClassVar[tuple[str, ...]] = images.FORMATS
-    IMPORT_FORMATS: ClassVar[tuple[str, ...]] = images.FORMATS
-    export_formats: ClassVar[tuple[str, ...]] = EXPORT_FORMATS
-    import_formats: ClassVar[tuple[str, ...]] = IMPORT_FORMATS
-
-    #: Read disks through their local path (None: decide from the URI).
-    local_disks: bool | None = None
-
-    if TYPE_CHECKING:
-        settings: LibvirtSettings
-
-        def conn(self) -> libvirt.virConnect: ...
-        def checked(self) -> None: ...
-        def lookup(self, vm_id: str) -> libvirt.virDomain: ...
-        def pool(self, name: str = "") -> libvirt.virStoragePool: ...
-        def domain_disks(self, dom: libvirt.virDomain) -> Sequence[DomainDisk]: ...
-        def translate(self, error: libvirt.libvirtError) -> ProviderError: ...
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.settings = session.settings
+        self.local_disks: bool | None = None
+        """Read disks through their local path (None: when the URI reaches a
+        daemon on this host)."""
 
     # -- the operations ----------------------------------------------------------
 
     def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
-        self.checked()
         name = _volume_name(spec.target_name, "target_name")
-        pool = self.pool(spec.storage_hint)
+        pool = self.session.pool(spec.storage_hint)
         image = spec.image
         if image.source == "url":
-            self._needs_streams("ImagePrepare from a URL")
             transfer.validate(image.url, url_field="image_json.URL")
 
             def fetch() -> None:
@@ -154,11 +123,9 @@ class DiskTransfers:
         return Outcome.later(None, copy)
 
     def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
-        self.checked()
-        self._needs_streams("ExportDisk")
         images.convert_args(spec.format, compress=spec.compress)  # refuses raw + compress
         transfer.validate(spec.destination_url, spec.credentials)
-        dom = self.lookup(spec.vm_id)
+        dom = self.session.lookup(spec.vm_id)
         disk, disk_path = self._pick_disk(dom, spec.disk_id)
         path, snapshot = self._snapshot_source(dom, disk, disk_path, spec.snapshot_id)
         local = self._local()
@@ -198,11 +165,9 @@ class DiskTransfers:
             log.warning("could not write the checksum file %s: %s", transfer.redact(url), exc)
 
     def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
-        self.checked()
-        self._needs_streams("ImportDisk")
         name = _volume_name(spec.target_name, "target_name")
         transfer.validate(spec.source_url, spec.credentials, url_field="source_url")
-        pool = self.pool(spec.storage_hint)
+        pool = self.session.pool(spec.storage_hint)
         disk_id = f"{pool.name()}/{name}"
         expected = spec.expected_checksum if spec.verify_checksum else ""
 
@@ -237,7 +202,6 @@ class DiskTransfers:
         """
         if not image.url:
             raise InvalidArgument.field("image_json.URL", "is empty")
-        self._needs_streams("downloading images")
         algorithm = image.checksum_type.value
         vol = self._existing(pool, name, image.checksum, algorithm)
         if vol is not None:
@@ -258,19 +222,15 @@ class DiskTransfers:
 
     # -- finding disks and volumes ------------------------------------------------
 
-    def _needs_streams(self, what: str) -> None:
-        if self.conn().getType().lower() == "test":
-            raise Unimplemented(f"{what} needs disk data, which libvirt's test driver does not keep")
-
     def _local(self) -> bool:
         if self.local_disks is not None:
             return self.local_disks
-        return connection.is_local(self.conn().getURI())
+        return connection.is_local(self.session.conn().getURI())
 
     def _pick_disk(self, dom: libvirt.virDomain, disk_id: str) -> tuple[DomainDisk, str]:
         """The disk ``disk_id`` (target, path or volume name; "" = the
         primary disk) and the path of its image on the host."""
-        disks = [d for d in self.domain_disks(dom) if d.device != "cdrom"]
+        disks = [d for d in self.session.domain_disks(dom) if d.device != "cdrom"]
         if not disk_id:
             if not disks:
                 raise FailedPrecondition(f"VM {dom.name()} has no disk")
@@ -282,10 +242,7 @@ class DiskTransfers:
             disk = found[0]
         if disk.source_type == "volume":
             pool_name, _, vol_name = disk.path.partition("/")
-            try:
-                return disk, str(self.pool(pool_name).storageVolLookupByName(vol_name).path())
-            except libvirt.libvirtError as exc:
-                raise self.translate(exc) from exc
+            return disk, str(self.session.pool(pool_name).storageVolLookupByName(vol_name).path())
         if disk.source_type not in ("file", "block") or not disk.path:
             raise Unimplemented(
                 f"disk {disk.target} of VM {dom.name()} is a {disk.source_type} disk; only file and block disks export"
@@ -296,11 +253,7 @@ class DiskTransfers:
         """(image to read, internal snapshot name) for a disk at a snapshot."""
         if not snapshot_id:
             return path, ""
-        try:
-            snap = dom.snapshotLookupByName(snapshot_id)
-            xml = parse_xml(snap.getXMLDesc())
-        except libvirt.libvirtError as exc:
-            raise self.translate(exc) from exc
+        xml = parse_xml(dom.snapshotLookupByName(snapshot_id).getXMLDesc())
         for entry in xml.findall("disks/disk"):
             if entry.get("name") not in (disk.target, disk.path):
                 continue
@@ -317,19 +270,17 @@ class DiskTransfers:
         return path, snapshot_id
 
     def _source_volume(self, image: VMImage, pool: libvirt.virStoragePool) -> libvirt.virStorageVol:
-        conn = self.conn()
-        try:
-            if image.path:
-                if image.path.startswith("/"):
-                    return conn.storageVolLookupByPath(image.path)
-                return pool.storageVolLookupByName(image.path)
+        if image.path.startswith("/"):
+            found = self.session.volume_at(image.path)
+        elif image.path:
+            found = storage.lookup(pool, image.path)
+        else:
             pool_name, _, vol_name = image.template_name.rpartition("/")
-            return (self.pool(pool_name) if pool_name else pool).storageVolLookupByName(vol_name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                field = "image_json.Path" if image.path else "image_json.TemplateName"
-                raise NotFound(f"{field}: no volume {image.path or image.template_name!r}") from exc
-            raise self.translate(exc) from exc
+            found = storage.lookup(self.session.pool(pool_name) if pool_name else pool, vol_name)
+        if found is None:
+            field = "image_json.Path" if image.path else "image_json.TemplateName"
+            raise NotFound(f"{field}: no volume {image.path or image.template_name!r}")
+        return found
 
     def _existing(
         self, pool: libvirt.virStoragePool, name: str, checksum: str, algorithm: str, *, unverified: str = ""
@@ -337,12 +288,9 @@ class DiskTransfers:
         """The volume ``name`` if it exists and matches ``checksum``;
         AlreadyExists when its bytes differ, or, with no checksum to compare,
         when ``unverified`` says why that is not enough."""
-        try:
-            vol = pool.storageVolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                return None
-            raise self.translate(exc) from exc
+        vol = storage.lookup(pool, name)
+        if vol is None:
+            return None
         if not checksum and unverified:
             raise AlreadyExists(f"volume {name!r} exists in pool {pool.name()!r}; {unverified}")
         if checksum and self._digest(vol, algorithm) != checksum:
@@ -350,10 +298,7 @@ class DiskTransfers:
         return vol
 
     def _import_result(self, disk_id: str, vol: libvirt.virStorageVol, checksum: str) -> ImportResult:
-        try:
-            return ImportResult(disk_id=disk_id, path=vol.path(), actual_size_bytes=vol.info()[2], checksum=checksum)
-        except libvirt.libvirtError as exc:
-            raise self.translate(exc) from exc
+        return ImportResult(disk_id=disk_id, path=vol.path(), actual_size_bytes=vol.info()[2], checksum=checksum)
 
     # -- bytes in and out of the pool ------------------------------------------------
 
@@ -383,50 +328,34 @@ class DiskTransfers:
             f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{capacity if fmt != 'raw' else size}</capacity>"
             f"<allocation unit='bytes'>0</allocation><target><format type='{fmt}'/></target></volume>"
         )
+        vol = _new_volume(pool, name, lambda: pool.createXML(xml, 0))
         try:
-            vol = pool.createXML(xml, 0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_STORAGE_VOL_EXIST:
-                raise AlreadyExists(f"volume {name!r} appeared in pool {pool.name()!r} meanwhile") from exc
-            raise self.translate(exc) from exc
-        try:
-            streams.upload_file(self.conn(), vol, file)
-        except BaseException as exc:
-            with contextlib.suppress(libvirt.libvirtError):
+            streams.upload_file(self.session.conn(), vol, file)
+        except BaseException:
+            with errors.best_effort(f"remove volume {name!r} after a failed upload"):
                 vol.delete(0)
-            if isinstance(exc, libvirt.libvirtError):
-                raise self.translate(exc) from exc
             raise
         return pool.storageVolLookupByName(name)
 
     def _copy_volume(self, source: libvirt.virStorageVol, pool: libvirt.virStoragePool, name: str, image: VMImage) -> None:
         if self._existing(pool, name, image.checksum, image.checksum_type.value) is not None:
             return
-        try:
-            info = storage.describe(source)  # its format as QEMU names it
-            xml = (
-                f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{info.capacity}</capacity>"
-                f"<target><format type='{escape(info.format)}'/></target></volume>"
-            )
-            pool.createXMLFrom(xml, source, 0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_STORAGE_VOL_EXIST:
-                raise AlreadyExists(f"volume {name!r} appeared in pool {pool.name()!r} meanwhile") from exc
-            raise self.translate(exc) from exc
+        info = storage.describe(source)  # its format as QEMU names it
+        xml = (
+            f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{info.capacity}</capacity>"
+            f"<target><format type='{escape(info.format)}'/></target></volume>"
+        )
+        _new_volume(pool, name, lambda: pool.createXMLFrom(xml, source, 0))
 
     def _digest(self, vol: libvirt.virStorageVol, algorithm: str) -> str:
         """Hex digest of a volume's bytes: read locally (remembered while the
         file's size and mtime stay the same), or streamed from the daemon."""
-        self._needs_streams("verifying a volume's checksum")
         digest = hashlib.new(algorithm)
-        try:
-            if not self._local():
-                log.info("hashing volume %s through a libvirt stream", vol.name())
-                streams.read_all(self.conn(), vol, digest.update)
-                return digest.hexdigest()
-            path = vol.path()
-        except libvirt.libvirtError as exc:
-            raise self.translate(exc) from exc
+        if not self._local():
+            log.info("hashing volume %s through a libvirt stream", vol.name())
+            streams.read_all(self.session.conn(), vol, digest.update)
+            return digest.hexdigest()
+        path = vol.path()
         st = os.stat(path)
         key = (path, st.st_size, st.st_mtime_ns, algorithm)
         with _digests_lock:
@@ -446,32 +375,23 @@ class DiskTransfers:
     def _fetch_chain(self, path: str, stack: contextlib.ExitStack) -> Path:
         """Copy a remote volume and its backing chain to scratch files, each
         copy pointing at the next; return the copy of the top image."""
-        try:
-            return streams.copy_chain(self.conn(), path, lambda: stack.enter_context(self._scratch(".img")))
-        except libvirt.libvirtError as exc:
-            raise self.translate(exc) from exc
+        return streams.copy_chain(self.session.conn(), path, lambda: stack.enter_context(self._scratch(".img")))
 
     def _backing_of(self, path: str, local: bool) -> str:
         if local:
             meta = images.info(path)
             return str(meta.get("full-backing-filename") or meta.get("backing-filename") or "")
-        try:
-            xml = parse_xml(self.conn().storageVolLookupByPath(path).XMLDesc(0))
-        except libvirt.libvirtError as exc:
-            raise self.translate(exc) from exc
+        xml = parse_xml(self.session.conn().storageVolLookupByPath(path).XMLDesc(0))
         return xml.findtext("backingStore/path", "")
 
     def _estimate(self, path: str, fmt: str, local: bool) -> int:
         """Bytes the export will about send: the virtual size for raw, the
         allocated size otherwise."""
-        try:
-            if local:
-                meta = images.info(path)
-                return int(meta["virtual-size"] if fmt == "raw" else meta.get("actual-size", 0))
-            _, capacity, allocation = self.conn().storageVolLookupByPath(path).info()
-            return int(capacity if fmt == "raw" else allocation)
-        except libvirt.libvirtError as exc:
-            raise self.translate(exc) from exc
+        if local:
+            meta = images.info(path)
+            return int(meta["virtual-size"] if fmt == "raw" else meta.get("actual-size", 0))
+        _, capacity, allocation = self.session.conn().storageVolLookupByPath(path).info()
+        return int(capacity if fmt == "raw" else allocation)
 
     # -- scratch space and settings ------------------------------------------------------
 
@@ -493,10 +413,21 @@ class DiskTransfers:
         )
 
 
+def _new_volume(pool: libvirt.virStoragePool, name: str, create: Callable[[], libvirt.virStorageVol]) -> libvirt.virStorageVol:
+    """``create()`` a volume; AlreadyExists when one of its name appeared
+    since it was looked for."""
+    vol: libvirt.virStorageVol | None = None
+    with errors.ignoring(errors.is_volume_taken):
+        vol = create()
+    if vol is None:
+        raise AlreadyExists(f"volume {name!r} appeared in pool {pool.name()!r} meanwhile")
+    return vol
+
+
 def _volume_name(name: str, field: str) -> str:
     if not VOLUME_NAME_RE.match(name):
         raise InvalidArgument.field(field, "must be 1-255 letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
     return name
 
 
-__all__ = ["DiskTransfers", "DomainDisk"]
+__all__ = ["DiskTransfers"]

@@ -1,12 +1,22 @@
-"""The one table from libvirt errors to the core's errors.
+"""The one table from libvirt errors to the core's errors, and the named
+conditions the backend branches on.
 
 Every ``libvirt.libvirtError`` the backend meets goes through
-:func:`translate`, which walks :data:`TABLE` top to bottom and uses the first
-rule whose error codes match (and, for a few rules, whose message contains a
-given phrase). Rules are ordered most specific first. An error no rule
-matches becomes :class:`~provider_core.errors.Internal` carrying libvirt's
-message: an unexpected hypervisor failure is exactly what clients count as
-an infrastructure failure.
+:func:`translate` (at the one boundary,
+:meth:`vm_provider_libvirt.session.Session.translated`), which walks
+:data:`TABLE` top to bottom and uses the first rule whose error codes match
+(and, for a few rules, whose message contains a given phrase). Rules are
+ordered most specific first. An error no rule matches becomes
+:class:`~provider_core.errors.Internal` carrying libvirt's message: an
+unexpected hypervisor failure is exactly what clients count as an
+infrastructure failure.
+
+Where an operation must tell one libvirt condition from the others (a
+volume that is not there is simply absent; a domain already off needs no
+destroy), it asks a predicate defined here (:func:`is_missing_volume`, ...)
+through :func:`ignoring`; no module compares error codes itself. Cleanups
+after a failure run under :func:`best_effort`, so that their own failure
+is logged and does not hide the one being handled.
 
 libvirt messages name objects and paths, never passwords, so they are passed
 on to clients.
@@ -14,7 +24,9 @@ on to clients.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import libvirt
@@ -123,13 +135,117 @@ TABLE: tuple[Rule, ...] = (
 )
 
 
+# -- named conditions ---------------------------------------------------------------
+
+Condition = Callable[[libvirt.libvirtError], bool]
+"""A predicate over libvirt errors (the ``is_*`` functions below)."""
+
+
+def _code_in(exc: libvirt.libvirtError, codes: frozenset[int]) -> bool:
+    return (exc.get_error_code() or 0) in codes
+
+
+_NO_DOMAIN = _codes("NO_DOMAIN")
+_NO_SNAPSHOT = _codes("NO_DOMAIN_SNAPSHOT")
+_NO_VOLUME = _codes("NO_STORAGE_VOL")
+_NO_POOL = _codes("NO_STORAGE_POOL")
+_NO_NETWORK = _codes("NO_NETWORK")
+_VOLUME_EXISTS = _codes("STORAGE_VOL_EXIST")
+_UNSUPPORTED = _codes("NO_SUPPORT")
+_INVALID_IN_STATE = _codes("OPERATION_INVALID")
+_FLAGS_REFUSED = _codes("INVALID_ARG", "NO_SUPPORT")
+_LOST = _codes("NO_CONNECT", "INVALID_CONN")
+_INTERNAL = _codes("INTERNAL_ERROR")
+
+
+def is_missing_domain(exc: libvirt.libvirtError) -> bool:
+    """The domain does not exist (or no longer: a handle of a domain undefined since)."""
+    return _code_in(exc, _NO_DOMAIN)
+
+
+def is_missing_snapshot(exc: libvirt.libvirtError) -> bool:
+    """The domain has no snapshot of that name."""
+    return _code_in(exc, _NO_SNAPSHOT)
+
+
+def is_missing_volume(exc: libvirt.libvirtError) -> bool:
+    """No storage volume of that name or path."""
+    return _code_in(exc, _NO_VOLUME)
+
+
+def is_missing_pool(exc: libvirt.libvirtError) -> bool:
+    """No storage pool of that name."""
+    return _code_in(exc, _NO_POOL)
+
+
+def is_missing_network(exc: libvirt.libvirtError) -> bool:
+    """No libvirt network of that name."""
+    return _code_in(exc, _NO_NETWORK)
+
+
+def is_volume_taken(exc: libvirt.libvirtError) -> bool:
+    """A volume of that name exists already."""
+    return _code_in(exc, _VOLUME_EXISTS)
+
+
+def is_unsupported(exc: libvirt.libvirtError) -> bool:
+    """The connection's driver does not implement the call (the test driver's
+    streams, keepalive on a local connection, ...)."""
+    return _code_in(exc, _UNSUPPORTED)
+
+
+def is_invalid_in_state(exc: libvirt.libvirtError) -> bool:
+    """The domain's state forbids the call (destroying a domain that is off,
+    asking a paused one to shut down)."""
+    return _code_in(exc, _INVALID_IN_STATE)
+
+
+def is_flag_refused(exc: libvirt.libvirtError) -> bool:
+    """The driver refuses a flag of the call (the test driver's undefine
+    flags for NVRAM, TPM and checkpoints)."""
+    return _code_in(exc, _FLAGS_REFUSED)
+
+
+def any_error(_exc: libvirt.libvirtError) -> bool:
+    """Every libvirt error (for calls whose failure only means "not known":
+    a host name, the leases of a network, a guest agent's answer)."""
+    return True
+
+
+@contextlib.contextmanager
+def ignoring(*conditions: Condition) -> Iterator[None]:
+    """Run a block; a libvirt error one of ``conditions`` names ends it
+    quietly, every other one passes on. For lookups of what may be absent::
+
+        with errors.ignoring(errors.is_missing_volume):
+            return pool.storageVolLookupByName(name)
+        return None
+    """
+    if not conditions:
+        raise TypeError("name the conditions to ignore")
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        if not any(condition(exc) for condition in conditions):
+            raise
+
+
+@contextlib.contextmanager
+def best_effort(what: str) -> Iterator[None]:
+    """Run a cleanup: a libvirt error is logged (``could not <what>``), not
+    raised, so it does not hide the failure being cleaned up after."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        log.warning("could not %s: %s", what, exc.get_error_message())
+
+
 def connection_lost(exc: libvirt.libvirtError) -> bool:
     """Whether the error says the connection to the daemon is gone (so the
     next call should open a new one)."""
-    code = exc.get_error_code()
-    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN) or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+    if _code_in(exc, _LOST) or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
         return True
-    return code == libvirt.VIR_ERR_INTERNAL_ERROR and _SOCKET_CLOSED in (exc.get_error_message() or "")
+    return _code_in(exc, _INTERNAL) and _SOCKET_CLOSED in (exc.get_error_message() or "")
 
 
 def translate(exc: libvirt.libvirtError, context: str = "") -> ProviderError:

@@ -29,12 +29,18 @@ from functools import cached_property
 
 import libvirt
 
+from . import errors
 from .domxml import parse as parse_xml
 
 log = logging.getLogger(__name__)
 
 PROBE_MEMORY_MIB = 16
 PROBE_LIMIT_SECONDS = 10.0
+
+#: libvirt version (of the daemon) from which volume streams keep holes
+#: (``VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM``, 4.4.0), which the disk data
+#: path uses.
+SPARSE_STREAMS_SINCE = 4_004_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,27 @@ class HostInfo:
     def reboot_events(self) -> bool:
         """Whether a guest reboot is reported by a domain event (the test
         driver reboots at once and reports nothing)."""
+        return not self.is_test
+
+    @property
+    def keeps_disk_data(self) -> bool:
+        """Whether volumes hold bytes that streams carry in and out
+        (``vol.upload``, ``vol.download``). The test driver keeps only each
+        volume's name, format and sizes, and has no volume streams."""
+        return not self.is_test
+
+    @property
+    def streams_disks(self) -> bool:
+        """Whether the disk data path can move volume bytes here: the
+        volumes keep data, and the daemon streams it keeping holes
+        (libvirt >= 4.4)."""
+        return self.keeps_disk_data and self.libvirt_version >= SPARSE_STREAMS_SINCE
+
+    @property
+    def resizes_disks(self) -> bool:
+        """Whether volumes and a running domain's disks can grow
+        (``vol.resize``, ``blockResize``): not on the test driver, which
+        implements neither."""
         return not self.is_test
 
     @classmethod
@@ -131,10 +158,9 @@ class HostInfo:
 
 
 def _hostname(conn: libvirt.virConnect) -> str:
-    try:
+    with errors.ignoring(errors.any_error):  # only shown by Validate
         return str(conn.getHostname())
-    except libvirt.libvirtError:
-        return ""
+    return ""
 
 
 def version_text(number: int) -> str:
@@ -144,10 +170,12 @@ def version_text(number: int) -> str:
 
 def efi_available(conn: libvirt.virConnect, host: HostInfo, domain_type: str) -> bool | None:
     """Whether UEFI firmware can be auto-selected (None: the host cannot say)."""
-    try:
-        caps = parse_xml(conn.getDomainCapabilities(None, host.arch, None, domain_type, 0))
-    except libvirt.libvirtError:
+    text = ""
+    with errors.ignoring(errors.any_error):
+        text = conn.getDomainCapabilities(None, host.arch, None, domain_type, 0)
+    if not text:
         return None
+    caps = parse_xml(text)
     values = {v.text for v in caps.findall("os/enum[@name='firmware']/value")}
     return "efi" in values
 
@@ -170,16 +198,20 @@ def choose_domain_type(conn: libvirt.virConnect, host: HostInfo, setting: str) -
 
 def kvm_works(conn: libvirt.virConnect, host: HostInfo) -> bool:
     """Whether a probe guest runs faster under KVM than emulated."""
-    try:
+    emulated: float | None = None
+    kvm: float | None = None
+    probed = False
+    with errors.best_effort("probe KVM with a guest; trusting the host's offer of KVM"):
         emulated = _probe(conn, host, "qemu", PROBE_LIMIT_SECONDS)
-        if emulated is None:
-            log.warning("KVM probe: the emulated probe guest did not finish; trusting KVM")
-            return True
-        budget = max(1.0, 1.5 * emulated)
-        kvm = _probe(conn, host, "kvm", budget)
-    except libvirt.libvirtError as exc:
-        log.warning("KVM probe failed (%s); trusting the host's offer of KVM", exc.get_error_message())
+        if emulated is not None:
+            kvm = _probe(conn, host, "kvm", max(1.0, 1.5 * emulated))
+        probed = True
+    if not probed:
         return True
+    if emulated is None:
+        log.warning("KVM probe: the emulated probe guest did not finish; trusting KVM")
+        return True
+    budget = max(1.0, 1.5 * emulated)
     if kvm is None:
         log.warning(
             "KVM is offered but a probe guest did not finish within %.1fs under KVM (%.2fs emulated): using QEMU emulation",
@@ -209,17 +241,13 @@ def _probe(conn: libvirt.virConnect, host: HostInfo, domain_type: str, limit: fl
     dom = conn.createXML(xml, 0)
     try:
         while time.monotonic() - start < limit:
-            try:
-                if not dom.isActive():
-                    return time.monotonic() - start
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return time.monotonic() - start
-                raise
+            active = False  # a transient domain that ended is gone
+            with errors.ignoring(errors.is_missing_domain):
+                active = dom.isActive()
+            if not active:
+                return time.monotonic() - start
             time.sleep(0.05)
         return None
     finally:
-        try:
+        with errors.ignoring(errors.any_error):  # it ended by itself, and is gone
             dom.destroy()
-        except libvirt.libvirtError:
-            pass

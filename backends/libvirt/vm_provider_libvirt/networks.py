@@ -13,7 +13,8 @@ of that VLAN (``br0.10``) instead and leave VLAN at 0.
 
 Addresses, cheapest first: the DHCP leases of the VM's libvirt networks
 (one call per network, shared by all VMs in ListVMs, and by all Describe
-calls within :data:`DESCRIBE_TTL` seconds), matched by MAC; else
+calls within :data:`~vm_provider_libvirt.readcache.DESCRIBE_TTL` seconds,
+see :class:`~vm_provider_libvirt.readcache.Leases`), matched by MAC; else
 the guest agent when its channel is connected; else (Describe only) the
 host's ARP table. The test driver has no leases and answers from its own
 made-up table.
@@ -23,36 +24,29 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
-import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 
 from provider_core import FailedPrecondition, InvalidArgument
 from provider_core.specs import NetworkAttachment
 
-from . import domxml
+from . import domxml, errors
 from .domxml import NicPlan
 from .domxml import parse as parse_xml
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .readcache import Leases
+from .session import Session
 
 VLAN_FORWARD_MODES = frozenset({"hostdev", "passthrough", "private", "vepa"})
 
-#: Seconds Describe reuses a network's DHCP leases (see :class:`Leases`).
-DESCRIBE_TTL = 2.0
 
-
-def plan(lv: LibvirtBackend, attachments: list[NetworkAttachment], macs: Iterable[str] = ()) -> list[NicPlan]:
+def plan(session: Session, attachments: list[NetworkAttachment], macs: Iterable[str] = ()) -> list[NicPlan]:
     """NIC plans for networks_json (one NIC on ``settings.network`` when it
     is empty). ``macs`` replaces the MACs in order (clones get new ones)."""
-    conn = lv.conn()
     given = list(macs)
     if not attachments:
-        if not lv.settings.network:
+        if not session.settings.network:
             return []
         attachments = [NetworkAttachment()]
         default = True
@@ -68,18 +62,15 @@ def plan(lv: LibvirtBackend, attachments: list[NetworkAttachment], macs: Iterabl
         if na.bridge:
             out.append(NicPlan("bridge", na.bridge, mac, model, na.vlan, openvswitch=bool(na.vlan)))
             continue
-        name = na.network_name or lv.settings.network
-        try:
-            net = conn.networkLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
-                raise
+        name = na.network_name or session.settings.network
+        net = session.find_network(name)
+        if net is None:
             if default or not na.network_name:
                 raise FailedPrecondition(
                     f"the default network {name!r} (setting 'network') does not exist on this host; "
                     "create it or name one in networks_json NetworkName"
-                ) from exc
-            raise InvalidArgument.field(f"{field}.NetworkName", f"no libvirt network {name!r}") from exc
+                )
+            raise InvalidArgument.field(f"{field}.NetworkName", f"no libvirt network {name!r}")
         if na.vlan:
             _check_vlan(net, name, na.vlan, f"{field}.VLAN")
         out.append(NicPlan("network", name, mac, model, na.vlan))
@@ -103,48 +94,6 @@ def _check_vlan(net: libvirt.virNetwork, name: str, vlan: int, field: str) -> No
 
 
 # -- addresses ------------------------------------------------------------------
-
-
-class Leases:
-    """DHCP leases per libvirt network, fetched at most once per network
-    every ``ttl`` seconds (by default once in the object's life: ListVMs
-    makes one per listing).
-
-    The backend keeps one with a short ``ttl`` for Describe (see
-    :data:`DESCRIBE_TTL`): a lease is granted once per boot and renewed
-    every hour or so, so an address shows up at most ``ttl`` seconds late,
-    and a VM polling for its first address is not kept waiting noticeably.
-    Thread-safe: an entry is replaced whole; two threads refreshing one
-    network at once both fetch it, which is harmless."""
-
-    def __init__(self, conn: libvirt.virConnect, ttl: float = math.inf) -> None:
-        self.conn = conn
-        self.ttl = ttl
-        self._by_network: dict[str, tuple[float, dict[str, list[str]] | None]] = {}
-
-    def for_network(self, name: str) -> dict[str, list[str]] | None:
-        """MAC -> addresses on that network; None when the driver has no
-        lease API (test driver) or the network is gone."""
-        now = time.monotonic()
-        hit = self._by_network.get(name)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
-        table = self._fetch(name)
-        self._by_network[name] = (now, table)
-        return table
-
-    def _fetch(self, name: str) -> dict[str, list[str]] | None:
-        try:
-            leases: list[dict[str, Any]] = self.conn.networkLookupByName(name).DHCPLeases()
-        except libvirt.libvirtError:
-            return None
-        out: dict[str, list[str]] = {}
-        for lease in leases:
-            mac = str(lease.get("mac", "")).lower()
-            addr = str(lease.get("ipaddr", ""))
-            if mac and addr:
-                out.setdefault(mac, []).append(addr)
-        return out
 
 
 def addresses(
@@ -173,10 +122,9 @@ def addresses(
         sources.append(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
     macs = {n.mac for n in nics}
     for source in sources:
-        try:
+        found: dict[str, Any] = {}
+        with errors.ignoring(errors.any_error):  # no agent, no lease API: this source knows nothing
             found = dom.interfaceAddresses(source, 0)
-        except libvirt.libvirtError:
-            continue
         for iface in found.values():
             if macs and str(iface.get("hwaddr", "")).lower() not in macs:
                 continue

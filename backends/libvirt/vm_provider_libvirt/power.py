@@ -27,16 +27,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import libvirt
 
 from provider_core import Outcome, PowerOp
 
-from . import connection
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from . import connection, errors
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +41,10 @@ POLL_SECONDS = 0.1
 STOPPED = frozenset({libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_NOSTATE})
 
 
-def power(lv: LibvirtBackend, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
-    dom = lv.lookup(vm_id)
+def power(session: Session, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
+    dom = session.lookup(vm_id)
     context = f"VM {dom.name()!r}"
-    with lv.translated(context):
+    with session.translated(context):
         state = dom.state()[0]
         if op is PowerOp.ON:
             start(dom, state)
@@ -55,12 +52,12 @@ def power(lv: LibvirtBackend, vm_id: str, op: PowerOp, graceful_timeout: float) 
             if state not in STOPPED:
                 dom.destroy()
         elif op is PowerOp.REBOOT:
-            return _reboot(lv, dom, state, graceful_timeout, context)
+            return _reboot(session, dom, state, graceful_timeout, context)
         elif op is PowerOp.SHUTDOWN_GRACEFUL:
             if state in STOPPED:
                 return Outcome.done(None)
             ask_shutdown(dom)
-            return Outcome.later(None, lambda: _finish_shutdown(lv, dom, graceful_timeout, context))
+            return Outcome.later(None, lambda: _finish_shutdown(session, dom, graceful_timeout, context))
     return Outcome.done(None)
 
 
@@ -80,11 +77,8 @@ def start(dom: libvirt.virDomain, state: int) -> None:
 def ask_shutdown(dom: libvirt.virDomain) -> None:
     """Ask the guest to shut down; a paused guest cannot be asked (libvirt
     refuses), it is forced off after the timeout instead."""
-    try:
+    with errors.ignoring(lambda exc: errors.is_invalid_in_state(exc) and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED):
         dom.shutdown()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
-            raise
 
 
 def wait_stopped(dom: libvirt.virDomain, timeout: float) -> bool:
@@ -98,19 +92,16 @@ def wait_stopped(dom: libvirt.virDomain, timeout: float) -> bool:
         time.sleep(POLL_SECONDS)
 
 
-def _finish_shutdown(lv: LibvirtBackend, dom: libvirt.virDomain, timeout: float, context: str) -> None:
-    with lv.translated(context):
+def _finish_shutdown(session: Session, dom: libvirt.virDomain, timeout: float, context: str) -> None:
+    with session.translated(context):
         if wait_stopped(dom, timeout):
             return
         log.info("%s did not shut down within %.0fs; forcing it off", context, timeout)
-        try:
+        with errors.ignoring(errors.is_invalid_in_state):  # it went off meanwhile
             dom.destroy()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # it went off meanwhile
-                raise
 
 
-def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: float, context: str) -> Outcome[None]:
+def _reboot(session: Session, dom: libvirt.virDomain, state: int, timeout: float, context: str) -> Outcome[None]:
     if state in STOPPED:
         start(dom, state)
         return Outcome.done(None)
@@ -118,11 +109,11 @@ def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: flo
         dom.reset(0)
         dom.resume()
         return Outcome.done(None)
-    if not lv.host().reboot_events:
+    if not session.host().reboot_events:
         dom.reboot(0)
         return Outcome.done(None)
     rebooted = threading.Event()
-    conn = lv.conn()
+    conn = session.conn()
 
     def on_reboot(_conn: libvirt.virConnect, _dom: libvirt.virDomain, _opaque: object) -> None:
         rebooted.set()
@@ -133,20 +124,23 @@ def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: flo
     except BaseException:
         connection.release_event_loop()
         raise
+    asked = False
     try:
-        dom.reboot(0)
-    except libvirt.libvirtError:
+        with errors.ignoring(errors.any_error):  # the guest cannot be asked: it is reset instead
+            dom.reboot(0)
+            asked = True
+    except BaseException:
+        _deregister(conn, callback)
+        raise
+    if not asked:
         _deregister(conn, callback)
         log.info("%s: the guest cannot be asked to reboot; resetting it", context)
         dom.reset(0)
         return Outcome.done(None)
-    except BaseException:
-        _deregister(conn, callback)
-        raise
 
     def finish() -> None:
         try:
-            with lv.translated(context):
+            with session.translated(context):
                 if not rebooted.wait(timeout) and dom.state()[0] not in STOPPED:
                     log.info("%s did not reboot within %.0fs; resetting it", context, timeout)
                     dom.reset(0)
@@ -159,8 +153,7 @@ def _reboot(lv: LibvirtBackend, dom: libvirt.virDomain, state: int, timeout: flo
 def _deregister(conn: libvirt.virConnect, callback: int) -> None:
     """Drop the reboot callback and the event loop :func:`_reboot` held."""
     try:
-        conn.domainEventDeregisterAny(callback)
-    except libvirt.libvirtError:
-        pass
+        with errors.ignoring(errors.any_error):  # the connection went away with it
+            conn.domainEventDeregisterAny(callback)
     finally:
         connection.release_event_loop()

@@ -3,7 +3,7 @@
 Costs: Describe makes one libvirt call (``state()``), and a second
 (``XMLDesc()``) when what it last read of the VM's XML is not recent
 (:meth:`~vm_provider_libvirt.readcache.Parsed.recent`: older than
-:data:`~vm_provider_libvirt.networks.DESCRIBE_TTL` seconds, or a change or a
+:data:`~vm_provider_libvirt.readcache.DESCRIBE_TTL` seconds, or a change or a
 new state since). A running VM adds one lease query per network of the VM
 at most every ``DESCRIBE_TTL`` seconds (shared by all VMs), and an agent or
 ARP query only when the leases know nothing. Domain handles and what is
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import libvirt
@@ -36,12 +36,10 @@ from provider_core import (
     VMStatus,
 )
 
-from . import domxml, images, marks, networks, readcache, states, storage
+from . import domxml, errors, images, marks, networks, readcache, states, storage
 from .connection import safe_uri
 from .host import version_text
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
 
 GIB = storage.GIB
 ACTIVE = frozenset(
@@ -49,11 +47,10 @@ ACTIVE = frozenset(
 )
 
 
-def validate(lv: LibvirtBackend) -> ValidationReport:
-    uri = safe_uri(lv.settings.uri)
+def validate(session: Session) -> ValidationReport:
+    uri = safe_uri(session.settings.uri)
     try:
-        conn = lv.conn()
-        host = lv.host()
+        host = session.host()
     except ProviderError as exc:
         return ValidationReport(ok=False, message=f"cannot use libvirt at {uri}: {exc}")
     facts = [
@@ -62,25 +59,29 @@ def validate(lv: LibvirtBackend) -> ValidationReport:
     ]
     problems: list[str] = []
     try:
-        pool = lv.pool()
+        pool = session.pool()
         facts.append(f"pool {pool.name()!r}")
     except (NotFound, FailedPrecondition) as exc:
         problems.append(f"{exc} (setting 'pool')")
     except ProviderError as exc:
-        problems.append(f"storage pool {lv.settings.pool!r}: {exc}")
-    if lv.settings.network:
+        problems.append(f"storage pool {session.settings.pool!r}: {exc}")
+    network = session.settings.network
+    if network:
         try:
-            net = conn.networkLookupByName(lv.settings.network)
-            if net.isActive():
-                facts.append(f"network {lv.settings.network!r}")
-            else:
-                problems.append(f"network {lv.settings.network!r} is not active (virsh net-start {lv.settings.network})")
-        except libvirt.libvirtError as exc:
-            problems.append(f"network {lv.settings.network!r} (setting 'network'): {lv.translate(exc)}")
-    if lv.settings.domain_type == "kvm" and "kvm" not in host.domain_types and not host.is_test:
+            with session.translated():
+                net = session.find_network(network)
+                if net is None:
+                    problems.append(f"network {network!r} (setting 'network'): not found")
+                elif net.isActive():
+                    facts.append(f"network {network!r}")
+                else:
+                    problems.append(f"network {network!r} is not active (virsh net-start {network})")
+        except ProviderError as exc:
+            problems.append(f"network {network!r} (setting 'network'): {exc}")
+    if session.settings.domain_type == "kvm" and "kvm" not in host.domain_types and not host.is_test:
         problems.append("domain_type is 'kvm' but this host does not offer KVM")
     try:
-        facts.append(f"domain type {lv.domain_type()}")
+        facts.append(f"domain type {session.domain_type()}")
     except ProviderError as exc:
         problems.append(f"cannot choose the domain type: {exc}")
     if problems:
@@ -168,55 +169,42 @@ def _listing(
     )
 
 
-def describe(lv: LibvirtBackend, vm_id: str) -> VMStatus:
-    dom = lv.lookup_cached(vm_id)
-    epoch = lv.changes.quiet()
-    try:
+def describe(session: Session, vm_id: str) -> VMStatus:
+    with session.reading_domain(vm_id) as dom:
+        epoch = session.quiet()
         state, reason = dom.state()
         uuid = dom.UUIDString()  # kept in the handle: the key whatever id the caller gave
-        facts = lv.parsed.recent(uuid, state, epoch, networks.DESCRIBE_TTL)
-        if facts is None:
-            xml = dom.XMLDesc(0)
-            facts = lv.parsed.get(uuid, xml, lambda text: _facts(text, lv.console_host()), state, epoch)
+        facts = session.facts(dom, uuid, state, epoch, lambda text: _facts(text, session.console_host()))
         active = state in ACTIVE
-        ips = networks.addresses(dom, facts.nics, facts.agent, lv.leases()) if active else []
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            lv.forget(vm_id)
-            raise NotFound(f"VM {vm_id!r} not found") from exc
-        raise lv.translate(exc, f"VM {vm_id!r}") from exc
+        ips = networks.addresses(dom, facts.nics, facts.agent, session.leases()) if active else []
     raw = {**facts.raw, "state": states.native(state).name, "reason": states.reason(state, reason)}
     return VMStatus(power_state=states.power_state(state), ips=ips, console_url=facts.console if active else "", raw=raw)
 
 
-def list_vms(lv: LibvirtBackend) -> list[VMInfo]:
-    conn = lv.conn()
-    managed_only = lv.settings.list_scope == "managed"
-    console_host = lv.console_host()
+def list_vms(session: Session) -> list[VMInfo]:
+    conn = session.conn()
+    managed_only = session.settings.list_scope == "managed"
+    console_host = session.console_host()
     out: list[VMInfo] = []
-    epoch = lv.changes.quiet()
-    with lv.translated("listing VMs"):
+    epoch = session.quiet()
+    with session.translated("listing VMs"):
         stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
-        leases = networks.Leases(conn)
+        leases = readcache.Leases(conn)
         for dom, st in stats:
             uuid = dom.UUIDString()  # kept in the handle: no call to the daemon
             state = int(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
-            facts = lv.parsed.recent(uuid, state, epoch, networks.DESCRIBE_TTL)
+            facts: readcache.Facts | None = None
+            with errors.ignoring(errors.is_missing_domain):  # undefined since the listing: left out
+                facts = session.facts(dom, uuid, state, epoch, lambda text: _facts(text, console_host))
             if facts is None:
-                try:
-                    xml = dom.XMLDesc(0)
-                except libvirt.libvirtError as exc:
-                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                        continue  # undefined since the listing
-                    raise
-                facts = lv.parsed.get(uuid, xml, lambda text: _facts(text, console_host), state, epoch)
+                continue
             if managed_only and not facts.managed:
                 continue
             out.append(_info(dom, facts, st, leases))
     return out
 
 
-def _info(dom: libvirt.virDomain, facts: readcache.Facts, st: dict[str, Any], leases: networks.Leases) -> VMInfo:
+def _info(dom: libvirt.virDomain, facts: readcache.Facts, st: dict[str, Any], leases: readcache.Leases) -> VMInfo:
     """A ListVMs entry. Every value is built and typed here, so the models
     are constructed without validating them again."""
     listing = facts.listing
@@ -260,9 +248,9 @@ def _static_ips(mark: marks.Mark | None) -> list[str]:
 # -- GetDiskInfo --------------------------------------------------------------------
 
 
-def pick_disk(lv: LibvirtBackend, dom: libvirt.virDomain, disk_id: str) -> domxml.DomainDisk:
+def pick_disk(session: Session, dom: libvirt.virDomain, disk_id: str) -> domxml.DomainDisk:
     """The disk named by target, path or file name; the primary one for ""."""
-    disks = [d for d in lv.domain_disks(dom) if d.device != "cdrom"]
+    disks = [d for d in session.domain_disks(dom) if d.device != "cdrom"]
     if not disk_id:
         if not disks:
             raise FailedPrecondition(f"VM {dom.name()!r} has no disk")
@@ -273,27 +261,21 @@ def pick_disk(lv: LibvirtBackend, dom: libvirt.virDomain, disk_id: str) -> domxm
     raise NotFound(f"VM {dom.name()!r} has no disk {disk_id!r} (its disks: {', '.join(d.target for d in disks) or 'none'})")
 
 
-def disk_info(lv: LibvirtBackend, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
-    dom = lv.lookup(vm_id)
-    disk = pick_disk(lv, dom, disk_id)
-    conn = lv.conn()
+def disk_info(session: Session, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
+    dom = session.lookup(vm_id)
+    disk = pick_disk(session, dom, disk_id)
     metadata = {"target": disk.target, "bus": disk.bus, "domain": dom.name()}
-    with lv.translated(f"VM {vm_id!r}"):
+    with session.translated(f"VM {vm_id!r}"):
         snapshots = [s.getName() for s in dom.listAllSnapshots(0)]
         if snapshot_id and snapshot_id not in snapshots:
             raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot_id!r}")
-        try:
-            vol = conn.storageVolLookupByPath(disk.path)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
-            vol = None
+        vol = session.volume_at(disk.path)
         if vol is not None:
             info = storage.describe(vol)
             fmt, virtual, actual, backing = info.format, info.capacity, info.allocation, info.backing_path
             metadata.update(pool=info.pool, volume=info.name)
         else:
-            fmt, virtual, actual, backing = _local_image(lv, disk)
+            fmt, virtual, actual, backing = _local_image(session, disk)
     if snapshot_id:
         metadata["snapshot"] = snapshot_id
     return DiskDetails(
@@ -309,9 +291,9 @@ def disk_info(lv: LibvirtBackend, vm_id: str, disk_id: str, snapshot_id: str) ->
     )
 
 
-def _local_image(lv: LibvirtBackend, disk: domxml.DomainDisk) -> tuple[str, int, int, str]:
+def _local_image(session: Session, disk: domxml.DomainDisk) -> tuple[str, int, int, str]:
     """qemu-img facts of a disk outside any pool, when libvirt runs here."""
-    parts = urlsplit(lv.settings.uri)
+    parts = urlsplit(session.settings.uri)
     if parts.hostname or not Path(disk.path).exists():
         return disk.format, 0, 0, ""
     try:

@@ -1,5 +1,6 @@
-"""What Describe keeps between calls, so that a call usually costs one
-libvirt round trip (``state()``) and little Python.
+"""What Describe and ListVMs keep between calls, so that a call usually
+costs one libvirt round trip (``state()``) and little Python. Private to the
+bottom layer (:class:`~vm_provider_libvirt.session.Session` holds them).
 
 - :class:`Handles`: ``virDomain`` objects by UUID. A handle is only the
   domain's UUID and name on the client side; libvirt resolves it by UUID on
@@ -9,12 +10,16 @@ libvirt round trip (``state()``) and little Python.
 - :class:`Parsed`: what Describe and ListVMs derive from a domain's XML.
   When ``XMLDesc`` returns the very same text as last time the parse is
   skipped. And Describe does not ask for the XML at all while what it read
-  is recent (:meth:`Parsed.recent`): younger than a few seconds, the
-  domain's state unchanged since, and no change made through this backend
-  begun or ended since (:class:`Changes`). So a Describe sees every change
-  this provider makes, every start, stop, pause and resume at once, and a
-  change made to a domain's definition behind its back (``virsh edit``) at
-  most that many seconds late -- as it sees a new DHCP lease.
+  is recent (:meth:`Parsed.recent`): younger than :data:`DESCRIBE_TTL`
+  seconds, the domain's state unchanged since, and no change made through
+  this backend begun or ended since (:class:`Changes`). So a Describe sees
+  every change this provider makes, every start, stop, pause and resume at
+  once, and a change made to a domain's definition behind its back
+  (``virsh edit``) at most that many seconds late -- as it sees a new DHCP
+  lease.
+- :class:`Leases`: the DHCP leases of each libvirt network, fetched at most
+  every :data:`DESCRIBE_TTL` seconds for Describe (ListVMs makes one per
+  listing).
 
 All are bounded and thread-safe (entries are replaced whole; two threads
 filling the same entry at once both compute it, which is harmless).
@@ -22,6 +27,7 @@ filling the same entry at once both compute it, which is harmless).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,9 +38,13 @@ import libvirt
 
 from provider_core import Nic
 
-from . import domxml
+from . import domxml, errors
 
 V = TypeVar("V")
+
+#: Seconds Describe reuses what it read of a domain's XML, and a network's
+#: DHCP leases.
+DESCRIBE_TTL = 2.0
 
 #: Entries kept per cache; past that the cache starts over (cheap, and
 #: rare: it takes this many distinct VMs between two refills).
@@ -170,4 +180,45 @@ class Parsed(_Bounded[_Read]):
         return facts
 
 
-__all__ = ["Changes", "Facts", "Handles", "Listing", "Parsed"]
+class Leases:
+    """DHCP leases per libvirt network, fetched at most once per network
+    every ``ttl`` seconds (by default once in the object's life: ListVMs
+    makes one per listing).
+
+    The session keeps one with the ttl :data:`DESCRIBE_TTL` for Describe: a
+    lease is granted once per boot and renewed every hour or so, so an
+    address shows up at most ``ttl`` seconds late, and a VM polling for its
+    first address is not kept waiting noticeably."""
+
+    def __init__(self, conn: libvirt.virConnect, ttl: float = math.inf) -> None:
+        self.conn = conn
+        self.ttl = ttl
+        self._by_network: dict[str, tuple[float, dict[str, list[str]] | None]] = {}
+
+    def for_network(self, name: str) -> dict[str, list[str]] | None:
+        """MAC -> addresses on that network; None when the driver has no
+        lease API (test driver) or the network is gone."""
+        now = time.monotonic()
+        hit = self._by_network.get(name)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        table = self._fetch(name)
+        self._by_network[name] = (now, table)
+        return table
+
+    def _fetch(self, name: str) -> dict[str, list[str]] | None:
+        leases: list[dict[str, Any]] | None = None
+        with errors.ignoring(errors.any_error):  # no lease API, or the network is gone: nothing known
+            leases = self.conn.networkLookupByName(name).DHCPLeases()
+        if leases is None:
+            return None
+        out: dict[str, list[str]] = {}
+        for lease in leases:
+            mac = str(lease.get("mac", "")).lower()
+            addr = str(lease.get("ipaddr", ""))
+            if mac and addr:
+                out.setdefault(mac, []).append(addr)
+        return out
+
+
+__all__ = ["DESCRIBE_TTL", "Changes", "Facts", "Handles", "Leases", "Listing", "Parsed"]

@@ -10,7 +10,9 @@ maximums (they keep the create-time headroom) and growing volumes with
 All or nothing: every change is checked before the first is made; what a
 running VM cannot take raises FAILED_PRECONDITION naming what it needs
 (power-off), impossible requests raise INVALID_ARGUMENT (shrinking a disk,
-adding or removing disks or NICs, changing firmware or the name). CPU and
+adding or removing disks or NICs, changing firmware or the name), and disk
+growth on a host that cannot resize volumes at all (libvirt's test driver)
+UNIMPLEMENTED naming what it lacks: no power state would help there. CPU and
 memory changes are undone when a later change fails (a disk that grew
 stays grown: disks only grow). Image, placement, cloud-init data and
 ExtraConfig are create-time only and ignored here.
@@ -26,19 +28,16 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import libvirt
 
-from provider_core import DesiredVM, FailedPrecondition, InvalidArgument, Outcome
+from provider_core import DesiredVM, FailedPrecondition, InvalidArgument, Outcome, Unimplemented
 from provider_core.specs import Firmware, VMClass
 
-from . import domxml, marks, power, storage
+from . import domxml, errors, marks, power, storage
 from .create import resources
 from .marks import Mark, VolumeRef
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +73,7 @@ class Plan:
         self.changes: list[Change] = []
         self.disk_changes: list[Change] = []
         self.invalid: list[tuple[str, str]] = []
+        self.unsupported: list[str] = []
         self.needs: list[str] = []
 
     def check(self) -> None:
@@ -81,6 +81,8 @@ class Plan:
             path, problem = self.invalid[0]
             more = f" (and {len(self.invalid) - 1} more)" if len(self.invalid) > 1 else ""
             raise InvalidArgument(f"{path}: {problem}{more}", self.invalid)
+        if self.unsupported:
+            raise Unimplemented("; ".join(self.unsupported))
         if self.needs:
             raise FailedPrecondition("; ".join(self.needs))
 
@@ -93,16 +95,14 @@ class Plan:
         except BaseException:
             for change in reversed(done):
                 if change.undo is not None:
-                    try:
+                    with errors.best_effort(f"undo {change.what}"):
                         change.undo()
-                    except libvirt.libvirtError as exc:
-                        log.warning("could not undo %s: %s", change.what, exc.get_error_message())
             raise
 
 
-def reconfigure(lv: LibvirtBackend, vm_id: str, desired: DesiredVM) -> Outcome[None]:
-    dom = lv.lookup(vm_id)
-    with lv.translated(f"reconfiguring VM {dom.name()!r}"):
+def reconfigure(session: Session, vm_id: str, desired: DesiredVM) -> Outcome[None]:
+    dom = session.lookup(vm_id)
+    with session.translated(f"reconfiguring VM {dom.name()!r}"):
         root = domxml.parse(dom.XMLDesc(0))
         running = dom.state()[0] not in power.STOPPED
         mark = marks.read(root) or Mark()
@@ -110,10 +110,10 @@ def reconfigure(lv: LibvirtBackend, vm_id: str, desired: DesiredVM) -> Outcome[N
         if desired.name and desired.name != dom.name():
             plan.invalid.append(("desired_json.Name", f"renaming {dom.name()!r} is not supported"))
         if desired.vm_class is not None:
-            _cpu_memory(lv, dom, root, desired.vm_class, running=running, plan=plan)
+            _cpu_memory(session, dom, root, desired.vm_class, running=running, plan=plan)
         if desired.networks is not None and len(desired.networks) != len(domxml.nics(root)):
             plan.invalid.append(("desired_json.Networks", "adding or removing NICs is not supported by Reconfigure"))
-        _disks(lv, dom, mark, desired, running=running, plan=plan)
+        _disks(session, dom, mark, desired, running=running, plan=plan)
         if marks.read(root) is not None:
             tags = tuple(desired.tags) if desired.tags is not None else mark.tags
             cpu_plugged = running and any(c.what.startswith("vCPUs") for c in plan.changes)
@@ -126,7 +126,7 @@ def reconfigure(lv: LibvirtBackend, vm_id: str, desired: DesiredVM) -> Outcome[N
 
 
 def _cpu_memory(
-    lv: LibvirtBackend, dom: libvirt.virDomain, root: ET.Element, vm_class: VMClass, *, running: bool, plan: Plan
+    session: Session, dom: libvirt.virDomain, root: ET.Element, vm_class: VMClass, *, running: bool, plan: Plan
 ) -> None:
     cur_cpu, max_cpu = domxml.vcpus(root)
     cur_mem = domxml.memory_mib(root, "currentMemory")
@@ -148,7 +148,7 @@ def _cpu_memory(
         elif running:
             plan.needs.append(f"{cpu} vCPUs is above this VM's maximum of {max_cpu} set at create time: power it off to raise it")
         else:
-            new_max = resources(lv, VMClass(cpu=cpu)).max_cpu
+            new_max = resources(session.settings, VMClass(cpu=cpu)).max_cpu
 
             def raise_cpu() -> None:
                 dom.setVcpusFlags(new_max, CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
@@ -173,7 +173,7 @@ def _cpu_memory(
         elif running:
             plan.needs.append(f"{memory} MiB of memory is above this VM's maximum of {max_mem} MiB: power it off to raise it")
         else:
-            new_max_kib = resources(lv, VMClass(memory_mib=memory)).max_memory_mib * 1024
+            new_max_kib = resources(session.settings, VMClass(memory_mib=memory)).max_memory_mib * 1024
 
             def raise_memory() -> None:
                 dom.setMemoryFlags(new_max_kib, CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
@@ -186,7 +186,7 @@ def _cpu_memory(
             plan.changes.append(Change(f"memory {cur_mem} -> {memory} MiB", raise_memory, lower_memory))
 
 
-def _disks(lv: LibvirtBackend, dom: libvirt.virDomain, mark: Mark, desired: DesiredVM, *, running: bool, plan: Plan) -> None:
+def _disks(session: Session, dom: libvirt.virDomain, mark: Mark, desired: DesiredVM, *, running: bool, plan: Plan) -> None:
     wanted: list[tuple[str, VolumeRef | None, int]] = []
     defaults = desired.vm_class.disk_defaults if desired.vm_class else None
     root_ref = next((v for v in mark.volumes if v.spec == "root"), None)
@@ -202,10 +202,11 @@ def _disks(lv: LibvirtBackend, dom: libvirt.virDomain, mark: Mark, desired: Desi
                 plan.invalid.append((f"desired_json.Disks[{i}]", "adding disks is not supported by Reconfigure"))
                 continue
             wanted.append((f"desired_json.Disks[{i}].SizeGiB", ref, disk.size_gib))
+    host = session.host()
     for field, ref, size_gib in wanted:
         if ref is None:
             continue  # no root disk made at Create (DiskDefaults was unused then too)
-        pool = lv.pool(ref.pool)
+        pool = session.pool(ref.pool)
         vol = storage.lookup(pool, ref.name)
         if vol is None:
             plan.invalid.append((field, f"volume {ref.pool}/{ref.name} of disk {ref.target} is gone"))
@@ -215,6 +216,11 @@ def _disks(lv: LibvirtBackend, dom: libvirt.virDomain, mark: Mark, desired: Desi
         if size < current:
             plan.invalid.append(
                 (field, f"{size_gib} GiB is smaller than disk {ref.target} ({current / GIB:g} GiB): disks only grow")
+            )
+        elif size > current and not host.resizes_disks:
+            plan.unsupported.append(
+                f"{field}: growing disk {ref.target} needs volume resizing, "
+                f"which libvirt's {host.driver.lower()} driver does not implement"
             )
         elif size > current:
             plan.disk_changes.append(_grow(dom, vol, ref.target, size, running))

@@ -16,17 +16,14 @@ definition.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import libvirt
 
 from provider_core import FailedPrecondition, Outcome
 
-from . import domxml, marks, storage
+from . import domxml, errors, marks, storage
 from .marks import Mark, VolumeRef
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +39,17 @@ UNDEFINE_ALL = (
 UNDEFINE_BASIC = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 
 
-def delete(lv: LibvirtBackend, vm_id: str) -> Outcome[None]:
-    dom = lv.lookup(vm_id)
+def delete(session: Session, vm_id: str) -> Outcome[None]:
+    dom = session.lookup(vm_id)
     name = dom.name()
-    with lv.translated(f"deleting VM {name!r}"):
+    with session.translated(f"deleting VM {name!r}"):
         mark = marks.read(domxml.parse(dom.XMLDesc(0)))
         if mark is None:
             raise FailedPrecondition(f"VM {name!r} was not created by vm-provider; refusing to delete it")
         if dom.isActive():
-            try:
+            with errors.ignoring(errors.is_invalid_in_state):  # went off meanwhile
                 dom.destroy()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # went off meanwhile
-                    raise
-        delete_volumes(lv, mark)
+        delete_volumes(session, mark)
         if dom.isPersistent():
             undefine(dom)
     log.info("deleted VM %s", name)
@@ -63,28 +57,28 @@ def delete(lv: LibvirtBackend, vm_id: str) -> Outcome[None]:
 
 
 def undefine(dom: libvirt.virDomain) -> None:
-    try:
+    undefined = False
+    with errors.ignoring(errors.is_flag_refused):
         dom.undefineFlags(UNDEFINE_ALL)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
-            raise
+        undefined = True
+    if not undefined:
         dom.undefineFlags(UNDEFINE_BASIC)
 
 
-def delete_volumes(lv: LibvirtBackend, mark: Mark) -> None:
+def delete_volumes(session: Session, mark: Mark) -> None:
     """Delete the volumes the mark lists; shared bases only when unused."""
     owned = [v for v in mark.volumes if v.role != "base"]
     for ref in owned:
-        vol = _volume(lv, ref)
+        vol = _volume(session, ref)
         if vol is not None:
             storage.delete(vol)
     for ref in mark.volumes:
         if ref.role == "base":
-            delete_base_if_unused(lv, ref)
+            delete_base_if_unused(session, ref)
 
 
-def delete_base_if_unused(lv: LibvirtBackend, ref: VolumeRef) -> None:
-    vol = _volume(lv, ref)
+def delete_base_if_unused(session: Session, ref: VolumeRef) -> None:
+    vol = _volume(session, ref)
     if vol is None:
         return
     users = storage.backs_others(vol.storagePoolLookupByVolume(), vol.path())
@@ -94,12 +88,9 @@ def delete_base_if_unused(lv: LibvirtBackend, ref: VolumeRef) -> None:
     storage.delete(vol)
 
 
-def _volume(lv: LibvirtBackend, ref: VolumeRef) -> libvirt.virStorageVol | None:
-    try:
-        pool = lv.conn().storagePoolLookupByName(ref.pool)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-            log.warning("pool %s of volume %s is gone", ref.pool, ref.name)
-            return None
-        raise
+def _volume(session: Session, ref: VolumeRef) -> libvirt.virStorageVol | None:
+    pool = session.find_pool(ref.pool)
+    if pool is None:
+        log.warning("pool %s of volume %s is gone", ref.pool, ref.name)
+        return None
     return storage.lookup(pool, ref.name)

@@ -26,16 +26,13 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import libvirt
 
 from provider_core import FailedPrecondition, NotFound, Outcome, SnapshotSpec
 
-from . import domxml, marks, power
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from . import domxml, errors, marks, power
+from .session import Session
 
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -62,15 +59,15 @@ def snapshot_xml(name: str, description: str, disks: list[tuple[str, str]]) -> s
     return ET.tostring(root, encoding="unicode")
 
 
-def create(lv: LibvirtBackend, spec: SnapshotSpec) -> Outcome[str]:
-    dom = lv.lookup(spec.vm_id)
+def create(session: Session, spec: SnapshotSpec) -> Outcome[str]:
+    dom = session.lookup(spec.vm_id)
     context = f"snapshot of VM {dom.name()!r}"
-    with lv.translated(context):
+    with session.translated(context):
         disks = []
-        for disk in lv.domain_disks(dom):
+        for disk in session.domain_disks(dom):
             if disk.device == "cdrom" or disk.readonly:
                 disks.append((disk.target, "no"))
-            elif disk.format != "qcow2" and not lv.host().is_test:
+            elif disk.format != "qcow2" and not session.host().is_test:
                 raise FailedPrecondition(f"disk {disk.target} of VM {dom.name()!r} is {disk.format}; snapshots need qcow2 disks")
             else:
                 disks.append((disk.target, "internal"))
@@ -86,7 +83,7 @@ def create(lv: LibvirtBackend, spec: SnapshotSpec) -> Outcome[str]:
         xml = snapshot_xml(name, spec.description, disks)
 
         def take() -> None:
-            with lv.translated(context):
+            with session.translated(context):
                 dom.snapshotCreateXML(xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
 
         if running:
@@ -95,26 +92,23 @@ def create(lv: LibvirtBackend, spec: SnapshotSpec) -> Outcome[str]:
     return Outcome.done(name)
 
 
-def _lookup(lv: LibvirtBackend, dom: libvirt.virDomain, snapshot_id: str) -> libvirt.virDomainSnapshot:
-    try:
+def _lookup(session: Session, dom: libvirt.virDomain, snapshot_id: str) -> libvirt.virDomainSnapshot:
+    with session.translated(f"VM {dom.name()!r}"), errors.ignoring(errors.is_missing_snapshot):
         return dom.snapshotLookupByName(snapshot_id, 0)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-            raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot_id!r}") from exc
-        raise lv.translate(exc, f"VM {dom.name()!r}") from exc
+    raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot_id!r}")
 
 
-def revert(lv: LibvirtBackend, vm_id: str, snapshot_id: str) -> Outcome[None]:
-    dom = lv.lookup(vm_id)
-    snap = _lookup(lv, dom, snapshot_id)
-    with lv.translated(f"reverting VM {dom.name()!r} to {snapshot_id!r}"):
+def revert(session: Session, vm_id: str, snapshot_id: str) -> Outcome[None]:
+    dom = session.lookup(vm_id)
+    snap = _lookup(session, dom, snapshot_id)
+    with session.translated(f"reverting VM {dom.name()!r} to {snapshot_id!r}"):
         dom.revertToSnapshot(snap, 0)
     return Outcome.done(None)
 
 
-def delete(lv: LibvirtBackend, vm_id: str, snapshot_id: str) -> Outcome[None]:
-    dom = lv.lookup(vm_id)
-    snap = _lookup(lv, dom, snapshot_id)
-    with lv.translated(f"deleting snapshot {snapshot_id!r} of VM {dom.name()!r}"):
+def delete(session: Session, vm_id: str, snapshot_id: str) -> Outcome[None]:
+    dom = session.lookup(vm_id)
+    snap = _lookup(session, dom, snapshot_id)
+    with session.translated(f"deleting snapshot {snapshot_id!r} of VM {dom.name()!r}"):
         snap.delete(0)
     return Outcome.done(None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import libvirt
 
+from . import errors
 from .domxml import parse as parse_xml
 
 log = logging.getLogger(__name__)
@@ -97,44 +98,36 @@ def holds_files(pool: libvirt.virStoragePool) -> bool:
 
 def lookup(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
     """The volume of that name, or None."""
-    try:
+    with errors.ignoring(errors.is_missing_volume):
         return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise
+    return None
+
+
+def at_path(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None:
+    """The volume at ``path`` in any pool, or None."""
+    with errors.ignoring(errors.is_missing_volume):
+        return conn.storageVolLookupByPath(path)
+    return None
 
 
 def find(conn: libvirt.virConnect, ref: str, default_pool: libvirt.virStoragePool) -> libvirt.virStorageVol | None:
     """A volume named ``pool/volume``, by absolute path, or by name in
     ``default_pool``; None when there is none."""
     if ref.startswith("/"):
-        try:
-            return conn.storageVolLookupByPath(ref)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
+        found = at_path(conn, ref)
+        if found is not None:
+            return found
         # A file copied into a pool directory behind libvirt's back: refresh once.
         for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-            try:
+            with errors.best_effort(f"refresh storage pool {pool.name()!r}"):
                 pool.refresh(0)
-            except libvirt.libvirtError:
-                continue
-        try:
-            return conn.storageVolLookupByPath(ref)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                return None
-            raise
+        return at_path(conn, ref)
     if "/" in ref:
         pool_name, _, vol_name = ref.partition("/")
-        try:
+        pool = None
+        with errors.ignoring(errors.is_missing_pool):
             pool = conn.storagePoolLookupByName(pool_name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                return None
-            raise
-        return lookup(pool, vol_name)
+        return None if pool is None else lookup(pool, vol_name)
     return lookup(default_pool, ref)
 
 
@@ -194,21 +187,17 @@ def grow(vol: libvirt.virStorageVol, capacity: int) -> None:
 
 def delete(vol: libvirt.virStorageVol) -> None:
     """Delete a volume; one already gone is fine."""
-    try:
+    with errors.ignoring(errors.is_missing_volume):
         vol.delete(0)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-            raise
 
 
 def backs_others(pool: libvirt.virStoragePool, path: str) -> list[str]:
     """Names of volumes in ``pool`` whose backing file is ``path``."""
     users = []
     for vol in pool.listAllVolumes(0):
-        try:
+        backing = None
+        with errors.ignoring(errors.is_missing_volume):  # deleted since the listing
             backing = parse_xml(vol.XMLDesc(0)).findtext("backingStore/path")
-        except libvirt.libvirtError:
-            continue
         if backing == path:
             users.append(vol.name())
     return users

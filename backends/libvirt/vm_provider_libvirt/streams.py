@@ -15,7 +15,6 @@ except where noted.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -25,7 +24,7 @@ from typing import Any, BinaryIO
 
 import libvirt
 
-from . import images
+from . import errors, images
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,12 @@ def upload_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, data: byt
     """Write ``data`` into the volume. Returns False when the driver cannot
     upload (libvirt's test driver)."""
     stream = conn.newStream(0)
-    try:
+    started = False
+    with errors.ignoring(errors.is_unsupported):
         vol.upload(stream, 0, len(data), 0)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-            return False
-        raise
+        started = True
+    if not started:
+        return False
     try:
         view = memoryview(data)
         for offset in range(0, len(data), UPLOAD_CHUNK):
@@ -116,7 +115,7 @@ def read_all(conn: libvirt.virConnect, vol: libvirt.virStorageVol, sink: Callabl
 
 
 def _abort(stream: libvirt.virStream) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
+    with errors.ignoring(errors.any_error):  # the stream failed already
         stream.abort()
 
 

@@ -12,30 +12,25 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING
 
 import libvirt
 
-from provider_core import FailedPrecondition, InvalidArgument, Outcome, Unimplemented
+from provider_core import FailedPrecondition, InvalidArgument, Outcome
 
 from . import domxml, power
-
-if TYPE_CHECKING:
-    from .backend import LibvirtBackend
+from .session import Session
 
 VERSIONED = re.compile(r"(.+?)-(\d+(?:\.\d+)*)")
 
 
-def hardware_upgrade(lv: LibvirtBackend, vm_id: str, target_version: int) -> Outcome[None]:
-    dom = lv.lookup(vm_id)
+def hardware_upgrade(session: Session, vm_id: str, target_version: int) -> Outcome[None]:
+    dom = session.lookup(vm_id)
     name = dom.name()
-    host = lv.host()
-    with lv.translated(f"upgrading VM {name!r}"):
+    host = session.host()
+    with session.translated(f"upgrading VM {name!r}"):
         if dom.state()[0] not in power.STOPPED:
             raise FailedPrecondition(f"VM {name!r} is running: power it off to change its machine type")
         root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        if not host.machines:
-            raise Unimplemented(f"libvirt's {host.driver} driver has no machine types to move VM {name!r} to")
         current = host.canonical_machine(domxml.machine(root))
         m = VERSIONED.fullmatch(current)
         if not m:
@@ -61,5 +56,5 @@ def hardware_upgrade(lv: LibvirtBackend, vm_id: str, target_version: int) -> Out
         type_el = root.find("os/type")
         assert type_el is not None
         type_el.set("machine", new_machine)
-        lv.conn().defineXML(ET.tostring(root, encoding="unicode"))
+        session.conn().defineXML(ET.tostring(root, encoding="unicode"))
     return Outcome.done(None)
