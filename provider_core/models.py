@@ -143,6 +143,14 @@ S3 endpoint in it is held to the URL policy."""
 DiskFormat = Annotated[Plain, lower_or("qcow2")]
 
 
+def _keys_fit_the_url(credentials: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    url = info.data.get("destination_url") or info.data.get("source_url") or ""
+    problem = urls.credential_problem(credentials, urlsplit(url).scheme) if url else ""
+    if problem:
+        raise ValueError(problem)
+    return credentials
+
+
 class ExportSpec(Request):
     vm_id: Required
     disk_id: Plain = ""
@@ -151,6 +159,8 @@ class ExportSpec(Request):
     format: DiskFormat = "qcow2"
     compress: bool = False
     credentials: Credentials = Field(default_factory=dict, repr=False)
+
+    _credentials = field_validator("credentials")(_keys_fit_the_url)
 
 
 class ImportSpec(Request):
@@ -161,6 +171,8 @@ class ImportSpec(Request):
     verify_checksum: bool = False
     expected_checksum: Annotated[str, AfterValidator(_sha256)] = Field("", validate_default=True)
     credentials: Credentials = Field(default_factory=dict, repr=False)
+
+    _credentials = field_validator("credentials")(_keys_fit_the_url)
 
     @field_validator("expected_checksum")
     @classmethod

@@ -32,6 +32,21 @@ SCHEMES = ("http", "https", "s3")
 KINDS = ("loopback", "link-local", "private")
 """Address kinds an operator may allow (``[server] allow_addresses``)."""
 
+#: Credential keys of http(s) transfers.
+HTTP_KEYS = frozenset({"token", "bearer_token", "username", "password"})
+#: Credential keys of s3 transfers -> their canonical name.
+S3_KEYS = {
+    "access_key_id": "access_key_id",
+    "aws_access_key_id": "access_key_id",
+    "secret_access_key": "secret_access_key",
+    "aws_secret_access_key": "secret_access_key",
+    "session_token": "session_token",
+    "aws_session_token": "session_token",
+    "endpoint_url": "endpoint_url",
+    "region": "region",
+    "region_name": "region",
+}
+
 _allowed: frozenset[str] = frozenset()
 
 
@@ -126,6 +141,16 @@ def check_url(url: str, schemes: tuple[str, ...] = SCHEMES) -> str:
     return url
 
 
+def credential_problem(credentials: Iterable[str], scheme: str) -> str:
+    """What is wrong with the keys of a transfer's credentials for URLs of
+    ``scheme`` (keys are named, never values); "" when nothing is."""
+    allowed = set(S3_KEYS) if scheme == "s3" else HTTP_KEYS
+    unknown = sorted(set(credentials) - allowed)
+    if unknown:
+        return f"unknown key(s) {', '.join(unknown)} for {scheme} URLs; use {', '.join(sorted(allowed))}"
+    return ""
+
+
 def check_host(host: str, port: int | None) -> None:
     """ValueError unless every address ``host`` resolves to is allowed (call
     just before connecting; OSError when it does not resolve)."""
@@ -137,4 +162,17 @@ def check_host(host: str, port: int | None) -> None:
         check_address(str(sockaddr[0]))
 
 
-__all__ = ["KINDS", "SCHEMES", "allow", "allowed", "check_address", "check_host", "check_url", "kind", "redact"]
+__all__ = [
+    "HTTP_KEYS",
+    "KINDS",
+    "S3_KEYS",
+    "SCHEMES",
+    "allow",
+    "allowed",
+    "check_address",
+    "check_host",
+    "check_url",
+    "credential_problem",
+    "kind",
+    "redact",
+]

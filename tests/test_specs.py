@@ -406,11 +406,29 @@ def test_reconfigure_receives_the_desired_vm(server: ProviderHarness) -> None:
             "storage_hint",
             "control characters",
         ),
+        (
+            pb.ExportDiskRequest(vm_id="src", destination_url="https://a.test/x", credentials={"bogus": "v"}),
+            "credentials",
+            "unknown key(s) bogus for https URLs",
+        ),
+        (
+            pb.ImportDiskRequest(source_url="s3://b/k", target_name="d", credentials={"token": "t"}),
+            "credentials",
+            "unknown key(s) token for s3 URLs",
+        ),
+        (pb.ExportDiskRequest(vm_id="src", destination_url="s3://bucket"), "destination_url", "names no object key"),
+        (pb.ExportDiskRequest(vm_id="src", destination_url="https://a.test:99999/x"), "destination_url", "not a valid URL"),
     ],
 )
 def test_request_strings_are_checked_and_bounded(server: ProviderHarness, request_: Any, path: str, problem: str) -> None:
     before = sum(server.backend.calls.values())  # type: ignore[attr-defined]
-    rpc = {"CreateRequest": "Create", "SnapshotCreateRequest": "SnapshotCreate", "ImagePrepareRequest": "ImagePrepare"}
+    rpc = {
+        "CreateRequest": "Create",
+        "SnapshotCreateRequest": "SnapshotCreate",
+        "ImagePrepareRequest": "ImagePrepare",
+        "ExportDiskRequest": "ExportDisk",
+        "ImportDiskRequest": "ImportDisk",
+    }
     with pytest.raises(grpc.RpcError) as info:
         getattr(server.stub, rpc[type(request_).__name__])(request_)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -26,9 +26,9 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..urls import redact
+from ..urls import S3_KEYS, redact
 from ._common import CHUNK, Hasher, TransferSettings, http_error, reason
-from ._urls import S3_KEYS, check_keys, reach, scrubber
+from ._urls import check_keys, reach, scrubber
 
 log = logging.getLogger("provider_core.transfer")
 

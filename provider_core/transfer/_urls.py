@@ -13,19 +13,6 @@ from .. import urls
 from ..errors import InvalidArgument, Unavailable
 from ._common import SCHEMES
 
-HTTP_KEYS = frozenset({"token", "bearer_token", "username", "password"})
-#: S3 credential keys -> their canonical name.
-S3_KEYS = {
-    "access_key_id": "access_key_id",
-    "aws_access_key_id": "access_key_id",
-    "secret_access_key": "secret_access_key",
-    "aws_secret_access_key": "secret_access_key",
-    "session_token": "session_token",
-    "aws_session_token": "session_token",
-    "endpoint_url": "endpoint_url",
-    "region": "region",
-    "region_name": "region",
-}
 _PUBLIC_KEYS = frozenset({"username", "endpoint_url", "region", "region_name"})
 
 
@@ -56,12 +43,9 @@ def reach(host: str, port: int | None, what: str) -> None:
 
 def check_keys(credentials: Mapping[str, str], scheme: str) -> None:
     """Refuse credential keys the scheme does not use (naming keys, never values)."""
-    allowed = set(S3_KEYS) if scheme == "s3" else HTTP_KEYS
-    unknown = sorted(set(credentials) - allowed)
-    if unknown:
-        raise InvalidArgument.field(
-            "credentials", f"unknown key(s) {', '.join(unknown)} for {scheme} URLs; use {', '.join(sorted(allowed))}"
-        )
+    problem = urls.credential_problem(credentials, scheme)
+    if problem:
+        raise InvalidArgument.field("credentials", problem)
 
 
 def secrets(parts: SplitResult, credentials: Mapping[str, str]) -> list[str]:

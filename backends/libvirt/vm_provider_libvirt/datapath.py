@@ -109,7 +109,6 @@ class DiskTransfers:
         pool = self.session.pool(spec.storage_hint)
         image = spec.image
         if image.source == "url":
-            transfer.validate(image.url, url_field="image_json.URL")
 
             def fetch() -> None:
                 self.fetch_image(image, pool, name)
@@ -124,7 +123,6 @@ class DiskTransfers:
 
     def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
         images.convert_args(spec.format, compress=spec.compress)  # refuses raw + compress
-        transfer.validate(spec.destination_url, spec.credentials)
         dom = self.session.lookup(spec.vm_id)
         disk, disk_path = self._pick_disk(dom, spec.disk_id)
         path, snapshot = self._snapshot_source(dom, disk, disk_path, spec.snapshot_id)
@@ -166,7 +164,6 @@ class DiskTransfers:
 
     def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
         name = _volume_name(spec.target_name, "target_name")
-        transfer.validate(spec.source_url, spec.credentials, url_field="source_url")
         pool = self.session.pool(spec.storage_hint)
         disk_id = f"{pool.name()}/{name}"
         expected = spec.expected_checksum if spec.verify_checksum else ""
