@@ -233,6 +233,7 @@ def start_provider(work: Path, settings: dict[str, str]) -> tuple[subprocess.Pop
     """``vm-provider --backend libvirt`` on a free port of 127.0.0.1, with
     ``settings`` as ``VM_PROVIDER_LIBVIRT_<SETTING>``; returned once its
     health says SERVING (its libvirt connection is open then)."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "VM_PROVIDER_SERVER_STATE_DIR": str(work / "state")}
     env.update({f"VM_PROVIDER_LIBVIRT_{k.upper()}": v for k, v in {"uri": URI, **settings}.items()})
