@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -82,6 +83,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +94,8 @@ from libvirtd import (
     URI,
     HttpSink,
     bare_list,
+    cpu_seconds,
+    daemon_pid,
     guest_dir,
     make_domain,
     make_image,
@@ -109,6 +113,10 @@ from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+Server = tuple[pb_grpc.ProviderStub, int]
+"""A gRPC server to call, and its process."""
+Timed = tuple[float, tuple[float, ...]]
+"""Seconds a call took, and the CPU seconds processes used meanwhile."""
 PREFIX = "vmpb-scale-"
 EXPORT_NAME = f"{PREFIX}export"
 """The domain made by hand whose disk is exported (not a Create'd VM)."""
@@ -148,6 +156,13 @@ def all_of(fn: Callable[[Any], T], items: Iterable[Any], threads: int) -> list[T
         raise
     pool.shutdown()
     return out
+
+
+def metered(call: Callable[[], T], pids: tuple[int | None, ...]) -> tuple[T, tuple[float, ...]]:
+    """``call()``, and the CPU seconds each process (None: unknown) used meanwhile."""
+    before = [cpu_seconds(p) if p else math.nan for p in pids]
+    out = call()
+    return out, tuple(cpu_seconds(p) - b if p else math.nan for p, b in zip(pids, before, strict=True))
 
 
 def create(stub: pb_grpc.ProviderStub, name: str, guest: Path) -> str:
@@ -201,6 +216,8 @@ class Pass:
 
     latencies: list[float]
     wall: float
+    cpu: tuple[float, float] = (math.nan, math.nan)
+    """CPU seconds the server process and libvirtd used meanwhile."""
     export_share: float = 0.0
     """Share of the wall time an ExportDisk was in flight."""
 
@@ -209,7 +226,8 @@ class Pass:
         return len(self.latencies) / self.wall
 
 
-def describe_all(stub: pb_grpc.ProviderStub, ids: list[str], clients: int) -> Pass:
+def describe_all(server: Server, ids: list[str], clients: int) -> Pass:
+    stub, pid = server
     latencies = [0.0] * len(ids)
 
     def one(i: int) -> None:
@@ -220,8 +238,8 @@ def describe_all(stub: pb_grpc.ProviderStub, ids: list[str], clients: int) -> Pa
             raise RuntimeError(f"Describe says VM {ids[i]} does not exist")
 
     start = time.perf_counter()
-    all_of(one, range(len(ids)), clients)
-    return Pass(latencies, time.perf_counter() - start)
+    _, cpu = metered(lambda: all_of(one, range(len(ids)), clients), (pid, daemon_pid()))
+    return Pass(latencies, time.perf_counter() - start, (cpu[0], cpu[1]))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -294,14 +312,15 @@ class Run:
     threads: int
     create: float = 0.0
     delete: float = 0.0
-    cold: list[float] = field(default_factory=list)
-    """First ListVMs of a fresh provider."""
+    cold: list[Timed] = field(default_factory=list)
+    """First ListVMs of a fresh provider (CPU: the provider's, libvirtd's)."""
     cold_second: list[float] = field(default_factory=list)
     """Its second ListVMs, at once."""
     expired: list[float] = field(default_factory=list)
     """ListVMs of the long-running provider after --idle seconds."""
-    bare: list[float] = field(default_factory=list)
-    warm: list[float] = field(default_factory=list)
+    bare: list[Timed] = field(default_factory=list)
+    """The bare loop (CPU: this process's, libvirtd's)."""
+    warm: list[Timed] = field(default_factory=list)
     passes: dict[str, list[Pass]] = field(default_factory=dict)
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -315,9 +334,9 @@ def cold_rounds(run: Run, conn: libvirt.virConnect, stub: pb_grpc.ProviderStub, 
                 first.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=30)  # the channel is up; no domain read
                 for side in random.sample(["provider", "bare"], 2):
                     if side == "provider":
-                        run.cold.append(list_ours(first, run.vms))
+                        run.cold.append(metered(partial(list_ours, first, run.vms), (fresh.pid, daemon_pid())))
                     else:
-                        run.bare.append(bare_list_ours(conn, run.vms))
+                        run.bare.append(metered(partial(bare_list_ours, conn, run.vms), (os.getpid(), daemon_pid())))
                 run.cold_second.append(list_ours(first, run.vms))
             run.memory[f"fresh provider after 2 ListVMs (round {r + 1})"] = memory_mib(fresh.pid)
         finally:
@@ -326,14 +345,14 @@ def cold_rounds(run: Run, conn: libvirt.virConnect, stub: pb_grpc.ProviderStub, 
         time.sleep(idle)
         run.expired.append(list_ours(stub, run.vms))
         print(
-            f"  round {r + 1}: fresh provider {run.cold[-1]:.2f} s then {run.cold_second[-1]:.2f} s;"
-            f" bare loop {run.bare[-1]:.2f} s; long-running provider after {idle:g} s idle {run.expired[-1]:.2f} s"
+            f"  round {r + 1}: fresh provider {run.cold[-1][0]:.2f} s then {run.cold_second[-1]:.2f} s;"
+            f" bare loop {run.bare[-1][0]:.2f} s; long-running provider after {idle:g} s idle {run.expired[-1]:.2f} s"
         )
 
 
 def describe_rounds(
     run: Run,
-    stubs: dict[str, pb_grpc.ProviderStub],
+    servers: dict[str, Server],
     ids: list[str],
     export: tuple[str, HttpSink],
     rounds: int,
@@ -348,13 +367,13 @@ def describe_rounds(
             server, _, during = kind.partition(" ")
             time.sleep(idle)
             if during:
-                with Exports(stubs["provider"], export[0], export[1]) as exports:
+                with Exports(servers["provider"][0], export[0], export[1]) as exports:
                     time.sleep(0.5)  # the export under way (qemu-img converting) before the pass
                     start = time.perf_counter()
-                    one = describe_all(stubs[server], ids, run.clients)
+                    one = describe_all(servers[server], ids, run.clients)
                     one.export_share = exports.share(start, time.perf_counter())
             else:
-                one = describe_all(stubs[server], ids, run.clients)
+                one = describe_all(servers[server], ids, run.clients)
             run.passes[kind].append(one)
             line = f"  round {r + 1} {kind:17} {one.wall:6.2f} s  {one.rate:6.0f}/s  p50 {pct(one.latencies, 0.5) * 1e3:5.1f} ms"
             line += f"  p99 {pct(one.latencies, 0.99) * 1e3:6.1f} ms"
@@ -362,19 +381,12 @@ def describe_rounds(
                 line += f"  (an export in flight {one.export_share:.0%} of it)"
             print(line)
             if kind == "provider":
-                again = describe_all(stubs[server], ids, run.clients)
+                again = describe_all(servers[server], ids, run.clients)
                 run.passes["provider repeat"].append(again)
                 print(
                     f"  round {r + 1} {'provider repeat':17} {again.wall:6.2f} s  {again.rate:6.0f}/s"
                     f"  p50 {pct(again.latencies, 0.5) * 1e3:5.1f} ms  p99 {pct(again.latencies, 0.99) * 1e3:6.1f} ms"
                 )
-
-
-def daemon_pid() -> int | None:
-    try:
-        return int(Path("/run/libvirtd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def reopened(conn: libvirt.virConnect) -> libvirt.virConnect:
@@ -424,32 +436,35 @@ def measure(args: argparse.Namespace, conn: libvirt.virConnect, work: Path) -> R
         cold_rounds(run, conn, stub, work, args.rounds, args.idle)
         print(f"\nListVMs, warm: {args.warm} calls after one")
         list_ours(stub, args.vms)
-        run.warm = [list_ours(stub, args.vms) for _ in range(args.warm)]
-        print("  " + "  ".join(f"{s:.3f} s" for s in run.warm))
+        run.warm = [metered(partial(list_ours, stub, args.vms), (proc.pid, daemon_pid())) for _ in range(args.warm)]
+        print("  " + "  ".join(f"{s:.3f} s" for s, _ in run.warm))
 
         print(f"\nDescribe all, {args.clients} clients: {args.rounds} rounds")
         export_id = conn.lookupByName(EXPORT_NAME).UUIDString()
         with HttpSink(work / "sink") as sink:
-            stubs = {"provider": stub, "bare-grpc": pb_grpc.ProviderStub(channels[1])}  # type: ignore[no-untyped-call]
-            describe_rounds(run, stubs, ids, (export_id, sink), args.rounds, args.idle)
+            bare = pb_grpc.ProviderStub(channels[1])  # type: ignore[no-untyped-call]
+            servers = {"provider": (stub, proc.pid), "bare-grpc": (bare, bare_proc.pid)}
+            describe_rounds(run, servers, ids, (export_id, sink), args.rounds, args.idle)
         run.memory["provider at the end"] = memory_mib(proc.pid)
         pid = daemon_pid()
         if pid is not None:
             run.memory["libvirtd"] = memory_mib(pid)
     finally:
-        conn = reopened(conn)
-        sweep(conn, EXPORT_NAME)  # not vm-provider's: its Delete would refuse it
-        through = stub is not None and procs[0].poll() is None
-        start = time.monotonic()
-        removed = remove(conn, stub if through else None, PREFIX, args.threads)
-        run.delete = time.monotonic() - start
-        how = f"{run.delete / max(removed, 1) * 1e3:.1f} ms each, {args.threads} at a time" if through else "by hand"
-        print(f"\nremoved {removed} domains and their volumes in {run.delete:.1f} s ({how})")
-        for channel in channels:
-            channel.close()
-        for p in procs:
-            p.terminate()
-            p.wait(30)
+        try:
+            conn = reopened(conn)
+            sweep(conn, EXPORT_NAME)  # not vm-provider's: its Delete would refuse it
+            through = stub is not None and procs[0].poll() is None
+            start = time.monotonic()
+            removed = remove(conn, stub if through else None, PREFIX, args.threads)
+            run.delete = time.monotonic() - start
+            how = f"{run.delete / max(removed, 1) * 1e3:.1f} ms each, {args.threads} at a time" if through else "by hand"
+            print(f"\nremoved {removed} domains and their volumes in {run.delete:.1f} s ({how})")
+        finally:
+            for channel in channels:
+                channel.close()
+            for p in procs:
+                p.terminate()
+                p.wait(30)
     return run
 
 
@@ -460,16 +475,54 @@ def pooled(passes: list[Pass]) -> list[float]:
     return [x for p in passes for x in p.latencies]
 
 
-def summary(run: Run, idle: float) -> bool:
-    """Print the summary; return whether every goal was met."""
+def _cpu(timed: list[Timed], i: int) -> float:
+    return statistics.median(cpu[i] for _, cpu in timed)
+
+
+def details(run: Run, idle: float) -> None:
+    """Where the time goes: wall and CPU time of each side."""
     med = statistics.median
-    cold, bare = med(run.cold), med(run.bare)
-    warm = med(run.warm)
+    print(f"\nListVMs of {run.vms}, medians\n{'':57}{'CPU s':>25}")
+    print(f"{'':50}{'wall s':>7}{'server':>15}{'libvirtd':>10}")
+    for label, timed in (
+        ("fresh provider, first call (cold)", run.cold),
+        ("bare loop (CPU: this process)", run.bare),
+        ("long-running provider, repeated", run.warm),
+    ):
+        print(f"  {label:48}{med(s for s, _ in timed):7.3f}{_cpu(timed, 0):15.2f}{_cpu(timed, 1):10.2f}")
+    print(f"  {'fresh provider, second call at once':48}{med(run.cold_second):7.3f}")
+    print(f"  {f'long-running provider after {idle:g} s idle':48}{med(run.expired):7.3f}")
+
+    p = run.passes
+    print(f"\nDescribe all, {run.clients} clients, every call of every pass\n{'':83}{'CPU ms a call':>23}")
+    print(f"{'':48}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'s a pass':>10}{'server':>14}{'libvirtd':>9}")
+    for kind, passes in p.items():
+        lat = pooled(passes)
+        n = len(passes[0].latencies)
+        server, daemon = (med(x.cpu[i] for x in passes) / n * 1e3 for i in (0, 1))
+        print(
+            f"  {kind:46}{pct(lat, 0.5) * 1e3:8.1f}{pct(lat, 0.99) * 1e3:8.1f}{med(x.rate for x in passes):9.0f}"
+            f"{med(x.wall for x in passes):10.2f}{server:14.2f}{daemon:9.2f}"
+        )
+    quiet, loaded = pct(pooled(p["bare-grpc"]), 0.99), pct(pooled(p["bare-grpc export"]), 0.99)
+    print(
+        f"  bare gRPC p99 during ExportDisk / quiet: {loaded / quiet:.2f} (what the export costs outside the provider's process)"
+    )
+    print(f"\nresident memory, MiB{'':30}{'now':>6}{'peak':>6}")
+    for key, (now, peak) in run.memory.items():
+        print(f"  {key:48}{now:6.0f}{peak:6.0f}")
+
+
+def summary(run: Run, idle: float) -> bool:
+    """Print the goals, each met or missed; return whether all were met."""
+    med = statistics.median
+    cold, bare = med(s for s, _ in run.cold), med(s for s, _ in run.bare)
+    warm = [s for s, _ in run.warm]
     p = run.passes
     p99 = {k: pct(pooled(v), 0.99) * 1e3 for k, v in p.items()}
     p50 = {k: pct(pooled(v), 0.5) * 1e3 for k, v in p.items()}
-    rate = {k: med([x.rate for x in v]) for k, v in p.items()}
-    wall = {k: med([x.wall for x in v]) for k, v in p.items()}
+    rate = {k: med(x.rate for x in v) for k, v in p.items()}
+    wall = {k: med(x.wall for x in v) for k, v in p.items()}
     rows: list[tuple[str, str, str, bool | None]] = [
         (
             "ListVMs cold / bare loop",
@@ -477,8 +530,18 @@ def summary(run: Run, idle: float) -> bool:
             f"<= {GOAL_COLD}",
             cold / bare <= GOAL_COLD,
         ),
-        ("ListVMs after idle / bare loop", f"{med(run.expired) / bare:.2f}  ({med(run.expired):.2f} s)", "reported", None),
-        ("ListVMs warm, per call", f"{warm:.3f} s  (max {max(run.warm):.3f} s)", f"< {GOAL_WARM_S:g} s", warm < GOAL_WARM_S),
+        (
+            f"ListVMs after {idle:g} s idle / bare loop",
+            f"{med(run.expired) / bare:.2f}  ({med(run.expired):.2f} s)",
+            "reported",
+            None,
+        ),
+        (
+            "ListVMs warm, per call",
+            f"{med(warm):.3f} s  (max {max(warm):.3f} s)",
+            f"< {GOAL_WARM_S:g} s",
+            med(warm) < GOAL_WARM_S,
+        ),
         (
             f"Describe all, {run.clients} clients, p99",
             f"{p99['provider']:.1f} ms  (p50 {p50['provider']:.1f} ms, {wall['provider']:.2f} s a pass)",
@@ -502,27 +565,9 @@ def summary(run: Run, idle: float) -> bool:
         if key in run.memory:
             now, peak = run.memory[key]
             rows.append((label, f"{now:.0f} MiB  (peak {peak:.0f} MiB)", "reported", None))
-    rows.append(
-        ("Create", f"{run.create:.1f} s  ({run.create / run.vms * 1e3:.1f} ms each, {run.threads} at a time)", "reported", None)
-    )
-    rows.append(
-        ("Delete", f"{run.delete:.1f} s  ({run.delete / run.vms * 1e3:.1f} ms each, {run.threads} at a time)", "reported", None)
-    )
-
-    print("\nDescribe all, every call of every pass (ms)       p50     p99   calls/s   s a pass")
-    for k in p:
-        print(f"  {k:46} {p50[k]:7.1f} {p99[k]:7.1f} {rate[k]:9.0f} {wall[k]:10.2f}")
-    print(
-        f"  bare gRPC p99 during ExportDisk / quiet: {p99['bare-grpc export'] / p99['bare-grpc']:.2f}"
-        f"  (what the machine loses, outside the provider's process)"
-    )
-    print(
-        f"\nwhat the provider's reuse of recent XML reads (2 s) gives, medians: ListVMs {cold:.2f} s with nothing kept,"
-        f" {med(run.expired):.2f} s after {idle:g} s idle, {warm:.3f} s repeated; Describe all {wall['provider']:.2f} s a pass"
-        f" after {idle:g} s idle, {wall['provider repeat']:.2f} s repeated at once"
-    )
-    for key, (now, peak) in run.memory.items():
-        print(f"  RSS {key}: {now:.0f} MiB (peak {peak:.0f} MiB)")
+    for label, seconds in (("Create", run.create), ("Delete", run.delete)):
+        each = f"{seconds / run.vms * 1e3:.1f} ms each, {run.threads} at a time"
+        rows.append((label, f"{seconds:.1f} s  ({each})", "reported", None))
 
     print(f"\n{run.vms} domains{'':34}{'measured':48}{'goal':>10}")
     for label, value, goal, met in rows:
@@ -555,6 +600,7 @@ def main() -> int:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vmp-bench-scale-") as tmp:
         run = measure(args, conn, Path(tmp))
+    details(run, args.idle)
     met = summary(run, args.idle)
     print(f"\n{time.monotonic() - began:.0f} s in all")
     return 1 if args.strict and not met else 0

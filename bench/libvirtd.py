@@ -13,13 +13,14 @@
 - ExportDisk's source: a 1 GiB qcow2 volume holding random data, the disk of
   a stopped domain defined by hand (:func:`make_image`, :func:`make_domain`),
   and the loopback HTTP sink it is exported to (:data:`HttpSink`).
-- Memory of a process (:func:`memory_mib`).
+- Memory and CPU time of a process (:func:`memory_mib`, :func:`cpu_seconds`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import socket
@@ -59,6 +60,8 @@ __all__ = [
     "URI",
     "bare_describe",
     "bare_list",
+    "cpu_seconds",
+    "daemon_pid",
     "free_port",
     "guest_dir",
     "leases",
@@ -276,6 +279,24 @@ def memory_mib(pid: int) -> tuple[float, float]:
     """Resident memory of a process now (VmRSS) and at its peak (VmHWM), MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, all its threads;
+    NaN when it is gone (a daemon restarted meanwhile)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def daemon_pid() -> int | None:
+    """libvirtd's pid, as the test bed's script records it."""
+    try:
+        return int(Path("/run/libvirtd.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 # -- the daemon and what is made on it ------------------------------------------------------
