@@ -59,9 +59,9 @@ the daemon does not answer. Other users of the daemon do not disturb the
 counts: both sides look only at ``vmpb-scale-*`` domains. A daemon restart
 in the middle of a run makes it fail; what it made is still removed.
 
-About 2 minutes with 1,000 domains on 2 vCPUs; with 10,000 about 8 minutes
-(Create about 6 ms a domain with 8 threads here, ListVMs and Describe all
-tens of seconds each pass).
+About 2 minutes with 1,000 domains on 2 vCPUs; with 10,000 (2 rounds by
+default) about 8 minutes: Create about 10 ms a domain with 8 threads here,
+each ListVMs and Describe pass ten times as long as with 1,000.
 
     bash testbed/libvirtd.sh start && .venv/bin/python bench/libvirt_scale.py --vms 1000 [--rounds 3]
 """
@@ -346,7 +346,8 @@ def cold_rounds(run: Run, conn: libvirt.virConnect, stub: pb_grpc.ProviderStub, 
         run.expired.append(list_ours(stub, run.vms))
         print(
             f"  round {r + 1}: fresh provider {run.cold[-1][0]:.2f} s then {run.cold_second[-1]:.2f} s;"
-            f" bare loop {run.bare[-1][0]:.2f} s; long-running provider after {idle:g} s idle {run.expired[-1]:.2f} s"
+            f" bare loop {run.bare[-1][0]:.2f} s (ratio {run.cold[-1][0] / run.bare[-1][0]:.2f});"
+            f" long-running provider after {idle:g} s idle {run.expired[-1]:.2f} s"
         )
 
 
@@ -490,6 +491,12 @@ def details(run: Run, idle: float) -> None:
         ("long-running provider, repeated", run.warm),
     ):
         print(f"  {label:48}{med(s for s, _ in timed):7.3f}{_cpu(timed, 0):15.2f}{_cpu(timed, 1):10.2f}")
+    per_round = [c / b for (c, _), (b, _) in zip(run.cold, run.bare, strict=True)]
+    print(
+        f"  cold / bare: {_cpu(run.cold, 0) / _cpu(run.bare, 0):.2f} in CPU; per round "
+        + " ".join(f"{x:.2f}" for x in per_round)
+        + f" (median {med(per_round):.2f})"
+    )
     print(f"  {'fresh provider, second call at once':48}{med(run.cold_second):7.3f}")
     print(f"  {f'long-running provider after {idle:g} s idle':48}{med(run.expired):7.3f}")
 
@@ -582,12 +589,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10, help="concurrent Describe callers")
     parser.add_argument("--threads", type=int, default=8, help="concurrent Create and Delete calls")
     parser.add_argument("--running", type=int, default=2, help="VMs started (the last one then paused); 0: none")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of cold ListVMs and of Describe all")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of cold ListVMs and of Describe all (default: 3, 2 from 5,000 domains)"
+    )
     parser.add_argument("--warm", type=int, default=5, help="repeated ListVMs calls")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds without a read before a cold measurement")
     parser.add_argument("--export-data-mib", type=int, default=300, help="random data in the exported 1 GiB disk")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 3 if args.vms < 5000 else 2
     if args.vms < max(args.running, 1) or args.running == 1 or min(args.clients, args.threads, args.rounds, args.warm) < 1:
         parser.error("need --vms >= --running, --running 0 or >= 2, and --clients, --threads, --rounds, --warm >= 1")
     conn = open_daemon()
