@@ -49,7 +49,9 @@ Measured, in one run, against baselines of the same run:
   random data, the disk of a domain defined by hand, as qcow2 to an HTTP
   sink on 127.0.0.1 (as export_disk.py does), export after export until
   the pass ends. Goal: the provider's p99 at most twice the quiet one. The
-  bare server's passes during exports show what the machine itself loses.
+  bare server's passes during exports show what the machine itself loses
+  (the sink runs in this process, beside the Describe callers: both
+  servers' passes during exports bear that alike).
 - **Memory**: resident memory (VmRSS, and its peak VmHWM) of the
   long-running provider process after all of that, and of libvirtd.
 
@@ -60,7 +62,7 @@ counts: both sides look only at ``vmpb-scale-*`` domains. A daemon restart
 in the middle of a run makes it fail; what it made is still removed.
 
 About 2 minutes with 1,000 domains on 2 vCPUs; with 10,000 (2 rounds by
-default) about 8 minutes: Create about 10 ms a domain with 8 threads here,
+default) 8 to 9 minutes: Create about 10 ms a domain with 8 threads here,
 each ListVMs and Describe pass ten times as long as with 1,000.
 
     bash testbed/libvirtd.sh start && .venv/bin/python bench/libvirt_scale.py --vms 1000 [--rounds 3]
