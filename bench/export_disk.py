@@ -92,7 +92,7 @@ def main() -> int:
         raw = make_image(work, args.data_mib)
         dom, vol = make_domain(conn, raw, tag)
         raw.unlink()
-        proc, address = start_provider(work, {"download_dir": str(work / "scratch")})
+        proc, address = start_provider(work, {"download_dir": str(work / "scratch")}, loopback_urls=True)
         idle = memory_mib(proc.pid)[1]
         try:
             with HttpSink(work / "sink") as sink, grpc.insecure_channel(address) as channel:

@@ -3,7 +3,8 @@
 Runs on the real daemon (``qemu:///system``). ``vm-provider --backend
 libvirt`` runs as users run it: the command, in a subprocess, serving gRPC
 on 127.0.0.1 (settings from the environment: ``uri``, ``domain_type =
-qemu``, ``download_dir``). The script makes ``--vms`` domains
+qemu``, ``download_dir``; in plugins.toml ``allow_addresses = ["loopback"]``
+for the export's sink). The script makes ``--vms`` domains
 ``vmpb-scale-NNNNN`` through its Create, ``--threads`` (8) calls at a time:
 1 vCPU, 128 MiB, direct kernel boot of the test-bed guest, one NIC on the
 ``default`` network and one 1 GiB raw disk, the cheapest disk Create makes
@@ -417,7 +418,7 @@ def measure(args: argparse.Namespace, conn: libvirt.virConnect, work: Path) -> R
         make_domain(conn, raw, EXPORT_NAME)
         raw.unlink()
         (work / "scratch").mkdir()
-        proc, address = start_provider(work / "main", {**SETTINGS, "download_dir": str(work / "scratch")})
+        proc, address = start_provider(work / "main", {**SETTINGS, "download_dir": str(work / "scratch")}, loopback_urls=True)
         procs.append(proc)
         bare_proc, bare_address = start_bare(work, 2 * args.clients)
         procs.append(bare_proc)

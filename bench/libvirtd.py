@@ -232,17 +232,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_provider(work: Path, settings: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_provider(work: Path, settings: dict[str, str], loopback_urls: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     """``vm-provider --backend libvirt`` on a free port of 127.0.0.1, with
     ``settings`` as ``VM_PROVIDER_LIBVIRT_<SETTING>``; returned once its
-    health says SERVING (its libvirt connection is open then)."""
+    health says SERVING (its libvirt connection is open then).
+    ``loopback_urls``: its plugins.toml allows URLs on 127.0.0.1 (``[server]
+    allow_addresses``), where the benchmarks' HTTP sink listens."""
     work.mkdir(parents=True, exist_ok=True)
+    config = work / "plugins.toml"
+    config.write_text('[server]\nallow_addresses = ["loopback"]\n' if loopback_urls else "")
     port = free_port()
     env = {**os.environ, "VM_PROVIDER_SERVER_STATE_DIR": str(work / "state")}
     env.update({f"VM_PROVIDER_LIBVIRT_{k.upper()}": v for k, v in {"uri": URI, **settings}.items()})
     exe = Path(sys.executable).with_name("vm-provider")
-    cmd = [str(exe), "--backend", "libvirt", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, env=env, cwd=work)  # no ./plugins.toml there: settings from the environment
+    cmd = [str(exe), "--backend", "libvirt", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, env=env, cwd=work)
     address = f"127.0.0.1:{port}"
     end = time.monotonic() + 60
     with grpc.insecure_channel(address) as channel:
