@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,20 +33,10 @@ from pathlib import Path
 
 import grpc
 import libvirt
+from libvirtd import URI, HttpSink, MiB, make_domain, make_image, memory_mib, start_provider
 
-from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
-
-MiB = 1 << 20
-GiB = 1 << 30
-URI = "qemu:///system"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sha256(path: Path) -> str:
@@ -58,34 +45,6 @@ def sha256(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def make_image(work: Path, data_mib: int) -> Path:
-    """A sparse 1 GiB raw file with ``data_mib`` random 1 MiB blocks spread over it."""
-    raw = work / "source.raw"
-    rng = random.Random(7)
-    with raw.open("wb") as f:
-        f.truncate(GiB)
-        for block in sorted(rng.sample(range(GiB // MiB), data_mib)):
-            f.seek(block * MiB)
-            f.write(os.urandom(MiB))
-    return raw
-
-
-def make_domain(conn: libvirt.virConnect, raw: Path, tag: str) -> tuple[libvirt.virDomain, libvirt.virStorageVol]:
-    pool = conn.storagePoolLookupByName("default")
-    xml = (
-        f"<volume><name>{tag}.qcow2</name><capacity unit='bytes'>{GiB}</capacity><target><format type='qcow2'/></target></volume>"
-    )
-    vol = pool.createXML(xml, 0)
-    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", str(raw), vol.path()], check=True)
-    dom = conn.defineXML(
-        f"""<domain type='qemu'><name>{tag}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>
-        <os><type arch='x86_64'>hvm</type></os><devices>
-        <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{vol.path()}'/>
-        <target dev='vda' bus='virtio'/></disk></devices></domain>"""
-    )
-    return dom, vol
 
 
 def by_hand(source: str, work: Path, url: str, tuned: bool) -> tuple[float, str]:
@@ -104,41 +63,11 @@ def by_hand(source: str, work: Path, url: str, tuned: bool) -> tuple[float, str]
     return elapsed, digest
 
 
-def start_provider(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "VM_PROVIDER_LIBVIRT_URI": URI,
-        "VM_PROVIDER_LIBVIRT_DOWNLOAD_DIR": str(work / "scratch"),
-        "VM_PROVIDER_SERVER_STATE_DIR": str(work / "state"),
-    }
-    exe = Path(sys.executable).with_name("vm-provider")
-    proc = subprocess.Popen(
-        [str(exe), "--backend", "libvirt", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"],
-        env=env,
-        cwd=work,  # no ./plugins.toml here: settings come from the environment
-    )
-    address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=60)
-    finally:
-        channel.close()
-    return proc, address
-
-
 def report(label: str, run: int, seconds: float, received: Path, times: dict[str, list[float]]) -> None:
     size = received.stat().st_size
     print(f"{label:15} run {run + 1}: {seconds:6.2f} s  {size / MiB / seconds:7.1f} MiB/s")
     times[label].append(seconds)
     received.unlink()
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def main() -> int:
@@ -163,8 +92,8 @@ def main() -> int:
         raw = make_image(work, args.data_mib)
         dom, vol = make_domain(conn, raw, tag)
         raw.unlink()
-        proc, address = start_provider(work)
-        idle = peak_rss_mib(proc.pid)
+        proc, address = start_provider(work, {"download_dir": str(work / "scratch")}, loopback_urls=True)
+        idle = memory_mib(proc.pid)[1]
         try:
             with HttpSink(work / "sink") as sink, grpc.insecure_channel(address) as channel:
                 stub = pb_grpc.ProviderStub(channel)  # type: ignore[no-untyped-call]
@@ -192,7 +121,7 @@ def main() -> int:
                     assert resp.checksum == sha256(sink.root / name), "vm-provider: checksum mismatch"
                     (sink.root / f"{name}.sha256").unlink(missing_ok=True)
                     report("vm-provider", run, seconds, sink.root / name, times)
-            rss = peak_rss_mib(proc.pid)
+            rss = memory_mib(proc.pid)[1]
         finally:
             proc.terminate()
             proc.wait(30)

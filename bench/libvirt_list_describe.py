@@ -46,14 +46,12 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,161 +60,29 @@ from typing import Any, TypeVar
 
 import grpc
 import libvirt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from libvirtd import (
+    URI,
+    bare_describe,
+    bare_list,
+    guest_dir,
+    open_daemon,
+    remove,
+    start_bare,
+    start_provider,
+    start_some,
+    sweep,
+    wait,
+)
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-URI = "qemu:///system"
 PREFIX = "vmpb-list-"
 GOAL = 1.3
-MARK = "{https://vm-provider.dev/xmlns/libvirt/1}vm"
-"""vm-provider's metadata element: its ListVMs lists the domains carrying it."""
-ACTIVE = frozenset(
-    {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN}
-)
 #: libvirt functions answered inside the client library (cached names and
 #: UUIDs, reference counting, error and event plumbing): no daemon round trip.
 LOCAL = ("Free", "Ref", "GetName", "GetUUID", "GetUUIDString", "GetID", "IsAlive", "LastError", "ErrorHandler")
-
-# -- the bare loop ------------------------------------------------------------------------
-
-
-def _nics(root: ET.Element) -> list[tuple[str, str, str]]:
-    """(MAC, type, network or bridge) of each NIC in a domain's XML."""
-    out = []
-    for iface in root.iterfind("devices/interface"):
-        source = iface.find("source")
-        name = "" if source is None else source.get("network") or source.get("bridge") or ""
-        out.append((_attr(iface, "mac", "address"), iface.get("type", ""), name))
-    return out
-
-
-def _attr(node: ET.Element, path: str, attr: str) -> str:
-    found = node.find(path)
-    return "" if found is None else found.get(attr, "").lower()
-
-
-def _facts(root: ET.Element) -> dict[str, Any]:
-    """What a client wants of a domain's XML: identity, size, disks, NICs."""
-    return {
-        "name": root.findtext("name"),
-        "uuid": root.findtext("uuid"),
-        "vcpus": int(root.findtext("vcpu") or 0),
-        "memory_kib": int(root.findtext("currentMemory") or 0),
-        "disks": [
-            (_attr(d, "target", "dev"), _attr(d, "source", "file") or _attr(d, "source", "dev"), _attr(d, "driver", "type"))
-            for d in root.iterfind("devices/disk")
-            if d.get("device") != "cdrom"
-        ],
-        "nics": _nics(root),
-    }
-
-
-def _leases(conn: libvirt.virConnect, network: str) -> dict[str, list[str]]:
-    table: dict[str, list[str]] = {}
-    for lease in conn.networkLookupByName(network).DHCPLeases():
-        table.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
-    return table
-
-
-def bare_list(conn: libvirt.virConnect) -> list[dict[str, Any]]:
-    """What ListVMs answers, for vm-provider's domains, in plain libvirt-python."""
-    stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
-    leases: dict[str, dict[str, list[str]]] = {}
-    out = []
-    for dom, st in stats:
-        try:
-            root = ET.fromstring(dom.XMLDesc(0))
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                continue  # gone since the listing (other users of the daemon)
-            raise
-        if root.find(f"metadata/{MARK}") is None:
-            continue
-        vm = _facts(root)
-        size = {st.get(f"block.{i}.name"): st.get(f"block.{i}.capacity", 0) for i in range(st.get("block.count", 0))}
-        vm["disks"] = [(*d, size.get(d[0], 0)) for d in vm["disks"]]
-        vm["state"] = st["state.state"]
-        vm["ips"] = []
-        if vm["state"] in ACTIVE:
-            for mac, kind, network in vm["nics"]:
-                if kind == "network":
-                    if network not in leases:
-                        leases[network] = _leases(conn, network)
-                    vm["ips"] += leases[network].get(mac, [])
-        out.append(vm)
-    return out
-
-
-def bare_describe(conn: libvirt.virConnect, vm_id: str) -> dict[str, Any]:
-    """What Describe answers for one VM, in plain libvirt-python."""
-    dom = conn.lookupByUUIDString(vm_id)
-    state, reason = dom.state()
-    root = ET.fromstring(dom.XMLDesc(0))
-    vm = _facts(root) | {"state": state, "reason": reason, "ips": [], "console": ""}
-    if state in ACTIVE:
-        for mac, kind, network in vm["nics"]:
-            if kind == "network":
-                vm["ips"] += _leases(conn, network).get(mac, [])
-        if not vm["ips"]:
-            try:
-                found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP, 0)
-            except libvirt.libvirtError:
-                found = {}
-            vm["ips"] = [a["addr"] for iface in found.values() for a in iface.get("addrs") or []]
-        graphics = root.find("devices/graphics")
-        if graphics is not None:
-            vm["console"] = f"{graphics.get('type')}://127.0.0.1:{graphics.get('port')}"
-    return vm
-
-
-# -- a bare gRPC server doing the bare work -------------------------------------------------
-
-
-class BareDescribe(pb_grpc.ProviderServicer):
-    """Describe answered by :func:`bare_describe` in grpc's thread pool: the
-    same libvirt work behind gRPC, no framework (no spec models, capability
-    checks, locks, tasks or error table)."""
-
-    WORDS = {libvirt.VIR_DOMAIN_RUNNING: "On", libvirt.VIR_DOMAIN_BLOCKED: "On", libvirt.VIR_DOMAIN_PAUSED: "Suspended"}
-
-    def __init__(self, conn: libvirt.virConnect) -> None:
-        self.conn = conn
-
-    def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:
-        vm = bare_describe(self.conn, request.id)
-        return pb.DescribeResponse(
-            exists=True,
-            power_state=self.WORDS.get(vm["state"], "Off"),
-            ips=vm["ips"],
-            console_url=vm["console"],
-            provider_raw_json=json.dumps(vm, sort_keys=True),
-        )
-
-
-def serve_bare(port_file: Path) -> None:
-    """Run :class:`BareDescribe` on 127.0.0.1 until killed; write its port."""
-    server = grpc.server(ThreadPoolExecutor(8))
-    pb_grpc.add_ProviderServicer_to_server(BareDescribe(libvirt.open(URI)), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    port_file.with_suffix(".tmp").write_text(str(port))
-    port_file.with_suffix(".tmp").rename(port_file)
-    server.wait_for_termination()
-
-
-def start_bare(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = work / "bare.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port_file)])
-    end = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError("the bare gRPC server did not start")
-        time.sleep(0.05)
-    return proc, f"127.0.0.1:{port_file.read_text()}"
-
 
 # -- through vm-provider ------------------------------------------------------------------
 
@@ -235,47 +101,8 @@ def each(call: Callable[[str], T], ids: list[str], pool: ThreadPoolExecutor | No
     return [call(i) for i in ids] if pool is None else list(pool.map(call, ids))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 BACKEND_SETTINGS = {"uri": URI, "domain_type": "qemu"}
 """``qemu``: this host's KVM does not run guests; skip the backend's probe boot."""
-
-
-def start_provider(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``vm-provider --backend libvirt`` on a free port, once its health says SERVING."""
-    port = free_port()
-    env = {**os.environ, "VM_PROVIDER_SERVER_STATE_DIR": str(work / "state")}
-    env.update({f"VM_PROVIDER_LIBVIRT_{k.upper()}": v for k, v in BACKEND_SETTINGS.items()})
-    exe = Path(sys.executable).with_name("vm-provider")
-    cmd = [str(exe), "--backend", "libvirt", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, env=env, cwd=work)  # no ./plugins.toml there: settings from the environment
-    address = f"127.0.0.1:{port}"
-    end = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vm-provider exited with {proc.returncode}")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return proc, address
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > end:
-                proc.terminate()
-                raise RuntimeError("vm-provider did not report SERVING within 60 s")
-            time.sleep(0.1)
-
-
-def guest_dir() -> Path:
-    """The test-bed guest (kernel and initrd), built or taken from its cache."""
-    script = Path(__file__).resolve().parent.parent / "testbed" / "build-guest.sh"
-    out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True).stdout
-    return Path(out.strip().splitlines()[-1])
 
 
 def create(stub: pb_grpc.ProviderStub, name: str, guest: Path) -> str:
@@ -290,63 +117,9 @@ def create(stub: pb_grpc.ProviderStub, name: str, guest: Path) -> str:
     return str(resp.id)
 
 
-def wait(stub: pb_grpc.ProviderStub, task: pb.TaskRef, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while task.id:
-        status = stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10)
-        if status.done:
-            if status.error:
-                raise RuntimeError(f"task {task.id}: {status.error}")
-            return
-        if time.monotonic() > end:
-            raise RuntimeError(f"task {task.id} not done after {timeout} s")
-        time.sleep(0.05)
-
-
 def create_many(stub: pb_grpc.ProviderStub, names: list[str], guest: Path) -> list[str]:
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(lambda n: create(stub, n, guest), names))
-
-
-def start_some(conn: libvirt.virConnect, ids: list[str], timeout: float = 40) -> str:
-    """Start the VMs, wait for their leases, pause the last; say what was reached."""
-    doms = [conn.lookupByUUIDString(i) for i in ids]
-    for dom in doms:
-        dom.create()
-    macs = {ET.fromstring(d.XMLDesc(0)).find("devices/interface/mac").get("address") for d in doms}  # type: ignore[union-attr]
-    end = time.monotonic() + timeout
-    while macs - set(_leases(conn, "default")) and time.monotonic() < end:
-        time.sleep(0.5)
-    leased = len(macs) - len(macs - set(_leases(conn, "default")))
-    doms[-1].suspend()
-    return f"{len(doms) - 1} running, 1 paused, {leased} of them with a DHCP lease"
-
-
-def cleanup(conn: libvirt.virConnect, stub: pb_grpc.ProviderStub | None) -> int:
-    """Delete every ``vmpb-list-*`` domain (through the provider when it
-    runs), then sweep what is left by hand. Returns how many there were."""
-    doms = [d for d in conn.listAllDomains(0) if d.name().startswith(PREFIX)]
-    if stub is not None and doms:
-
-        def delete(dom: libvirt.virDomain) -> None:
-            try:
-                wait(stub, stub.Delete(pb.DeleteRequest(id=dom.UUIDString()), timeout=60).task)
-            except (grpc.RpcError, RuntimeError) as exc:
-                print(f"  Delete {dom.name()}: {exc}", file=sys.stderr)
-
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(delete, doms))
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith(PREFIX):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    pool = conn.storagePoolLookupByName("default")
-    pool.refresh(0)
-    for vol in pool.listAllVolumes(0):
-        if vol.name().startswith(PREFIX):
-            vol.delete(0)
-    return len(doms)
 
 
 # -- counting libvirt calls -----------------------------------------------------------------
@@ -522,24 +295,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=25, help="recorded rounds per size")
     parser.add_argument("--clients", type=int, default=1, help="concurrent callers for Describe all (both sides)")
     parser.add_argument("--count-calls", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count_calls:
         count_calls(args.count_calls)
         return 0
-    if args.serve_bare:
-        serve_bare(args.serve_bare)
-        return 0
     if not 0 < args.small < args.vms or not 2 <= args.running <= args.small or args.clients < 1:
         parser.error("need 0 < --small < --vms, 2 <= --running <= --small and --clients >= 1")
-    libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions; do not print them too
-    try:
-        conn = libvirt.open(URI)
-    except libvirt.libvirtError as exc:
-        print(f"{URI} does not answer ({exc.get_error_message()}): bash testbed/libvirtd.sh start", file=sys.stderr)
+    conn = open_daemon()
+    if conn is None:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below on kill too
-    left = cleanup(conn, None)
+    left = sweep(conn, PREFIX)
     if left:
         print(f"removed {left} domains left by an earlier run")
     guest = guest_dir()
@@ -550,7 +316,7 @@ def main() -> int:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vmp-bench-list-") as tmp:
         work = Path(tmp)
-        proc, address = start_provider(work)
+        proc, address = start_provider(work, BACKEND_SETTINGS)
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.ProviderStub(channel)  # type: ignore[no-untyped-call]
         bare_proc, bare_address = start_bare(work)
@@ -570,7 +336,7 @@ def main() -> int:
         finally:
             try:
                 t0 = time.monotonic()
-                removed = cleanup(conn, stub if proc.poll() is None else None)
+                removed = remove(conn, stub if proc.poll() is None else None, PREFIX)
                 print(f"removed {removed} domains and their volumes ({time.monotonic() - t0:.1f} s)")
             finally:
                 channel.close()
