@@ -6,9 +6,6 @@ Servers, each in a process of its own:
   loop the ``vm-provider`` command uses) on the libvirt backend with
   libvirt's test hypervisor (``test:///default``) holding a handful of
   domains (``--backend memory`` uses the test backend instead);
-- ``provider-workers`` (libvirt only): the same, with Describe handed to a
-  worker thread as for a backend whose reads may block (a libvirt daemon,
-  Proxmox): the price of the two thread hand-offs the test driver is spared;
 - ``aio``: a bare ``grpc.aio`` server answering every Describe with the
   same DescribeResponse the provider gave, no framework around it;
 - ``aio-uvloop``: the same on uvloop's event loop (the provider's);
@@ -49,9 +46,9 @@ import grpc
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 
-KINDS = ("provider", "aio", "aio-uvloop", "threads", "provider-workers", "handmade")
+KINDS = ("provider", "aio", "aio-uvloop", "threads", "handmade")
 BARE = ("aio", "aio-uvloop", "threads")
-LIBVIRT_ONLY = ("provider-workers", "handmade")
+LIBVIRT_ONLY = ("handmade",)
 GOAL = 0.7
 
 
@@ -111,7 +108,7 @@ def _announce(ready: Path, port: int) -> None:
     tmp.rename(ready)
 
 
-async def _serve_provider(ready: Path, backend: str, state: Path, workers: bool) -> None:
+async def _serve_provider(ready: Path, backend: str, state: Path) -> None:
     from provider_core import plugins
     from provider_core.config import ServerSettings
     from provider_core.server import ProviderServer
@@ -147,10 +144,10 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     ready = Path(args.ready)
-    if args.serve in ("provider", "provider-workers"):
+    if args.serve == "provider":
         from provider_core.server import run
 
-        run(_serve_provider(ready, args.backend, Path(args.state), workers=args.serve == "provider-workers"))
+        run(_serve_provider(ready, args.backend, Path(args.state)))
         return
     if args.serve == "handmade":
         _serve_threads(ready, Handmade(), args.clients * 2)
@@ -278,8 +275,6 @@ def main() -> int:
             kinds = [k for k in KINDS if args.backend == "libvirt" or k not in LIBVIRT_ONLY]
             for kind in kinds[1:]:
                 procs[kind], targets[kind] = start(kind, work, args)
-            if "provider-workers" in kinds:
-                ids["provider-workers"] = prepare(targets["provider-workers"], args.backend, args.vms, None)
             calls = dict.fromkeys(kinds, 0)
             elapsed = dict.fromkeys(kinds, 0.0)
             latencies: dict[str, list[float]] = {k: [] for k in kinds}
