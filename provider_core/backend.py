@@ -47,6 +47,7 @@ from .models import (
     ImportResult,
     ImportSpec,
     PowerOp,
+    PreparedImage,
     SnapshotSpec,
     TaskState,
     ValidationReport,
@@ -236,9 +237,12 @@ class Backend(ABC):
         when LINKED_CLONES is declared. Idempotent by target name like create."""
         raise NotImplementedError
 
-    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[PreparedImage] | Outcome[None]:
         """IMAGE_PREPARE. Bring an image onto storage under ``target_name``,
-        verifying its checksum. Idempotent when the image is already there."""
+        verifying its checksum. Idempotent when the image is already there.
+        The value says, at once, how a Create names the image: its id (a
+        TemplateName) and, for a file, its path; None leaves the client's
+        prepared_image_id and prepared_image_path empty."""
         raise NotImplementedError
 
     def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:

@@ -338,6 +338,16 @@ class DiskDetails(_Model):
     metadata: dict[str, str] = {}
 
 
+class PreparedImage(_Model):
+    """ImagePrepare's answer, known when the call returns (before any
+    background work ends): how later requests name the image."""
+
+    id: str
+    """What a Create may give as image_json TemplateName."""
+    path: str = ""
+    """Where it lies on the hypervisor, when it is a file (image_json Path)."""
+
+
 class ExportResult(_Model):
     export_id: str
     estimated_size_bytes: int = 0
@@ -381,6 +391,7 @@ __all__ = [
     "NoArguments",
     "PowerOp",
     "PowerRequest",
+    "PreparedImage",
     "ReconfigureRequest",
     "Request",
     "PowerState",

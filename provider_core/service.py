@@ -19,7 +19,7 @@ import orjson
 
 from . import operations as ops
 from .capabilities import Capability
-from .models import VMStatus
+from .models import PreparedImage, VMStatus
 from .pb import provider_pb2 as pb
 from .pb import provider_pb2_grpc as pb_grpc
 from .runtime import Runtime
@@ -166,9 +166,14 @@ class ProviderService(pb_grpc.ProviderServicer):
         vm_id, task = await self._call(ops.CLONE, request, context)
         return pb.CloneResponse(target_vm_id=str(vm_id), task=_task(task))
 
-    async def ImagePrepare(self, request: pb.ImagePrepareRequest, context: Ctx) -> pb.TaskResponse:
-        _, task = await self._call(ops.IMAGE_PREPARE, request, context)
-        return pb.TaskResponse(task=_task(task))
+    async def ImagePrepare(self, request: pb.ImagePrepareRequest, context: Ctx) -> pb.ImagePrepareResponse:
+        prepared: PreparedImage | None
+        prepared, task = await self._call(ops.IMAGE_PREPARE, request, context)
+        return pb.ImagePrepareResponse(
+            task=_task(task),
+            prepared_image_id=prepared.id if prepared else "",
+            prepared_image_path=prepared.path if prepared else "",
+        )
 
     async def GetDiskInfo(self, request: pb.GetDiskInfoRequest, context: Ctx) -> pb.GetDiskInfoResponse:
         d, _ = await self._call(ops.GET_DISK_INFO, request, context)

@@ -148,3 +148,16 @@ def test_generated_code_has_not_drifted_from_the_proto() -> None:
         [sys.executable, "tools/gen_proto.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_image_prepare_answers_both_revisions() -> None:
+    """ImagePrepareResponse (the revision VirtRigaud's manager speaks since
+    v0.3.10) extends TaskResponse (the revision before): a client of either
+    reads the task from an answer of either."""
+    new = pb.ImagePrepareResponse(task=pb.TaskRef(id="t-1"), prepared_image_id="default/base", prepared_image_path="/p/base")
+    old = pb.TaskResponse.FromString(new.SerializeToString())
+    assert old.task.id == "t-1"
+    back = pb.ImagePrepareResponse.FromString(pb.TaskResponse(task=pb.TaskRef(id="t-2")).SerializeToString())
+    assert (back.task.id, back.prepared_image_id, back.prepared_image_path) == ("t-2", "", "")
+    method = pb.DESCRIPTOR.services_by_name["Provider"].methods_by_name["ImagePrepare"]
+    assert method.output_type.name == "ImagePrepareResponse"

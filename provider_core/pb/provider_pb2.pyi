@@ -245,6 +245,16 @@ class ImagePrepareRequest(_message.Message):
     storage_hint: str
     def __init__(self, image_json: _Optional[str] = ..., target_name: _Optional[str] = ..., storage_hint: _Optional[str] = ...) -> None: ...
 
+class ImagePrepareResponse(_message.Message):
+    __slots__ = ("task", "prepared_image_id", "prepared_image_path")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    task: TaskRef
+    prepared_image_id: str
+    prepared_image_path: str
+    def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., prepared_image_id: _Optional[str] = ..., prepared_image_path: _Optional[str] = ...) -> None: ...
+
 class ImportDiskRequest(_message.Message):
     __slots__ = ("source_url", "storage_hint", "format", "target_name", "verify_checksum", "expected_checksum", "credentials")
     class CredentialsEntry(_message.Message):

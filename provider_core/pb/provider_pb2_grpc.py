@@ -79,7 +79,7 @@ class ProviderStub:
         self.ImagePrepare = channel.unary_unary(
                 '/provider.v1.Provider/ImagePrepare',
                 request_serializer=provider_dot_v1_dot_provider__pb2.ImagePrepareRequest.SerializeToString,
-                response_deserializer=provider_dot_v1_dot_provider__pb2.TaskResponse.FromString,
+                response_deserializer=provider_dot_v1_dot_provider__pb2.ImagePrepareResponse.FromString,
                 _registered_method=True)
         self.ImportDisk = channel.unary_unary(
                 '/provider.v1.Provider/ImportDisk',
@@ -286,7 +286,7 @@ def add_ProviderServicer_to_server(servicer, server):
             'ImagePrepare': grpc.unary_unary_rpc_method_handler(
                     servicer.ImagePrepare,
                     request_deserializer=provider_dot_v1_dot_provider__pb2.ImagePrepareRequest.FromString,
-                    response_serializer=provider_dot_v1_dot_provider__pb2.TaskResponse.SerializeToString,
+                    response_serializer=provider_dot_v1_dot_provider__pb2.ImagePrepareResponse.SerializeToString,
             ),
             'ImportDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportDisk,
@@ -577,7 +577,7 @@ class Provider:
             target,
             '/provider.v1.Provider/ImagePrepare',
             provider_dot_v1_dot_provider__pb2.ImagePrepareRequest.SerializeToString,
-            provider_dot_v1_dot_provider__pb2.TaskResponse.FromString,
+            provider_dot_v1_dot_provider__pb2.ImagePrepareResponse.FromString,
             options,
             channel_credentials,
             insecure,

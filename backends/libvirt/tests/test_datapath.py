@@ -475,10 +475,12 @@ def test_import_through_libvirt_streams(
 
 # -- ImagePrepare ------------------------------------------------------------------------------
 
+SMALL_VM = '{"CPU": 1, "MemoryMiB": 128}'
 
-def _prepare(h: ProviderHarness, image_json: str, name: str, storage_hint: str = POOL) -> pb.TaskResponse:
+
+def _prepare(h: ProviderHarness, image_json: str, name: str, storage_hint: str = POOL) -> pb.ImagePrepareResponse:
     request = pb.ImagePrepareRequest(image_json=image_json, target_name=name, storage_hint=storage_hint)
-    resp: pb.TaskResponse = h.stub.ImagePrepare(request, timeout=60)
+    resp: pb.ImagePrepareResponse = h.stub.ImagePrepare(request, timeout=60)
     return resp
 
 
@@ -491,10 +493,23 @@ def test_image_prepare_from_a_url_is_a_task(provider: ProviderHarness, lab: Lab,
     image = f'{{"URL": "{sink.url("cloud.qcow2")}", "Checksum": "{want}", "Format": "qcow2"}}'
     resp = _prepare(provider, image, name)
     assert resp.task.id, "ImagePrepare from a URL runs as a task"
+    assert resp.prepared_image_id == f"{POOL}/{name}", "known before the task ends"
     provider.wait(resp.task)
     vol = lab.find(name)
     assert vol is not None
+    assert resp.prepared_image_path == vol.path()
     assert _sha256(Path(vol.path())) == want
+    # given back as a client does: the id as TemplateName, the path as Path
+    for n, image_json in enumerate(
+        (f'{{"TemplateName": "{resp.prepared_image_id}"}}', f'{{"Path": "{resp.prepared_image_path}"}}')
+    ):
+        request = pb.CreateRequest(name=lab.name(f"from-prepared-{n}"), image_json=image_json, class_json=SMALL_VM)
+        vm = provider.stub.Create(request, timeout=60)
+        try:
+            provider.wait(vm.task)
+            assert provider.stub.Describe(pb.DescribeRequest(id=vm.id)).exists
+        finally:
+            provider.wait(provider.stub.Delete(pb.DeleteRequest(id=vm.id), timeout=60).task)
     provider.wait(_prepare(provider, image, name).task)  # already there: succeeds again
     assert [r.method for r in sink.requests] == ["GET"], "the second prepare should not download again"
 

@@ -35,6 +35,7 @@ from provider_core import (
     Offer,
     Outcome,
     PowerOp,
+    PreparedImage,
     SnapshotSpec,
     ValidationReport,
     VMInfo,
@@ -118,7 +119,7 @@ class LibvirtBackend(Backend):
     def clone(self, spec: CloneSpec) -> Outcome[str]:
         return self.session.changing(lambda: clone.clone(self.session, spec))
 
-    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[PreparedImage]:
         return self.session.transferring(lambda: self.data.image_prepare(spec))
 
     def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:

@@ -72,6 +72,7 @@ from provider_core import (
     InvalidArgument,
     NotFound,
     Outcome,
+    PreparedImage,
     ProviderError,
     Unimplemented,
     transfer,
@@ -104,22 +105,23 @@ class DiskTransfers:
 
     # -- the operations ----------------------------------------------------------
 
-    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[PreparedImage]:
         name = _volume_name(spec.target_name, "target_name")
         pool = self.session.pool(spec.storage_hint)
         image = spec.image
+        prepared = PreparedImage(id=f"{pool.name()}/{name}", path=storage.path_of(pool, name))
         if image.source == "url":
 
             def fetch() -> None:
                 self.fetch_image(image, pool, name)
 
-            return Outcome.later(None, fetch)
+            return Outcome.later(prepared, fetch)
         source = self._source_volume(image, pool)
 
         def copy() -> None:
             self._copy_volume(source, pool, name, image)
 
-        return Outcome.later(None, copy)
+        return Outcome.later(prepared, copy)
 
     def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
         images.convert_args(spec.format, compress=spec.compress)  # refuses raw + compress

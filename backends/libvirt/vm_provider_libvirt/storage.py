@@ -96,6 +96,16 @@ def holds_files(pool: libvirt.virStoragePool) -> bool:
     return pool_type(pool) in FILE_POOLS
 
 
+def path_of(pool: libvirt.virStoragePool, name: str) -> str:
+    """Where volume ``name`` of a pool that holds files lies (whether it
+    exists yet or not); "" for other pools."""
+    root = parse_xml(pool.XMLDesc(0))
+    target = root.findtext("target/path") or ""
+    if root.get("type", "") not in FILE_POOLS or not target:
+        return ""
+    return f"{target.rstrip('/')}/{name}"
+
+
 def lookup(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
     """The volume of that name, or None."""
     with errors.ignoring(errors.is_missing_volume):

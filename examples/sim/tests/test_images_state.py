@@ -21,14 +21,22 @@ def test_a_prepared_image_is_a_template_for_create(sim: ProviderHarness, tmp_pat
     (tmp_path / "base.raw").write_bytes(data)
     with HttpSink(tmp_path) as server:
         image = json.dumps({"URL": server.url("base.raw"), "Format": "raw", "Checksum": hashlib.sha256(data).hexdigest()})
-        sim.wait(sim.stub.ImagePrepare(pb.ImagePrepareRequest(image_json=image, target_name="base")).task)
+        first = sim.stub.ImagePrepare(pb.ImagePrepareRequest(image_json=image, target_name="base"))
+        assert (first.prepared_image_id, first.prepared_image_path) == ("base", "/var/lib/sim/images/base.raw")
+        sim.wait(first.task)
         again = sim.stub.ImagePrepare(pb.ImagePrepareRequest(image_json=image, target_name="base"))
         assert not again.task.id  # already there: nothing to do
+        assert (again.prepared_image_id, again.prepared_image_path) == ("base", "/var/lib/sim/images/base.raw")
         assert len(server.requests) == 1
-    vm = sim.stub.Create(pb.CreateRequest(name="from-base", image_json='{"TemplateName": "base"}'))
-    sim.wait(vm.task)
-    disk = sim.stub.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=vm.id))
-    assert disk.backing_file == "/var/lib/sim/images/base.raw"
+    # what ImagePrepare answered, given back as a client does: the id as TemplateName, the path as Path
+    for name, image_json in (
+        ("from-id", json.dumps({"TemplateName": first.prepared_image_id})),
+        ("from-path", json.dumps({"Path": first.prepared_image_path})),
+    ):
+        vm = sim.stub.Create(pb.CreateRequest(name=name, image_json=image_json))
+        sim.wait(vm.task)
+        disk = sim.stub.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=vm.id))
+        assert disk.backing_file == "/var/lib/sim/images/base.raw"
     with pytest.raises(grpc.RpcError) as err:
         sim.stub.ImagePrepare(pb.ImagePrepareRequest(image_json='{"TemplateName": "debian-12"}', target_name="base"))
     assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS

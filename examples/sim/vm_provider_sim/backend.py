@@ -31,6 +31,7 @@ from provider_core import (
     Outcome,
     PowerOp,
     PowerState,
+    PreparedImage,
     ProviderError,
     ResourceExhausted,
     SnapshotSpec,
@@ -336,7 +337,7 @@ class SimBackend(Backend):
             host.define(target)
         return self._later(target.id, lambda: host.finish_creating(target.id))
 
-    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[PreparedImage]:
         host = self.host
         image = spec.image
         fmt = image.format or "qcow2"
@@ -351,7 +352,7 @@ class SimBackend(Backend):
         have = next((i for i in host.images() if i.name == spec.target_name), None)
         if have is not None:
             if (have.source, have.checksum) == (prepared.source, prepared.checksum):
-                return Outcome.done(None)
+                return Outcome.done(PreparedImage(id=have.name, path=have.path))
             raise AlreadyExists(f"an image named {spec.target_name!r} exists with another source ({have.source or 'built in'})")
 
         def work() -> None:
@@ -359,7 +360,7 @@ class SimBackend(Backend):
                 prepared.size_gib = self._fetch(image) or 2
             host.add_image(prepared)
 
-        return self._later(None, work)
+        return self._later(PreparedImage(id=prepared.name, path=prepared.path), work)
 
     def _fetch(self, image: VMImage) -> int:
         """Fetch a URL image when ``download_images`` is on; its size in GiB (0: not fetched)."""
