@@ -174,3 +174,20 @@ def test_calls_and_background_tasks_share_one_grace_period(provider: type[Provid
     p.wait_for("abandoning 2 backend call")
     with pytest.raises(grpc.RpcError):
         in_flight.result(timeout=10)
+
+
+def test_a_call_whose_client_left_gets_the_grace_period_too(provider: type[Provider], tmp_path: Path) -> None:
+    """A Describe still running in the backend after its client's deadline
+    passed is waited for, not abandoned the moment SIGTERM arrives."""
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    p = provider(table=f'delay_seconds = 3.0\ntrace_dir = "{trace}"', grace=30.0)
+    with pytest.raises(grpc.RpcError) as gone:
+        p.stub.Describe(pb.DescribeRequest(id="slow-left"), timeout=0.5)
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _entered(trace, "describe-slow-left")
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for(r"waiting up to 30\.0s for 1 backend call")
+    assert p.proc.wait(timeout=20) == 0
+    p.wait_for("stopped")
+    assert "abandoning" not in "".join(p.log)
