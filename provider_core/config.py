@@ -10,17 +10,23 @@ same rule under ``[server]`` and ``VM_PROVIDER_SERVER_...``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 
 ENV_PREFIX = "VM_PROVIDER_"
+#: Settings that name a backend's endpoint, when its settings model does not
+#: say (``endpoint_settings``, a class attribute naming its fields).
+ENDPOINT_FIELDS = ("uri", "endpoint", "url", "host", "hosts", "address")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -30,6 +36,9 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: str = "127.0.0.1:50051"
+    reuse_port: bool = Field(
+        False, description="let other processes listen on the same port (SO_REUSEPORT); off, a port in use refuses the start"
+    )
     tls_cert: Path | None = Field(None, description="PEM server certificate chain; enables TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(
@@ -37,7 +46,9 @@ class ServerSettings(BaseModel):
     )
     auth_token: SecretStr | None = Field(None, description="bearer token clients must send; health checks are exempt")
     grace_seconds: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight calls and tasks")
-    state_dir: Path | None = Field(None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND)")
+    state_dir: Path | None = Field(
+        None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND-HASH)"
+    )
     workers: int = Field(64, ge=1, le=1024, description="threads for backend calls")
     task_workers: int = Field(32, ge=1, le=1024, description="threads for background tasks")
     health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")
@@ -57,6 +68,13 @@ class ServerSettings(BaseModel):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: an empty token would turn authentication off; give the token, or drop the setting")
+        return value
 
 
 class Config(BaseModel):
@@ -157,6 +175,48 @@ def default_config_path() -> Path | None:
     return here if here.is_file() else None
 
 
-def default_state_dir(backend: str) -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "vm-provider" / backend
+def endpoint_fields(settings: BaseModel) -> tuple[str, ...]:
+    """The settings that name the endpoint a backend serves: those its model
+    lists in ``endpoint_settings``, else the conventional names it has."""
+    declared = getattr(type(settings), "endpoint_settings", None)
+    if declared is not None:
+        return tuple(declared)
+    return tuple(f for f in ENDPOINT_FIELDS if f in type(settings).model_fields)
+
+
+def endpoint(settings: BaseModel) -> str:
+    """The endpoint, credentials masked, for logs (empty when the backend names none)."""
+    return ", ".join(mask_url(str(getattr(settings, f))) for f in endpoint_fields(settings))
+
+
+def endpoint_id(settings: BaseModel) -> str:
+    """Eight hex digits that tell endpoints apart: a hash of the endpoint
+    settings, or of every setting but secrets when the backend names none."""
+    names = endpoint_fields(settings) or tuple(type(settings).model_fields)
+    identity = {n: getattr(settings, n) for n in names if not isinstance(getattr(settings, n), SecretStr)}
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_state_dir(backend: str, settings: BaseModel, environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME/vm-provider/BACKEND-HASH`` (``~/.local/state`` without
+    XDG_STATE_HOME): one directory per backend and endpoint."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "vm-provider" / f"{backend}-{endpoint_id(settings)}"
+
+
+def mask_url(text: str) -> str:
+    """``text`` with a URL's password and query values replaced by ``***``."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if not parts.scheme or (not parts.netloc and not parts.query):
+        return text
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{parts.username or ''}:***@{host}"
+    query = "&".join(f"{p.partition('=')[0]}=***" if "=" in p else "***" for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

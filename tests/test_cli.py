@@ -3,10 +3,7 @@ bad flag, file or setting; never a traceback."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,32 +12,6 @@ import pytest
 pytestmark = pytest.mark.needs_test_plugins
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _command() -> list[str]:
-    exe = Path(sys.executable).with_name("vm-provider")
-    found = str(exe) if exe.exists() else shutil.which("vm-provider")
-    return [found] if found else [sys.executable, "-m", "provider_core.cli"]
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Run:
-    """Run vm-provider in an empty directory with a clean environment."""
-
-    def run(*args: str, config: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        argv = list(args)
-        if config is not None:
-            path = tmp_path / "plugins.toml"
-            path.write_text(config)
-            argv = ["--config", str(path), *argv]
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("VM_PROVIDER_")}
-        environ["VM_PROVIDER_SERVER_STATE_DIR"] = str(tmp_path / "state")
-        environ.update(env or {})
-        return subprocess.run(
-            [*_command(), *argv], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=20, check=False
-        )
-
-    return run
 
 
 def _failed_clearly(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -114,7 +85,7 @@ def test_bad_flags(cli: Run, args: list[str], fragment: str) -> None:
         ("[server]\nlog_level = 'LOUD'", "log_level: must be DEBUG, INFO, WARNING, ERROR or CRITICAL"),
         (
             "[server]\ntls_cert = '/nonexistent/cert.pem'\ntls_key = '/nonexistent/key.pem'",
-            "cannot read TLS certificate /nonexistent/cert.pem",
+            "tls_cert: cannot read /nonexistent/cert.pem: No such file or directory",
         ),
         ("[server]\ntls_cert = '/nonexistent/cert.pem'", "TLS needs both tls_cert and tls_key"),
         ("[server]\ntls_client_ca = '/nonexistent/ca.pem'", "tls_client_ca needs tls_cert and tls_key"),

@@ -3,20 +3,16 @@ calls are refused, the process exits 0 within the grace period."""
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2_grpc
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
@@ -26,66 +22,29 @@ pytestmark = pytest.mark.needs_test_plugins
 
 
 class Provider:
-    """A vm-provider process; its stderr is read line by line."""
+    """A vm-provider process serving a test backend (``served``), with stubs on its port."""
 
-    def __init__(self, tmp: Path, backend: str, table: str, grace: float, server: str = "") -> None:
-        config = tmp / "plugins.toml"
-        config.write_text(
-            f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp / "state"}"\n{server}\n\n[backends.{backend}]\n{table}\n'
-        )
-        exe = shutil.which("vm-provider", path=str(Path(sys.executable).parent)) or "vm-provider"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VM_PROVIDER_")}
-        self.proc = subprocess.Popen(
-            [exe, "--backend", backend, "--config", str(config), "--listen", "127.0.0.1:0"],
-            cwd=tmp,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        started = self.wait_for(r"serving provider\.v1\.Provider on port (\d+) \(backend \S+, event loop (\w+)\)")
-        port, self.event_loop = int(started.group(1)), started.group(2)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = pb_grpc.ProviderStub(self.channel)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
+    def __init__(self, served: Any) -> None:
+        self.served = served
+        self.proc = served.proc
+        started = served.started()
+        self.port, self.event_loop = int(started["port"]), started["loop"]
+        self.stub = pb_grpc.ProviderStub(served.channel)
+        self.health = health_pb2_grpc.HealthStub(served.channel)
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"the provider never logged {pattern!r}; log:\n{''.join(self.log)}") from None
-            self.log.append(line)
-            if m := re.search(pattern, line):
-                return m
-
-    def stop(self) -> None:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+        return self.served.wait_for(pattern, timeout)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def provider(tmp_path: Path) -> Iterator[type[Provider]]:
-    started: list[Provider] = []
-
+def provider(tmp_path: Path, serve: Callable[..., Any]) -> Callable[..., Provider]:
     def start(backend: str = "memory", table: str = "", grace: float = 20.0, server: str = "") -> Provider:
-        p = Provider(tmp_path, backend, table, grace, server)
-        started.append(p)
-        return p
+        config = (
+            f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp_path / "state"}"\n{server}\n\n[backends.{backend}]\n{table}\n'
+        )
+        return Provider(serve("--backend", backend, "--listen", "127.0.0.1:0", config=config))
 
-    yield start  # type: ignore[misc]
-    for p in started:
-        p.stop()
+    return start
 
 
 def _entered(trace: Path, name: str) -> None:
@@ -96,7 +55,9 @@ def _entered(trace: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Provider], tmp_path: Path, loop: str) -> None:
+def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
+    provider: Callable[..., Provider], tmp_path: Path, loop: str
+) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     p = provider(table=f'delay_seconds = 2.0\ntrace_dir = "{trace}"', grace=20.0, server=f'event_loop = "{loop}"')
@@ -125,7 +86,7 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Prov
     p.wait_for("stopped")
 
 
-def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: type[Provider], tmp_path: Path) -> None:
+def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: Callable[..., Provider], tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     table = f'background = true\ndelay_seconds = 1.0\ntrace_dir = "{trace}"'
@@ -140,7 +101,9 @@ def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: typ
     assert again.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10) == pb.TaskStatusResponse(done=True, error="")
 
 
-def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(provider: type[Provider], tmp_path: Path) -> None:
+def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(
+    provider: Callable[..., Provider], tmp_path: Path
+) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     table = f'background = true\ndelay_seconds = 600\ntrace_dir = "{trace}"'
@@ -157,7 +120,7 @@ def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(pro
     )
 
 
-def test_calls_and_background_tasks_share_one_grace_period(provider: type[Provider], tmp_path: Path) -> None:
+def test_calls_and_background_tasks_share_one_grace_period(provider: Callable[..., Provider], tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     p = provider(table=f'background = true\ndelay_seconds = 600\ntrace_dir = "{trace}"', grace=2.0)
@@ -176,7 +139,7 @@ def test_calls_and_background_tasks_share_one_grace_period(provider: type[Provid
         in_flight.result(timeout=10)
 
 
-def test_a_call_whose_client_left_gets_the_grace_period_too(provider: type[Provider], tmp_path: Path) -> None:
+def test_a_call_whose_client_left_gets_the_grace_period_too(provider: Callable[..., Provider], tmp_path: Path) -> None:
     """A Describe still running in the backend after its client's deadline
     passed is waited for, not abandoned the moment SIGTERM arrives."""
     trace = tmp_path / "trace"
@@ -190,4 +153,4 @@ def test_a_call_whose_client_left_gets_the_grace_period_too(provider: type[Provi
     p.wait_for(r"waiting up to 30\.0s for 1 backend call")
     assert p.proc.wait(timeout=20) == 0
     p.wait_for("stopped")
-    assert "abandoning" not in "".join(p.log)
+    assert "abandoning" not in "".join(p.served.log)
