@@ -163,19 +163,21 @@ def test_tls_files_that_are_not_what_they_should_be(
 def test_an_empty_token_file_is_refused(cli: Run, tmp_path: Path, content: str) -> None:
     (tmp_path / "token").write_text(content)
     result = serve_memory(cli, f'listen = "127.0.0.1:0"\nauth_token_file = "{tmp_path / "token"}"')
-    one_line_failure(result, "auth_token: is empty: an empty token would turn authentication off")
+    one_line_failure(
+        result, "auth_token: is empty: an empty token would turn authentication off", f"auth_token_file = {tmp_path}"
+    )
 
 
 def test_an_empty_token_file_named_by_the_environment_is_refused(cli: Run, tmp_path: Path) -> None:
     (tmp_path / "token").write_text("\n")
     result = serve_memory(cli, 'listen = "127.0.0.1:0"', env={"VM_PROVIDER_SERVER_AUTH_TOKEN_FILE": str(tmp_path / "token")})
-    one_line_failure(result, "auth_token: is empty")
+    one_line_failure(result, "auth_token: is empty", "(from VM_PROVIDER_SERVER_AUTH_TOKEN_FILE=")
 
 
 @pytest.mark.parametrize("value", ["", "   "], ids=["empty", "white-space"])
 def test_an_empty_token_variable_is_refused(cli: Run, value: str) -> None:
     result = serve_memory(cli, 'listen = "127.0.0.1:0"', env={"VM_PROVIDER_SERVER_AUTH_TOKEN": value})
-    one_line_failure(result, "auth_token: is empty")
+    one_line_failure(result, "auth_token: is empty", "(from VM_PROVIDER_SERVER_AUTH_TOKEN)")
 
 
 # -- the start line ------------------------------------------------------------------
