@@ -62,7 +62,10 @@ class ServerSettings(BaseModel):
         None, description="PEM CA bundle; clients must present a certificate it signed (mutual TLS)"
     )
     auth_token: SecretStr | None = Field(None, description="bearer token clients must send; health checks are exempt")
-    grace_seconds: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight calls and tasks")
+    grace_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long the whole stop may take")
+    drain_delay: float = Field(
+        5.0, ge=0, description="on SIGTERM, seconds health says NOT_SERVING while calls are still served (part of grace_seconds)"
+    )
     state_dir: Path | None = Field(
         None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND-HASH)"
     )

@@ -51,6 +51,31 @@ def run(main: Coroutine[Any, Any, T], kind: str = "uvloop") -> T:
         return runner.run(main)
 
 
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # grpc ships no type hints
+    """grpc's health service, whose Watch streams end when the server
+    stops accepting calls: an open stream is no call to wait for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({watch, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            closing.cancel()
+        if not watch.cancelled() and watch.done():
+            watch.result()
+            return
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the provider is stopping")
+
+    def close_watches(self) -> None:
+        self._closing.set()
+
+
 class ProviderServer:
     """A configured, running provider: call :meth:`start`, then :meth:`stop`.
 
@@ -79,7 +104,7 @@ class ProviderServer:
             options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
             self.server = grpc.aio.server(interceptors=[self.auth] if self.auth else [], options=options)
             add_to_server(ProviderService(self.runtime), self.server)
-            self.health = health.aio.HealthServicer()
+            self.health = HealthServicer()
             guarded = GuardedRegistrar(self.server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -135,29 +160,43 @@ class ProviderServer:
         if self.settings.auth_token and not self.settings.tls_cert:
             log.warning("auth_token is set but TLS is off: the token crosses the network in clear text; set tls_cert and tls_key")
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones and tasks finish within
-        grace; then release the state directory."""
+    async def stop(self, grace: float | None = None, delay: float = 0.0, hurry: asyncio.Event | None = None) -> None:
+        """Drain, all within ``grace`` seconds: health says NOT_SERVING at
+        once; calls are still served for ``delay`` seconds (or until
+        ``hurry`` is set), so that clients and probes watching health move
+        away; then new calls are refused, in-flight ones and background
+        tasks finish, and the state directory is released."""
         grace = self.settings.grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
-        end = loop.time() + grace  # one grace period for calls and background tasks together
+        end = loop.time() + grace  # one grace period for the whole stop
         await self.health.enter_graceful_shutdown()
         if self._monitor:
             self._monitor.cancel()
             with suppress(asyncio.CancelledError):
                 await self._monitor
-        await self.server.stop(grace)
+        delay = min(delay, grace)
+        if delay > 0:
+            log.info("health is NOT_SERVING; still serving calls for %.1fs", delay)
+            with suppress(TimeoutError):
+                await asyncio.wait_for((hurry or asyncio.Event()).wait(), delay)
+        self.health.close_watches()
+        await self.server.stop(max(0.0, end - loop.time()))
         await self.runtime.drain(max(0.0, end - loop.time()))
         self.state.release()
 
     async def serve_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT, then drain."""
+        """Run until SIGTERM or SIGINT, then drain; a second signal cuts
+        the drain delay short."""
         await self.start()
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def received() -> None:
+            (hurry if stop.is_set() else stop).set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, received)
         await stop.wait()
         log.info("signal received: draining for up to %.0fs", self.settings.grace_seconds)
-        await self.stop()
+        await self.stop(delay=self.settings.drain_delay, hurry=hurry)
         log.info("stopped")

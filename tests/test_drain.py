@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
@@ -38,9 +38,12 @@ class Provider:
 
 @pytest.fixture
 def provider(tmp_path: Path, serve: Callable[..., Any]) -> Callable[..., Provider]:
-    def start(backend: str = "memory", table: str = "", grace: float = 20.0, server: str = "") -> Provider:
+    def start(
+        backend: str = "memory", table: str = "", grace: float = 20.0, server: str = "", drain_delay: float = 0.0
+    ) -> Provider:
         config = (
-            f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp_path / "state"}"\n{server}\n\n[backends.{backend}]\n{table}\n'
+            f'[server]\ngrace_seconds = {grace}\ndrain_delay = {drain_delay}\nstate_dir = "{tmp_path / "state"}"\n'
+            f"{server}\n\n[backends.{backend}]\n{table}\n"
         )
         return Provider(serve("--backend", backend, "--listen", "127.0.0.1:0", config=config))
 
@@ -137,6 +140,50 @@ def test_calls_and_background_tasks_share_one_grace_period(provider: Callable[..
     p.wait_for("abandoning 2 backend call")
     with pytest.raises(grpc.RpcError):
         in_flight.result(timeout=10)
+
+
+def _health(p: Provider) -> int:
+    return p.health.Check(health_pb2.HealthCheckRequest(service="provider.v1.Provider"), timeout=5).status
+
+
+def test_health_goes_not_serving_first_and_calls_are_served_during_the_drain_delay(provider: Callable[..., Provider]) -> None:
+    p = provider(drain_delay=3.0, grace=20.0)
+    assert _health(p) == health_pb2.HealthCheckResponse.SERVING
+    watch = p.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    p.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    # A client watching health hears NOT_SERVING at once, over the still open port...
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert time.monotonic() - signalled < 1.5
+    p.wait_for(r"health is NOT_SERVING; still serving calls for 3\.0s")
+    # ...and a probe polling Check sees it too, while calls are still answered.
+    assert _health(p) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert not p.stub.Describe(pb.DescribeRequest(id="vm"), timeout=5).exists
+    assert time.monotonic() - signalled < 2.5, "the checks above took so long the delay may have ended"
+    # After the delay the port closes and the process ends: the open Watch
+    # stream is ended, not waited for until the grace period runs out.
+    assert p.proc.wait(timeout=20) == 0
+    assert 3.0 <= time.monotonic() - signalled < 10.0
+    with pytest.raises(grpc.RpcError) as ended:
+        next(watch)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    p.wait_for("stopped")
+
+
+def test_a_second_signal_cuts_the_drain_delay_short(provider: Callable[..., Provider]) -> None:
+    p = provider(drain_delay=600.0, grace=900.0)
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for("health is NOT_SERVING")
+    p.proc.send_signal(signal.SIGINT)
+    assert p.proc.wait(timeout=20) == 0
+
+
+def test_the_drain_delay_is_part_of_the_grace_period(provider: Callable[..., Provider]) -> None:
+    p = provider(drain_delay=600.0, grace=1.0)
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for(r"still serving calls for 1\.0s")
+    assert p.proc.wait(timeout=20) == 0
 
 
 def test_a_call_whose_client_left_gets_the_grace_period_too(provider: Callable[..., Provider], tmp_path: Path) -> None:

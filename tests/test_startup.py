@@ -58,7 +58,7 @@ def test_a_state_dir_that_cannot_be_created(cli: Run, tmp_path: Path, where: str
 
 
 def test_a_second_provider_on_one_state_dir_names_the_first_ones_pid(serve: Callable[..., Any], cli: Run, tmp_path: Path) -> None:
-    server = f'listen = "127.0.0.1:0"\nstate_dir = "{tmp_path / "shared"}"\n'
+    server = f'listen = "127.0.0.1:0"\nstate_dir = "{tmp_path / "shared"}"\ndrain_delay = 0\n'
     first = serve("--backend", "memory", config=f"[server]\n{server}")
     first.started()
     result = serve_memory(cli, server)
@@ -87,7 +87,7 @@ def test_default_state_dirs_tell_endpoints_apart(serve: Callable[..., Any], tmp_
 
 def test_a_port_another_process_listens_on_is_refused(serve: Callable[..., Any], cli: Run) -> None:
     port = free_port()
-    first = serve("--backend", "memory", "--listen", f"127.0.0.1:{port}", config="[server]\n")
+    first = serve("--backend", "memory", "--listen", f"127.0.0.1:{port}", config="[server]\ndrain_delay = 0\n")
     assert int(first.started()["port"]) == port
     result = cli("--backend", "memory", "--listen", f"127.0.0.1:{port}", env={"XDG_STATE_HOME": "/tmp/elsewhere-state"})
     one_line_failure(result, f"cannot listen on 127.0.0.1:{port}: port {port} is in use by another process")
@@ -97,7 +97,7 @@ def test_a_port_another_process_listens_on_is_refused(serve: Callable[..., Any],
 def test_sharing_a_port_is_opt_in(serve: Callable[..., Any], tmp_path: Path) -> None:
     port = free_port()
     for i in range(2):
-        config = f'[server]\nreuse_port = true\nstate_dir = "{tmp_path / f"state-{i}"}"\n'
+        config = f'[server]\nreuse_port = true\ndrain_delay = 0\nstate_dir = "{tmp_path / f"state-{i}"}"\n'
         served = serve("--backend", "memory", "--listen", f"127.0.0.1:{port}", config=config)
         assert int(served.started()["port"]) == port
 
@@ -221,7 +221,7 @@ def test_the_start_line_masks_credentials_in_the_endpoint(serve: Callable[..., A
 
 
 def test_no_python_warnings_or_core_lines_on_a_clean_start_and_stop(serve: Callable[..., Any]) -> None:
-    served = serve("--backend", "memory", "--listen", "127.0.0.1:0", config="[server]\n")
+    served = serve("--backend", "memory", "--listen", "127.0.0.1:0", config="[server]\ndrain_delay = 0\n")
     served.started()
     served.proc.terminate()
     assert served.exit_status() == 0
