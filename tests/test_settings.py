@@ -330,3 +330,12 @@ def test_without_an_endpoint_every_setting_but_secrets_counts() -> None:
     assert config.endpoint_id(Plain(speed=2)) != config.endpoint_id(Plain())
     assert config.endpoint_id(Plain(key=SecretStr("b"))) == config.endpoint_id(Plain())
     assert config.endpoint(Plain()) == ""
+
+
+def test_the_server_table_in_the_docs_lists_every_setting() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    section = text[text.index("## The server: `[server]`") :]
+    documented = set()
+    for row in re.findall(r"^\| (`[^|]+`) \|", section, flags=re.M):
+        documented |= set(re.findall(r"`(\w+)`", row))
+    assert documented == set(config.ServerSettings.model_fields)
