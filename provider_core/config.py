@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -439,16 +439,15 @@ def default_state_dir(backend: str, settings: BaseModel, environ: Mapping[str, s
 
 
 def mask_url(text: str) -> str:
-    """``text`` with a URL's password and query values replaced by ``***``."""
+    """``text`` with a URL's user-info and query string hidden, written as
+    :func:`provider_core.urls.redact` writes them (``***@``, ``?<redacted>``;
+    no fragment), keeping an empty authority (libvirt's ``qemu:///system``)."""
+    if "://" not in text:
+        return text
     try:
         parts = urlsplit(text)
     except ValueError:
-        return text
-    if not parts.scheme or (not parts.netloc and not parts.query):
-        return text
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = netloc.rpartition("@")[2]
-        netloc = f"{parts.username or ''}:***@{host}"
-    query = "&".join(f"{p.partition('=')[0]}=***" if "=" in p else "***" for p in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return "<unparsable URL>"
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?<redacted>" if parts.query else "")

@@ -3,8 +3,8 @@
 The output reads as a plugins.toml: every setting of ``[provider]``,
 ``[server]`` and the backend's table, with its origin (a flag, an
 environment variable, the file, a ``*_file``, or the default) in a comment.
-Secrets print as ``********``, and a URL's password and query values as
-``***``.
+Secrets print as ``********``; a URL's user-info and query string are
+hidden (``***@``, ``?<redacted>``).
 """
 
 from __future__ import annotations

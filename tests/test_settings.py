@@ -265,9 +265,9 @@ def test_config_shows_every_setting_with_its_origin_and_masks_secrets(cli: Run, 
 
 def test_config_masks_a_password_in_a_uri(cli: Run) -> None:
     result = cli("config", "--backend", "libvirt", env={"VM_PROVIDER_LIBVIRT_URI": "qemu+ssh://root:pa55@host/system"})
-    assert shown(result)["[backends.libvirt]uri"][0] == '"qemu+ssh://root:***@host/system"'
+    assert shown(result)["[backends.libvirt]uri"][0] == '"qemu+ssh://***@host/system"'
     assert "pa55" not in result.stdout
-    assert "endpoint qemu+ssh://root:***@host/system" in shown(result)["[server]state_dir"][1]
+    assert "endpoint qemu+ssh://***@host/system" in shown(result)["[server]state_dir"][1]
 
 
 def test_config_refuses_what_serve_refuses(cli: Run) -> None:
