@@ -186,8 +186,8 @@ class ProviderServer:
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM or SIGINT, then drain; a second signal cuts
-        the drain delay short."""
-        await self.start()
+        the drain delay short. The signals are handled from before the
+        start line, so that one arriving just after it drains too."""
         stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -196,6 +196,7 @@ class ProviderServer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, received)
+        await self.start()
         await stop.wait()
         log.info("signal received: draining for up to %.0fs", self.settings.grace_seconds)
         await self.stop(delay=self.settings.drain_delay, hurry=hurry)
