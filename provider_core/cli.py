@@ -1,14 +1,21 @@
 """The ``vm-provider`` command.
 
-vm-provider [serve] --backend NAME [--config FILE] [--listen HOST:PORT]
-vm-provider backends [--config FILE]
-vm-provider conformance --backend NAME [--config FILE]
+vm-provider [serve] [--backend NAME] [--config FILE] [--listen HOST:PORT] [--log-level LEVEL]
+vm-provider config [--backend NAME] [--config FILE] [--listen HOST:PORT] [--log-level LEVEL]
+vm-provider backends [NAME ...] [--config FILE]
+vm-provider conformance [--backend NAME] [--config FILE] [-k SUBSTR]
+
+Exit status: 0 done; 1 a backend listed is broken (``backends``) or a
+check failed (``conformance``); 2 a bad flag, file, setting or
+environment variable, or a start that cannot happen (one line on standard
+error naming what and what to do; never a traceback); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +23,7 @@ from pathlib import Path
 from . import config as cfg
 from . import plugins
 from .errors import ConfigError
+from .settings_report import Effective, render
 
 log = logging.getLogger("vm_provider")
 
@@ -25,7 +33,7 @@ def _options(default: object) -> tuple[argparse.ArgumentParser, argparse.Argumen
     common = argparse.ArgumentParser(add_help=False, argument_default=default)
     common.add_argument("--config", type=Path, help="plugins.toml (default: $VM_PROVIDER_CONFIG or ./plugins.toml)")
     serve = argparse.ArgumentParser(add_help=False, parents=[common], argument_default=default)
-    serve.add_argument("--backend", help="backend to serve (default: [provider] backend in the config, else libvirt)")
+    serve.add_argument("--backend", help="backend to serve (default: $VM_PROVIDER_BACKEND, [provider] backend, else libvirt)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return common, serve
@@ -37,27 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     # the subcommand (vm-provider --backend x serve) are not reset by it.
     common, sub_serve = _options(argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
-        prog="vm-provider", description="Serve provider.v1.Provider on a hypervisor backend.", parents=[serve]
+        prog="vm-provider",
+        description="Serve provider.v1.Provider on a hypervisor backend.",
+        epilog="Exit status: 0 done, 1 a backend listed is broken or a conformance check failed, "
+        "2 bad flags, settings or environment, or a start that cannot happen.",
+        parents=[serve],
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,backends,conformance}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,config,backends,conformance}")
     sub.add_parser("serve", parents=[sub_serve], help="serve the provider (the default)")
-    sub.add_parser("backends", parents=[common], help="list installed backends and their capabilities")
+    sub.add_parser("config", parents=[sub_serve], help="print the effective settings (secrets masked) and where each came from")
+    listing = sub.add_parser("backends", parents=[common], help="list installed backends and their capabilities")
+    listing.add_argument("names", nargs="*", metavar="NAME", help="only these backends (exit 1 if one is missing or broken)")
     conf = sub.add_parser("conformance", parents=[sub_serve], help="run the conformance kit against a backend")
     conf.add_argument("-k", dest="select", help="only checks whose name contains this")
     return parser
 
 
-def _backend_name(args: argparse.Namespace, conf: cfg.Config) -> str:
-    return args.backend or conf.backend or "libvirt"
-
-
-def cmd_backends(conf: cfg.Config) -> int:
-    names = plugins.installed()
-    if not names:
+def cmd_backends(names: Sequence[str]) -> int:
+    installed = plugins.installed()
+    if not installed:
         print("no backends installed")
         return 1
     status = 0
-    for name in names:
+    for name in names or installed:
+        if name not in installed:
+            print(f"{name}: NOT INSTALLED{cfg.nearest(name, installed)}")
+            status = 1
+            continue
         try:
             cls = plugins.load_class(name)
         except ConfigError as exc:
@@ -69,36 +83,53 @@ def cmd_backends(conf: cfg.Config) -> int:
     return status
 
 
-def _server_settings(args: argparse.Namespace, conf: cfg.Config) -> cfg.ServerSettings:
-    table = dict(conf.server)
+def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
+    """Every setting of the server and of the backend, validated, with its
+    origin; refuses unknown tables, keys and VM_PROVIDER_* variables."""
+    name, name_origin = cfg.backend_name(getattr(args, "backend", None), conf)
+    installed = plugins.installed()
+    for table in conf.backends:
+        if table not in installed:
+            hint = cfg.nearest(table, installed)
+            raise ConfigError(f"{conf.source}: [backends.{table}]: no backend {table!r} is installed{hint}")
+    cls = plugins.load_class(name)
+    cfg.check_environment(os.environ, {"server": cfg.ServerSettings, name: cls.Settings}, [n for n in installed if n != name])
+    flags = {}
     if getattr(args, "listen", None):
-        table["listen"] = args.listen
+        flags["listen"] = (args.listen, "--listen")
     if getattr(args, "log_level", None):
-        table["log_level"] = args.log_level
-    return cfg.build(cfg.ServerSettings, "server", table)
+        flags["log_level"] = (args.log_level, "--log-level")
+    server = cfg.resolve(cfg.ServerSettings, "server", conf.server, flags=flags, source=conf.source)
+    backend = plugins.resolve_settings(name, cls, conf.backends.get(name, {}), source=conf.source)
+    return Effective(conf, name, name_origin, server, backend)
 
 
 def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
     from .server import ProviderServer, run
 
-    settings = _server_settings(args, conf)
+    eff = effective(args, conf)
+    settings = eff.server.settings
     logging.getLogger().setLevel(settings.log_level.upper())
-    name = _backend_name(args, conf)
-    backend = plugins.load(name, conf.backends.get(name, {}))
+    backend = plugins.construct(eff.backend_name, eff.backend.settings)
 
     async def serve() -> None:
         # grpc.aio binds a server to the loop running when it is built.
-        await ProviderServer(backend, name, settings).serve_until_signal()
+        await ProviderServer(backend, eff.backend_name, settings).serve_until_signal()
 
     run(serve(), settings.event_loop)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, conf: cfg.Config) -> int:
+    print(render(effective(args, conf)), end="")
     return 0
 
 
 def cmd_conformance(args: argparse.Namespace, conf: cfg.Config) -> int:
     from .conformance.runner import run
 
-    name = _backend_name(args, conf)
-    return run(name, args.config, select=args.select)
+    eff = effective(args, conf)
+    return run(eff.backend_name, args.config, select=args.select)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         conf = cfg.load_file(args.config if args.config else cfg.default_config_path())
         if args.command == "backends":
-            return cmd_backends(conf)
+            return cmd_backends(args.names)
+        if args.command == "config":
+            return cmd_config(args, conf)
         if args.command == "conformance":
             return cmd_conformance(args, conf)
         return cmd_serve(args, conf)

@@ -1,4 +1,4 @@
-"""plugins.toml, environment overrides and secrets from files.
+"""plugins.toml, the environment, flags and secrets from files.
 
 One rule for every backend, built-in or third-party: the table
 ``[backends.NAME]`` holds the backend's settings; ``VM_PROVIDER_NAME_SETTING``
@@ -6,21 +6,44 @@ overrides one; ``setting_file = "/path"`` in the table or
 ``VM_PROVIDER_NAME_SETTING_FILE`` in the environment reads it from a file (for
 secrets that must not sit in the TOML). The server's own settings follow the
 same rule under ``[server]`` and ``VM_PROVIDER_SERVER_...``.
+
+Precedence, for every setting: flag > environment > file > default. Lists
+and tables come from the environment (and from ``*_file`` files) as JSON.
+Anything unknown (a table, a key, a ``VM_PROVIDER_*`` variable) and any
+ambiguous pair (``x`` with ``x_file``) is refused, naming the nearest valid
+name: a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
 import os
 import tomllib
-from collections.abc import Mapping
+import types
+from collections import abc
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 
 ENV_PREFIX = "VM_PROVIDER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+BACKEND_ENV = ENV_PREFIX + "BACKEND"
+DEFAULT_BACKEND = "libvirt"
+TABLES = ("provider", "server", "backends", "conformance")
+PROVIDER_KEYS = ("backend",)
+#: Settings that name a backend's endpoint, when its settings model does not
+#: say (``endpoint_settings``, a class attribute naming its fields).
+ENDPOINT_FIELDS = ("uri", "endpoint", "url", "host", "hosts", "address")
+DEFAULT = "default"
+QUOTED = "'{}'"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -30,14 +53,22 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: str = "127.0.0.1:50051"
+    reuse_port: bool = Field(
+        False, description="let other processes listen on the same port (SO_REUSEPORT); off, a port in use refuses the start"
+    )
     tls_cert: Path | None = Field(None, description="PEM server certificate chain; enables TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(
         None, description="PEM CA bundle; clients must present a certificate it signed (mutual TLS)"
     )
     auth_token: SecretStr | None = Field(None, description="bearer token clients must send; health checks are exempt")
-    grace_seconds: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight calls and tasks")
-    state_dir: Path | None = Field(None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND)")
+    grace_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long the whole stop may take")
+    drain_delay: float = Field(
+        5.0, ge=0, description="on SIGTERM, seconds health says NOT_SERVING while calls are still served (part of grace_seconds)"
+    )
+    state_dir: Path | None = Field(
+        None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND-HASH)"
+    )
     workers: int = Field(64, ge=1, le=1024, description="threads for backend calls")
     task_workers: int = Field(32, ge=1, le=1024, description="threads for background tasks")
     health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")
@@ -58,6 +89,13 @@ class ServerSettings(BaseModel):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: an empty token would turn authentication off; give the token, or drop the setting")
+        return value
+
 
 class Config(BaseModel):
     """The whole of plugins.toml."""
@@ -69,10 +107,66 @@ class Config(BaseModel):
     backends: dict[str, dict[str, Any]] = {}
     conformance: dict[str, dict[str, Any]] = {}
     """``[conformance.NAME]``: fixtures of the conformance kit (provider_core.conformance)."""
+    path: Path | None = None
+    """The file read, if any."""
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "plugins.toml"
+
+
+# -- names and suggestions --------------------------------------------------------
+
+
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate nearest to ``word`` (difflib), else the shortest that
+    contains it (``delay`` -> ``delay_seconds``), if any."""
+    names = sorted(set(candidates))
+    found = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if found:
+        return found[0]
+    holding = [n for n in names if word and word.lower() in n.lower()]
+    return min(holding, key=len) if holding else None
+
+
+def nearest(word: str, candidates: Iterable[str], show: str = "{}") -> str:
+    """``"; did you mean X?"`` for the closest candidate, else the valid
+    names (without the ``x_file`` forms of the settings listed)."""
+    names = sorted(set(candidates))
+    found = closest(word, names)
+    if found:
+        return f"; did you mean {show.format(found)}?"
+    listed = [n for n in names if not (n.endswith("_file") and n.removesuffix("_file") in names)]
+    return "; valid: " + ", ".join(show.format(n) for n in listed) if listed else ""
+
+
+def allowed_keys(model: type[BaseModel]) -> set[str]:
+    """Keys a table of ``model`` may hold: its fields and their ``_file`` forms."""
+    fields = set(model.model_fields)
+    return fields | {f"{f}_file" for f in fields if f"{f}_file" not in fields}
+
+
+def table_label(section: str) -> str:
+    return "[server]" if section == "server" else f"[backends.{section}]"
+
+
+def env_prefix(section: str) -> str:
+    return ENV_PREFIX + section.upper().replace("-", "_") + "_"
+
+
+def env_names(model: type[BaseModel], section: str) -> set[str]:
+    """The environment variables that set ``model``'s fields."""
+    prefix = env_prefix(section)
+    return {prefix + key.upper() for key in allowed_keys(model)}
+
+
+# -- the file ----------------------------------------------------------------------
 
 
 def load_file(path: Path | None) -> Config:
-    """Read plugins.toml (or nothing: every default)."""
+    """Read plugins.toml (or nothing: every default). Unknown tables and
+    keys of ``[provider]`` and ``[server]`` are refused here; a backend's
+    table is checked when it is built (:func:`resolve`)."""
     if path is None:
         return Config()
     try:
@@ -80,53 +174,183 @@ def load_file(path: Path | None) -> Config:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; name the plugins.toml in it") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _check_layout(data, str(path))
     provider = data.pop("provider", {})
-    if not isinstance(provider, dict):
-        raise ConfigError(f"{path}: [provider] must be a table")
     try:
-        return Config(backend=provider.get("backend", ""), **data)
+        return Config(backend=provider.get("backend", ""), path=path, **data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc, '')}") from None
+        raise ConfigError(f"{path}: {_describe(exc, {})}") from None
 
 
-def _describe(exc: ValidationError, table: str) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"{table}.{loc}" if table else loc
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-def _env_name(section: str) -> str:
-    return ENV_PREFIX + section.upper().replace("-", "_") + "_"
-
-
-def settings_values(
-    model: type[BaseModel], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Merge a TOML table, the environment and ``*_file`` indirections for
-    ``model``'s fields. The environment wins over the file."""
-    env = os.environ if environ is None else environ
-    prefix = _env_name(section)
-    fields = set(model.model_fields)
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key.endswith("_file") and key.removesuffix("_file") in fields and key not in fields:
-            values[key.removesuffix("_file")] = _read_secret(Path(str(value)), f"{section}.{key}")
+def _check_layout(data: Mapping[str, Any], where: str) -> None:
+    server_keys = allowed_keys(ServerSettings)
+    for key, value in data.items():
+        if key in TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+        elif isinstance(value, dict):
+            sub = next(iter(value), None) if value and all(isinstance(v, dict) for v in value.values()) else None
+            shown = f"[{key}.{sub}]" if sub else f"[{key}]"
+            raise ConfigError(f"{where}: unknown table {shown}{nearest(key, TABLES, f'[{{}}.{sub}]' if sub else '[{}]')}")
+        elif key in PROVIDER_KEYS or key in server_keys:
+            home = "provider" if key in PROVIDER_KEYS else "server"
+            raise ConfigError(f"{where}: {key} is at the top level; it belongs in the [{home}] table")
         else:
-            values[key] = value
-    for field in fields:
-        name = prefix + field.upper()
-        if name in env:
-            values[field] = env[name]
-        elif name + "_FILE" in env and field + "_file" not in fields:
-            values[field] = _read_secret(Path(env[name + "_FILE"]), name + "_FILE")
-    return values
+            raise ConfigError(f"{where}: unknown top-level key {key!r}{nearest(key, TABLES, '[{}]')}")
+    _check_tables(data, where, server_keys)
+
+
+def _check_tables(data: Mapping[str, Any], where: str, server_keys: set[str]) -> None:
+    for key, value in data.get("provider", {}).items():
+        if key not in PROVIDER_KEYS:
+            raise ConfigError(f"{where}: [provider] has no setting {key!r}{nearest(key, PROVIDER_KEYS, QUOTED)}")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: [provider] backend must be a backend's name, a non-empty string")
+    for key in data.get("server", {}):
+        if key not in server_keys:
+            raise ConfigError(f"{where}: [server] has no setting {key!r}{nearest(key, server_keys, QUOTED)}")
+    for table in ("backends", "conformance"):
+        for key, value in data.get(table, {}).items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{table}] {key} must be a table: [{table}.{key}]")
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """$VM_PROVIDER_CONFIG, else ./plugins.toml when present, else None."""
+    env = (os.environ if environ is None else environ).get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    here = Path("plugins.toml")
+    return here if here.is_file() else None
+
+
+def backend_name(flag: str | None, conf: Config, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The backend to serve and where that came from: --backend, then
+    $VM_PROVIDER_BACKEND, then ``[provider] backend``, then libvirt."""
+    env = os.environ if environ is None else environ
+    if flag:
+        return flag, "--backend"
+    if env.get(BACKEND_ENV):
+        return env[BACKEND_ENV], BACKEND_ENV
+    if conf.backend:
+        return conf.backend, conf.source
+    return DEFAULT_BACKEND, DEFAULT
+
+
+# -- one model from its layers ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved(Generic[M]):
+    """Validated settings, and where each field's value came from."""
+
+    settings: M
+    origins: Mapping[str, str]
+
+
+def resolve(
+    model: type[M],
+    section: str,
+    table: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    flags: Mapping[str, tuple[Any, str]] | None = None,
+    source: str = "plugins.toml",
+) -> Resolved[M]:
+    """Validate ``model`` from its layers: ``flags`` (field -> value and the
+    flag's name), the environment, the file's ``table``, defaults. A clear
+    ConfigError otherwise, naming the table, the setting and its origin."""
+    env = os.environ if environ is None else environ
+    label = table_label(section)
+    for key in table:
+        if key not in allowed_keys(model):
+            raise ConfigError(f"{source}: {label} has no setting {key!r}{nearest(key, allowed_keys(model), QUOTED)}")
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        file_key = f"{name}_file" if f"{name}_file" not in model.model_fields else None
+        layer = _Field(name, file_key, _structured(info.annotation), env_prefix(section) + name.upper())
+        found = flags[name] if flags and name in flags else layer.environment(env) or layer.file(table, section, source)
+        if found is None:
+            origins[name] = DEFAULT
+        else:
+            values[name], origins[name] = found
+    try:
+        settings = model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings {label}: {_describe(exc, origins)}") from None
+    return Resolved(settings, origins)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One setting's layers below the flags: its variable(s), its key(s)."""
+
+    name: str
+    file_key: str | None
+    structured: bool
+    var: str
+
+    def environment(self, env: Mapping[str, str]) -> tuple[Any, str] | None:
+        var_file = f"{self.var}_FILE" if self.file_key else None
+        if var_file and self.var in env and var_file in env:
+            raise ConfigError(f"{self.var} and {var_file} are both set: keep one")
+        if self.var in env:
+            return _parse(env[self.var], self.structured, self.var), self.var
+        if var_file and var_file in env:
+            where = f"{var_file}={env[var_file]}"
+            return _parse(_read_secret(Path(env[var_file]), var_file), self.structured, where), where
+        return None
+
+    def file(self, table: Mapping[str, Any], section: str, source: str) -> tuple[Any, str] | None:
+        indirect = self.file_key is not None and self.file_key in table
+        if self.name in table and indirect:
+            raise ConfigError(f"{source}: {table_label(section)} sets both {self.name} and {self.file_key}: keep one")
+        if self.name in table:
+            return table[self.name], source
+        if not indirect:
+            return None
+        path = Path(str(table[str(self.file_key)]))
+        where = f"{source}: {self.file_key} = {path}"
+        return _parse(_read_secret(path, f"{section}.{self.file_key}"), self.structured, where), where
+
+
+def build(model: type[M], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> M:
+    """Validate ``model`` from TOML + environment; a clear ConfigError otherwise.
+
+    Values from the environment are strings; pydantic converts them (lax mode)."""
+    return resolve(model, section, table, environ).settings
+
+
+def _structured(annotation: Any) -> bool:
+    """Whether a field holds a list, a set or a table (given as JSON in the environment)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _structured(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_structured(a) for a in get_args(annotation) if a is not type(None))
+    kind = origin if origin is not None else annotation
+    if kind is abc.Sequence:
+        return True
+    return isinstance(kind, type) and issubclass(kind, (list, tuple, set, frozenset, dict, abc.Mapping, abc.Set, BaseModel))
+
+
+def _parse(raw: str, structured: bool, origin: str) -> Any:
+    if not structured:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{origin}: not valid JSON ({exc.msg} at character {exc.pos}); give lists and tables as JSON, "
+            'e.g. ["a", "b"] or {"key": "value"}'
+        ) from None
 
 
 def _read_secret(path: Path, origin: str) -> str:
@@ -134,29 +358,96 @@ def _read_secret(path: Path, origin: str) -> str:
         return path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{origin}: {path} is not UTF-8 text") from None
 
 
-def build(model: type[M], section: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> M:
-    """Validate ``model`` from TOML + environment; a clear ConfigError otherwise.
+def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:
+            parts.append(msg)
+            continue
+        origin = origins.get(str(err["loc"][0]), DEFAULT)
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {msg}" + ("" if origin == DEFAULT else f" (from {origin})"))
+    return "; ".join(parts)
 
-    Values from the environment are strings; pydantic converts them (lax mode)."""
-    values = settings_values(model, section, table, environ)
+
+# -- the environment ----------------------------------------------------------------
+
+
+def check_environment(environ: Mapping[str, str], served: Mapping[str, type[BaseModel]], others: Iterable[str] = ()) -> None:
+    """Refuse ``VM_PROVIDER_*`` variables that set nothing, naming the nearest
+    valid name. ``served`` maps the sections in use (``server``, the
+    backend's name) to their models; variables of ``others`` (the other
+    installed backends) are theirs to check."""
+    known = {CONFIG_ENV, BACKEND_ENV}
+    for section, model in served.items():
+        known |= env_names(model, section)
+    prefixes = {env_prefix(s): s in served for s in [*served, *others]}
+    unknown: list[tuple[str, str | None]] = []
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in known:
+            continue
+        owner = max((p for p in prefixes if var.startswith(p)), key=len, default=None)
+        if owner is not None and not prefixes[owner]:
+            continue
+        best = closest(var, known)
+        unknown.append((var, best))
+    if len(unknown) == 1:
+        var, best = unknown[0]
+        raise ConfigError(f"unknown environment variable {var}" + (f"; did you mean {best}?" if best else ""))
+    if unknown:
+        names = ", ".join(var + (f" (did you mean {best}?)" if best else "") for var, best in unknown)
+        raise ConfigError(f"unknown environment variables {names}")
+
+
+# -- the endpoint and the state directory ------------------------------------------
+
+
+def endpoint_fields(settings: BaseModel) -> tuple[str, ...]:
+    """The settings that name the endpoint a backend serves: those its model
+    lists in ``endpoint_settings``, else the conventional names it has."""
+    declared = getattr(type(settings), "endpoint_settings", None)
+    if declared is not None:
+        return tuple(declared)
+    return tuple(f for f in ENDPOINT_FIELDS if f in type(settings).model_fields)
+
+
+def endpoint(settings: BaseModel) -> str:
+    """The endpoint, credentials masked, for logs (empty when the backend names none)."""
+    return ", ".join(mask_url(str(getattr(settings, f))) for f in endpoint_fields(settings))
+
+
+def endpoint_id(settings: BaseModel) -> str:
+    """Eight hex digits that tell endpoints apart: a hash of the endpoint
+    settings, or of every setting but secrets when the backend names none."""
+    names = endpoint_fields(settings) or tuple(type(settings).model_fields)
+    identity = {n: getattr(settings, n) for n in names if not isinstance(getattr(settings, n), SecretStr)}
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_state_dir(backend: str, settings: BaseModel, environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME/vm-provider/BACKEND-HASH`` (``~/.local/state`` without
+    XDG_STATE_HOME): one directory per backend and endpoint."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "vm-provider" / f"{backend}-{endpoint_id(settings)}"
+
+
+def mask_url(text: str) -> str:
+    """``text`` with a URL's user-info and query string hidden, written as
+    :func:`provider_core.urls.redact` writes them (``***@``, ``?<redacted>``;
+    no fragment), keeping an empty authority (libvirt's ``qemu:///system``)."""
+    if "://" not in text:
+        return text
     try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        kind = "server" if section == "server" else f"backends.{section}"
-        raise ConfigError(f"invalid settings [{kind}]: {_describe(exc, '')}") from None
-
-
-def default_config_path() -> Path | None:
-    """$VM_PROVIDER_CONFIG, else ./plugins.toml when present, else None."""
-    env = os.environ.get(ENV_PREFIX + "CONFIG")
-    if env:
-        return Path(env)
-    here = Path("plugins.toml")
-    return here if here.is_file() else None
-
-
-def default_state_dir(backend: str) -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "vm-provider" / backend
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparsable URL>"
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?<redacted>" if parts.query else "")

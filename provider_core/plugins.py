@@ -19,7 +19,7 @@ from stevedore.exception import NoMatches
 
 from .backend import Backend, BackendSettings
 from .capabilities import REFINES, Capability
-from .config import build
+from .config import Resolved, resolve
 from .errors import ConfigError
 from .operations import METHODS
 
@@ -79,19 +79,34 @@ def _reraise(manager: Any, entrypoint: Any, exc: BaseException) -> None:
     raise _LoadError(entrypoint.name) from exc
 
 
+def resolve_settings(
+    name: str,
+    cls: type[Backend],
+    table: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    source: str = "plugins.toml",
+) -> Resolved[BackendSettings]:
+    """The backend's settings from its table and the environment, with the origin of each."""
+    return resolve(cls.Settings, name, table, environ, source=source)
+
+
 def settings_for(
     name: str, cls: type[Backend], table: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> BackendSettings:
-    return build(cls.Settings, name, table, environ)
+    return resolve_settings(name, cls, table, environ).settings
 
 
-def load(name: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Backend:
-    """Load, configure and construct the backend ``name`` (not yet connected)."""
+def construct(name: str, settings: BackendSettings) -> Backend:
+    """The backend ``name`` built on its settings (not yet connected)."""
     cls = load_class(name)
-    settings = settings_for(name, cls, table, environ)
     try:
         return cls(settings)
     except ConfigError:
         raise
     except Exception as exc:
         raise ConfigError(f"backend {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+
+
+def load(name: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Backend:
+    """Load, configure and construct the backend ``name`` (not yet connected)."""
+    return construct(name, settings_for(name, load_class(name), table, environ))

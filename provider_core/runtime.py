@@ -191,9 +191,17 @@ class Runtime:
                 await self.connect()
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for background tasks, then stop."""
+        """Wait up to ``grace`` seconds for backend calls and background tasks, then stop."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        # Calls whose callers went away still run in their threads (and may
+        # yet start background work): they get the grace period too.
+        if self._calls.busy:
+            log.info("waiting up to %.1fs for %d backend call(s)", grace, self._calls.busy)
+        await self._calls.idle(grace)
         pending = list(self._running.values())
         if pending:
+            grace = max(0.0, end - loop.time())
             log.info("waiting up to %.1fs for %d background task(s)", grace, len(pending))
             _, unfinished = await asyncio.wait(pending, timeout=grace)
             for job in unfinished:  # their records stay open: the next start reports them interrupted

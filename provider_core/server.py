@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from contextlib import suppress
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -16,18 +14,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import urls
+from .auth import BearerTokenInterceptor
 from .backend import Backend
-from .config import ServerSettings, default_state_dir
+from .config import ServerSettings, default_state_dir, endpoint
 from .errors import ConfigError
+from .listening import check_address, security, server_credentials, split_listen
 from .pb import provider_pb2
 from .runtime import Runtime
 from .service import ProviderService, add_to_server
 from .status import GuardedRegistrar
+from .tasks import StateDir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["Provider"].full_name
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
@@ -51,87 +51,88 @@ def run(main: Coroutine[Any, Any, T], kind: str = "uvloop") -> T:
         return runner.run(main)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
-    """Require ``authorization: Bearer <token>`` on every call but health checks."""
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # grpc ships no type hints
+    """grpc's health service, whose Watch streams end when the server
+    stops accepting calls: an open stream is no call to wait for."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing = asyncio.Event()
 
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({watch, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            closing.cancel()
+        if not watch.cancelled() and watch.done():
+            watch.result()
+            return
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the provider is stopping")
 
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if details.method.startswith(HEALTH_PREFIX):
-            return await continuation(details)
-        given = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(given, self._expected):
-            return await continuation(details)
-        return self._deny
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
-def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert is None and settings.tls_key is None:
-        if settings.tls_client_ca is not None:
-            raise ConfigError("tls_client_ca needs tls_cert and tls_key")
-        return None
-    if settings.tls_cert is None or settings.tls_key is None:
-        raise ConfigError("TLS needs both tls_cert and tls_key")
-    cert = _read(settings.tls_cert, "TLS certificate")
-    key = _read(settings.tls_key, "TLS key")
-    ca = _read(settings.tls_client_ca, "client CA") if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    def close_watches(self) -> None:
+        self._closing.set()
 
 
 class ProviderServer:
-    """A configured, running provider: call :meth:`start`, then :meth:`stop`."""
+    """A configured, running provider: call :meth:`start`, then :meth:`stop`.
+
+    Built, it holds its state directory's lock and its port: a second
+    provider on either refuses to start (ConfigError naming what is taken).
+    """
 
     def __init__(self, backend: Backend, name: str, settings: ServerSettings) -> None:
         self.settings = settings
         urls.allow(settings.allow_addresses)
-        self.runtime = Runtime(
-            backend,
-            name,
-            state_dir=settings.state_dir or default_state_dir(name),
-            workers=settings.workers,
-            task_workers=settings.task_workers,
-            health_interval=settings.health_interval,
-        )
-        interceptors = [BearerTokenInterceptor(settings.auth_token.get_secret_value())] if settings.auth_token else []
-        self.server = grpc.aio.server(interceptors=interceptors)
-        add_to_server(ProviderService(self.runtime), self.server)
-        self.health = health.aio.HealthServicer()
-        guarded = GuardedRegistrar(self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
-        creds = server_credentials(settings)
-        self.port: int
+        creds = server_credentials(settings)  # checks the TLS files before anything is taken
+        self.state = StateDir.open(settings.state_dir or default_state_dir(name, backend.settings))
         try:
-            if creds is None:
-                self.port = self.server.add_insecure_port(settings.listen)
-            else:
-                self.port = self.server.add_secure_port(settings.listen, creds)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from None
+            self.runtime = Runtime(
+                backend,
+                name,
+                state_dir=self.state.path,
+                workers=settings.workers,
+                task_workers=settings.task_workers,
+                health_interval=settings.health_interval,
+            )
+            self.endpoint = endpoint(backend.settings)
+            self.auth = BearerTokenInterceptor(settings.auth_token.get_secret_value()) if settings.auth_token else None
+            # grpc shares a port with other processes unless told not to: two
+            # providers would then split the clients between them, each with its own state.
+            options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
+            self.server = grpc.aio.server(interceptors=[self.auth] if self.auth else [], options=options)
+            add_to_server(ProviderService(self.runtime), self.server)
+            self.health = HealthServicer()
+            guarded = GuardedRegistrar(self.server)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
+            check_address(settings.listen, settings.reuse_port)
+            self.port: int
+            try:
+                if creds is None:
+                    self.port = self.server.add_insecure_port(settings.listen)
+                else:
+                    self.port = self.server.add_secure_port(settings.listen, creds)
+            except RuntimeError as exc:
+                raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from None
+        except BaseException:
+            self.state.release()
+            raise
         self._monitor: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self.runtime.on_health(self._health_changed)
+
+    @property
+    def address(self) -> str:
+        """The address served, with the port bound (for port 0)."""
+        parsed = split_listen(self.settings.listen)
+        if parsed is None:
+            return self.settings.listen
+        host = parsed[0] if ":" not in parsed[0] else f"[{parsed[0]}]"
+        return f"{host}:{self.port}"
 
     def _health_changed(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -145,29 +146,58 @@ class ProviderServer:
         await self.runtime.connect()
         self._monitor = asyncio.create_task(self.runtime.monitor())
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
-        log.info("serving %s on port %d (backend %s, event loop %s)", SERVICE_NAME, self.port, self.runtime.name, loop)
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        log.info(
+            "serving %s on %s (%s); backend %s%s; state in %s; event loop %s",
+            SERVICE_NAME,
+            self.address,
+            security(self.settings),
+            self.runtime.name,
+            where,
+            self.state.path,
+            loop,
+        )
+        if self.settings.auth_token and not self.settings.tls_cert:
+            log.warning("auth_token is set but TLS is off: the token crosses the network in clear text; set tls_cert and tls_key")
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones and tasks finish within grace."""
+    async def stop(self, grace: float | None = None, delay: float = 0.0, hurry: asyncio.Event | None = None) -> None:
+        """Drain, all within ``grace`` seconds: health says NOT_SERVING at
+        once; calls are still served for ``delay`` seconds (or until
+        ``hurry`` is set), so that clients and probes watching health move
+        away; then new calls are refused, in-flight ones and background
+        tasks finish, and the state directory is released."""
         grace = self.settings.grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
-        end = loop.time() + grace  # one grace period for calls and background tasks together
+        end = loop.time() + grace  # one grace period for the whole stop
         await self.health.enter_graceful_shutdown()
         if self._monitor:
             self._monitor.cancel()
             with suppress(asyncio.CancelledError):
                 await self._monitor
-        await self.server.stop(grace)
+        delay = min(delay, grace)
+        if delay > 0:
+            log.info("health is NOT_SERVING; still serving calls for %.1fs", delay)
+            with suppress(TimeoutError):
+                await asyncio.wait_for((hurry or asyncio.Event()).wait(), delay)
+        self.health.close_watches()
+        await self.server.stop(max(0.0, end - loop.time()))
         await self.runtime.drain(max(0.0, end - loop.time()))
+        self.state.release()
 
     async def serve_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT, then drain."""
-        await self.start()
-        stop = asyncio.Event()
+        """Run until SIGTERM or SIGINT, then drain; a second signal cuts
+        the drain delay short. The signals are handled from before the
+        start line, so that one arriving just after it drains too."""
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def received() -> None:
+            (hurry if stop.is_set() else stop).set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, received)
+        await self.start()
         await stop.wait()
         log.info("signal received: draining for up to %.0fs", self.settings.grace_seconds)
-        await self.stop()
+        await self.stop(delay=self.settings.drain_delay, hurry=hurry)
         log.info("stopped")

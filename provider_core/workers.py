@@ -42,6 +42,7 @@ class WorkerPool:
         self._threads = 0
         self._idle = 0  # may overcount once every thread is busy: then no thread is started anyway
         self._running = 0
+        self._outstanding = 0  # submitted and not yet returned (queued or running)
         self._numbers = itertools.count()
         self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self._wakeup_pending = False
@@ -56,6 +57,7 @@ class WorkerPool:
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((future, fn, args))
         with self._lock:
+            self._outstanding += 1
             if self._idle:
                 self._idle -= 1  # that idle thread takes a job
                 return future
@@ -80,6 +82,7 @@ class WorkerPool:
             del job, fn, args
             with self._lock:
                 self._running -= 1
+                self._outstanding -= 1
                 self._idle += 1
             self._post(future, *result)
 
@@ -114,6 +117,18 @@ class WorkerPool:
         with self._lock:
             return self._running
 
+    async def idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no call is queued or running
+        (including calls whose caller stopped waiting); whether it is so."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self._outstanding:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(0.02, left))  # only while shutting down: a poll is cheap enough
+        return True
+
     def shutdown(self) -> None:
         """Cancel queued calls and let idle threads end; running calls finish
         on their own (nobody waits for them). Call from the event loop."""
@@ -125,6 +140,8 @@ class WorkerPool:
                 break
             if job is not None:
                 job[0].cancel()
+                with self._lock:
+                    self._outstanding -= 1
         with self._lock:
             threads = self._threads
         for _ in range(threads):

@@ -96,7 +96,7 @@ def test_a_missing_secret_file_names_the_setting_and_path(tmp_path: Path) -> Non
 
 
 def test_a_file_key_for_no_setting_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"colour_file: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"\[backends\.bad-settings\] has no setting 'colour_file'"):
         _settings({"region": "eu", "api_key": SECRET, "colour_file": str(tmp_path / "x")})
 
 
@@ -112,7 +112,7 @@ def test_a_file_key_for_no_setting_is_refused(tmp_path: Path) -> None:
 def test_secrets_never_appear_in_errors(table: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
         _settings(table)
-    assert str(info.value).startswith("invalid settings [backends.bad-settings]: ")
+    assert "[backends.bad-settings]" in str(info.value)
     assert SECRET not in str(info.value)
 
 

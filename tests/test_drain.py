@@ -3,20 +3,16 @@ calls are refused, the process exits 0 within the grace period."""
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
@@ -26,66 +22,32 @@ pytestmark = pytest.mark.needs_test_plugins
 
 
 class Provider:
-    """A vm-provider process; its stderr is read line by line."""
+    """A vm-provider process serving a test backend (``served``), with stubs on its port."""
 
-    def __init__(self, tmp: Path, backend: str, table: str, grace: float, server: str = "") -> None:
-        config = tmp / "plugins.toml"
-        config.write_text(
-            f'[server]\ngrace_seconds = {grace}\nstate_dir = "{tmp / "state"}"\n{server}\n\n[backends.{backend}]\n{table}\n'
-        )
-        exe = shutil.which("vm-provider", path=str(Path(sys.executable).parent)) or "vm-provider"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VM_PROVIDER_")}
-        self.proc = subprocess.Popen(
-            [exe, "--backend", backend, "--config", str(config), "--listen", "127.0.0.1:0"],
-            cwd=tmp,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        started = self.wait_for(r"serving provider\.v1\.Provider on port (\d+) \(backend \S+, event loop (\w+)\)")
-        port, self.event_loop = int(started.group(1)), started.group(2)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = pb_grpc.ProviderStub(self.channel)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
+    def __init__(self, served: Any) -> None:
+        self.served = served
+        self.proc = served.proc
+        started = served.started()
+        self.port, self.event_loop = int(started["port"]), started["loop"]
+        self.stub = pb_grpc.ProviderStub(served.channel)
+        self.health = health_pb2_grpc.HealthStub(served.channel)
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"the provider never logged {pattern!r}; log:\n{''.join(self.log)}") from None
-            self.log.append(line)
-            if m := re.search(pattern, line):
-                return m
-
-    def stop(self) -> None:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+        return self.served.wait_for(pattern, timeout)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def provider(tmp_path: Path) -> Iterator[type[Provider]]:
-    started: list[Provider] = []
+def provider(tmp_path: Path, serve: Callable[..., Any]) -> Callable[..., Provider]:
+    def start(
+        backend: str = "memory", table: str = "", grace: float = 20.0, server: str = "", drain_delay: float = 0.0
+    ) -> Provider:
+        config = (
+            f'[server]\ngrace_seconds = {grace}\ndrain_delay = {drain_delay}\nstate_dir = "{tmp_path / "state"}"\n'
+            f"{server}\n\n[backends.{backend}]\n{table}\n"
+        )
+        return Provider(serve("--backend", backend, "--listen", "127.0.0.1:0", config=config))
 
-    def start(backend: str = "memory", table: str = "", grace: float = 20.0, server: str = "") -> Provider:
-        p = Provider(tmp_path, backend, table, grace, server)
-        started.append(p)
-        return p
-
-    yield start  # type: ignore[misc]
-    for p in started:
-        p.stop()
+    return start
 
 
 def _entered(trace: Path, name: str) -> None:
@@ -96,7 +58,9 @@ def _entered(trace: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Provider], tmp_path: Path, loop: str) -> None:
+def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
+    provider: Callable[..., Provider], tmp_path: Path, loop: str
+) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     p = provider(table=f'delay_seconds = 2.0\ntrace_dir = "{trace}"', grace=20.0, server=f'event_loop = "{loop}"')
@@ -125,7 +89,7 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(provider: type[Prov
     p.wait_for("stopped")
 
 
-def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: type[Provider], tmp_path: Path) -> None:
+def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: Callable[..., Provider], tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     table = f'background = true\ndelay_seconds = 1.0\ntrace_dir = "{trace}"'
@@ -140,7 +104,9 @@ def test_sigterm_waits_for_background_tasks_and_keeps_their_result(provider: typ
     assert again.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10) == pb.TaskStatusResponse(done=True, error="")
 
 
-def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(provider: type[Provider], tmp_path: Path) -> None:
+def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(
+    provider: Callable[..., Provider], tmp_path: Path
+) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     table = f'background = true\ndelay_seconds = 600\ntrace_dir = "{trace}"'
@@ -157,7 +123,7 @@ def test_a_task_cut_short_by_the_grace_period_is_interrupted_after_a_restart(pro
     )
 
 
-def test_calls_and_background_tasks_share_one_grace_period(provider: type[Provider], tmp_path: Path) -> None:
+def test_calls_and_background_tasks_share_one_grace_period(provider: Callable[..., Provider], tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     p = provider(table=f'background = true\ndelay_seconds = 600\ntrace_dir = "{trace}"', grace=2.0)
@@ -174,3 +140,64 @@ def test_calls_and_background_tasks_share_one_grace_period(provider: type[Provid
     p.wait_for("abandoning 2 backend call")
     with pytest.raises(grpc.RpcError):
         in_flight.result(timeout=10)
+
+
+def _health(p: Provider) -> int:
+    return p.health.Check(health_pb2.HealthCheckRequest(service="provider.v1.Provider"), timeout=5).status
+
+
+def test_health_goes_not_serving_first_and_calls_are_served_during_the_drain_delay(provider: Callable[..., Provider]) -> None:
+    p = provider(drain_delay=3.0, grace=20.0)
+    assert _health(p) == health_pb2.HealthCheckResponse.SERVING
+    watch = p.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    p.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    # A client watching health hears NOT_SERVING at once, over the still open port...
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert time.monotonic() - signalled < 1.5
+    p.wait_for(r"health is NOT_SERVING; still serving calls for 3\.0s")
+    # ...and a probe polling Check sees it too, while calls are still answered.
+    assert _health(p) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert not p.stub.Describe(pb.DescribeRequest(id="vm"), timeout=5).exists
+    assert time.monotonic() - signalled < 2.5, "the checks above took so long the delay may have ended"
+    # After the delay the port closes and the process ends: the open Watch
+    # stream is ended, not waited for until the grace period runs out.
+    assert p.proc.wait(timeout=20) == 0
+    assert 3.0 <= time.monotonic() - signalled < 10.0
+    with pytest.raises(grpc.RpcError) as ended:
+        next(watch)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    p.wait_for("stopped")
+
+
+def test_a_second_signal_cuts_the_drain_delay_short(provider: Callable[..., Provider]) -> None:
+    p = provider(drain_delay=600.0, grace=900.0)
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for("health is NOT_SERVING")
+    p.proc.send_signal(signal.SIGINT)
+    assert p.proc.wait(timeout=20) == 0
+
+
+def test_the_drain_delay_is_part_of_the_grace_period(provider: Callable[..., Provider]) -> None:
+    p = provider(drain_delay=600.0, grace=1.0)
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for(r"still serving calls for 1\.0s")
+    assert p.proc.wait(timeout=20) == 0
+
+
+def test_a_call_whose_client_left_gets_the_grace_period_too(provider: Callable[..., Provider], tmp_path: Path) -> None:
+    """A Describe still running in the backend after its client's deadline
+    passed is waited for, not abandoned the moment SIGTERM arrives."""
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    p = provider(table=f'delay_seconds = 3.0\ntrace_dir = "{trace}"', grace=30.0)
+    with pytest.raises(grpc.RpcError) as gone:
+        p.stub.Describe(pb.DescribeRequest(id="slow-left"), timeout=0.5)
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _entered(trace, "describe-slow-left")
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for(r"waiting up to 30\.0s for 1 backend call")
+    assert p.proc.wait(timeout=20) == 0
+    p.wait_for("stopped")
+    assert "abandoning" not in "".join(p.served.log)

@@ -28,7 +28,7 @@ from provider_core.testing import wait_task
 #: Modules only tests, the conformance kit and the transfer extra bring.
 TEST_CODE = ("pytest", "_pytest", "moto", "provider_core.testing", "provider_core.conformance")
 TRANSFER = ("boto3", "botocore", "requests", "provider_core.transfer")
-SERVING = re.compile(r"serving provider\.v1\.Provider on port (\d+)")
+SERVING = re.compile(r"serving provider\.v1\.Provider on 127\.0\.0\.1:(\d+) ")
 
 
 def among(module: str, roots: tuple[str, ...]) -> bool:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -24,6 +17,8 @@ from pydantic import SecretStr
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 from provider_core.testing import ProviderHarness
+
+Pki = Any  # conftest.Pki
 
 pytestmark = pytest.mark.needs_test_plugins
 
@@ -138,87 +133,6 @@ def test_reflection_lists_and_describes_the_provider(memory: ProviderHarness) ->
 
 
 # -- TLS -----------------------------------------------------------------------------
-
-
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: bytes
-    client_key: bytes
-    other_ca: bytes
-    other_client_cert: bytes
-    other_client_key: bytes
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    kind: str,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=kind == "ca", path_length=None), critical=True)
-    )
-    if kind == "ca":
-        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-        builder = builder.add_extension(usage, critical=True)
-    elif kind == "server":
-        san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-        builder = builder.add_extension(san, critical=False).add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    out = tmp_path_factory.mktemp("pki")
-    ca_key, other_key = _key(), _key()
-    ca = _cert("test CA", ca_key, None, ca_key, "ca")
-    other = _cert("someone else's CA", other_key, None, other_key, "ca")
-    server_key, client_key, other_client_key = _key(), _key(), _key()
-    server = _cert("localhost", server_key, ca, ca_key, "server")
-    client = _cert("controller", client_key, ca, ca_key, "client")
-    other_client = _cert("controller", other_client_key, other, other_key, "client")
-    (out / "ca.pem").write_bytes(_pem(ca))
-    (out / "server.pem").write_bytes(_pem(server) + _pem(ca))
-    (out / "server.key").write_bytes(_pem_key(server_key))
-    return Pki(
-        ca=out / "ca.pem",
-        server_cert=out / "server.pem",
-        server_key=out / "server.key",
-        client_cert=_pem(client),
-        client_key=_pem_key(client_key),
-        other_ca=_pem(other),
-        other_client_cert=_pem(other_client),
-        other_client_key=_pem_key(other_client_key),
-    )
 
 
 def _validate(channel: grpc.Channel) -> pb.ValidateResponse:
