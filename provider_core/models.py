@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from . import urls
 from .specs import (
+    _CONTROL,
     MAX_ITEMS,
     MAX_PROSE,
     Customization,
@@ -123,8 +124,18 @@ def _sha256(value: str) -> str:
 TransferURL = Annotated[Line, AfterValidator(_transfer_url)]
 
 
+def _secret(value: str) -> str:
+    """A credential's value: it goes into HTTP headers and signatures, so no
+    control characters; never quoted in the error."""
+    if _CONTROL.search(value):
+        raise ValueError("a value contains control characters")
+    if len(value) > MAX_PROSE:
+        raise ValueError(f"a value is longer than {MAX_PROSE} characters")
+    return value
+
+
 def _endpoint_allowed(credentials: dict[str, str]) -> dict[str, str]:
-    for key in ("endpoint_url", "aws_endpoint_url"):
+    for key in ("endpoint_url",):
         if credentials.get(key):
             try:
                 check_url(credentials[key], ("http", "https"))
@@ -134,7 +145,7 @@ def _endpoint_allowed(credentials: dict[str, str]) -> dict[str, str]:
 
 
 Credentials = Annotated[
-    dict[Plain, Annotated[str, Field(max_length=MAX_PROSE)]],
+    dict[Plain, Annotated[str, AfterValidator(_secret)]],
     Field(max_length=MAX_ITEMS, repr=False),
     AfterValidator(_endpoint_allowed),
 ]

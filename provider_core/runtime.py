@@ -16,8 +16,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -247,13 +246,24 @@ class Runtime:
         held = await self._locks.acquire(keys)
         if timeout is not None:  # waiting for the lock used part of the caller's deadline
             timeout -= time.monotonic() - started
-        call = asyncio.ensure_future(self._call(fn, *args, timeout=timeout))
+        lock_key = self.backend.lock_key
+
+        def change(*call_args: Any) -> tuple[Outcome[T], str | None]:
+            """The backend call and, for a new VM whose work runs on, the lock
+            key of the id it returned (in the same worker: nothing to await
+            between the call and the alias)."""
+            outcome = fn(*call_args)
+            made = lock_key(str(outcome.value)) if new_key is not None and outcome.work is not None else None
+            return outcome, made
+
+        call = asyncio.ensure_future(self._call(change, *args, timeout=timeout))
         try:
-            outcome = await asyncio.shield(call)
+            outcome, made = await asyncio.shield(call)
         except asyncio.CancelledError:
             # The caller went away, the backend still runs the operation: the
             # VM stays locked until it has finished, and its work still runs.
-            call.add_done_callback(functools.partial(self._settle, kind, keys, held, missing_ok))
+            settle = functools.partial(self._settle, kind=kind, keys=keys, held=held, missing_ok=missing_ok, new_key=new_key)
+            call.add_done_callback(settle)
             raise
         except NotFound:
             self._locks.release(held)
@@ -266,8 +276,8 @@ class Runtime:
         if outcome.work is None:
             self._locks.release(held)
             return outcome.value, outcome.native_task
-        if new_key is not None:
-            self._locks.alias(await self._key(str(outcome.value), None), new_key)
+        if made is not None and new_key is not None:
+            self._locks.alias(made, new_key)
         task_id, job = self._track(kind, keys, outcome, held, missing_ok)
         if wait:
             budget = None if timeout is None else timeout - 2.0
@@ -289,12 +299,24 @@ class Runtime:
         self._running[task_id] = job
         return task_id, job
 
-    def _settle(self, kind: str, keys: list[str], held: list[str], missing_ok: bool, call: asyncio.Future[Outcome[T]]) -> None:
+    def _settle(
+        self,
+        call: asyncio.Future[tuple[Outcome[T], str | None]],
+        *,
+        kind: str,
+        keys: list[str],
+        held: list[str],
+        missing_ok: bool,
+        new_key: str | None,
+    ) -> None:
         """Finish a mutation whose caller went away once the backend returned."""
-        if call.cancelled() or call.exception() is not None or call.result().work is None:
+        if call.cancelled() or call.exception() is not None or call.result()[0].work is None:
             self._locks.release(held)
-        else:
-            self._track(kind, keys, call.result(), held, missing_ok)
+            return
+        outcome, made = call.result()
+        if made is not None and new_key is not None:
+            self._locks.alias(made, new_key)
+        self._track(kind, keys, outcome, held, missing_ok)
 
     async def _background(
         self, task_id: str, kind: str, outcome: Outcome[T], held: list[str], missing_ok: bool
@@ -400,15 +422,5 @@ class Runtime:
             return state
         return await self._call(self.backend.task_status, task_id, timeout=timeout)
 
-    @asynccontextmanager
-    async def started(self) -> AsyncIterator[None]:
-        """Connect, keep the health monitor running, drain at exit."""
-        await self.connect()
-        monitor = asyncio.create_task(self.monitor())
-        try:
-            yield
-        finally:
-            monitor.cancel()
 
-
-__all__ = ["KeyedLocks", "Runtime", "Unavailable"]
+__all__ = ["KeyedLocks", "Runtime"]

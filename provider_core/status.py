@@ -109,8 +109,9 @@ def _tolerant(deserialize: Callable[[bytes], Any], name: str) -> Callable[[bytes
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, what: str) -> None:
     """Answer ``exc`` as its status (a ProviderError) or INTERNAL (anything else)."""
     if isinstance(exc, errors.ProviderError):
-        await context.abort_with_status(to_status(exc))
-    await context.abort_with_status(to_status(errors.Internal(internal_error(exc, what))))
+        await context.abort_with_status(to_status(exc))  # raises: the call ends here
+    else:
+        await context.abort_with_status(to_status(errors.Internal(internal_error(exc, what))))
 
 
 def _mapped(behaviour: Callable[..., Any], what: str) -> Callable[..., Any]:

@@ -82,22 +82,25 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
 def kind(address: str) -> str:
-    """``public``, a kind of :data:`KINDS`, ``unspecified`` or ``reserved``."""
+    """``public``, a kind of :data:`KINDS`, ``unspecified`` or ``reserved``.
+    An IPv4 address inside an IPv6 one (mapped, 6to4) counts as itself."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified:
-        return "unspecified"  # connecting to it reaches this host
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_multicast or ip.is_reserved:
-        return "reserved"
-    if ip.is_private or ip in ipaddress.ip_network("100.64.0.0/10"):
-        return "private"
-    return "public"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None and kind(str(embedded)) != "public":
+            return kind(str(embedded))
+    checks = (
+        ("unspecified", ip.is_unspecified),  # connecting to it reaches this host
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("reserved", ip.is_multicast or ip.is_reserved),
+        ("private", ip.is_private or (ip.version == 4 and ip in _SHARED)),
+    )
+    return next((name for name, hit in checks if hit), "public")
 
 
 def check_address(address: str) -> None:
@@ -113,10 +116,19 @@ def check_address(address: str) -> None:
 
 
 def _literal(host: str) -> str | None:
+    """The address a host written as an address stands for, in any of the
+    forms resolvers accept (``127.1``, ``2130706433``, ``0x7f.1``, octal)."""
+    bare = host.strip("[]").split("%", 1)[0]
     try:
-        return str(ipaddress.ip_address(host.strip("[]").split("%", 1)[0]))
+        return str(ipaddress.ip_address(bare))
     except ValueError:
-        return None
+        pass
+    if bare and all(c in "0123456789abcdefxABCDEFX." for c in bare) and not bare.endswith("."):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(bare))
+        except OSError:
+            return None
+    return None
 
 
 def check_url(url: str, schemes: tuple[str, ...] = SCHEMES) -> str:
@@ -133,7 +145,8 @@ def check_url(url: str, schemes: tuple[str, ...] = SCHEMES) -> str:
     host = parts.hostname
     if not host:
         raise ValueError("URL has no host")
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+    name = host.lower().rstrip(".")
+    if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
         check_address("127.0.0.1")
     address = _literal(host)
     if address is not None:

@@ -417,6 +417,11 @@ def test_reconfigure_receives_the_desired_vm(server: ProviderHarness) -> None:
             "unknown key(s) token for s3 URLs",
         ),
         (pb.ExportDiskRequest(vm_id="src", destination_url="s3://bucket"), "destination_url", "names no object key"),
+        (
+            pb.ExportDiskRequest(vm_id="src", destination_url="https://a.test/x", credentials={"token": "t\r\nX-Evil: 1"}),
+            "credentials.token",
+            "control characters",
+        ),
         (pb.ExportDiskRequest(vm_id="src", destination_url="https://a.test:99999/x"), "destination_url", "not a valid URL"),
     ],
 )

@@ -52,6 +52,13 @@ def test_address_kinds(address: str, kind: str) -> None:
         ("http://[::ffff:7f00:1]/x", [], "loopback address"),
         ("https://10.0.0.5/x", ["loopback"], "private address"),
         ("http://0.0.0.0:8080/", [], "unspecified address"),
+        # other spellings of loopback that resolvers accept
+        ("http://2130706433/", [], "loopback address"),
+        ("http://0x7f.1/", [], "loopback address"),
+        ("http://0177.0.0.1/", [], "loopback address"),
+        ("http://127.1/", [], "loopback address"),
+        ("http://localhost./", [], "loopback address"),
+        ("http://[2002:7f00:1::]/", [], "loopback address"),  # 6to4 of 127.0.0.1
         ("ftp://8.8.8.8/x", ["loopback", "private", "link-local"], "scheme"),
         ("http:///x", [], "no host"),
         ("http://8.8.8.8:99999/", [], "not a valid URL"),

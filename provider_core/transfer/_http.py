@@ -21,6 +21,7 @@ REQUESTS_ERRORS: list[tuple[type[Exception], type[ProviderError], str]] = [
     (requests.exceptions.ChunkedEncodingError, Unavailable, "connection broke during the transfer"),
     (requests.exceptions.ContentDecodingError, Unavailable, "response could not be decoded"),
     (requests.exceptions.InvalidURL, InvalidArgument, "invalid URL"),
+    (requests.exceptions.InvalidHeader, InvalidArgument, "a credential cannot be sent as an HTTP header"),
     (requests.exceptions.RequestException, Unavailable, "request failed"),
 ]
 
