@@ -27,11 +27,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .urls import redact
 
 ENV_PREFIX = "VM_PROVIDER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -439,15 +439,6 @@ def default_state_dir(backend: str, settings: BaseModel, environ: Mapping[str, s
 
 
 def mask_url(text: str) -> str:
-    """``text`` with a URL's user-info and query string hidden, written as
-    :func:`provider_core.urls.redact` writes them (``***@``, ``?<redacted>``;
-    no fragment), keeping an empty authority (libvirt's ``qemu:///system``)."""
-    if "://" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return "<unparsable URL>"
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{host}" if "@" in parts.netloc else host
-    return f"{parts.scheme}://{netloc}{parts.path}" + ("?<redacted>" if parts.query else "")
+    """``text`` as :func:`provider_core.urls.redact` writes a URL, or as it
+    is when it is no URL."""
+    return redact(text) if "://" in text else text

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 SCHEMES = ("http", "https", "s3")
 KINDS = ("loopback", "link-local", "private")
@@ -65,21 +65,18 @@ def allowed() -> frozenset[str]:
 
 
 def redact(url: str) -> str:
-    """The URL without user-info, query string and fragment: safe for logs
-    and error messages."""
+    """The URL without user-info (``***@``), query string (``?<redacted>``)
+    and fragment: safe for logs and error messages. Keeps an empty
+    authority (libvirt's ``qemu:///system``) and IPv6 brackets."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         return "<unparsable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" if parts.username or parts.password else host
-    if port is not None:
-        netloc += f":{port}"
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    query = "?<redacted>" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")

@@ -28,4 +28,6 @@ def test_is_local(uri: str, local: bool) -> None:
 
 
 def test_safe_uri_drops_credentials_and_query() -> None:
-    assert safe_uri("qemu+ssh://admin:secret@node1:2222/system?keyfile=/root/k") == "qemu+ssh://node1:2222/system"
+    assert safe_uri("qemu+ssh://admin:secret@node1:2222/system?keyfile=/root/k") == "qemu+ssh://***@node1:2222/system?<redacted>"
+    assert safe_uri("qemu+ssh://root@[fd00::1]:22/system") == "qemu+ssh://***@[fd00::1]:22/system"
+    assert safe_uri("test:///default") == "test:///default"

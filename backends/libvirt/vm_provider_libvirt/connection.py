@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from provider_core import PermissionDenied, Unauthenticated, Unavailable
+from provider_core.urls import redact
 
 from . import errors
 
@@ -125,12 +126,9 @@ def is_local(uri: str) -> bool:
 
 
 def safe_uri(uri: str) -> str:
-    """The URI without user info or query (which may carry key files)."""
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+    """The URI as the core writes URLs in logs: no user info, no query
+    (which may name key files)."""
+    return redact(uri)
 
 
 class Connection:

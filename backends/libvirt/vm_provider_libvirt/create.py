@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import libvirt
 
@@ -49,6 +48,7 @@ from provider_core import (
     Unimplemented,
 )
 from provider_core.specs import Firmware, NetworkAttachment, VMClass, VMImage
+from provider_core.urls import redact
 
 from . import cidata, cloudinit, domxml, errors, marks, networks, storage
 from .domxml import DomainDisk, DomainPlan
@@ -242,7 +242,7 @@ def root_disk(
     if kind == "url":
         suffix = "qcow2" if files and (image.checksum or image.format in ("qcow2", "vmdk")) else "img"
         ref = VolumeRef(pool=pool.name(), name=f"{spec.name}-vda.{suffix}", role="root", target="vda", spec="root")
-        return _url_root(session, image, pool, ref, size, fetch=fetch), "url", _safe_url(image.url)
+        return _url_root(session, image, pool, ref, size, fetch=fetch), "url", redact(image.url)
     name = f"{spec.name}-vda.{'qcow2' if files else 'img'}"
     ref = VolumeRef(pool=pool.name(), name=name, role="root", target="vda", spec="root")
     field = "image_json.TemplateName" if kind == "template" else "image_json.Path"
@@ -287,13 +287,6 @@ def _url_root(
         return storage.create_overlay(pool, ref.name, storage.describe(base), size)
 
     return DiskJob("vda", ref, "", make, boot=True, slow=True)
-
-
-def _safe_url(url: str) -> str:
-    """A URL without user info or query (which may carry credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 def data_disks(spec: CreateSpec, pool: libvirt.virStoragePool, first: int) -> list[DiskJob]:
