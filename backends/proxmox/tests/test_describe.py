@@ -56,12 +56,12 @@ def test_ips_from_the_guest_agent(ops: Any, pve: Any) -> None:
     assert list(ops.describe(vm).ips) == ["10.0.0.5", "2001:db8::5"]
 
 
-def test_console_url_and_raw(ops: Any, pve: Any, api: Any) -> None:
+def test_console_url_and_raw(ops: Any, cluster: Any, api: Any) -> None:
     vm = ops.create("raw-1", class_json={"CPU": 1})
     ops.power(vm, pb.POWER_OP_ON)
     api.nodes("pve1").qemu(vm).config.put(cores=4)  # waits for a reboot
     described = ops.describe(vm)
-    assert described.console_url == f"{pve.url}/?console=kvm&novnc=1&vmid={vm}&vmname=raw-1&node=pve1&resize=off&cmd="
+    assert described.console_url == f"{cluster.url}/?console=kvm&novnc=1&vmid={vm}&vmname=raw-1&node=pve1&resize=off&cmd="
     raw = ops.raw(vm)
     assert raw["node"] == "pve1"
     assert raw["status"] == "running"

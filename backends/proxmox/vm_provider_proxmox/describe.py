@@ -2,11 +2,12 @@
 
 ListVMs is ONE request at any VM count (``/cluster/resources?type=vm``
 carries name, status, CPUs, memory, boot disk size, tags and node); it
-reports the VMs with the ownership tag (every VM with ``list_all``). What
-that one answer lacks is not guessed: a paused VM is On there (QEMU's run
-state costs a request per VM; Describe says Suspended), and only the boot
-disk is listed (named by its config key where the provider knows it; every
-disk is in Describe's raw JSON and GetDiskInfo).
+reports the VMs with the ownership tag (every VM with ``list_all``). That
+answer's status is QEMU's run state (a paused VM is Suspended) as pvestatd
+last reported it, up to 10 s ago: a VM made since is listed Unknown and
+without a name until then (pve-manager PVE/API2Tools.pm:81-114). Only the
+boot disk is listed (named by its config key where the provider knows it;
+every disk is in Describe's raw JSON and GetDiskInfo).
 
 Describe makes at most three requests, also for a VM whose node this
 process does not know yet (made elsewhere since the cluster's VM list was
@@ -36,7 +37,16 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlencode
 
-from provider_core import Disk, FailedPrecondition, NotFound, PowerState, ProviderError, Unavailable, VMInfo, VMStatus
+from provider_core import (
+    Disk,
+    FailedPrecondition,
+    NotFound,
+    PowerState,
+    ProviderError,
+    Unavailable,
+    VMInfo,
+    VMStatus,
+)
 
 from .errors import SECRET_PARAMS
 from .inventory import Cluster, VmRef, parse_vmid, power_state

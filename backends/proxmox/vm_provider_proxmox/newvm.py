@@ -3,7 +3,10 @@ work that finishes a VM in several Proxmox steps.
 
 Idempotency: a VM is recognised by its name plus the ownership tag
 (``owner_tag``). A second Create of a name returns the VM this provider made;
-a VM of that name without the tag is someone else's (ALREADY_EXISTS).
+a VM of that name without the tag is someone else's (ALREADY_EXISTS). The
+cluster listing shows a new VM's name only once pvestatd reported it (up to
+10 s later), so a VM it lists without a name, or that a create or clone is
+still writing, is read from its own configuration before deciding.
 
 VMIDs: ``/cluster/nextid`` reserves nothing, so several provider processes
 can pick the same id; Proxmox lets exactly one create (or clone) with it
@@ -22,18 +25,24 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from provider_core import Aborted, AlreadyExists, InvalidArgument, NotFound, ProviderError
+from provider_core import Aborted, AlreadyExists, InvalidArgument, NotFound, ProviderError, Unavailable
 
 from . import cloudinit, tasks
+from .client import backoff
 from .errors import VmidTaken
-from .inventory import Cluster, VmRef
+from .inventory import Cluster, VmRef, parse_tags
 from .settings import TAG_RE
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = "Managed by vm-provider."
+#: Longest wait for a VM another create or clone is still writing, before its
+#: name is taken as unknown (a create takes seconds; a long clone is not waited out).
+SETTLE_SECONDS = 15.0
 DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 NAME_RE = re.compile(rf"^{DNS_LABEL}(?:\.{DNS_LABEL})*$")
 
@@ -62,8 +71,15 @@ def tag_value(tags: Iterable[str], owner_tag: str, field: str) -> str:
 
 def existing(cluster: Cluster, name: str, refs: list[VmRef]) -> VmRef | None:
     """The VM of this name made by this provider; AlreadyExists when the
-    name belongs to a VM without the ownership tag."""
-    same = cluster.by_name(name, refs)
+    name belongs to a VM without the ownership tag. VMs the listing shows
+    without their name yet are read from their configuration."""
+    same = [r for r in refs if r.settled and r.name == name]
+    for ref in refs:
+        if not ref.settled:
+            seen = _settle(cluster, ref)
+            if seen is not None and seen.name == name:
+                same.append(seen)
+    same.sort(key=lambda r: r.vmid)
     owned = [r for r in same if cluster.owned(r)]
     if owned:
         return owned[0]
@@ -73,6 +89,33 @@ def existing(cluster: Cluster, name: str, refs: list[VmRef]) -> VmRef | None:
             f"(it lacks the tag {cluster.settings.owner_tag!r})"
         )
     return None
+
+
+def _settle(cluster: Cluster, ref: VmRef) -> VmRef | None:
+    """The VM with its name and tags from its config, once no create or
+    clone is writing it (waited for within the caller's deadline, at most
+    :data:`SETTLE_SECONDS`); None when it is gone or its node does not
+    answer. What a VM's config said is remembered for the next calls."""
+    known = cluster.settled.get(ref.vmid)
+    if known is not None:
+        return replace(ref, name=known[0], tags=known[1])
+    end = time.monotonic() + min(SETTLE_SECONDS, cluster.client.budget())
+    attempt = 0
+    while True:
+        try:
+            config: dict[str, Any] = cluster.client.get(f"{ref.path}/config")
+        except (NotFound, Unavailable):
+            return None
+        lock = str(config.get("lock", "") or "")
+        pause = backoff(attempt)
+        if lock not in ("create", "clone"):
+            cluster.settled[ref.vmid] = (str(config.get("name", "")), parse_tags(config.get("tags")))
+            return replace(ref, name=cluster.settled[ref.vmid][0], tags=cluster.settled[ref.vmid][1], lock=lock)
+        if time.monotonic() + pause > end:
+            log.warning("VM %d is still being made by another call; its name is not known yet", ref.vmid)
+            return None
+        time.sleep(pause)
+        attempt += 1
 
 
 def allocate(cluster: Cluster, post: Callable[[int], str]) -> tuple[int, str]:

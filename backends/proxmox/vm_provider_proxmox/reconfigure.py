@@ -165,7 +165,7 @@ def _user_data(cluster: Cluster, config: dict[str, Any], desired: DesiredVM) -> 
 
 def reconfigure(cluster: Cluster, vm_id: str, desired: DesiredVM) -> Outcome[None]:
     client = cluster.client
-    ref = cluster.find_unlocked(vm_id)
+    ref = cluster.state(vm_id)
     path = ref.path
     config, pending = split_pending(client.get(f"{path}/pending") or [])
     effective = dict(config)
@@ -175,7 +175,7 @@ def reconfigure(cluster: Cluster, vm_id: str, desired: DesiredVM) -> Outcome[Non
     b, resizes = plan(cluster, effective, desired, ref.node)
     if not b.config and not resizes:
         return Outcome.done(None)
-    running = ref.status == "running"
+    running = ref.running  # paused included: QEMU runs
     if running and cluster.settings.reconfigure_running == "refuse":
         waiting = [k for k in b.config if _needs_reboot(k, config)]
         if waiting:
