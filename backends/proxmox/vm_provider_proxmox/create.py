@@ -3,7 +3,9 @@
 Choices, in the order they apply:
 
 - node: placement Host, else ``node`` from the settings, else (from a
-  template) the template's node, else the online node with most free memory;
+  template) the template's node, else the online node with most free
+  memory; in every case one that has the VM's storages and bridges
+  (:mod:`.placement`);
 - storage: placement Datastore, else ``storage``;
 - disks: ``disks_json[i]`` is the VM's ``scsi{i}``. With an image the first
   entry sizes the root disk (grown after the import or clone; smaller than
@@ -31,7 +33,7 @@ from pathlib import Path
 from provider_core import CreateSpec, InvalidArgument, Outcome, ProviderError
 from provider_core.specs import DiskSpec, VMImage
 
-from . import cloning, cloudinit, images, newvm, tasks
+from . import cloning, cloudinit, images, newvm, placement, tasks
 from .cloning import find_template
 from .inventory import Cluster
 from .vmconfig import GIB, Built, class_config, disk_value, network_config
@@ -41,8 +43,8 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
     s = cluster.settings
     newvm.check_name(spec.name, "name")
     tags = newvm.tag_value(spec.tags, s.owner_tag, "tags")
-    refs = cluster.vms()
-    found = newvm.existing(cluster, spec.name, refs)
+    listing = cluster.listing()
+    found = newvm.existing(cluster, spec.name, listing.vms)
     if found is not None:
         return Outcome.done(found.id)
     if spec.user_data or spec.meta_data:
@@ -51,11 +53,17 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
     image = spec.image
     template = None
     if image.source == "template":
-        template = find_template(cluster, refs, image.template_name, spec.placement.host or s.node)
-    if template is not None and not (spec.placement.host or s.node):
-        node = template.node
-    else:
-        node = cluster.pick_node(spec.placement.host)
+        template = find_template(cluster, listing.vms, image.template_name, spec.placement.host or s.node)
+    needs = placement.Needs()
+    needs.storage(storage, "placement_json.Datastore" if spec.placement.datastore else "settings.storage")
+    for i, att in enumerate(spec.networks):
+        origin = f"networks_json[{i}].Bridge" if att.bridge else f"networks_json[{i}].NetworkName"
+        needs.bridge(att.bridge or att.network_name or s.bridge, origin if att.bridge or att.network_name else "settings.bridge")
+    if image.source == "path":
+        needs.storage(images.path_volume(image, s).storage, "image_json.Path")
+    elif image.source == "url":
+        needs.storage(s.import_storage, "settings.import_storage")
+    node = placement.choose(cluster, listing, needs, host=spec.placement.host, prefer=template.node if template else "")
 
     b = Built()
     b.set("tags", tags, "tags")

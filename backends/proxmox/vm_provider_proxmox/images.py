@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from provider_core import FailedPrecondition, ImagePrepareSpec, InvalidArgument, NotFound, Outcome
 from provider_core.specs import VMImage
 
+from . import placement
 from .client import PveClient
 from .inventory import Cluster
 from .settings import ProxmoxSettings
@@ -125,17 +126,21 @@ def image_prepare(cluster: Cluster, spec: ImagePrepareSpec) -> Outcome[None]:
     TemplateName is checked to exist."""
     client, settings = cluster.client, cluster.settings
     image = spec.image
+    listing = cluster.listing()
     if image.template_name:
-        if not any(r.template and image.template_name in (r.name, r.id) for r in cluster.vms()):
+        if not any(r.template and image.template_name in (r.name, r.id) for r in listing.vms):
             raise NotFound(f"template {image.template_name!r} does not exist")
         return Outcome.done(None)
-    node = cluster.pick_node()
     if image.path:
         f = path_volume(image, settings)
+        node = placement.download_node(cluster, listing, f.storage, "image_json.Path")
         if present(client, node, f) is None:
             raise NotFound(f"image {f.volid} does not exist on node {node}")
         return Outcome.done(None)
     f = url_target(image, settings, hint=spec.storage_hint, filename=spec.target_name)
+    node = placement.download_node(
+        cluster, listing, f.storage, "storage_hint" if spec.storage_hint else "settings.import_storage"
+    )
     if present(client, node, f) is not None:
         return Outcome.done(None)
     return Outcome.native(None, download(client, node, f, image))

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from provider_core import NotFound, PowerState, Unavailable
+from provider_core import NotFound, PowerState
 
 from .client import PveClient, backoff
 from .errors import Locked
@@ -151,6 +151,20 @@ class VmState:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """One ``/cluster/resources`` answer: VMs, nodes, and where each storage is."""
+
+    vms: list[VmRef]
+    nodes: dict[str, dict[str, Any]]
+    storages: dict[str, set[str]]
+
+    def online(self) -> list[str]:
+        """Online nodes, the one with the most free memory first."""
+        up = [(n, e) for n, e in self.nodes.items() if e.get("status") == "online"]
+        return [n for n, _ in sorted(up, key=lambda t: (-(int(t[1].get("maxmem", 0) or 0) - int(t[1].get("mem", 0) or 0)), t[0]))]
+
+
+@dataclass(frozen=True)
 class VmRef:
     """One VM as /cluster/resources shows it."""
 
@@ -223,6 +237,19 @@ class Cluster:
         self.settled = {r.vmid: known for r in refs if not r.settled and (known := self.settled.get(r.vmid))}
         return refs
 
+    def listing(self) -> Listing:
+        """VMs, nodes and storages in ONE request. A storage is listed on
+        the nodes where it is enabled, and only when the token may audit it
+        (pve-manager PVE/API2/Cluster.pm:641-658): one not listed at all is
+        unknown, not missing."""
+        entries: list[dict[str, Any]] = self.client.get("cluster/resources") or []
+        nodes = {str(e["node"]): e for e in entries if e.get("type") == "node" and e.get("node")}
+        storages: dict[str, set[str]] = {}
+        for e in entries:
+            if e.get("type") == "storage" and e.get("storage") and e.get("node"):
+                storages.setdefault(str(e["storage"]), set()).add(str(e["node"]))
+        return Listing(self._refs(entries), nodes, storages)
+
     def state(self, vm_id: str, allow: Iterable[str] = ()) -> VmState:
         """The VM as it is now, from its own node; wait (within the caller's
         deadline) while another operation holds a lock on it, then Locked
@@ -276,17 +303,3 @@ class Cluster:
     def learn_boot_disk(self, vmid: int, key: str | None) -> None:
         if key:
             self.boot_disks[vmid] = key
-
-    def pick_node(self, host: str = "") -> str:
-        """The node for a new VM: the placement's Host, else the configured
-        node, else the online node with the most free memory."""
-        if host:
-            return host
-        if self.settings.node:
-            return self.settings.node
-        entries: list[dict[str, Any]] = self.client.get("cluster/resources", type="node") or []
-        online = [e for e in entries if e.get("status") == "online" and e.get("node")]
-        if not online:
-            raise Unavailable("no Proxmox node is online")
-        best = max(online, key=lambda e: int(e.get("maxmem", 0) or 0) - int(e.get("mem", 0) or 0))
-        return str(best["node"])
