@@ -108,6 +108,7 @@ class NewVm:
     built: Built
     files: list[Path]
     steps: list[newvm.Step] = field(default_factory=list)
+    marker: newvm.Marker = field(default_factory=newvm.Marker.new)
     boot: list[str] | None = None
     first_blank: int = 0
     iso: bool = False
@@ -116,7 +117,7 @@ class NewVm:
 def _create_new(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> Outcome[str]:
     s, client, b = cluster.settings, cluster.client, plan.built
     b.set("name", spec.name, "name")
-    b.set("description", newvm.DESCRIPTION, "name")
+    b.set("description", plan.marker.description, "name")
     b.set("scsihw", "virtio-scsi-single", "disks_json")
     if s.guest_agent:
         b.set("agent", "enabled=1", "settings.guest_agent")
@@ -152,7 +153,7 @@ def _create_new(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> Outcome[str]
     if not plan.steps and not plan.files:
         return Outcome.native(str(vmid), upid)
     # background work also when only snippets were written: a failed create task removes them
-    work = newvm.finish(cluster, vmid, plan.node, upid, steps=plan.steps, files=plan.files)
+    work = newvm.finish(cluster, vmid, plan.node, upid, steps=plan.steps, files=plan.files, marker=plan.marker)
     return Outcome.later(str(vmid), work)
 
 

@@ -113,6 +113,18 @@ def _describe_failure(upid: Upid, exit_status: str, tail: list[str]) -> str:
     return text
 
 
+def outcome(client: PveClient, text: str) -> tuple[bool, ProviderError | None]:
+    """Whether a task has ended, and its translated error if it failed."""
+    upid = _require(text)
+    st = _status(client, upid)
+    if st.get("status") == "running":
+        return False, None
+    exit_status = str(st.get("exitstatus", ""))
+    if OK_RE.match(exit_status):
+        return True, None
+    return True, errors.from_task(exit_status, log_tail(client, upid))
+
+
 def wait(client: PveClient, text: str, timeout: float | None = None) -> None:
     """Block until a task ends; raise its translated error when it failed.
 
