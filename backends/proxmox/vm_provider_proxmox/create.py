@@ -36,6 +36,7 @@ from provider_core.specs import DiskSpec, VMImage
 from . import cloning, cloudinit, images, newvm, placement, tasks
 from .cloning import find_template
 from .inventory import Cluster
+from .versions import IMPORT_IMAGES
 from .vmconfig import GIB, Built, class_config, disk_value, network_config
 
 
@@ -59,10 +60,12 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
     for i, att in enumerate(spec.networks):
         origin = f"networks_json[{i}].Bridge" if att.bridge else f"networks_json[{i}].NetworkName"
         needs.bridge(att.bridge or att.network_name or s.bridge, origin if att.bridge or att.network_name else "settings.bridge")
+    url_file = images.url_target(image, s) if image.source == "url" else None
     if image.source == "path":
         needs.storage(images.path_volume(image, s).storage, "image_json.Path")
-    elif image.source == "url":
-        needs.storage(s.import_storage, "settings.import_storage")
+    elif url_file is not None:
+        needs.storage(url_file.storage, "settings.import_storage")
+        needs.feature = None if url_file.is_iso else IMPORT_IMAGES
     node = placement.choose(cluster, listing, needs, host=spec.placement.host, prefer=template.node if template else "")
 
     b = Built()
@@ -89,7 +92,7 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
                 "replace_nets": bool(spec.networks),
             },
         )
-    return _create_new(cluster, spec, NewVm(node=node, storage=storage, built=b, files=files))
+    return _create_new(cluster, spec, NewVm(node=node, storage=storage, built=b, files=files, url_file=url_file))
 
 
 def _root_gib(spec: CreateSpec, default: int) -> int:
@@ -107,6 +110,7 @@ class NewVm:
     storage: str
     built: Built
     files: list[Path]
+    url_file: images.ImageFile | None = None
     steps: list[newvm.Step] = field(default_factory=list)
     marker: newvm.Marker = field(default_factory=newvm.Marker.new)
     boot: list[str] | None = None
@@ -161,7 +165,7 @@ def _image(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> None:
     """The image's part of the plan: attached at create when it is on
     storage already, else downloaded and attached by a later step."""
     image = spec.image
-    f = images.url_target(image, cluster.settings) if image.source == "url" else images.path_volume(image, cluster.settings)
+    f = plan.url_file or images.path_volume(image, cluster.settings)  # a URL's: its node takes it (placement)
     entry = images.present(cluster.client, plan.node, f)
     if entry is None and image.source == "path":
         raise InvalidArgument.field("image_json.Path", f"image {f.volid} does not exist on node {plan.node}")

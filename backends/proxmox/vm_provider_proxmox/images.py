@@ -6,7 +6,9 @@ task and which verifies the checksum itself (``checksum`` plus
 ``checksum-algorithm``). Disk images go to ``import`` content (Create then
 attaches them with ``import-from``), ISO images to ``iso`` content. Both need
 a file-based storage with that content type: ``import_storage``, or the
-request's storage hint.
+request's storage hint. Disk images in ``import`` content need
+libpve-storage-perl 8.3.6 on the node that downloads them
+(:data:`~vm_provider_proxmox.versions.IMPORT_IMAGES`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from . import placement
 from .client import PveClient
 from .inventory import Cluster
 from .settings import ProxmoxSettings
+from .versions import IMPORT_IMAGES
 
 FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 VOLID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*:.+$")
@@ -133,14 +136,13 @@ def image_prepare(cluster: Cluster, spec: ImagePrepareSpec) -> Outcome[None]:
         return Outcome.done(None)
     if image.path:
         f = path_volume(image, settings)
-        node = placement.download_node(cluster, listing, f.storage, "image_json.Path")
+        node = placement.download_node(cluster, listing, f.storage, "image_json.Path", None)
         if present(client, node, f) is None:
             raise NotFound(f"image {f.volid} does not exist on node {node}")
         return Outcome.done(None)
     f = url_target(image, settings, hint=spec.storage_hint, filename=spec.target_name)
-    node = placement.download_node(
-        cluster, listing, f.storage, "storage_hint" if spec.storage_hint else "settings.import_storage"
-    )
+    origin = "storage_hint" if spec.storage_hint else "settings.import_storage"
+    node = placement.download_node(cluster, listing, f.storage, origin, None if f.is_iso else IMPORT_IMAGES)
     if present(client, node, f) is not None:
         return Outcome.done(None)
     return Outcome.native(None, download(client, node, f, image))

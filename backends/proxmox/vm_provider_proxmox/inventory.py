@@ -33,6 +33,7 @@ from provider_core import NotFound, PowerState
 from .client import PveClient, backoff
 from .errors import Locked
 from .settings import ProxmoxSettings
+from .versions import NodeVersions
 
 VMID_RE = re.compile(r"^[1-9][0-9]{2,8}$")
 TAG_SPLIT_RE = re.compile(r"[;,\s]+")
@@ -211,6 +212,7 @@ class Cluster:
     def __init__(self, client: PveClient, settings: ProxmoxSettings) -> None:
         self.client = client
         self.settings = settings
+        self.versions = NodeVersions(client)
         self.nodes: dict[int, str] = {}
         #: Config key of each VM's boot disk, where known (ListVMs names it).
         self.boot_disks: dict[int, str] = {}

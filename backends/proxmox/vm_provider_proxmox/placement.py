@@ -27,6 +27,7 @@ from typing import Any
 from provider_core import FailedPrecondition, InvalidArgument, ProviderError
 
 from .inventory import Cluster, Listing
+from .versions import Feature
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Needs:
 
     storages: dict[str, str] = field(default_factory=dict)
     bridges: dict[str, str] = field(default_factory=dict)
+    feature: Feature | None = None
 
     def storage(self, name: str, origin: str) -> None:
         if name:
@@ -68,6 +70,8 @@ def problems(cluster: Cluster, listing: Listing, node: str, needs: Needs) -> lis
         for bridge, origin in needs.bridges.items():
             if bridges is not None and bridge not in bridges:
                 found.append(Problem(origin, f"bridge '{bridge}' does not exist on node '{node}' ({origin})"))
+    if needs.feature is not None and (why := cluster.versions.lacking(node, needs.feature)):
+        found.append(Problem("settings.import_storage", why))
     return found
 
 
@@ -120,10 +124,11 @@ def choose(cluster: Cluster, listing: Listing, needs: Needs, host: str = "", pre
     raise FailedPrecondition("no online node has what the VM needs (" + " | ".join(seen) + ")")
 
 
-def download_node(cluster: Cluster, listing: Listing, storage: str, origin: str) -> str:
+def download_node(cluster: Cluster, listing: Listing, storage: str, origin: str, feature: Feature | None) -> str:
     """A node to download an image on: one where ``storage`` is available
-    (the configured node first)."""
-    needs = Needs()
+    (the configured node first) and, for disk images, that can put them
+    into import content."""
+    needs = Needs(feature=feature)
     needs.storage(storage, origin)
     order = listing.online()
     preferred = cluster.settings.node

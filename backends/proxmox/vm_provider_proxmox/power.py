@@ -7,8 +7,11 @@ Each power operation that is one Proxmox task returns that task's UPID:
 
 - ON: ``start`` for a stopped (or hibernated) VM, ``resume`` for a paused
   one; a running VM is left alone.
-- OFF: ``stop`` (hard) of a running or paused VM; a stopped VM is left
-  alone.
+- OFF: ``stop`` (hard) of a running or paused VM, with ``overrule-shutdown``
+  where the node's qemu-server has it (8.1.2, bug #4474): a graceful
+  shutdown in progress holds the VM's lock, and a plain stop would wait 10 s
+  for it and fail (qemu-server PVE/QemuServer.pm:6358). A stopped VM is
+  left alone.
 - SHUTDOWN_GRACEFUL: ``shutdown`` with ``timeout`` = the graceful timeout and
   ``forceStop=1``: Proxmox asks the guest (ACPI, or the agent), waits, then
   stops it (a paused VM is stopped at once). One task.
@@ -19,7 +22,7 @@ Each power operation that is one Proxmox task returns that task's UPID:
 A VM locked by another operation (backup, migration, ...) is waited for
 within the caller's deadline, then ABORTED naming the lock.
 
-Delete stops the VM (hard), then destroys it with ``purge=1`` and
+Delete stops the VM (hard, overruling a shutdown in progress), then destroys it with ``purge=1`` and
 ``destroy-unreferenced-disks=1`` (its disks, snapshots, backup jobs, HA and
 replication entries go too) and removes its cloud-init snippets. A missing
 VM is NotFound, which the core reports as success.
@@ -34,11 +37,20 @@ from provider_core import FailedPrecondition, Outcome, PowerOp
 
 from . import cloudinit, tasks
 from .inventory import Cluster, VmState
+from .versions import OVERRULE_SHUTDOWN
 
 
 def power(cluster: Cluster, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
     st = cluster.state(vm_id, allow={"suspended"})  # hibernated: start resumes it; off: already off
     return _OPS[op](cluster, st, max(1, round(graceful_timeout)))
+
+
+def stop_params(cluster: Cluster, st: VmState) -> dict[str, Any]:
+    """``overrule-shutdown`` where the node has it (never for HA resources,
+    which refuse it: qemu-server PVE/API2/Qemu.pm:3754-3755)."""
+    if st.ha_managed or not cluster.versions.has(st.node, OVERRULE_SHUTDOWN):
+        return {}
+    return {"overrule-shutdown": 1}
 
 
 def _task(cluster: Cluster, st: VmState, action: str, **params: Any) -> Outcome[None]:
@@ -52,7 +64,7 @@ def _on(cluster: Cluster, st: VmState, timeout: int) -> Outcome[None]:
 
 
 def _off(cluster: Cluster, st: VmState, timeout: int) -> Outcome[None]:
-    return _task(cluster, st, "stop") if st.running else Outcome.done(None)
+    return _task(cluster, st, "stop", **stop_params(cluster, st)) if st.running else Outcome.done(None)
 
 
 def _shutdown(cluster: Cluster, st: VmState, timeout: int) -> Outcome[None]:
@@ -95,7 +107,7 @@ def delete(cluster: Cluster, vm_id: str) -> Outcome[None]:
         upid = client.delete(path, **destroy)
         cluster.forget(st.vmid)
         return Outcome.native(None, upid)
-    stop = client.post(f"{path}/status/stop") if st.running else ""
+    stop = client.post(f"{path}/status/stop", **stop_params(cluster, st)) if st.running else ""
 
     def work() -> None:
         if stop:
