@@ -19,10 +19,14 @@ Each power operation that is one Proxmox task returns that task's UPID:
   also applies pending configuration changes, like Proxmox's own reboot,
   and works for guests that ignore ACPI). A stopped VM is started.
 
+A VM managed by Proxmox HA is powered through ha-manager (:mod:`.ha`): its
+operations wait for the state HA promised.
+
 A VM locked by another operation (backup, migration, ...) is waited for
 within the caller's deadline, then ABORTED naming the lock.
 
-Delete stops the VM (hard, overruling a shutdown in progress), then destroys it with ``purge=1`` and
+Delete stops the VM (hard, overruling a shutdown in progress; through HA
+when HA manages it), then destroys it with ``purge=1`` and
 ``destroy-unreferenced-disks=1`` (its disks, snapshots, backup jobs, HA and
 replication entries go too) and removes its cloud-init snippets. A missing
 VM is NotFound, which the core reports as success.
@@ -35,14 +39,17 @@ from typing import Any
 
 from provider_core import FailedPrecondition, Outcome, PowerOp
 
-from . import cloudinit, tasks
+from . import cloudinit, ha, tasks
 from .inventory import Cluster, VmState
 from .versions import OVERRULE_SHUTDOWN
 
 
 def power(cluster: Cluster, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
     st = cluster.state(vm_id, allow={"suspended"})  # hibernated: start resumes it; off: already off
-    return _OPS[op](cluster, st, max(1, round(graceful_timeout)))
+    timeout = max(1, round(graceful_timeout))
+    if st.ha_managed and not (op is PowerOp.ON and st.paused):
+        return ha.power(cluster, st, op, timeout)
+    return _OPS[op](cluster, st, timeout)
 
 
 def stop_params(cluster: Cluster, st: VmState) -> dict[str, Any]:
@@ -103,15 +110,22 @@ def delete(cluster: Cluster, vm_id: str) -> Outcome[None]:
         raise FailedPrecondition(f"VM {st.vmid} is protected (protection=1); clear its protection flag to delete it")
     files = cloudinit.snippet_files(cluster.settings, config)
     destroy = {"purge": 1, "destroy-unreferenced-disks": 1}
-    if not st.running and not files:
+    stop_by_ha = st.ha_managed and (st.running or ha.wants_running(st))
+    if not st.running and not stop_by_ha and not files:
         upid = client.delete(path, **destroy)
         cluster.forget(st.vmid)
         return Outcome.native(None, upid)
-    stop = client.post(f"{path}/status/stop", **stop_params(cluster, st)) if st.running else ""
+    stop = ""
+    if stop_by_ha:
+        stop = ha.request(cluster, st, "stop")
+    elif st.running:
+        stop = client.post(f"{path}/status/stop", **stop_params(cluster, st))
 
     def work() -> None:
         if stop:
             tasks.wait(client, stop)
+        if stop_by_ha:
+            ha.wait_for(cluster, st, running=False)
         tasks.wait(client, client.delete(path, **destroy))
         cluster.forget(st.vmid)
         cloudinit.remove_files(files)
