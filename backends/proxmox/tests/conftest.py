@@ -6,16 +6,21 @@ simulator, behind the test layer :mod:`pvesim`, both over verified HTTPS on
 time_scale 0) with an API token for the provider, a second node and a file
 storage ``cloud`` holding images, ISOs, import files and snippets;
 ``cluster`` is the layer the provider talks to, with the switches of the
-behaviours it adds (see :mod:`pvesim`).
+behaviours it adds (see :mod:`pvesim`). ``images`` serves disk images over
+HTTP on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +112,71 @@ def api(pve: Any, cluster: RealCluster, cafile: str) -> ProxmoxAPI:
     return ProxmoxAPI(
         cluster.host, port=cluster.port, user="root@pam", token_name="other", token_value="other-secret", verify_ssl=cafile
     )
+
+
+class ImageServer:
+    """Disk images over HTTP on 127.0.0.1 (GET with Range, and HEAD), each
+    with a fixed ETag and Last-Modified."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.gets: list[tuple[str, str]] = []
+        files, gets = self.files, self.gets
+
+        class Handler(BaseHTTPRequestHandler):
+            def _head(self) -> bytes | None:
+                data = files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return None
+                wanted = self.headers.get("Range", "")
+                part = data
+                if wanted.startswith("bytes=") and self.command == "GET":
+                    first, _, last = wanted[6:].partition("-")
+                    part = data[int(first) : int(last) + 1 if last else None]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {first}-{int(first) + len(part) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(part)))
+                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest()[:16] + '"')
+                self.send_header("Last-Modified", formatdate(1700000000, usegmt=True))
+                self.end_headers()
+                return part
+
+            def do_GET(self) -> None:
+                gets.append((self.path, self.headers.get("Range", "")))
+                part = self._head()
+                if part is not None:
+                    self.wfile.write(part)
+
+            def do_HEAD(self) -> None:
+                self._head()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve(self, name: str, data: bytes) -> str:
+        """Serve ``data`` as /name; its URL."""
+        self.files["/" + name] = data
+        return f"http://127.0.0.1:{self.server.server_port}/{name}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def images() -> Iterator[ImageServer]:
+    server = ImageServer()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ TEMPLATE = {
 SKIPS = {
     "reconfigure.grow_disk_stopped": "the simulator's resize task ends OK but changes no disk size",
     "disk_expansion_online.grow_disk_running": "the simulator's resize task ends OK but changes no disk size",
-    "image_prepare.checksum": "the simulator never verifies download-url checksums (Proxmox does)",
 }
 
 

@@ -17,12 +17,12 @@ Choices, in the order they apply:
   (addressing, ExtraConfig ci* settings, user data); ``user_data`` and
   ``meta_data`` go to snippets (see :mod:`cloudinit`);
 - a template is cloned in full (linked clones are Clone's business);
-- a URL is downloaded once per URL to ``import_storage`` (checksum verified
-  by Proxmox) and imported with ``import-from``; an ISO is attached as CD-ROM
-  in front of a blank disk.
+- a URL is downloaded to ``import_storage`` (checksum verified by Proxmox,
+  also for an image already there; see :mod:`.images`) and imported with
+  ``import-from``; an ISO is attached as CD-ROM in front of a blank disk.
 
-A Create that is one Proxmox task (blank, or from an image already on
-storage) returns that task's UPID; anything longer returns background work.
+A Create that is one Proxmox task (blank, or from an image Path) returns
+that task's UPID; anything longer returns background work.
 """
 
 from __future__ import annotations
@@ -162,13 +162,17 @@ def _create_new(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> Outcome[str]
 
 
 def _image(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> None:
-    """The image's part of the plan: attached at create when it is on
-    storage already, else downloaded and attached by a later step."""
+    """The image's part of the plan: a Path image is attached at create, a
+    URL's is downloaded (or verified) and attached by a later step."""
     image = spec.image
-    f = plan.url_file or images.path_volume(image, cluster.settings)  # a URL's: its node takes it (placement)
-    entry = images.present(cluster.client, plan.node, f)
-    if entry is None and image.source == "path":
-        raise InvalidArgument.field("image_json.Path", f"image {f.volid} does not exist on node {plan.node}")
+    if plan.url_file is not None:  # its node has the storage and takes disk images (placement)
+        f = plan.url_file
+        entry = None
+    else:
+        f = images.path_volume(image, cluster.settings)
+        entry = images.present(cluster.client, plan.node, f)
+        if entry is None:
+            raise InvalidArgument.field("image_json.Path", f"image {f.volid} does not exist on node {plan.node}")
     attach = Built()
     root = None
     if f.is_iso:
@@ -203,16 +207,16 @@ def _download_and_attach(
     boot: list[str],
     grow: int | None,
 ) -> None:
-    """Fetch the image (unless a concurrent Create did meanwhile), attach it
-    (import-from for a disk, CD-ROM for an ISO), boot from it, and grow the
-    imported disk to the requested size."""
+    """Fetch the image (with a checksum, have Proxmox verify the one it may
+    have already), attach it (import-from for a disk, CD-ROM for an ISO),
+    boot from it, and grow the imported disk to the requested size."""
     client = cluster.client
-    if images.present(client, node, f) is None:
+    if image.checksum or images.present(client, node, f) is None:
         try:
             tasks.wait(client, images.download(client, node, f, image))
         except ProviderError:
-            if images.present(client, node, f) is None:
-                raise
+            if image.checksum or images.present(client, node, f) is None:
+                raise  # (without a checksum: a concurrent Create may have fetched it meanwhile)
     newvm.post_config(cluster, path, {**attach.config, "boot": "order=" + ";".join(boot)})
     if grow is not None:
         cloning.grow_root(cluster, path, grow)
