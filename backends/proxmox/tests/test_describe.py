@@ -195,3 +195,18 @@ def test_list_all(provider: Any, ops_for: Any, settings: dict[str, Any], pve: An
     ops = ops_for(provider({**settings, "list_all": True}))
     vms = ops.stub.ListVMs(pb.ListVMsRequest()).vms
     assert [(vm.id, vm.power_state) for vm in vms] == [("300", "On")]
+
+
+def test_token_without_guest_agent_audit_gets_no_ips(ops: Any, pve: Any) -> None:
+    """PVE 9 asks VM.GuestAgent.Audit for network-get-interfaces
+    (qemu-server PVE/API2/Qemu/Agent.pm:65-67): a token without it still
+    gets Describe, without the guest's IPs."""
+    vm = ops.create("noaudit-1")
+    ops.power(vm, pb.POWER_OP_ON)
+    pve.vm(int(vm)).agent = {"interfaces": INTERFACES}
+    pve.grant("vmp@pve!ci", "/vms", "VM.Audit", "VM.PowerMgmt")
+    described = ops.describe(vm)
+    assert described.exists
+    assert described.power_state == "On"
+    assert list(described.ips) == []
+    assert "VM.GuestAgent.Audit" in json.loads(described.provider_raw_json)["agent"]["error"]

@@ -19,7 +19,9 @@ last read):
 2. ``status/current``: QEMU's run state, so running, paused and stopped are
    distinct, and whether the guest agent is enabled;
 3. the guest agent's ``network-get-interfaces`` for the IPs, when the VM
-   runs with the agent enabled;
+   runs with the agent enabled (without VM.GuestAgent.Audit, PVE 9's
+   privilege for it, Describe answers without IPs and says why in
+   ``provider_raw_json``);
 
 and ``pending`` (the configuration and the changes waiting for a reboot,
 ``config`` and ``pending`` in ``provider_raw_json``) when that stays within
@@ -41,6 +43,7 @@ from provider_core import (
     Disk,
     FailedPrecondition,
     NotFound,
+    PermissionDenied,
     PowerState,
     ProviderError,
     Unavailable,
@@ -142,7 +145,7 @@ def describe(cluster: Cluster, vm_id: str) -> VMStatus:
             interfaces = answer.get("result", []) if isinstance(answer, dict) else []
             ips = guest_ips(interfaces)
             raw["agent"] = {"interfaces": interfaces}
-        except (FailedPrecondition, Unavailable) as exc:
+        except (FailedPrecondition, Unavailable, PermissionDenied) as exc:
             raw["agent"] = {"error": str(exc)}
     name = str(status.get("name") or config.get("name") or "")
     return VMStatus(power_state=state, ips=ips, console_url=console_url(cluster.settings.endpoint, vmid, node, name), raw=raw)

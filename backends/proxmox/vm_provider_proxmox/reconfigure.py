@@ -37,8 +37,11 @@ from .vmconfig import GIB, Built, class_config, data_disks, disk_value, free_key
 
 log = logging.getLogger(__name__)
 
-#: Keys Proxmox changes on a running VM at once, whatever its hotplug setting.
-LIVE_KEYS = frozenset({"name", "description", "tags", "onboot", "protection", "startup", "agent", "delete"})
+#: Keys Proxmox changes on a running VM at once, whatever its hotplug setting
+#: (qemu-server PVE/QemuServer.pm:4594-4611, ``$fast_plug_option`` and the
+#: cloud-init options). Not ``agent``: it waits for a reboot (5207-5227).
+LIVE_KEYS = frozenset({"name", "description", "tags", "onboot", "protection", "startup", "hookscript", "delete"})
+LIVE_KEYS |= frozenset({"ciuser", "cipassword", "citype", "ciupgrade", "cicustom", "sshkeys", "nameserver", "searchdomain"})
 FIELD = "desired_json"
 
 

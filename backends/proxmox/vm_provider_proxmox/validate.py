@@ -68,6 +68,11 @@ def needs(cluster: Cluster, version: tuple[int, int]) -> list[Need]:
     if s.import_storage:
         out += [
             Need(f"/storage/{s.import_storage}", ("Datastore.AllocateTemplate",), "ImagePrepare, Create from a URL"),
+            Need(
+                f"/storage/{s.import_storage}",
+                ("Datastore.AllocateSpace", "Datastore.Audit"),
+                "Create from a URL or Path (Proxmox reads the image for the VM), ImagePrepare (listing the images there)",
+            ),
             Need("/", ("Sys.Audit",), "ImagePrepare, Create from a URL (download-url)"),
             Need("/", ("Sys.Modify", "Sys.AccessNetwork"), "ImagePrepare, Create from a URL (download-url)"),
         ]
