@@ -120,11 +120,18 @@ class ImageServer:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.gets: list[tuple[str, str]] = []
-        files, gets = self.files, self.gets
+        files, redirects, gets = self.files, self.redirects, self.gets
 
         class Handler(BaseHTTPRequestHandler):
             def _head(self) -> bytes | None:
+                if self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 data = files.get(self.path)
                 if data is None:
                     self.send_error(404)
@@ -163,6 +170,11 @@ class ImageServer:
     def serve(self, name: str, data: bytes) -> str:
         """Serve ``data`` as /name; its URL."""
         self.files["/" + name] = data
+        return f"http://127.0.0.1:{self.server.server_port}/{name}"
+
+    def redirect(self, name: str, location: str) -> str:
+        """Answer /name with a redirect to ``location``; its URL."""
+        self.redirects["/" + name] = location
         return f"http://127.0.0.1:{self.server.server_port}/{name}"
 
     def close(self) -> None:

@@ -80,6 +80,24 @@ def test_unreadable_img_url_needs_a_format(ops: Any) -> None:
     assert "image_json.Format" in message
 
 
+def test_probe_keeps_to_the_url_policy(ops: Any, images: Any) -> None:
+    """The provider reads the image itself, so the core's URL policy holds
+    for it: a redirect to the cloud metadata address is refused before any
+    connection to it (provider_core.urls)."""
+    url = images.redirect("metadata.img", "http://169.254.169.254/latest/meta-data")
+    code, message = ops.fails(lambda: prepare(ops, {"URL": url}, "x"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "image_json.URL" in message
+    assert "link-local" in message
+
+
+def test_probe_follows_redirects(ops: Any, images: Any) -> None:
+    target = images.serve("real/noble.img", QCOW2)
+    url = images.redirect("latest.img", target)
+    code, _ = ops.fails(lambda: prepare(ops, {"URL": url, "Format": "raw"}, "noble-redirected"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT  # read through the redirect: it is qcow2
+
+
 # -- images already on storage ---------------------------------------------------------------
 
 

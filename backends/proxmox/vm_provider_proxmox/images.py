@@ -45,7 +45,7 @@ from provider_core.specs import VMImage
 from . import placement
 from .client import PveClient
 from .inventory import Cluster
-from .probe import SUPPORTED, ProbeFailed, probe
+from .probe import SUPPORTED, ProbeFailed, ProbeRefused, probe
 from .settings import ProxmoxSettings
 from .versions import IMPORT_IMAGES
 
@@ -92,6 +92,8 @@ def _format(image: VMImage, settings: ProxmoxSettings, field: str, *, named: boo
         return fmt, ""
     try:
         found = probe(image.url, settings.request_timeout)
+    except ProbeRefused as exc:
+        raise InvalidArgument.field(f"{field}.URL", str(exc)) from None
     except ProbeFailed as exc:
         if fmt:  # the request's Format, or an extension Proxmox checks the download against
             return fmt, ""
