@@ -147,6 +147,10 @@ def run_size(count: int, snippets: Path) -> tuple[dict[str, int], tuple[float, f
             ).id
             c.measure("Create (again: idempotent)", lambda: s.Create(pb.CreateRequest(name="bench-new")))
             c.measure(
+                "Create (blank, one NIC)",
+                lambda: s.Create(pb.CreateRequest(name="bench-nic", networks_json='[{"Bridge": "vmbr0"}]')),
+            )
+            c.measure(
                 "Create (from template)",
                 lambda: s.Create(pb.CreateRequest(name="bench-tpl", image_json='{"TemplateName": "tmpl"}')),
             )

@@ -30,11 +30,10 @@ TEMPLATE = {
 SKIPS = {
     "reconfigure.grow_disk_stopped": "the simulator's resize task ends OK but changes no disk size",
     "disk_expansion_online.grow_disk_running": "the simulator's resize task ends OK but changes no disk size",
-    "image_prepare.checksum": "the simulator never verifies download-url checksums (Proxmox does)",
 }
 
 
-def test_conformance_kit(pve: Any, fakepve_cafile: str, snippets_dir: Path, tmp_path: Path) -> None:
+def test_conformance_kit(pve: Any, cluster: Any, cafile: str, snippets_dir: Path, tmp_path: Path) -> None:
     template = pve.add_vm(9000, "conformance-template", template=True, config=dict(TEMPLATE))
     before = dict(template.config)
     skip = ", ".join(f'"{name}" = "{why}"' for name, why in SKIPS.items())
@@ -42,10 +41,10 @@ def test_conformance_kit(pve: Any, fakepve_cafile: str, snippets_dir: Path, tmp_
     config.write_text(
         f"""
 [backends.proxmox]
-endpoint = "{pve.url}"
+endpoint = "{cluster.url}"
 token_id = "vmp@pve!ci"
 token_secret_file = "{tmp_path / "token"}"
-ca_file = "{fakepve_cafile}"
+ca_file = "{cafile}"
 node = "pve1"
 import_storage = "cloud"
 snippets_storage = "cloud"

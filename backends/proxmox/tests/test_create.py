@@ -235,9 +235,11 @@ def test_from_an_image_url(ops: Any, pve: Any) -> None:
     scsi0 = pve.vm(int(vm)).config["scsi0"]
     assert "import-from=cloud:import/vm-provider-" in scsi0
     assert pve.vm(int(vm)).config["boot"] == "order=scsi0"
-    again = ops.create("url-2", image_json=image)  # the same URL is downloaded once
-    assert len([p for m, p, _ in pve.requests if p.endswith("/download-url")]) == 1
-    assert "import-from=cloud:import/vm-provider-" in pve.vm(int(again)).config["scsi0"]
+    again = ops.create("url-2", image_json=image)  # the same image: Proxmox verifies the file it has
+    verify = [body for m, p, body in pve.requests if p.endswith("/download-url")][1:]
+    assert len(verify) == 1
+    assert b"checksum=" + b"a" * 64 in verify[0]
+    assert pve.vm(int(again)).config["scsi0"].split(",")[1] == scsi0.split(",")[1]  # the same import-from
 
 
 def test_from_an_image_path(ops: Any, pve: Any) -> None:

@@ -56,12 +56,12 @@ def test_ips_from_the_guest_agent(ops: Any, pve: Any) -> None:
     assert list(ops.describe(vm).ips) == ["10.0.0.5", "2001:db8::5"]
 
 
-def test_console_url_and_raw(ops: Any, pve: Any, api: Any) -> None:
+def test_console_url_and_raw(ops: Any, cluster: Any, api: Any) -> None:
     vm = ops.create("raw-1", class_json={"CPU": 1})
     ops.power(vm, pb.POWER_OP_ON)
     api.nodes("pve1").qemu(vm).config.put(cores=4)  # waits for a reboot
     described = ops.describe(vm)
-    assert described.console_url == f"{pve.url}/?console=kvm&novnc=1&vmid={vm}&vmname=raw-1&node=pve1&resize=off&cmd="
+    assert described.console_url == f"{cluster.url}/?console=kvm&novnc=1&vmid={vm}&vmname=raw-1&node=pve1&resize=off&cmd="
     raw = ops.raw(vm)
     assert raw["node"] == "pve1"
     assert raw["status"] == "running"
@@ -195,3 +195,18 @@ def test_list_all(provider: Any, ops_for: Any, settings: dict[str, Any], pve: An
     ops = ops_for(provider({**settings, "list_all": True}))
     vms = ops.stub.ListVMs(pb.ListVMsRequest()).vms
     assert [(vm.id, vm.power_state) for vm in vms] == [("300", "On")]
+
+
+def test_token_without_guest_agent_audit_gets_no_ips(ops: Any, pve: Any) -> None:
+    """PVE 9 asks VM.GuestAgent.Audit for network-get-interfaces
+    (qemu-server PVE/API2/Qemu/Agent.pm:65-67): a token without it still
+    gets Describe, without the guest's IPs."""
+    vm = ops.create("noaudit-1")
+    ops.power(vm, pb.POWER_OP_ON)
+    pve.vm(int(vm)).agent = {"interfaces": INTERFACES}
+    pve.grant("vmp@pve!ci", "/vms", "VM.Audit", "VM.PowerMgmt")
+    described = ops.describe(vm)
+    assert described.exists
+    assert described.power_state == "On"
+    assert list(described.ips) == []
+    assert "VM.GuestAgent.Audit" in json.loads(described.provider_raw_json)["agent"]["error"]

@@ -47,6 +47,14 @@ SAMPLES: list[tuple[int | None, str, type[ProviderError]]] = [
     (500, "checksum mismatch (file change by other user?)", Aborted),
     (500, "cluster not ready - no quorum?", Unavailable),
     (500, "VM 100 qmp command 'guest-ping' failed - got timeout", Unavailable),
+    (500, "storage 'cephfs' is not online", Unavailable),
+    (500, "storage 'local-lvm' is not available on node 'pve2'", FailedPrecondition),
+    (None, "unable to create VM 104 - storage 'local-lvm' is not available on node 'pve2'", FailedPrecondition),
+    (500, "can't clone VM to node 'pve2' (VM uses local storage)", FailedPrecondition),
+    (500, "no such cluster node 'pve9'", InvalidArgument),
+    (None, "checksum mismatch: got 'aa' != expect 'bb'", InvalidArgument),
+    (None, "close (rename) atomic file '/etc/pve/nodes/pve1/qemu-server/104.conf' failed: File exists", errors.VmidTaken),
+    (500, "a plain error of some Proxmox API handler", FailedPrecondition),
     (500, "Linked clone feature is not supported for 'local-lvm:vm-102-disk-0' (scsi0)", FailedPrecondition),
     (500, "parameter 'storage' not allowed for linked clones", InvalidArgument),
     (500, "storage 'nope' does not exist", InvalidArgument),
@@ -83,7 +91,7 @@ def test_row(status: int | None, text: str, cls: type[ProviderError]) -> None:
         assert "line two" in str(err)
     else:
         err = errors.translate(ResourceException(status, "reason", text))
-    assert type(err) is cls
+    assert type(err) is cls, err
     assert text in str(err) or cls in (Unauthenticated,)
 
 

@@ -30,9 +30,11 @@ def test_download_with_checksum(ops: Any, pve: Any) -> None:
     body = next(b for m, p, b in pve.requests if p.endswith("/nodes/pve1/storage/cloud/download-url"))
     for part in (b"content=import", b"filename=noble.qcow2", b"checksum=" + SHA.encode(), b"checksum-algorithm=sha256"):
         assert part in body
-    again = prepare(ops, image, "noble")  # already there
-    assert not again.task.id
-    assert len([p for m, p, _ in pve.requests if p.endswith("/download-url")]) == 1
+    again = prepare(ops, image, "noble")  # already there: Proxmox hashes the file it has, fetches nothing
+    ops.h.wait(again.task)
+    assert len([p for m, p, _ in pve.requests if p.endswith("/download-url")]) == 2
+    unchecked = prepare(ops, {k: v for k, v in image.items() if k != "Checksum"}, "noble")
+    assert not unchecked.task.id  # without a checksum the client's file is taken as it is
 
 
 def test_iso_and_storage_hint(ops: Any, pve: Any) -> None:

@@ -66,9 +66,17 @@ def test_reboot(ops: Any, pve: Any, api: Any) -> None:
 
 def test_vm_on_another_node(ops: Any, pve: Any) -> None:
     pve.add_vm(200, "elsewhere", node="pve2", config={"scsi0": "local-lvm:vm-200-disk-0,size=4G", "tags": "vm-provider"})
+    mark = ops.mark()
     ops.power("200", pb.POWER_OP_ON)
     assert ops.state("200") == "On"
-    assert all("/nodes/pve1/" not in p for m, p in ops.requests_since(0))
+    assert all("/nodes/pve1/" not in p for m, p in ops.requests_since(mark))
+
+
+def test_vm_that_migrated(ops: Any, pve: Any) -> None:
+    vm = ops.create("pw-5")
+    pve.vm(int(vm)).node = "pve2"  # migrated since the provider learnt its node
+    ops.power(vm, pb.POWER_OP_ON)
+    assert pve.vm(int(vm)).status == "running"
 
 
 def test_missing_vm(ops: Any) -> None:

@@ -126,3 +126,17 @@ def test_pending_mode(provider: Any, ops_for: Any, settings: dict[str, Any], pve
 def test_missing_vm(ops: Any) -> None:
     code, _ = ops.fails(lambda: reconfigure(ops, "555", {"Class": {"CPU": 2}}))
     assert code is grpc.StatusCode.NOT_FOUND
+
+
+def test_agent_is_not_a_live_change(ops: Any, pve: Any) -> None:
+    """qemu-server leaves an ``agent`` change pending on a running VM
+    (PVE/QemuServer.pm:4594-4607, 5207-5227; pvesim.agent)."""
+    vm = ops.create("rc-8")
+    ops.power(vm, pb.POWER_OP_ON)
+    code, message = ops.fails(lambda: reconfigure(ops, vm, {"Class": {"ExtraConfig": {"agent": "enabled=1,type=isa"}}}))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "agent" in message
+    assert not pve.vm(int(vm)).pending
+    ops.power(vm, pb.POWER_OP_OFF)
+    apply(ops, vm, {"Class": {"ExtraConfig": {"agent": "enabled=1,type=isa"}}})  # stopped: written at once
+    assert pve.vm(int(vm)).config["agent"] == "enabled=1,type=isa"

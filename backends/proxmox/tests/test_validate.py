@@ -74,3 +74,17 @@ def test_old_version(ops: Any, pve: Any) -> None:
     report = validate(ops)
     assert not report.ok
     assert "too old" in report.message
+
+
+def test_import_storage_needs_read_access(ops: Any, pve: Any) -> None:
+    """Proxmox reads an image on import storage for a VM (import-from, ISO
+    and Path images) only with Datastore.AllocateSpace or Datastore.Audit
+    there (pve-storage src/PVE/Storage.pm, check_volume_access); listing
+    its content needs the same (API2/Storage/Content.pm)."""
+    pve.grant(TOKEN, "/", "Sys.Audit", "Sys.Modify")
+    pve.grant(TOKEN, "/storage/cloud", "Datastore.AllocateTemplate")
+    report = validate(ops)
+    assert not report.ok
+    assert "Datastore.AllocateSpace or Datastore.Audit on /storage/cloud" in report.message
+    pve.grant(TOKEN, "/storage/cloud", "Datastore.Audit")
+    assert "on /storage/cloud" not in validate(ops).message

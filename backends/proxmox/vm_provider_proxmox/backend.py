@@ -15,6 +15,7 @@ a client can rely on. Disks do grow online (``resize``).
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 from provider_core import (
@@ -25,6 +26,7 @@ from provider_core import (
     DesiredVM,
     DiskDetails,
     ImagePrepareSpec,
+    Offer,
     Outcome,
     PowerOp,
     SnapshotSpec,
@@ -38,6 +40,8 @@ from . import cloning, create, describe, disks, images, power, reconfigure, snap
 from .client import PveClient
 from .inventory import Cluster
 from .settings import ProxmoxSettings
+
+log = logging.getLogger(__name__)
 
 
 class ProxmoxBackend(Backend):
@@ -70,7 +74,18 @@ class ProxmoxBackend(Backend):
         """Log in, check the API answers, and learn where the VMs are."""
         self.client.connect()
         self.client.get("version")
+        self.cluster.versions.forget()
         self.cluster.vms()
+
+    def offer(self) -> Offer:
+        """Without IMAGE_PREPARE where no node that would download can put
+        disk images into ``import`` content (libpve-storage-perl before 8.3.6):
+        ImagePrepare is refused (UNIMPLEMENTED) rather than failing later."""
+        offer = self.declared()
+        if self.settings.import_storage and (why := validate.images_impossible(self.cluster)):
+            log.warning("not offering image_prepare: %s", why)
+            return offer.without(Capability.IMAGE_PREPARE)
+        return offer
 
     def ping(self) -> None:
         self.client.get("version")

@@ -40,6 +40,7 @@ class ClonePlan:
     files: list[Path] = field(default_factory=list)
     start: bool = False
     replace_nets: bool = False
+    marker: newvm.Marker = field(default_factory=newvm.Marker.new)
 
 
 def find_template(cluster: Cluster, refs: list[VmRef], name: str, node: str) -> VmRef:
@@ -67,13 +68,13 @@ def run(cluster: Cluster, plan: ClonePlan) -> Outcome[str]:
     """Start the clone (VMID allocated safely) and return the later work."""
     client = cluster.client
     src = plan.source
-    params: dict[str, Any] = {"name": plan.name, "full": int(plan.full), "description": newvm.DESCRIPTION}
+    params: dict[str, Any] = {"name": plan.name, "full": int(plan.full), "description": plan.marker.description}
     if plan.node != src.node:
         params["target"] = plan.node
     if plan.full and plan.storage:
         params["storage"] = plan.storage
     try:
-        vmid, upid = newvm.allocate(cluster, lambda vmid: client.post(f"{src.path}/clone", newid=vmid, **params))
+        vmid, upid = newvm.allocate(cluster, lambda vmid: client.post(f"{src.path}/clone", newid=vmid, **params), watch=True)
     except BaseException:
         cloudinit.remove_files(plan.files)
         raise
@@ -85,7 +86,8 @@ def run(cluster: Cluster, plan: ClonePlan) -> Outcome[str]:
         steps.append(lambda path: grow_root(cluster, path, plan.root_gib or 0))
     if plan.start:
         steps.append(lambda path: newvm.start(cluster, path))
-    return Outcome.later(str(vmid), newvm.finish(cluster, vmid, plan.node, upid, steps=steps, files=plan.files))
+    work = newvm.finish(cluster, vmid, plan.node, upid, steps=steps, files=plan.files, marker=plan.marker)
+    return Outcome.later(str(vmid), work)
 
 
 def _configure(cluster: Cluster, plan: ClonePlan, path: str) -> None:
@@ -132,13 +134,13 @@ def clone(cluster: Cluster, spec: CloneSpec) -> Outcome[str]:
     source = next((r for r in refs if r.id == spec.source_vm_id.strip()), None)
     if source is None:
         raise NotFound(f"source VM {spec.source_vm_id!r} does not exist")
-    if spec.linked and not source.template:
-        raise FailedPrecondition(
-            f"a linked clone needs a template, and VM {source.vmid} is not one: convert it to a template, or ask for a full clone"
-        )
     if spec.linked and spec.placement.datastore:
         raise InvalidArgument.field("placement_json.Datastore", "a linked clone stays on its template's storage; leave it empty")
     source_config: dict[str, Any] = cluster.client.get(f"{source.path}/config")
+    if spec.linked and not (source.template or int(source_config.get("template", 0) or 0)):  # the config: the listing lags
+        raise FailedPrecondition(
+            f"a linked clone needs a template, and VM {source.vmid} is not one: convert it to a template, or ask for a full clone"
+        )
     c = spec.customize
     built = Built()
     built.set("tags", newvm.tag_value(c.tags, s.owner_tag, "customize_json.tags"), "customize_json.tags")

@@ -3,7 +3,9 @@
 Choices, in the order they apply:
 
 - node: placement Host, else ``node`` from the settings, else (from a
-  template) the template's node, else the online node with most free memory;
+  template) the template's node, else the online node with most free
+  memory; in every case one that has the VM's storages and bridges
+  (:mod:`.placement`);
 - storage: placement Datastore, else ``storage``;
 - disks: ``disks_json[i]`` is the VM's ``scsi{i}``. With an image the first
   entry sizes the root disk (grown after the import or clone; smaller than
@@ -15,12 +17,12 @@ Choices, in the order they apply:
   (addressing, ExtraConfig ci* settings, user data); ``user_data`` and
   ``meta_data`` go to snippets (see :mod:`cloudinit`);
 - a template is cloned in full (linked clones are Clone's business);
-- a URL is downloaded once per URL to ``import_storage`` (checksum verified
-  by Proxmox) and imported with ``import-from``; an ISO is attached as CD-ROM
-  in front of a blank disk.
+- a URL is downloaded to ``import_storage`` (checksum verified by Proxmox,
+  also for an image already there; see :mod:`.images`) and imported with
+  ``import-from``; an ISO is attached as CD-ROM in front of a blank disk.
 
-A Create that is one Proxmox task (blank, or from an image already on
-storage) returns that task's UPID; anything longer returns background work.
+A Create that is one Proxmox task (blank, or from an image Path) returns
+that task's UPID; anything longer returns background work.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from pathlib import Path
 from provider_core import CreateSpec, InvalidArgument, Outcome, ProviderError
 from provider_core.specs import DiskSpec, VMImage
 
-from . import cloning, cloudinit, images, newvm, tasks
+from . import cloning, cloudinit, images, newvm, placement, tasks
 from .cloning import find_template
 from .inventory import Cluster
+from .versions import IMPORT_IMAGES
 from .vmconfig import GIB, Built, class_config, disk_value, network_config
 
 
@@ -41,8 +44,8 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
     s = cluster.settings
     newvm.check_name(spec.name, "name")
     tags = newvm.tag_value(spec.tags, s.owner_tag, "tags")
-    refs = cluster.vms()
-    found = newvm.existing(cluster, spec.name, refs)
+    listing = cluster.listing()
+    found = newvm.existing(cluster, spec.name, listing.vms)
     if found is not None:
         return Outcome.done(found.id)
     if spec.user_data or spec.meta_data:
@@ -51,11 +54,19 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
     image = spec.image
     template = None
     if image.source == "template":
-        template = find_template(cluster, refs, image.template_name, spec.placement.host or s.node)
-    if template is not None and not (spec.placement.host or s.node):
-        node = template.node
-    else:
-        node = cluster.pick_node(spec.placement.host)
+        template = find_template(cluster, listing.vms, image.template_name, spec.placement.host or s.node)
+    needs = placement.Needs()
+    needs.storage(storage, "placement_json.Datastore" if spec.placement.datastore else "settings.storage")
+    for i, att in enumerate(spec.networks):
+        origin = f"networks_json[{i}].Bridge" if att.bridge else f"networks_json[{i}].NetworkName"
+        needs.bridge(att.bridge or att.network_name or s.bridge, origin if att.bridge or att.network_name else "settings.bridge")
+    url_file = images.url_target(image, s) if image.source == "url" else None
+    if image.source == "path":
+        needs.storage(images.path_volume(image, s).storage, "image_json.Path")
+    elif url_file is not None:
+        needs.storage(url_file.storage, "settings.import_storage")
+        needs.feature = None if url_file.is_iso else IMPORT_IMAGES
+    node = placement.choose(cluster, listing, needs, host=spec.placement.host, prefer=template.node if template else "")
 
     b = Built()
     b.set("tags", tags, "tags")
@@ -81,7 +92,7 @@ def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
                 "replace_nets": bool(spec.networks),
             },
         )
-    return _create_new(cluster, spec, NewVm(node=node, storage=storage, built=b, files=files))
+    return _create_new(cluster, spec, NewVm(node=node, storage=storage, built=b, files=files, url_file=url_file))
 
 
 def _root_gib(spec: CreateSpec, default: int) -> int:
@@ -99,7 +110,9 @@ class NewVm:
     storage: str
     built: Built
     files: list[Path]
+    url_file: images.ImageFile | None = None
     steps: list[newvm.Step] = field(default_factory=list)
+    marker: newvm.Marker = field(default_factory=newvm.Marker.new)
     boot: list[str] | None = None
     first_blank: int = 0
     iso: bool = False
@@ -108,7 +121,7 @@ class NewVm:
 def _create_new(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> Outcome[str]:
     s, client, b = cluster.settings, cluster.client, plan.built
     b.set("name", spec.name, "name")
-    b.set("description", newvm.DESCRIPTION, "name")
+    b.set("description", plan.marker.description, "name")
     b.set("scsihw", "virtio-scsi-single", "disks_json")
     if s.guest_agent:
         b.set("agent", "enabled=1", "settings.guest_agent")
@@ -144,18 +157,22 @@ def _create_new(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> Outcome[str]
     if not plan.steps and not plan.files:
         return Outcome.native(str(vmid), upid)
     # background work also when only snippets were written: a failed create task removes them
-    work = newvm.finish(cluster, vmid, plan.node, upid, steps=plan.steps, files=plan.files)
+    work = newvm.finish(cluster, vmid, plan.node, upid, steps=plan.steps, files=plan.files, marker=plan.marker)
     return Outcome.later(str(vmid), work)
 
 
 def _image(cluster: Cluster, spec: CreateSpec, plan: NewVm) -> None:
-    """The image's part of the plan: attached at create when it is on
-    storage already, else downloaded and attached by a later step."""
+    """The image's part of the plan: a Path image is attached at create, a
+    URL's is downloaded (or verified) and attached by a later step."""
     image = spec.image
-    f = images.url_target(image, cluster.settings) if image.source == "url" else images.path_volume(image, cluster.settings)
-    entry = images.present(cluster.client, plan.node, f)
-    if entry is None and image.source == "path":
-        raise InvalidArgument.field("image_json.Path", f"image {f.volid} does not exist on node {plan.node}")
+    if plan.url_file is not None:  # its node has the storage and takes disk images (placement)
+        f = plan.url_file
+        entry = None
+    else:
+        f = images.path_volume(image, cluster.settings)
+        entry = images.present(cluster.client, plan.node, f)
+        if entry is None:
+            raise InvalidArgument.field("image_json.Path", f"image {f.volid} does not exist on node {plan.node}")
     attach = Built()
     root = None
     if f.is_iso:
@@ -190,16 +207,16 @@ def _download_and_attach(
     boot: list[str],
     grow: int | None,
 ) -> None:
-    """Fetch the image (unless a concurrent Create did meanwhile), attach it
-    (import-from for a disk, CD-ROM for an ISO), boot from it, and grow the
-    imported disk to the requested size."""
+    """Fetch the image (with a checksum, have Proxmox verify the one it may
+    have already), attach it (import-from for a disk, CD-ROM for an ISO),
+    boot from it, and grow the imported disk to the requested size."""
     client = cluster.client
-    if images.present(client, node, f) is None:
+    if image.checksum or images.present(client, node, f) is None:
         try:
             tasks.wait(client, images.download(client, node, f, image))
         except ProviderError:
-            if images.present(client, node, f) is None:
-                raise
+            if image.checksum or images.present(client, node, f) is None:
+                raise  # (without a checksum: a concurrent Create may have fetched it meanwhile)
     newvm.post_config(cluster, path, {**attach.config, "boot": "order=" + ";".join(boot)})
     if grow is not None:
         cloning.grow_root(cluster, path, grow)

@@ -2,11 +2,12 @@
 
 ListVMs is ONE request at any VM count (``/cluster/resources?type=vm``
 carries name, status, CPUs, memory, boot disk size, tags and node); it
-reports the VMs with the ownership tag (every VM with ``list_all``). What
-that one answer lacks is not guessed: a paused VM is On there (QEMU's run
-state costs a request per VM; Describe says Suspended), and only the boot
-disk is listed (named by its config key where the provider knows it; every
-disk is in Describe's raw JSON and GetDiskInfo).
+reports the VMs with the ownership tag (every VM with ``list_all``). That
+answer's status is QEMU's run state (a paused VM is Suspended) as pvestatd
+last reported it, up to 10 s ago: a VM made since is listed Unknown and
+without a name until then (pve-manager PVE/API2Tools.pm:81-114). Only the
+boot disk is listed (named by its config key where the provider knows it;
+every disk is in Describe's raw JSON and GetDiskInfo).
 
 Describe makes at most three requests, also for a VM whose node this
 process does not know yet (made elsewhere since the cluster's VM list was
@@ -18,7 +19,9 @@ last read):
 2. ``status/current``: QEMU's run state, so running, paused and stopped are
    distinct, and whether the guest agent is enabled;
 3. the guest agent's ``network-get-interfaces`` for the IPs, when the VM
-   runs with the agent enabled;
+   runs with the agent enabled (without VM.GuestAgent.Audit, PVE 9's
+   privilege for it, Describe answers without IPs and says why in
+   ``provider_raw_json``);
 
 and ``pending`` (the configuration and the changes waiting for a reboot,
 ``config`` and ``pending`` in ``provider_raw_json``) when that stays within
@@ -36,7 +39,17 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlencode
 
-from provider_core import Disk, FailedPrecondition, NotFound, PowerState, ProviderError, Unavailable, VMInfo, VMStatus
+from provider_core import (
+    Disk,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    PowerState,
+    ProviderError,
+    Unavailable,
+    VMInfo,
+    VMStatus,
+)
 
 from .errors import SECRET_PARAMS
 from .inventory import Cluster, VmRef, parse_vmid, power_state
@@ -132,7 +145,7 @@ def describe(cluster: Cluster, vm_id: str) -> VMStatus:
             interfaces = answer.get("result", []) if isinstance(answer, dict) else []
             ips = guest_ips(interfaces)
             raw["agent"] = {"interfaces": interfaces}
-        except (FailedPrecondition, Unavailable) as exc:
+        except (FailedPrecondition, Unavailable, PermissionDenied) as exc:
             raw["agent"] = {"error": str(exc)}
     name = str(status.get("name") or config.get("name") or "")
     return VMStatus(power_state=state, ips=ips, console_url=console_url(cluster.settings.endpoint, vmid, node, name), raw=raw)

@@ -127,9 +127,11 @@ def _target_machine(cluster: Cluster, node: str, family: str, target: int) -> st
 
 def hardware_upgrade(cluster: Cluster, vm_id: str, target_version: int) -> Outcome[None]:
     client = cluster.client
-    ref = cluster.find_unlocked(vm_id)
-    if ref.status != "stopped":
-        raise FailedPrecondition(f"HardwareUpgrade needs a stopped VM; VM {ref.vmid} is {ref.status}: power it off first")
+    ref = cluster.state(vm_id)
+    if ref.running:
+        raise FailedPrecondition(
+            f"HardwareUpgrade needs a stopped VM; VM {ref.vmid} is {ref.qmpstatus or ref.status}: power it off first"
+        )
     config: dict[str, Any] = client.get(f"{ref.path}/config", current=1)
     head, options = parse_options(str(config.get("machine", "")))
     if "type" in options:  # machine: type=...,viommu=...

@@ -13,6 +13,13 @@ Proxmox reports failures in three ways, and all go through :data:`RULES`:
 Rules are tried in order, most specific first; the first whose status (None:
 any) and pattern match builds the error. Messages carry PVE's own words and
 never a secret: parameter errors about secret parameters are masked.
+
+Proxmox answers HTTP 500 for every plain ``die`` of its API (pve-manager
+PVE/HTTPServer.pm:221-231): "storage 'X' is not available on node 'Y'" is a
+500 as much as a lost quorum. So a 500 no row matches is a refusal
+(FAILED_PRECONDITION), which clients do not retry; only failures that pass
+with time are UNAVAILABLE (no quorum, an unreachable node or storage, the
+proxy's 5xx, timeouts, no answer at all).
 """
 
 from __future__ import annotations
@@ -95,7 +102,8 @@ RULES: tuple[Rule, ...] = (
     _rule(None, r"can't lock file '[^']*' - got timeout", _file_lock),
     _rule(
         None,
-        r"unable to create VM \d+ - VM \d+ already exists|unable to create VM \d+: config file already exists",
+        r"unable to create VM \d+ - VM \d+ already exists|unable to create VM \d+: config file already exists|"
+        r"close \(rename\) atomic file '[^']*/qemu-server/\d+\.conf' failed: File exists",
         _as(VmidTaken),
     ),
     _rule(None, r"unable to parse worker upid|no such task", _as(NotFound)),
@@ -105,7 +113,12 @@ RULES: tuple[Rule, ...] = (
     _rule(None, r"Permission check failed|only root can", _as(PermissionDenied)),
     _rule(None, r"checksum mismatch \(file change by other user\?\)", _as(Aborted)),
     _rule(None, r"cluster not ready - no quorum", _as(Unavailable)),
-    _rule(None, r"qmp command '[^']*' failed - got timeout", _as(Unavailable)),
+    _rule(None, r"qmp command '[^']*' failed - got timeout|unable to connect to VM \d+ (qmp|qga) socket", _as(Unavailable)),
+    _rule(None, r"storage '[^']*' is not online|No route to host|Connection (refused|timed out)", _as(Unavailable)),
+    _rule(None, r"storage '[^']*' is not available on node|storage '[^']*' is disabled", _as(FailedPrecondition)),
+    _rule(None, r"can't clone VM to node '[^']*' \(VM uses local storage\)", _as(FailedPrecondition)),
+    _rule(None, r"no such cluster node", _as(InvalidArgument)),
+    _rule(None, r"checksum mismatch: got", _as(InvalidArgument, "the image does not match its checksum: ")),
     _rule(None, r"Linked clone feature is not supported", _as(FailedPrecondition)),
     _rule(None, r"not allowed for linked clones|can't clone to non-shared storage", _as(InvalidArgument)),
     _rule(None, r"^storage '[^']*' does not exist|hostname lookup '[^']*' failed", _as(InvalidArgument)),
@@ -174,6 +187,8 @@ def from_resource(exc: ResourceException) -> ProviderError:
         return err
     if 400 <= status < 500:
         return InvalidArgument(f"Proxmox refused the request ({status}): {text}")
+    if status == 500 and text:
+        return FailedPrecondition(f"Proxmox refused the request: {text}")
     return Unavailable(f"Proxmox VE answered {status}: {text}")
 
 

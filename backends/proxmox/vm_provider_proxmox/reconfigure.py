@@ -37,8 +37,11 @@ from .vmconfig import GIB, Built, class_config, data_disks, disk_value, free_key
 
 log = logging.getLogger(__name__)
 
-#: Keys Proxmox changes on a running VM at once, whatever its hotplug setting.
-LIVE_KEYS = frozenset({"name", "description", "tags", "onboot", "protection", "startup", "agent", "delete"})
+#: Keys Proxmox changes on a running VM at once, whatever its hotplug setting
+#: (qemu-server PVE/QemuServer.pm:4594-4611, ``$fast_plug_option`` and the
+#: cloud-init options). Not ``agent``: it waits for a reboot (5207-5227).
+LIVE_KEYS = frozenset({"name", "description", "tags", "onboot", "protection", "startup", "hookscript", "delete"})
+LIVE_KEYS |= frozenset({"ciuser", "cipassword", "citype", "ciupgrade", "cicustom", "sshkeys", "nameserver", "searchdomain"})
 FIELD = "desired_json"
 
 
@@ -165,7 +168,7 @@ def _user_data(cluster: Cluster, config: dict[str, Any], desired: DesiredVM) -> 
 
 def reconfigure(cluster: Cluster, vm_id: str, desired: DesiredVM) -> Outcome[None]:
     client = cluster.client
-    ref = cluster.find_unlocked(vm_id)
+    ref = cluster.state(vm_id)
     path = ref.path
     config, pending = split_pending(client.get(f"{path}/pending") or [])
     effective = dict(config)
@@ -175,7 +178,7 @@ def reconfigure(cluster: Cluster, vm_id: str, desired: DesiredVM) -> Outcome[Non
     b, resizes = plan(cluster, effective, desired, ref.node)
     if not b.config and not resizes:
         return Outcome.done(None)
-    running = ref.status == "running"
+    running = ref.running  # paused included: QEMU runs
     if running and cluster.settings.reconfigure_running == "refuse":
         waiting = [k for k in b.config if _needs_reboot(k, config)]
         if waiting:

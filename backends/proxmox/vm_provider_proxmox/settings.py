@@ -72,6 +72,9 @@ class ProxmoxSettings(BackendSettings):
         3600.0, gt=0, description="longest wait for one Proxmox task inside a multi-step operation"
     )
     vmid_attempts: int = Field(20, ge=1, le=1000, description="new VMIDs to try when another client takes the one we picked")
+    ha_timeout_seconds: float = Field(
+        300.0, gt=0, description="longest wait for ha-manager to start or stop an HA-managed VM (plus a shutdown's own timeout)"
+    )
 
     @field_validator("endpoint")
     @classmethod

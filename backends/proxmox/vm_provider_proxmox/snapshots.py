@@ -21,7 +21,7 @@ from typing import Any
 
 from provider_core import AlreadyExists, NotFound, Outcome, SnapshotSpec
 
-from .inventory import Cluster, VmRef
+from .inventory import Cluster, VmRef, VmState
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{1,39}$")
 
@@ -39,29 +39,29 @@ def snapshot_name(hint: str) -> str:
     return name if NAME_RE.match(name) else snapshot_name("")
 
 
-def listing(cluster: Cluster, ref: VmRef) -> dict[str, dict[str, Any]]:
+def listing(cluster: Cluster, ref: VmRef | VmState) -> dict[str, dict[str, Any]]:
     """The VM's snapshots by name (without Proxmox's "current" entry)."""
     entries: list[dict[str, Any]] = cluster.client.get(f"{ref.path}/snapshot") or []
     return {str(e["name"]): e for e in entries if e.get("name") and e.get("name") != "current"}
 
 
-def names(cluster: Cluster, ref: VmRef) -> list[str]:
+def names(cluster: Cluster, ref: VmRef | VmState) -> list[str]:
     return list(listing(cluster, ref))
 
 
 def create(cluster: Cluster, spec: SnapshotSpec) -> Outcome[str]:
-    ref = cluster.find_unlocked(spec.vm_id)
+    ref = cluster.state(spec.vm_id)
     name = snapshot_name(spec.name)
     if name in names(cluster, ref):
         raise AlreadyExists(f"VM {ref.vmid} already has a snapshot named {name!r}")
     params: dict[str, Any] = {"snapname": name, "description": spec.description or None}
-    if spec.include_memory and ref.status == "running":
+    if spec.include_memory and ref.running:  # a paused VM has its RAM too
         params["vmstate"] = 1
     return Outcome.native(name, cluster.client.post(f"{ref.path}/snapshot", **params))
 
 
-def _existing(cluster: Cluster, vm_id: str, snapshot_id: str) -> tuple[VmRef, dict[str, Any]]:
-    ref = cluster.find_unlocked(vm_id)
+def _existing(cluster: Cluster, vm_id: str, snapshot_id: str) -> tuple[VmState, dict[str, Any]]:
+    ref = cluster.state(vm_id)
     snap = listing(cluster, ref).get(snapshot_id)
     if snap is None:
         raise NotFound(f"VM {ref.vmid} has no snapshot {snapshot_id!r}")

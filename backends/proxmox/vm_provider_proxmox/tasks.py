@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from provider_core import DeadlineExceeded, InvalidArgument, NotFound, ProviderError, TaskState, Unavailable
+from provider_core import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ProviderError, TaskState, Unavailable
 
 from . import errors
 from .client import PveClient, backoff
@@ -81,10 +81,12 @@ def _status(client: PveClient, upid: Upid) -> dict[str, Any]:
             raise NotFound(f"task {upid.text!r} is not known to node {upid.node}") from exc
         except InvalidArgument as exc:  # "hostname lookup 'x' failed": no such node
             raise NotFound(f"task {upid.text!r} names node {upid.node!r}, which is not in this cluster") from exc
-        except Unavailable:
+        except (Unavailable, FailedPrecondition) as exc:  # a task's status is never refused for good: it may pass
             pause = backoff(attempt)
             if time.monotonic() + pause > end:
-                raise
+                if isinstance(exc, Unavailable):
+                    raise
+                raise Unavailable(f"cannot read the state of task {upid.text}: {exc.message}") from exc
         time.sleep(pause)
         attempt += 1
 
@@ -109,6 +111,18 @@ def _describe_failure(upid: Upid, exit_status: str, tail: list[str]) -> str:
     if tail:
         text += " | last log lines: " + " / ".join(tail)
     return text
+
+
+def outcome(client: PveClient, text: str) -> tuple[bool, ProviderError | None]:
+    """Whether a task has ended, and its translated error if it failed."""
+    upid = _require(text)
+    st = _status(client, upid)
+    if st.get("status") == "running":
+        return False, None
+    exit_status = str(st.get("exitstatus", ""))
+    if OK_RE.match(exit_status):
+        return True, None
+    return True, errors.from_task(exit_status, log_tail(client, upid))
 
 
 def wait(client: PveClient, text: str, timeout: float | None = None) -> None:

@@ -2,7 +2,11 @@
 credentials and settings? Never raises: every failed check is reported.
 
 Checks: the API answers (and the credentials are accepted); the Proxmox VE
-version (8.0 or later); the effective privileges of the token or user from
+version (8.0 or later) and, per node, the package versions the settings
+need (``/nodes/{node}/apt/versions``): with ``import_storage``,
+libpve-storage-perl 8.3.6 (Proxmox VE 8.4) on the nodes that download
+images, since older ones take no qcow2, raw or vmdk file into ``import``
+content; the effective privileges of the token or user from
 ``/access/permissions`` against what each operation needs (missing ones
 listed by name, path and the operations that need them); the configured
 node, storages (with the content types they are used for), bridge and
@@ -24,6 +28,7 @@ from typing import Any
 from provider_core import ProviderError, ValidationReport
 
 from .inventory import Cluster
+from .versions import IMPORT_IMAGES, OVERRULE_SHUTDOWN
 
 MIN_VERSION = (8, 0)
 
@@ -63,6 +68,11 @@ def needs(cluster: Cluster, version: tuple[int, int]) -> list[Need]:
     if s.import_storage:
         out += [
             Need(f"/storage/{s.import_storage}", ("Datastore.AllocateTemplate",), "ImagePrepare, Create from a URL"),
+            Need(
+                f"/storage/{s.import_storage}",
+                ("Datastore.AllocateSpace", "Datastore.Audit"),
+                "Create from a URL or Path (Proxmox reads the image for the VM), ImagePrepare (listing the images there)",
+            ),
             Need("/", ("Sys.Audit",), "ImagePrepare, Create from a URL (download-url)"),
             Need("/", ("Sys.Modify", "Sys.AccessNetwork"), "ImagePrepare, Create from a URL (download-url)"),
         ]
@@ -101,13 +111,14 @@ def validate(cluster: Cluster) -> ValidationReport:
     except ProviderError as exc:
         return ValidationReport(ok=False, message=f"Proxmox API at {s.endpoint}: {exc}")
     version = _version(str(info.get("version", "")))
+    cluster.versions.forget()  # read the nodes' packages afresh
     ok_lines = [f"Proxmox VE {info.get('version', '?')} at {s.endpoint}"]
     problems: list[str] = []
     if version < MIN_VERSION:
         problems.append(
             f"Proxmox VE {info.get('version')} is too old; this backend needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or later"
         )
-    for check in (_privileges, _node, _storages, _snippets_dir):
+    for check in (_privileges, _node, _packages, _storages, _snippets_dir):
         try:
             check(cluster, version, ok_lines, problems)
         except ProviderError as exc:
@@ -151,6 +162,44 @@ def _node(cluster: Cluster, version: tuple[int, int], ok_lines: list[str], probl
         problems.append("no node of the cluster is online")
         return
     ok_lines.append(f"nodes online: {', '.join(online)}")
+
+
+def download_nodes(cluster: Cluster) -> list[str]:
+    """The nodes that would download images: the configured one, else every
+    online node."""
+    if cluster.settings.node:
+        return [cluster.settings.node]
+    nodes: list[dict[str, Any]] = cluster.client.get("cluster/resources", type="node") or []
+    return sorted(str(n["node"]) for n in nodes if n.get("status") == "online" and n.get("node"))
+
+
+def images_impossible(cluster: Cluster) -> str:
+    """Why no node can take disk images by URL ("" when one can, or when a
+    node's versions are unknown)."""
+    why: list[str] = []
+    for node in download_nodes(cluster):
+        lacking = cluster.versions.lacking(node, IMPORT_IMAGES)
+        if not lacking:
+            return ""  # this node can (or may: its versions are unknown)
+        why.append(lacking)
+    return "; ".join(why)
+
+
+def _packages(cluster: Cluster, version: tuple[int, int], ok_lines: list[str], problems: list[str]) -> None:
+    seen = []
+    for node in download_nodes(cluster):
+        packages = cluster.versions.packages(node)
+        if packages is None:
+            if cluster.settings.import_storage:
+                problems.append(f"cannot read the package versions of node {node} (Sys.Audit on /nodes/{node})")
+            continue
+        seen.append(f"{node} (pve-manager {packages.get('pve-manager', '?')})")
+        if cluster.settings.import_storage and (why := cluster.versions.lacking(node, IMPORT_IMAGES)):
+            problems.append(f"{why} (Proxmox VE 8.4): leave import_storage empty or upgrade")
+        if why := cluster.versions.lacking(node, OVERRULE_SHUTDOWN):
+            ok_lines.append(f"{why}: OFF and Delete during a graceful shutdown wait for it")
+    if seen:
+        ok_lines.append("node versions: " + ", ".join(seen))
 
 
 def _storages(cluster: Cluster, version: tuple[int, int], ok_lines: list[str], problems: list[str]) -> None:
