@@ -223,7 +223,7 @@ class ResourceLimits(SpecModel):
     cpu_shares: NonNegInt32 | None = spec("CPUShares")
 
 
-_QUANTITY_RE = re.compile(r"^\s*(\d+)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")
+_QUANTITY_RE = re.compile(r"^\s*([0-9]+)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")  # ASCII digits only
 _QUANTITY_FACTOR = {
     None: 1,
     "Ki": 2**10,

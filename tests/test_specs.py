@@ -120,6 +120,7 @@ BAD: list[tuple[str, str, str, str]] = [
     ("desired_json", '{"Nope": 1}', "desired_json.Nope", "Extra inputs"),
     ("desired_json", '{"Class": ', "desired_json", "malformed JSON"),
     ("desired_json", "", "desired_json", "required"),
+    ("class_json", '{"memory": "\u0664Gi"}', "class_json.memory", "not a memory quantity"),  # Arabic-Indic 4
     # hostile shapes: depth, huge numbers, null where an object belongs
     ("class_json", "[" * 5000 + "]" * 5000, "class_json", "recursion limit"),
     ("class_json", '{"ExtraConfig": ' + '{"a": ' * 3000 + "1" + "}" * 3001, "class_json", "recursion limit"),
