@@ -60,6 +60,9 @@ REFINES: dict[Capability, Capability] = {
 }
 
 
+_LISTS = ("disk_types", "network_types", "export_formats", "import_formats")
+
+
 @dataclass(frozen=True)
 class Offer:
     """What one connected endpoint offers: a subset of its backend class's
@@ -89,11 +92,21 @@ class Offer:
             import_formats=self.import_formats if Capability.DISK_IMPORT in kept else (),
         )
 
+    def within(self, declared: Offer) -> Offer:
+        """This offer less whatever ``declared`` does not hold; the format
+        lists of a DISK_EXPORT or DISK_IMPORT it loses are emptied too."""
+        kept = replace(
+            self,
+            capabilities=self.capabilities & declared.capabilities,
+            **{f: tuple(v for v in getattr(self, f) if v in getattr(declared, f)) for f in _LISTS},
+        )
+        return kept.without()
+
     def beyond(self, declared: Offer) -> list[str]:
         """What this offer holds that ``declared`` does not, as readable
         items (empty when it is a subset, as it must be)."""
         extra = [f"capability {c.value!r}" for c in sorted(self.capabilities - declared.capabilities, key=lambda c: c.value)]
-        for field in ("disk_types", "network_types", "export_formats", "import_formats"):
+        for field in _LISTS:
             have = set(getattr(declared, field))
             extra += [f"{field} {v!r}" for v in getattr(self, field) if v not in have]
         return extra

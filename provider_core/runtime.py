@@ -149,13 +149,7 @@ class Runtime:
         beyond = offer.beyond(self.declared)
         if beyond:
             log.error("backend %s offers more than its class declares, ignored: %s", self.name, ", ".join(beyond))
-            offer = Offer(
-                capabilities=offer.capabilities & self.declared.capabilities,
-                **{
-                    f: tuple(v for v in getattr(offer, f) if v in getattr(self.declared, f))
-                    for f in ("disk_types", "network_types", "export_formats", "import_formats")
-                },
-            )
+            offer = offer.within(self.declared)
         orphans = [c for c in offer.capabilities if c in REFINES and REFINES[c] not in offer.capabilities]
         if orphans:
             log.error("backend %s offers %s without what they refine, ignored", self.name, ", ".join(c.value for c in orphans))
@@ -373,9 +367,9 @@ class Runtime:
         return spec
 
     async def run(self, op: Operation, spec: Request, timeout: float | None) -> tuple[Any, str]:
-        """Run ``op`` on the backend: its value and a task id ("" when
-        finished, a native task id, or a task of the core's)."""
-        self._gate(op)
+        """Run ``op`` on the backend with a request :meth:`request` checked:
+        its value and a task id ("" when finished, a native task id, or a
+        task of the core's)."""
         if op is TASK_STATUS:  # the core's own tasks, or the backend's native ones
             (task_id,) = spec.args()
             return await self.task_status(task_id, timeout), ""

@@ -10,13 +10,12 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from vm_provider_libvirt import offers
 from vm_provider_libvirt.backend import LibvirtBackend
 from vm_provider_libvirt.host import HostInfo
 
 from provider_core import Capability
+from provider_core.conformance.kit import missing_capability
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -36,18 +35,6 @@ NOT_ON_THE_TEST_DRIVER = {
 
 def flags(caps: pb.GetCapabilitiesResponse) -> dict[str, bool]:
     return {field.name: value for field, value in caps.ListFields() if field.name.startswith("supports_")}
-
-
-def missing_capability(err: grpc.RpcError) -> str:
-    """The capability a CAPABILITY_MISSING ErrorInfo names ("" without one)."""
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if info.reason == "CAPABILITY_MISSING":
-                return str(info.metadata["capability"])
-    return ""
 
 
 @pytest.fixture

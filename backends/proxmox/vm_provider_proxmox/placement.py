@@ -109,19 +109,28 @@ def choose(cluster: Cluster, listing: Listing, needs: Needs, host: str = "", pre
         if found:
             raise _refuse(named, found, "placement_json.Host" if host else "")
         return named
-    online = listing.online()
-    if not online:
+    node, seen = _first_fit(cluster, listing, needs, prefer)
+    if not node:
+        raise FailedPrecondition("no online node has what the VM needs (" + " | ".join(seen) + ")")
+    return node
+
+
+def _first_fit(cluster: Cluster, listing: Listing, needs: Needs, prefer: str) -> tuple[str, list[str]]:
+    """The first online node (``prefer`` first) that has what ``needs``
+    asks for, or "" and what each node lacks."""
+    order = listing.online()
+    if not order:
         raise FailedPrecondition("no Proxmox node is online")
-    if prefer in online:
-        online.remove(prefer)
-        online.insert(0, prefer)
+    if prefer in order:
+        order.remove(prefer)
+        order.insert(0, prefer)
     seen: list[str] = []
-    for node in online:
+    for node in order:
         found = problems(cluster, listing, node, needs)
         if not found:
-            return node
+            return node, []
         seen.append(f"{node}: " + "; ".join(p.text for p in found))
-    raise FailedPrecondition("no online node has what the VM needs (" + " | ".join(seen) + ")")
+    return "", seen
 
 
 def download_node(cluster: Cluster, listing: Listing, storage: str, origin: str, feature: Feature | None) -> str:
@@ -130,17 +139,7 @@ def download_node(cluster: Cluster, listing: Listing, storage: str, origin: str,
     into import content."""
     needs = Needs(feature=feature)
     needs.storage(storage, origin)
-    order = listing.online()
-    preferred = cluster.settings.node
-    if preferred in order:
-        order.remove(preferred)
-        order.insert(0, preferred)
-    seen: list[str] = []
-    for node in order:
-        found = problems(cluster, listing, node, needs)
-        if not found:
-            return node
-        seen.append("; ".join(p.text for p in found))
-    if not order:
-        raise FailedPrecondition("no Proxmox node is online")
-    raise FailedPrecondition("no online node can download the image: " + " | ".join(seen))
+    node, seen = _first_fit(cluster, listing, needs, cluster.settings.node)
+    if not node:
+        raise FailedPrecondition("no online node can download the image: " + " | ".join(seen))
+    return node
