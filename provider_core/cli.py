@@ -154,13 +154,14 @@ def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
     eff = effective(args, conf)
     settings = eff.server.settings
     launched = Launch.from_environment()
-    if launched.active:
-        log.info("launched by VirtRigaud as provider %s (%s)", launched.provider or "(unnamed)", eff.backend_origin)
     backend = plugins.construct(eff.backend_name, eff.backend.settings)
 
     async def serve() -> None:
         # grpc.aio binds a server to the loop running when it is built.
-        await ProviderServer(backend, eff.backend_name, settings).serve_until_signal()
+        server = ProviderServer(backend, eff.backend_name, settings)
+        if launched.active:
+            log.info("launched by VirtRigaud as provider %s (%s)", launched.provider or "(unnamed)", eff.backend_origin)
+        await server.serve_until_signal()
 
     run(serve(), settings.event_loop)
     return 0
