@@ -45,13 +45,20 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
     return logging.Formatter(TEXT)
 
 
+_handler: logging.Handler | None = None
+
+
 def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
-    """Send every log record at ``level`` or above to standard error in ``fmt``
-    (replacing the handlers installed before, e.g. by an earlier call)."""
+    """Send log records at ``level`` or above to standard error in ``fmt``.
+
+    Called again, it changes the level and the format. Where the program
+    that imports vm-provider routes logs itself (the root logger has
+    handlers that are not ours, as under pytest), only the level is set."""
+    global _handler  # noqa: PLW0603 - the one handler of the process
     root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(fmt))
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    if _handler is None and not root.handlers:
+        _handler = logging.StreamHandler(sys.stderr)
+        root.addHandler(_handler)
+    if _handler is not None and _handler in root.handlers:
+        _handler.setFormatter(formatter(fmt))
     root.setLevel(level_name(level))
