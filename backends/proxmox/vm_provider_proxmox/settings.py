@@ -4,14 +4,17 @@ Every setting can be overridden by ``VM_PROVIDER_PROXMOX_<SETTING>`` and read
 from a file with ``<setting>_file`` (e.g. ``token_secret_file``), the core's
 rule for all backends. Exactly one way to log in must be configured: an API
 token (``token_id`` + ``token_secret``, recommended for a long-running
-provider) or a user with a password (``username`` + ``password``).
+provider) or a user with a password (``username`` + ``password``). The
+same four settings come from files named ``token_id``, ``token_secret``,
+``username`` and ``password`` in ``[server] credentials_dir`` (VirtRigaud's
+Secret), below the environment and plugins.toml.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
@@ -26,6 +29,15 @@ ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
 
 class ProxmoxSettings(BackendSettings):
     """Connection, login, placement defaults and behaviour of the backend."""
+
+    endpoint_settings: ClassVar[tuple[str, ...] | None] = ("endpoint",)
+    #: The keys of VirtRigaud's Proxmox credentials Secret (files of ``credentials_dir``).
+    credential_keys: ClassVar[dict[str, str]] = {
+        "token_id": "token_id",
+        "token_secret": "token_secret",
+        "username": "username",
+        "password": "password",
+    }
 
     endpoint: str = Field(description="Proxmox VE API endpoint, https://host:8006 (any node of the cluster)")
 
