@@ -18,6 +18,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,13 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
     reason = libvirtd_unavailable()
     if reason:
         pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    with real_host_context(tmp_path_factory) as host:
+        yield host
+
+
+@contextmanager
+def real_host_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
+    """The test guest in place and a server on qemu:///system, removed after."""
     built = subprocess.run(["bash", str(TESTBED / "build-guest.sh")], capture_output=True, text=True, check=False)
     if built.returncode:
         pytest.fail(f"testbed/build-guest.sh failed:\n{built.stderr[-2000:]}")
