@@ -10,7 +10,8 @@
 #   host-guard.sh check   exit 0 when that guest still runs with the same
 #                         domain ID and QEMU pid, 1 (saying what changed) otherwise
 #   host-guard.sh stop    destroy and undefine that guest only; stop the
-#                         machine's daemons only if `start` started them
+#                         machine's daemons (and the networks that daemon
+#                         autostarted) only if `start` started them
 #
 # Only the guest this script made is ever destroyed. Debian 12, as root;
 # the guest is the test bed's (build-guest.sh), under software emulation.
@@ -112,7 +113,7 @@ check() {
 
 stop() {
     [[ -f $state/name ]] || { echo "host guard: nothing recorded"; return 0; }
-    local name pid
+    local name pid net
     name=$(<"$state/name")
     if answers; then
         virsh -q destroy "$name" >/dev/null 2>&1 || true
@@ -120,6 +121,10 @@ stop() {
     fi
     rm -rf "/var/lib/libvirt/boot/$name"
     if grep -qx libvirtd "$state/started" && [[ -f /run/libvirtd.pid ]]; then
+        # Networks that daemon autostarted: their dnsmasq would outlive it.
+        for net in $(virsh -q net-list --name 2>/dev/null); do
+            virsh -q net-destroy "$net" >/dev/null 2>&1 || true
+        done
         pid=$(</run/libvirtd.pid)
         kill -TERM "$pid" 2>/dev/null || true
         for _ in {1..200}; do
