@@ -130,6 +130,8 @@ prepare_dirs() {
 # shellcheck disable=SC2016
 inside='set -e
 run=$1 state=$2
+# The mount points: /run/libvirt exists only once a daemon ran here.
+mkdir -p /run/libvirt /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
 mount --bind "$run/libvirt" /run/libvirt
 mount --bind "$state/etc" /etc/libvirt
 mount --bind "$state/lib" /var/lib/libvirt
