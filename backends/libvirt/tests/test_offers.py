@@ -13,13 +13,12 @@ import pytest
 from vm_provider_libvirt import offers
 from vm_provider_libvirt.backend import LibvirtBackend
 from vm_provider_libvirt.host import HostInfo, machine_version
+from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core import Capability
 from provider_core.conformance.kit import missing_capability
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
-
-SYSTEM_URI = "qemu:///system"
 
 #: What libvirt's test driver cannot do: it keeps no disk bytes and has no
 #: volume streams, cannot resize volumes or disks, and lists no machine types.
@@ -158,7 +157,7 @@ def test_a_host_without_machine_types_offers_no_hardware_upgrade() -> None:
 
 @pytest.mark.libvirtd
 def test_a_qemu_daemon_offers_everything_declared() -> None:
-    with ProviderHarness.for_backend("libvirt", {"uri": SYSTEM_URI}) as h:
+    with ProviderHarness.for_backend("libvirt", {"uri": libvirtd_uri()}) as h:
         caps = h.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
     assert flags(caps) == {
         "supports_reconfigure_online": True,
