@@ -209,7 +209,7 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
 
 @contextmanager
 def real_host_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
-    """The test guest in place and a server on qemu:///system, removed after."""
+    """The test guest in place and a server on the test bed's libvirtd, removed after."""
     built = subprocess.run(["bash", str(TESTBED / "build-guest.sh")], capture_output=True, text=True, check=False)
     if built.returncode:
         pytest.fail(f"testbed/build-guest.sh failed:\n{built.stderr[-2000:]}")
