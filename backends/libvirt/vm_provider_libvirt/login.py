@@ -10,8 +10,14 @@ With them, an SSH URI (``qemu+ssh://``, ``qemu+libssh://``,
 is verified against the given known_hosts file only:
 
 - ``qemu+ssh://`` (OpenSSH's client, which takes no known_hosts file and
-  would need a home directory) becomes ``qemu+libssh://``, libvirt's
-  built-in client; ``libssh``/``libssh2`` spellings stay as written;
+  needs a home directory) becomes ``qemu+libssh2://``, libvirt's client on
+  libssh2; ``libssh``/``libssh2`` spellings stay as written. Why libssh2
+  and not libssh: with libvirt 9.0 and libssh 0.10, every reply larger than
+  a few kilobytes (host capabilities, domain XML) waits for the next wake-up
+  of the event loop, 5 s (the keepalive interval), because libvirt polls
+  the socket while libssh already holds the data. libssh2 1.10 cannot sign
+  with RSA keys the way OpenSSH 8.8 and later accept (SHA-2); use an
+  Ed25519 or ECDSA key there, or write ``qemu+libssh://``;
 - the query gets ``keyfile``, ``known_hosts``, ``known_hosts_verify=normal``
   and ``sshauth`` (``privkey`` with a key; ``password`` and
   ``keyboard-interactive`` with a password; never ``agent``), each only
@@ -118,7 +124,7 @@ class Login:
         if not (self.key_file or self.known_hosts or self.password):
             return urlunsplit(parts._replace(netloc=netloc))
         driver, _, kind = parts.scheme.partition("+")
-        scheme = f"{driver}+libssh" if kind == "ssh" else parts.scheme
+        scheme = f"{driver}+libssh2" if kind == "ssh" else parts.scheme
         query = parse_qsl(parts.query, keep_blank_values=True)
         given = {name for name, _ in query}
         methods = (["privkey"] if self.key_file else []) + (["password", "keyboard-interactive"] if self.password else [])
@@ -188,6 +194,8 @@ class Login:
             hint = f"the host's key is not in the known hosts ({where}); unknown host keys are refused, never added"
         elif "host key" in text.lower():
             hint = f"the host's key differs from the one in the known hosts ({where})"
+        elif "passphrase" in text.lower() and not self.password:
+            hint = f"setting ssh_key_file = {self.key_file} is encrypted: setting password gives its passphrase"
         elif "key" in text.lower() or "authenticat" in text.lower() or "denied" in text.lower():
             user = urlsplit(self.target).username or "(the local user)"
             hint = f"user {user}, setting ssh_key_file = {self.key_file}" if self.key_file else f"user {user}"

@@ -85,7 +85,7 @@ class LibvirtSettings(BackendSettings):
     tls_ca_file: Path | None = Field(None, description="CA bundle for https downloads and uploads")
     ssh_key_file: Path | None = Field(
         None,
-        description="SSH private key for SSH URIs (which are then opened with libvirt's libssh transport)",
+        description="SSH private key for SSH URIs (which are then opened with libvirt's libssh2 transport)",
     )
     ssh_known_hosts_file: Path | None = Field(
         None,
