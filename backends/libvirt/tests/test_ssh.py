@@ -377,3 +377,10 @@ def test_credential_keys_name_settings() -> None:
     assert json.dumps(sorted(LibvirtSettings.credential_keys)) == json.dumps(
         ["known_hosts", "password", "ssh-privatekey", "username"]
     )
+
+
+def test_host_key_checks_turned_off_in_the_uri_are_kept_and_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="vm_provider_libvirt")
+    uri = target(uri="qemu+ssh://kvm1/system?known_hosts_verify=ignore", ssh_key_file="/k")
+    assert uri == "qemu+libssh2://kvm1/system?known_hosts_verify=ignore&keyfile=/k&sshauth=privkey"
+    assert "turns off SSH host key checks" in caplog.text

@@ -135,8 +135,8 @@ class Login:
             "sshauth": ",".join(methods),
         }
         query += [(name, value) for name, value in wanted.items() if value and name not in given]
-        if "no_verify" in given or dict(query).get("known_hosts_verify") != "normal":
-            log.warning("the uri setting turns off SSH host key checks (known_hosts_verify/no_verify)")
+        if dict(query).get("known_hosts_verify") != "normal":
+            log.warning("the uri setting turns off SSH host key checks (known_hosts_verify)")
         return urlunsplit((scheme, netloc, parts.path, urlencode(query, safe="/,:", quote_via=quote), parts.fragment))
 
     # -- opening -------------------------------------------------------------------
