@@ -14,8 +14,9 @@ is verified against the given known_hosts file only:
   libssh2; ``libssh``/``libssh2`` spellings stay as written. Why libssh2
   and not libssh: with libvirt 9.0 and libssh 0.10, every reply larger than
   a few kilobytes (host capabilities, domain XML) waits for the next wake-up
-  of the event loop, 5 s (the keepalive interval), because libvirt polls
-  the socket while libssh already holds the data. libssh2 1.10 cannot sign
+  of the event loop, 5 s (the keepalive interval), and without a running
+  event loop it never returns (measured; apparently libvirt waits on the
+  socket while libssh holds the data already). libssh2 1.10 cannot sign
   with RSA keys the way OpenSSH 8.8 and later accept (SHA-2); use an
   Ed25519 or ECDSA key there, or write ``qemu+libssh://``;
 - the query gets ``keyfile``, ``known_hosts``, ``known_hosts_verify=normal``
