@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import pytest
-from vm_provider_libvirt.login import Login
+from vm_provider_libvirt.login import RSA_OVER_LIBSSH2, Login
 from vm_provider_libvirt.settings import LibvirtSettings
 
 from provider_core.pb import provider_pb2 as pb
@@ -45,10 +45,10 @@ def sshd_unavailable() -> str:
     return ""
 
 
-def keygen(path: Path, passphrase: str = "") -> str:
-    """A new ed25519 key pair at ``path``; returns the public key line."""
+def keygen(path: Path, passphrase: str = "", kind: str = "ed25519") -> str:
+    """A new key pair at ``path``; returns the public key line."""
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", path.name, "-f", str(path)],
+        ["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", path.name, "-f", str(path)],
         check=True,
         capture_output=True,
     )
@@ -71,10 +71,12 @@ class Sshd:
         self.client_key = tmp / "client"
         self.locked_key = tmp / "locked"
         authorized = [keygen(self.client_key), keygen(self.locked_key, PASSPHRASE)]
+        self.rsa_key = tmp / "rsa"
+        authorized.append(keygen(self.rsa_key, kind="rsa"))
         self.stranger_key = tmp / "stranger"
         keygen(self.stranger_key)
         # VirtRigaud's Secret holds only the private key: no .pub beside it.
-        for key in (self.client_key, self.locked_key, self.stranger_key):
+        for key in (self.client_key, self.locked_key, self.rsa_key, self.stranger_key):
             key.with_suffix(".pub").unlink()
         (tmp / "authorized_keys").write_text("\n".join(authorized) + "\n")
         self.log = tmp / "sshd.log"
@@ -263,6 +265,17 @@ def test_a_key_the_host_does_not_accept_is_refused_without_secrets(sshd: Sshd, c
         assert "hunter2-secret" not in text
         assert blob not in text
         assert "Traceback" not in text
+
+
+def test_an_rsa_key_refused_over_libssh2_says_why(sshd: Sshd) -> None:
+    """The host accepts this RSA key, but libssh2 1.10 (Debian 12) offers
+    only SHA-1 signatures, which OpenSSH 9.2 refuses: the error says what to
+    do instead."""
+    report = validate(sshd.settings(sshd.known_hosts("known_hosts"), sshd.rsa_key))
+    assert not report.ok
+    if "SSH login refused" not in report.message:
+        pytest.skip(f"this libssh2 logs in with RSA keys: {report.message}")
+    assert RSA_OVER_LIBSSH2 in report.message
 
 
 def test_a_key_file_that_is_missing_names_the_setting(sshd: Sshd) -> None:

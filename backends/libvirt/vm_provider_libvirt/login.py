@@ -40,6 +40,7 @@ This is the one place the URI is rewritten. Logs and errors name the
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -72,6 +73,29 @@ _ASKED = [
 def transport(uri: str) -> str:
     """The transport of a libvirt URI (``qemu+ssh://`` -> ``ssh``; "" for none)."""
     return urlsplit(uri).scheme.partition("+")[2]
+
+
+RSA_OVER_LIBSSH2 = (
+    "an RSA key: libssh2 before 1.11 signs only with SHA-1, which OpenSSH 8.8 and later refuse; "
+    "use an Ed25519 or ECDSA key, or a qemu+libssh:// URI"
+)
+
+
+def _is_rsa(path: Path) -> bool:
+    """Whether the private key file holds an RSA key: PEM says so in its
+    header, OpenSSH's format in the public key it carries unencrypted."""
+    try:
+        text = path.read_text("ascii", errors="ignore")
+    except OSError:
+        return False
+    if "BEGIN RSA PRIVATE KEY" in text:
+        return True
+    body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+    try:
+        blob = base64.b64decode(body)
+    except ValueError:
+        return False
+    return blob.startswith(b"openssh-key-v1\0") and b"\0\0\0\x07ssh-rsa" in blob[:512]
 
 
 def _secret(value: SecretStr | None) -> str:
@@ -200,6 +224,8 @@ class Login:
         elif "key" in text.lower() or "authenticat" in text.lower() or "denied" in text.lower():
             user = urlsplit(self.target).username or "(the local user)"
             hint = f"user {user}, setting ssh_key_file = {self.key_file}" if self.key_file else f"user {user}"
+            if self.key_file and transport(self.target) == "libssh2" and _is_rsa(self.key_file):
+                hint += f"; {RSA_OVER_LIBSSH2}"
         else:
             return error
         return type(error)(f"{text} ({hint})")
