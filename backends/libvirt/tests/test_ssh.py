@@ -205,6 +205,15 @@ def test_password_unlocks_an_encrypted_key(sshd: Sshd) -> None:
     assert "not the passphrase" not in report.message
 
 
+@pytest.mark.libvirtd
+def test_hashed_known_hosts_entries_work(sshd: Sshd) -> None:
+    known = sshd.known_hosts("known_hosts")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")  # ssh-keyscan -H writes them so
+    report = validate(sshd.settings(known))
+    assert report.ok, report.message
+
+
 # -- refused before anything reaches libvirt ---------------------------------------------------
 
 
