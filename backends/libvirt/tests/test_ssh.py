@@ -4,8 +4,8 @@ a known_hosts file, a user name and a password.
 A real OpenSSH server runs on 127.0.0.1 (a free port, its own host key and
 configuration in a temporary directory, started here as root); logging in
 as root, libvirt's remote helper (``virt-ssh-helper``, from Debian's
-libvirt-daemon) reaches the host's shared daemon. Only reads are made
-there. Cases that fail before the remote helper runs (host key, login, key
+libvirt-daemon) reaches the test bed's daemon through its socket. Only
+reads are made there. Cases that fail before the remote helper runs (host key, login, key
 file) need no daemon.
 """
 
@@ -27,6 +27,7 @@ import grpc
 import pytest
 from vm_provider_libvirt.login import RSA_OVER_LIBSSH2, Login
 from vm_provider_libvirt.settings import LibvirtSettings
+from vmp_testplugins.testbed import libvirtd_socket
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
@@ -129,8 +130,9 @@ class Sshd:
 
     def settings(self, known_hosts: Path, key: Path | None = None, **more: Any) -> dict[str, Any]:
         """Backend settings as VirtRigaud's Secret gives them: the URI names no user."""
+        sock = libvirtd_socket()  # the test bed's own daemon, never the machine's
         return {
-            "uri": f"qemu+ssh://127.0.0.1:{self.port}/system",
+            "uri": f"qemu+ssh://127.0.0.1:{self.port}/system" + (f"?socket={sock}" if sock else ""),
             "username": "root",
             "ssh_key_file": str(key or self.client_key),
             "ssh_known_hosts_file": str(known_hosts),
