@@ -194,6 +194,6 @@ def test_the_s3_checks_skip_saying_why_without_moto(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setitem(sys.modules, "moto.server", None)  # as if moto were not installed
     kit = Kit(None, "sim", SimBackend, Fixtures())  # type: ignore[arg-type]
-    with pytest.raises(CheckSkipped, match=r"pip install 'vm-provider\[conformance\]'"):
+    with pytest.raises(CheckSkipped, match=r"install the conformance extra \(from a clone: pip install '\./\[conformance\]'\)"):
         kit.s3_place("key")
     kit.close()
