@@ -227,8 +227,8 @@ def check_staging_url(url: str) -> str:
     segments = parts.path.split("/")[1:]
     if not segments or not segments[-1]:
         raise ValueError("URL names no file (it ends with '/' or has no path)")
-    if any(s in (".", "..") for s in segments):
-        raise ValueError("URL path may not contain '.' or '..' segments")
+    if any(s in ("", ".", "..") for s in segments):
+        raise ValueError("URL path may not contain empty, '.' or '..' segments")
     return url
 
 
