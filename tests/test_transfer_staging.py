@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 
 from provider_core import ExportSpec, ImportSpec, errors, transfer, urls
 from provider_core.conformance.servers import S3Server
+from provider_core.models import StorageOptions
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -353,3 +356,33 @@ def test_relay_and_auto_reach_the_backend_as_relay(server: ProviderHarness, mode
     resp = server.stub.ExportDisk(pb.ExportDiskRequest(vm_id=made.id, destination_url=url, format="raw", transfer_mode=mode))
     server.wait(resp.task)
     assert resp.export_id
+
+
+def test_every_documented_storage_option_is_accepted_in_three_spellings() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs/spec/json-payloads.md").read_text()
+    section = text[text.index("## Storage options") :]
+    keys = [k for k in re.findall(r"^\| (\w+) \|", section, flags=re.M) if k != "key"]
+    assert len(keys) == 11
+    probe = {"bool": True, "int?": 7, "str": ""}
+    types = dict(re.findall(r"^\| (\w+) \| ([\w?]+) \|", section, flags=re.M))
+    for key in keys:
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+        pascal = key.upper() if key in ("uid", "gid") else key[0].upper() + key[1:]  # the Go field names UID, GID
+        for name in {key, pascal, snake}:
+            options = StorageOptions.model_validate_json(json.dumps({name: probe[types[key]]}))
+            assert getattr(options, snake) == probe[types[key]], name
+
+
+def test_upstream_secrets_stay_out_of_the_logs(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    options = json.dumps({"endpoint": s3_url, "usePathStyle": True})
+    spec = _export(f"s3://{BUCKET}/logged.bin", storage_options_json=options, credentials=UPSTREAM_KEYS)
+    transfer.upload(io.BytesIO(b"bytes"), spec)
+    assert "Credential=***" in caplog.text, "botocore logged its signed headers, the key id scrubbed"
+    assert UPSTREAM_KEYS["accessKeyID"] not in caplog.text
+    assert UPSTREAM_KEYS["secretAccessKey"] not in caplog.text
+    with pytest.raises(errors.ProviderError) as info:
+        transfer.upload(
+            io.BytesIO(b"x"), _export("s3://no-such-bucket/k", storage_options_json=options, credentials=UPSTREAM_KEYS)
+        )
+    assert UPSTREAM_KEYS["secretAccessKey"] not in str(info.value)
