@@ -1,4 +1,4 @@
-"""Streaming transfers of disk-sized files to and from http(s) and s3 URLs.
+"""Streaming transfers of disk-sized files to and from http(s) and s3 URLs and staging directories.
 
 Install the extra ``vm-provider[transfer]`` (requests, boto3) to use it;
 without it, importing this package raises ImportError naming the extra.
