@@ -308,6 +308,9 @@ def _options_fit(options: StorageOptions, info: ValidationInfo) -> StorageOption
         return options
     if backend == "s3" and options.bucket and options.bucket != parts.hostname:
         raise ValueError(f"bucket {options.bucket!r} is not the bucket of the URL ({parts.hostname!r})")
+    prefix = options.prefix.strip("/")
+    if backend == "s3" and prefix and not parts.path.startswith(f"/{prefix}/"):
+        raise ValueError(f"prefix {options.prefix!r} is not where the URL's key starts")
     if backend == "nfs":
         if not options.export:
             raise ValueError("export is required for nfs (the exported path the URL starts with)")
@@ -315,6 +318,9 @@ def _options_fit(options: StorageOptions, info: ValidationInfo) -> StorageOption
             raise ValueError(f"server {options.server!r} is not the server of the URL ({parts.hostname!r})")
         if not parts.path.startswith(options.export.rstrip("/") + "/"):
             raise ValueError(f"export {options.export!r} is not where the URL's path starts")
+        below = options.path.strip("/")
+        if below and not parts.path.startswith(f"{options.export.rstrip('/')}/{below}/"):
+            raise ValueError(f"path {options.path!r} is not where the URL's path continues after the export")
     return options
 
 

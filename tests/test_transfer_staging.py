@@ -243,6 +243,16 @@ def test_the_options_endpoint_is_held_to_the_url_policy(s3_url: str) -> None:
             "storage_options_json",
             "server",
         ),
+        (
+            {"destination_url": "s3://bucket/other/k", "storage_options_json": '{"prefix": "team"}'},
+            "storage_options_json",
+            "prefix 'team'",
+        ),
+        (
+            {"destination_url": "nfs://filer/export/a/b", "storage_options_json": '{"export": "/export", "path": "web"}'},
+            "storage_options_json",
+            "path 'web'",
+        ),
         ({"destination_url": "pvc://Bad_Claim/x"}, "destination_url", "claim name"),
         ({"destination_url": "ftp://host/x"}, "destination_url", "pvc, nfs"),
     ],
