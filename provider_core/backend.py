@@ -34,7 +34,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .capabilities import Capability, Offer
+from .capabilities import STAGING_BACKENDS, Capability, Offer
 from .errors import NotFound
 from .models import (
     CloneSpec,
@@ -132,6 +132,12 @@ class Backend(ABC):
     network_types: ClassVar[tuple[str, ...]] = ()
     export_formats: ClassVar[tuple[str, ...]] = ()
     import_formats: ClassVar[tuple[str, ...]] = ()
+    export_backends: ClassVar[tuple[str, ...]] = STAGING_BACKENDS
+    """Staging backends of ExportDisk: all that :mod:`provider_core.transfer`
+    serves, for a backend that hands it the request's spec."""
+    import_backends: ClassVar[tuple[str, ...]] = STAGING_BACKENDS
+    transfer_modes: ClassVar[tuple[str, ...]] = ("relay",)
+    """``direct`` only for a backend whose hypervisor hosts reach staging themselves."""
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
@@ -159,7 +165,10 @@ class Backend(ABC):
             network_types=tuple(cls.network_types),
             export_formats=tuple(cls.export_formats),
             import_formats=tuple(cls.import_formats),
-        )
+            export_backends=tuple(cls.export_backends),
+            import_backends=tuple(cls.import_backends),
+            transfer_modes=tuple(cls.transfer_modes),
+        ).without()
 
     def offer(self) -> Offer:
         """What the endpoint this backend is connected to offers: never more

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from .errors import InvalidArgument, Unimplemented
+
 
 class Capability(str, Enum):
     """An optional part of the protocol a backend may offer.
@@ -40,11 +42,11 @@ class Capability(str, Enum):
     DISK_INFO = "disk_info"
     """GetDiskInfo."""
     DISK_EXPORT = "disk_export"
-    """ExportDisk to an http(s) or s3 URL."""
+    """ExportDisk to an http(s) URL or a staging backend (``export_backends``)."""
     EXPORT_COMPRESSION = "export_compression"
     """ExportDisk with compress=true (refines DISK_EXPORT)."""
     DISK_IMPORT = "disk_import"
-    """ImportDisk from an http(s) or s3 URL."""
+    """ImportDisk from an http(s) URL or a staging backend (``import_backends``)."""
     HARDWARE_UPGRADE = "hardware_upgrade"
     """HardwareUpgrade: move a VM to a newer machine/hardware version."""
 
@@ -60,7 +62,24 @@ REFINES: dict[Capability, Capability] = {
 }
 
 
-_LISTS = ("disk_types", "network_types", "export_formats", "import_formats")
+_LISTS = (
+    "disk_types",
+    "network_types",
+    "export_formats",
+    "import_formats",
+    "export_backends",
+    "import_backends",
+    "transfer_modes",
+)
+
+STAGING_BACKENDS = ("pvc", "nfs", "s3")
+"""Staging backends of VirtRigaud's migrations: ``pvc`` and ``nfs`` are
+directories mounted into the provider, ``s3`` an object store. What
+:mod:`provider_core.transfer` serves for every backend that streams
+through it."""
+TRANSFER_MODES = ("relay", "direct")
+"""``relay``: the bytes pass through the provider; ``direct``: the
+hypervisor host reads or writes the staging backend itself."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,14 @@ class Offer:
     network_types: tuple[str, ...] = ()
     export_formats: tuple[str, ...] = ()
     import_formats: tuple[str, ...] = ()
+    export_backends: tuple[str, ...] = ()
+    """Staging backends ExportDisk writes to (:data:`STAGING_BACKENDS`);
+    http(s) URLs need none. Only with DISK_EXPORT."""
+    import_backends: tuple[str, ...] = ()
+    """Staging backends ImportDisk reads from. Only with DISK_IMPORT."""
+    transfer_modes: tuple[str, ...] = ()
+    """How the bytes travel (:data:`TRANSFER_MODES`, best first). Only with
+    DISK_EXPORT or DISK_IMPORT."""
 
     def without(self, *caps: Capability) -> Offer:
         """This offer less ``caps`` and whatever refines them; the format
@@ -85,16 +112,51 @@ class Offer:
         drop = set(caps)
         drop |= {cap for cap, parent in REFINES.items() if parent in drop}
         kept = frozenset(self.capabilities - drop)
+        exports, imports = Capability.DISK_EXPORT in kept, Capability.DISK_IMPORT in kept
         return replace(
             self,
             capabilities=kept,
-            export_formats=self.export_formats if Capability.DISK_EXPORT in kept else (),
-            import_formats=self.import_formats if Capability.DISK_IMPORT in kept else (),
+            export_formats=self.export_formats if exports else (),
+            import_formats=self.import_formats if imports else (),
+            export_backends=self.export_backends if exports else (),
+            import_backends=self.import_backends if imports else (),
+            transfer_modes=self.transfer_modes if exports or imports else (),
         )
+
+    def staged(self, available: tuple[str, ...]) -> Offer:
+        """This offer less the staging backends this process cannot serve
+        (``available``: what its mounted roots allow,
+        :meth:`provider_core.urls.Roots.backends`)."""
+        return replace(
+            self,
+            export_backends=tuple(b for b in self.export_backends if b in available),
+            import_backends=tuple(b for b in self.import_backends if b in available),
+        )
+
+    def transfer_mode(self, backends: str, backend: str, mode: str) -> str:
+        """The transfer mode a request of staging ``backend`` ("" for an
+        http(s) URL) and ``mode`` gets from this offer (``backends``:
+        ``export_backends`` or ``import_backends``). Unimplemented naming a
+        backend the offer lacks; InvalidArgument naming ``transfer_mode`` when
+        the mode is not offered. "" and ``auto`` mean the best offered mode
+        (VirtRigaud's clients read an empty list as relay only)."""
+        offered: tuple[str, ...] = getattr(self, backends)
+        if backend and backend not in offered:
+            what = "ExportDisk to" if backends == "export_backends" else "ImportDisk from"
+            raise Unimplemented(
+                f"{what} staging backend {backend!r} is not offered here; offered: {', '.join(offered) or '(none)'}"
+            )
+        modes = self.transfer_modes or ("relay",)
+        if mode in ("", "auto"):
+            return modes[0]
+        if mode not in modes:
+            raise InvalidArgument.field("transfer_mode", f"{mode!r} is not offered here; offered: {', '.join(modes)}")
+        return mode
 
     def within(self, declared: Offer) -> Offer:
         """This offer less whatever ``declared`` does not hold; the format
-        lists of a DISK_EXPORT or DISK_IMPORT it loses are emptied too."""
+        lists of a DISK_EXPORT or DISK_IMPORT it loses are emptied too,
+        and so are its staging backends and transfer modes."""
         kept = replace(
             self,
             capabilities=self.capabilities & declared.capabilities,

@@ -82,6 +82,13 @@ class ServerSettings(BaseModel):
         [],
         description="address kinds URLs in requests may point at (images, exports, imports); public addresses always",
     )
+    pvc_root: Path | None = Field(
+        Path("/mnt/migration-storage"),
+        description="where migration claims are mounted, each at <pvc_root>/<claim> (pvc:// URLs); pvc is offered when it exists",
+    )
+    nfs_root: Path | None = Field(
+        None, description="where the NFS staging export is mounted (nfs:// URLs); nfs is offered only when set"
+    )
     log_level: str = Field("INFO", description="debug, info, warn (warning), error or critical")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
     health_port: int | None = Field(

@@ -9,6 +9,8 @@ checks of a request (names, ids, URLs, formats, sizes, the JSON inside
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -25,6 +27,7 @@ from pydantic import (
 )
 
 from . import urls
+from .capabilities import STAGING_BACKENDS, TRANSFER_MODES
 from .specs import (
     _CONTROL,
     MAX_ITEMS,
@@ -38,12 +41,14 @@ from .specs import (
     Plain,
     Prose,
     Required,
+    SpecModel,
     Tags,
     VMClass,
     VMImage,
     check_url,
     json_text,
     lower_or,
+    spec,
 )
 
 
@@ -124,6 +129,11 @@ class ImagePrepareSpec(Request):
 
 
 def _transfer_url(value: str) -> str:
+    scheme = value.partition(":")[0].lower()
+    if scheme in urls.STAGING_SCHEMES:
+        return urls.check_staging_url(value)
+    if scheme not in urls.SCHEMES:
+        raise ValueError(f"URL scheme must be one of {', '.join(urls.TRANSFER_SCHEMES)}")
     check_url(value, urls.SCHEMES)
     parts = urlsplit(value)
     if parts.scheme == "s3" and not parts.path.lstrip("/"):
@@ -179,6 +189,149 @@ def _keys_fit_the_url(credentials: dict[str, str], info: ValidationInfo) -> dict
     return credentials
 
 
+# -- staging backends and transfer modes (ExportDisk, ImportDisk) ----------------
+
+_MODE_WORDS = ("auto", *TRANSFER_MODES)
+"""Transfer modes a request may name: ``auto`` is the best the endpoint offers."""
+_UNSAFE = re.compile(r"[\x00-\x20\x7f?#&]")
+_UID_MAX = 2**32 - 1
+_lower = BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v)
+
+
+def _clean_path(name: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if _UNSAFE.search(value):
+            raise ValueError(f"{name} may not contain whitespace, control characters, '?', '#' or '&'")
+        if ".." in value.split("/"):
+            raise ValueError(f"{name} may not contain '..' segments")
+        return value
+
+    return check
+
+
+class StorageOptions(SpecModel):
+    """``storage_options_json``: the staging backend's options, as
+    VirtRigaud's manager sends them (``internal/storage/migration/options.go``;
+    keys in camelCase, PascalCase or snake_case). No secrets: those travel in
+    ``credentials``."""
+
+    backend: Annotated[str, _lower] = spec("Backend", "")
+    bucket: str = spec("Bucket", "")
+    endpoint: str = spec("Endpoint", "")
+    region: str = spec("Region", "")
+    prefix: Annotated[str, AfterValidator(_clean_path("prefix"))] = spec("Prefix", "")
+    use_path_style: bool = spec("UsePathStyle", False)
+    server: str = spec("Server", "")
+    export: Annotated[str, AfterValidator(_clean_path("export"))] = spec("Export", "")
+    path: Annotated[str, AfterValidator(_clean_path("path"))] = spec("Path", "")
+    uid: Annotated[int | None, Field(ge=0, le=_UID_MAX)] = spec("UID", None)
+    gid: Annotated[int | None, Field(ge=0, le=_UID_MAX)] = spec("GID", None)
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v and v not in STAGING_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(STAGING_BACKENDS)}")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return check_url(v, ("http", "https")) if v else v
+
+    @field_validator("export")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if v and not v.startswith("/"):
+            raise ValueError("must be an absolute path (/export/migrations)")
+        return v.rstrip("/") or v
+
+    @field_validator("server")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if _UNSAFE.search(v) or "/" in v:
+            raise ValueError("must be a host name or address")
+        return v
+
+
+def _one_of(choices: tuple[str, ...]) -> AfterValidator:
+    def check(value: str) -> str:
+        if value and value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)} (or empty)")
+        return value
+
+    return AfterValidator(check)
+
+
+BackendType = Annotated[Plain, _lower, _one_of(STAGING_BACKENDS)]
+TransferMode = Annotated[Plain, _lower, _one_of(_MODE_WORDS)]
+
+
+def _request_url(info: ValidationInfo) -> tuple[str, str]:
+    """(field name, URL) of a transfer request, or ("", "") when the URL was invalid."""
+    for name in ("destination_url", "source_url"):
+        if name in info.data:
+            return name, info.data[name]
+    return "", ""
+
+
+def _backend_fits_the_url(value: str, info: ValidationInfo) -> str:
+    """An empty backend_type is the URL's scheme when that names a staging
+    backend (``pvc://`` is upstream's legacy path), else empty (http, https);
+    a given one must agree with the scheme."""
+    name, url = _request_url(info)
+    if not url:
+        return value
+    scheme = urlsplit(url).scheme
+    inferred = scheme if scheme in STAGING_BACKENDS else ""
+    if value and value != inferred:
+        raise ValueError(f"{value!r} contradicts the {scheme}:// URL of {name}")
+    return inferred
+
+
+def _options_always(data: Any) -> Any:
+    """No options are options too: they are checked against the backend
+    (nfs needs its export), under the field's protocol name."""
+    if not isinstance(data, dict) or "storage_options" in data:
+        return data
+    given = data.get("storage_options_json", "")
+    if isinstance(given, str) and given.strip() in ("", "null"):
+        return {**data, "storage_options_json": StorageOptions()}
+    return data
+
+
+def _options_fit(options: StorageOptions, info: ValidationInfo) -> StorageOptions:
+    """The options agree with the backend and the URL: what the manager sends
+    for nfs (server, export) and s3 (bucket) names the URL's parts too."""
+    _, url = _request_url(info)
+    backend = info.data.get("backend_type")
+    if not url or backend is None:
+        return options
+    parts = urlsplit(url)
+    if options.backend and options.backend != backend:
+        raise ValueError(f"backend {options.backend!r} contradicts backend_type {backend or '(none: an http URL)'!r}")
+    if not backend:
+        if options != StorageOptions():
+            raise ValueError("storage options apply to pvc, nfs and s3 URLs only")
+        return options
+    if backend == "s3" and options.bucket and options.bucket != parts.hostname:
+        raise ValueError(f"bucket {options.bucket!r} is not the bucket of the URL ({parts.hostname!r})")
+    prefix = options.prefix.strip("/")
+    if backend == "s3" and prefix and not parts.path.startswith(f"/{prefix}/"):
+        raise ValueError(f"prefix {options.prefix!r} is not where the URL's key starts")
+    if backend == "nfs":
+        if not options.export:
+            raise ValueError("export is required for nfs (the exported path the URL starts with)")
+        if options.server and options.server.lower() != (parts.hostname or ""):
+            raise ValueError(f"server {options.server!r} is not the server of the URL ({parts.hostname!r})")
+        if not parts.path.startswith(options.export.rstrip("/") + "/"):
+            raise ValueError(f"export {options.export!r} is not where the URL's path starts")
+        below = options.path.strip("/")
+        if below and not parts.path.startswith(f"{options.export.rstrip('/')}/{below}/"):
+            raise ValueError(f"path {options.path!r} is not where the URL's path continues after the export")
+    return options
+
+
 class ExportSpec(Request):
     vm_id: Required
     disk_id: Plain = ""
@@ -187,8 +340,16 @@ class ExportSpec(Request):
     format: DiskFormat = "qcow2"
     compress: bool = False
     credentials: Credentials = Field(default_factory=dict, repr=False)
+    backend_type: BackendType = Field("", validate_default=True)
+    """pvc, nfs, s3, or "" (an http or https URL); inferred from the URL when not given."""
+    transfer_mode: TransferMode = ""
+    """relay or direct once admitted (the core resolves "" and auto)."""
+    storage_options: Annotated[StorageOptions, json_text(StorageOptions)] = _wire("storage_options_json", StorageOptions())
 
     _credentials = field_validator("credentials")(_keys_fit_the_url)
+    _backend = field_validator("backend_type")(_backend_fits_the_url)
+    _options = field_validator("storage_options")(_options_fit)
+    _options_given = model_validator(mode="before")(_options_always)
 
 
 class ImportSpec(Request):
@@ -199,8 +360,16 @@ class ImportSpec(Request):
     verify_checksum: bool = False
     expected_checksum: Annotated[str, AfterValidator(_sha256)] = Field("", validate_default=True)
     credentials: Credentials = Field(default_factory=dict, repr=False)
+    backend_type: BackendType = Field("", validate_default=True)
+    """pvc, nfs, s3, or "" (an http or https URL); inferred from the URL when not given."""
+    transfer_mode: TransferMode = ""
+    """relay or direct once admitted (the core resolves "" and auto)."""
+    storage_options: Annotated[StorageOptions, json_text(StorageOptions)] = _wire("storage_options_json", StorageOptions())
 
     _credentials = field_validator("credentials")(_keys_fit_the_url)
+    _backend = field_validator("backend_type")(_backend_fits_the_url)
+    _options = field_validator("storage_options")(_options_fit)
+    _options_given = model_validator(mode="before")(_options_always)
 
     @field_validator("expected_checksum")
     @classmethod
@@ -425,6 +594,7 @@ __all__ = [
     "PowerState",
     "SnapshotRef",
     "SnapshotSpec",
+    "StorageOptions",
     "TaskQuery",
     "TaskState",
     "UpgradeRequest",

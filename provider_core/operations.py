@@ -50,6 +50,9 @@ class Operation:
     """Boolean request fields that, when set, need a refining capability."""
     formats: str = ""
     """The :class:`~provider_core.capabilities.Offer` list the request's ``format`` must be in."""
+    backends: str = ""
+    """The Offer list the request's staging ``backend_type`` must be in; its
+    ``transfer_mode`` is then resolved against the offered modes."""
     mutates: bool = False
     """Runs under locks and may leave background work tracked as a task."""
     vm: str = ""
@@ -117,6 +120,7 @@ EXPORT_DISK = Operation(
     Capability.DISK_EXPORT,
     refines=(("compress", Capability.EXPORT_COMPRESSION),),
     formats="export_formats",
+    backends="export_backends",
     mutates=True,
     vm="vm_id",
     wait=True,
@@ -127,6 +131,7 @@ IMPORT_DISK = Operation(
     "import_disk",
     Capability.DISK_IMPORT,
     formats="import_formats",
+    backends="import_backends",
     mutates=True,
     names=("image:{storage_hint}/{target_name}",),
     wait=True,

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from . import deadline
+from . import deadline, urls
 from .backend import Backend, Outcome
 from .capabilities import REFINES, Offer
 from .errors import CapabilityMissing, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
@@ -154,6 +154,7 @@ class Runtime:
         if orphans:
             log.error("backend %s offers %s without what they refine, ignored", self.name, ", ".join(c.value for c in orphans))
             offer = offer.without(*orphans)
+        offer = offer.staged(urls.roots().backends())
         if offer != self.offer:
             missing = sorted(c.value for c in self.declared.capabilities - offer.capabilities)
             log.info(
@@ -349,7 +350,8 @@ class Runtime:
         protocol names): capability first (an endpoint that does not offer
         the RPC refuses it whatever the request), then the request model
         (InvalidArgument naming the field), then what the request's options
-        need (refining capabilities, a format the endpoint offers)."""
+        need (refining capabilities, a format, a staging backend and a
+        transfer mode the endpoint offers: ``auto`` becomes the mode used)."""
         self._gate(op)
         try:
             spec = op.request.model_validate(fields)
@@ -364,6 +366,10 @@ class Runtime:
             if fmt not in allowed:
                 problem = f"format {fmt!r} is not supported; use one of {', '.join(allowed) or '(none)'}"
                 raise InvalidArgument.field("format", problem)
+        if op.backends:
+            spec_fields = dict(spec)
+            mode = self.offered().transfer_mode(op.backends, spec_fields["backend_type"], spec_fields["transfer_mode"])
+            spec = spec.model_copy(update={"transfer_mode": mode})
         return spec
 
     async def run(self, op: Operation, spec: Request, timeout: float | None) -> tuple[Any, str]:

@@ -87,6 +87,7 @@ class ProviderServer:
     def __init__(self, backend: Backend, name: str, settings: ServerSettings) -> None:
         self.settings = settings
         urls.allow(settings.allow_addresses)
+        urls.set_roots(settings.pvc_root, settings.nfs_root)
         creds = server_credentials(settings)  # checks the TLS files before anything is taken
         self.state = StateDir.open(settings.state_dir or default_state_dir(name, backend.settings))
         try:

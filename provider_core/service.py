@@ -87,6 +87,9 @@ class ProviderService(pb_grpc.ProviderServicer):
             supported_export_formats=list(offer.export_formats),
             supported_import_formats=list(offer.import_formats),
             supports_export_compression=Capability.EXPORT_COMPRESSION in caps,
+            supported_export_backends=list(offer.export_backends),
+            supported_import_backends=list(offer.import_backends),
+            supported_transfer_modes=list(offer.transfer_modes),
         )
 
     async def Validate(self, request: pb.ValidateRequest, context: Ctx) -> pb.ValidateResponse:

@@ -11,6 +11,13 @@ in logs and errors.
   reserved addresses are always refused.
 - :func:`redact` drops user-info, query string and fragment: presigned URLs
   carry their signature in the query.
+- Staging directories: ``pvc://<claim>/<path>`` and
+  ``nfs://<server>/<export>/<path>`` name files in directories mounted
+  into the provider (``[server] pvc_root``, ``nfs_root``: :func:`set_roots`);
+  their host is never connected to, so the address policy does not apply,
+  but their paths may not climb (``..``) nor carry a query or fragment
+  (:func:`check_staging_url`). Which file they stand for is decided in one
+  place, :mod:`provider_core.transfer`.
 
 Requests are checked when they are validated (the URL as written: scheme,
 host, and an address literal); code that connects (the transfer code)
@@ -24,11 +31,21 @@ private answers.
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 SCHEMES = ("http", "https", "s3")
+STAGING_SCHEMES = ("pvc", "nfs")
+"""Schemes of staging directories mounted into the provider."""
+TRANSFER_SCHEMES = (*SCHEMES, *STAGING_SCHEMES)
+"""Schemes ExportDisk and ImportDisk accept."""
+DEFAULT_PVC_ROOT = Path("/mnt/migration-storage")
+"""Where the manager mounts each migration claim: ``<root>/<claim-name>``."""
 KINDS = ("loopback", "link-local", "private")
 """Address kinds an operator may allow (``[server] allow_addresses``)."""
 
@@ -45,9 +62,14 @@ S3_KEYS = {
     "endpoint_url": "endpoint_url",
     "region": "region",
     "region_name": "region",
+    # VirtRigaud's spellings (internal/storage/migration/options.go)
+    "accessKeyID": "access_key_id",
+    "secretAccessKey": "secret_access_key",
+    "sessionToken": "session_token",
 }
 
 _allowed: frozenset[str] = frozenset()
+_CLAIM_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 def allow(kinds: Iterable[str]) -> None:
@@ -62,6 +84,39 @@ def allow(kinds: Iterable[str]) -> None:
 
 def allowed() -> frozenset[str]:
     return _allowed
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where staging directories are mounted into this process."""
+
+    pvc: Path | None = DEFAULT_PVC_ROOT
+    """Each claim at ``<pvc>/<claim>``; None: pvc is not offered."""
+    nfs: Path | None = None
+    """The NFS export; None: nfs is not offered."""
+
+    def backends(self) -> tuple[str, ...]:
+        """The staging backends these roots serve, with s3 (which needs
+        none): pvc when its directory exists, nfs when it is set."""
+        found = []
+        if self.pvc is not None and os.path.isdir(self.pvc):
+            found.append("pvc")
+        if self.nfs is not None:
+            found.append("nfs")
+        return (*found, "s3")
+
+
+_roots = Roots()
+
+
+def set_roots(pvc: Path | None = DEFAULT_PVC_ROOT, nfs: Path | None = None) -> None:
+    """Set where staging directories are mounted (at start, like :func:`allow`)."""
+    global _roots  # noqa: PLW0603 - one policy per process, set once by the server at start
+    _roots = Roots(pvc, nfs)
+
+
+def roots() -> Roots:
+    return _roots
 
 
 def redact(url: str) -> str:
@@ -151,9 +206,40 @@ def check_url(url: str, schemes: tuple[str, ...] = SCHEMES) -> str:
     return url
 
 
+def check_staging_url(url: str) -> str:
+    """``url`` when it names a file in a staging directory
+    (``pvc://<claim>/<path>``, ``nfs://<server>/<path>``): a host, a path
+    below it without ``.`` or ``..`` segments, no query or fragment;
+    ValueError otherwise."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(f"not a valid URL: {redact(url)}") from None
+    if parts.scheme not in STAGING_SCHEMES:
+        raise ValueError(f"URL scheme must be one of {', '.join(STAGING_SCHEMES)}")
+    if not parts.hostname or parts.username is not None or parts.port is not None:
+        what = "claim name" if parts.scheme == "pvc" else "server"
+        raise ValueError(f"URL must name a {what} (and nothing else) as its host")
+    if parts.scheme == "pvc" and not _CLAIM_RE.match(parts.hostname):
+        raise ValueError("claim name must be a Kubernetes object name (lowercase letters, digits, '-' and '.')")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError("a staging URL has no query or fragment")
+    segments = parts.path.split("/")[1:]
+    if not segments or not segments[-1]:
+        raise ValueError("URL names no file (it ends with '/' or has no path)")
+    if any(s in ("", ".", "..") for s in segments):
+        raise ValueError("URL path may not contain empty, '.' or '..' segments")
+    return url
+
+
 def credential_problem(credentials: Iterable[str], scheme: str) -> str:
     """What is wrong with the keys of a transfer's credentials for URLs of
     ``scheme`` (keys are named, never values); "" when nothing is."""
+    if scheme in STAGING_SCHEMES:
+        given = sorted(credentials)
+        if given:
+            return f"{scheme} URLs take no credentials (the directory is mounted into the provider): {', '.join(given)}"
+        return ""
     allowed = set(S3_KEYS) if scheme == "s3" else HTTP_KEYS
     unknown = sorted(set(credentials) - allowed)
     if unknown:
@@ -173,16 +259,23 @@ def check_host(host: str, port: int | None) -> None:
 
 
 __all__ = [
+    "DEFAULT_PVC_ROOT",
     "HTTP_KEYS",
     "KINDS",
     "S3_KEYS",
     "SCHEMES",
+    "STAGING_SCHEMES",
+    "TRANSFER_SCHEMES",
+    "Roots",
     "allow",
     "allowed",
     "check_address",
     "check_host",
+    "check_staging_url",
     "check_url",
     "credential_problem",
     "kind",
     "redact",
+    "roots",
+    "set_roots",
 ]

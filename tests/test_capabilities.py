@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from provider_core import Capability, Offer, capabilities, operations
+from provider_core import Capability, Offer, capabilities, errors, operations, urls
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -187,3 +187,64 @@ def test_each_flag_of_get_capabilities_comes_from_one_capability(
     assert {f.name for f, v in caps.ListFields() if f.name.startswith("supports_") and v} == {
         FIELD_OF[c] for c in offered if c in FIELD_OF
     }
+
+
+# -- staging backends and transfer modes --------------------------------------------------
+
+MOVING = Offer(
+    capabilities=frozenset({Capability.DISK_EXPORT, Capability.DISK_IMPORT}),
+    export_formats=("qcow2",),
+    import_formats=("qcow2",),
+    export_backends=("pvc", "nfs", "s3"),
+    import_backends=("pvc", "s3"),
+    transfer_modes=("relay",),
+)
+
+
+def test_staging_lists_go_with_their_capability() -> None:
+    no_export = MOVING.without(Capability.DISK_EXPORT)
+    assert (no_export.export_backends, no_export.import_backends, no_export.transfer_modes) == ((), ("pvc", "s3"), ("relay",))
+    neither = MOVING.without(Capability.DISK_EXPORT, Capability.DISK_IMPORT)
+    assert (neither.export_backends, neither.import_backends, neither.transfer_modes) == ((), (), ())
+
+
+def test_the_roots_narrow_the_staging_backends() -> None:
+    assert MOVING.staged(("s3",)).export_backends == ("s3",)
+    assert MOVING.staged(("nfs", "s3")).import_backends == ("s3",)
+
+
+def test_staging_lists_beyond_the_declaration_are_reported_and_dropped() -> None:
+    declared = dataclasses.replace(MOVING, export_backends=("s3",), transfer_modes=("relay",))
+    more = dataclasses.replace(MOVING, transfer_modes=("direct", "relay"))
+    assert more.beyond(declared) == ["export_backends 'pvc'", "export_backends 'nfs'", "transfer_modes 'direct'"]
+    assert more.within(declared).export_backends == ("s3",)
+    assert more.within(declared).transfer_modes == ("relay",)
+
+
+@pytest.mark.parametrize(
+    ("backends", "backend", "mode", "answer"),
+    [
+        ("export_backends", "pvc", "", "relay"),
+        ("export_backends", "pvc", "auto", "relay"),
+        ("export_backends", "", "relay", "relay"),  # an http(s) URL needs no staging backend
+        ("import_backends", "s3", "auto", "relay"),
+    ],
+)
+def test_auto_and_empty_are_the_best_offered_mode(backends: str, backend: str, mode: str, answer: str) -> None:
+    assert MOVING.transfer_mode(backends, backend, mode) == answer
+    assert dataclasses.replace(MOVING, transfer_modes=("direct", "relay")).transfer_mode(backends, backend, "") == "direct"
+
+
+def test_a_backend_not_offered_is_unimplemented_and_a_mode_invalid() -> None:
+    with pytest.raises(errors.Unimplemented, match="'nfs' is not offered here; offered: pvc, s3"):
+        MOVING.transfer_mode("import_backends", "nfs", "")
+    with pytest.raises(errors.InvalidArgument, match="offered: relay") as info:
+        MOVING.transfer_mode("export_backends", "pvc", "direct")
+    assert info.value.violations[0][0] == "transfer_mode"
+
+
+def test_a_backend_declares_all_staging_backends_and_relay_by_default(plus: ProviderHarness) -> None:
+    caps = plus.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+    served = list(urls.roots().backends())
+    assert list(caps.supported_export_backends) == list(caps.supported_import_backends) == served
+    assert list(caps.supported_transfer_modes) == ["relay"]

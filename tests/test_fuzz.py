@@ -71,6 +71,7 @@ PAYLOADS: dict[str, dict[str, Any] | list[Any]] = {
     "placement_json": {"Datastore": "default"},
     "customize_json": {"Hostname": "h", "Tags": ["a"]},
     "desired_json": {"Class": {"CPU": 1, "MemoryMiB": 512}},
+    "storage_options_json": {"backend": "nfs", "server": "filer", "export": "/export", "path": "p", "uid": 0},
 }
 
 

@@ -161,3 +161,20 @@ def test_image_prepare_answers_both_revisions() -> None:
     assert (back.task.id, back.prepared_image_id, back.prepared_image_path) == ("t-2", "", "")
     method = pb.DESCRIPTOR.services_by_name["Provider"].methods_by_name["ImagePrepare"]
     assert method.output_type.name == "ImagePrepareResponse"
+
+
+def test_the_staging_revision_of_transfers(wire: WireSpec) -> None:
+    """The revision VirtRigaud's manager speaks since v0.3.10 adds the
+    staging backend, transfer mode and storage options to both transfer
+    requests and three lists to GetCapabilities; a request of the revision
+    before reads as the same request with them empty."""
+    staging = {"backend_type": (8, "string", "singular"), "transfer_mode": (9, "string", "singular")}
+    staging["storage_options_json"] = (10, "string", "singular")
+    for message in ("ExportDiskRequest", "ImportDiskRequest"):
+        assert {k: v for k, v in wire.messages[message].items() if k in staging} == staging
+    lists = ("supported_export_backends", "supported_import_backends", "supported_transfer_modes")
+    caps = wire.messages["GetCapabilitiesResponse"]
+    assert [caps[name] for name in lists] == [(n, "string", "repeated") for n in (14, 15, 16)]
+    old = pb.ExportDiskRequest(vm_id="vm", destination_url="pvc://claim/a.qcow2", format="qcow2").SerializeToString()
+    again = pb.ExportDiskRequest.FromString(old)
+    assert (again.backend_type, again.transfer_mode, again.storage_options_json) == ("", "", "")

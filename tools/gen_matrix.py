@@ -91,8 +91,11 @@ def render(backends: dict[str, type[Backend]]) -> str:
         ("supported_network_types", "network_types"),
         ("supported_export_formats", "export_formats"),
         ("supported_import_formats", "import_formats"),
+        ("supported_export_backends", "export_backends"),
+        ("supported_import_backends", "import_backends"),
+        ("supported_transfer_modes", "transfer_modes"),
     ):
-        cells = [", ".join(getattr(cls, attr)) or "(none)" for cls in backends.values()]
+        cells = [", ".join(getattr(cls.declared(), attr)) or "(none)" for cls in backends.values()]
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

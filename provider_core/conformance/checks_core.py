@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from ..capabilities import REFINES, Capability
+from ..capabilities import REFINES, STAGING_BACKENDS, TRANSFER_MODES, Capability, Offer
 from ..pb import provider_pb2 as pb
 from . import offered
 from .kit import Code, Kit, expect, fail, field_violations, json_object, valid_ips
@@ -45,11 +45,34 @@ def capabilities(kit: Kit) -> None:
             expect(formats, f"the endpoint offers {cap.value!r} but GetCapabilities.supported_{field} is empty")
         else:
             expect(not formats, f"GetCapabilities.supported_{field} is {formats}, but {cap.value!r} is not offered")
+    staging(offer)
     expect(
         offer == kit.offer,
         f"GetCapabilities answers {offer}, but at the start of this run it answered {kit.offer}: what an endpoint offers"
         " changes only when the backend reconnects",
     )
+
+
+def staging(offer: Offer) -> None:
+    """The staging backends and transfer modes: known words, each list only
+    with its capability, and never empty with it (VirtRigaud's manager reads
+    an empty list as pvc only, relay only)."""
+    moving = {Capability.DISK_EXPORT, Capability.DISK_IMPORT} & offer.capabilities
+    for cap, field in ((Capability.DISK_EXPORT, "export_backends"), (Capability.DISK_IMPORT, "import_backends")):
+        listed = list(getattr(offer, field))
+        unknown = [b for b in listed if b not in STAGING_BACKENDS]
+        expect(not unknown, f"GetCapabilities.supported_{field} names unknown backends {unknown}; use {list(STAGING_BACKENDS)}")
+        if cap in offer.capabilities:
+            expect(listed, f"the endpoint offers {cap.value!r} but GetCapabilities.supported_{field} is empty (read as pvc only)")
+        else:
+            expect(not listed, f"GetCapabilities.supported_{field} is {listed}, but {cap.value!r} is not offered")
+    modes = list(offer.transfer_modes)
+    unknown = [m for m in modes if m not in TRANSFER_MODES]
+    expect(not unknown, f"GetCapabilities.supported_transfer_modes names unknown modes {unknown}; use {list(TRANSFER_MODES)}")
+    if moving:
+        expect(modes, "the endpoint offers disk transfers but GetCapabilities.supported_transfer_modes is empty (read as relay)")
+    else:
+        expect(not modes, f"GetCapabilities.supported_transfer_modes is {modes}, but neither export nor import is offered")
 
 
 @check("validate")

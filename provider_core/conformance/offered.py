@@ -5,7 +5,7 @@ a class declares the most it can offer, and one endpoint may offer less
 (``Backend.offer``).
 
 GetCapabilities answers with nine capabilities as flags, and the disk type,
-network type and format lists. Four capabilities have no flag (reconfigure,
+network type, format, staging backend and transfer mode lists. Four capabilities have no flag (reconfigure,
 clone, disk_info, hardware_upgrade): for those the kit calls their RPC on a
 VM that does not exist. The core refuses a capability the endpoint does not
 offer before anything else, with UNIMPLEMENTED and an ErrorInfo
@@ -47,6 +47,9 @@ LISTS: dict[str, str] = {
     "supported_network_types": "network_types",
     "supported_export_formats": "export_formats",
     "supported_import_formats": "import_formats",
+    "supported_export_backends": "export_backends",
+    "supported_import_backends": "import_backends",
+    "supported_transfer_modes": "transfer_modes",
 }
 
 

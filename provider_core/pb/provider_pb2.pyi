@@ -118,7 +118,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class ExportDiskRequest(_message.Message):
-    __slots__ = ("vm_id", "disk_id", "snapshot_id", "destination_url", "format", "compress", "credentials")
+    __slots__ = ("vm_id", "disk_id", "snapshot_id", "destination_url", "format", "compress", "credentials", "backend_type", "transfer_mode", "storage_options_json")
     class CredentialsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,9 @@ class ExportDiskRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     COMPRESS_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MODE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     disk_id: str
     snapshot_id: str
@@ -140,7 +143,10 @@ class ExportDiskRequest(_message.Message):
     format: str
     compress: bool
     credentials: _containers.ScalarMap[str, str]
-    def __init__(self, vm_id: _Optional[str] = ..., disk_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., destination_url: _Optional[str] = ..., format: _Optional[str] = ..., compress: _Optional[bool] = ..., credentials: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    backend_type: str
+    transfer_mode: str
+    storage_options_json: str
+    def __init__(self, vm_id: _Optional[str] = ..., disk_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., destination_url: _Optional[str] = ..., format: _Optional[str] = ..., compress: _Optional[bool] = ..., credentials: _Optional[_Mapping[str, str]] = ..., backend_type: _Optional[str] = ..., transfer_mode: _Optional[str] = ..., storage_options_json: _Optional[str] = ...) -> None: ...
 
 class ExportDiskResponse(_message.Message):
     __slots__ = ("export_id", "task", "estimated_size_bytes", "checksum")
@@ -159,7 +165,7 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCapabilitiesResponse(_message.Message):
-    __slots__ = ("supports_reconfigure_online", "supports_disk_expansion_online", "supports_snapshots", "supports_memory_snapshots", "supports_linked_clones", "supports_image_import", "supported_disk_types", "supported_network_types", "supports_disk_export", "supports_disk_import", "supported_export_formats", "supported_import_formats", "supports_export_compression")
+    __slots__ = ("supports_reconfigure_online", "supports_disk_expansion_online", "supports_snapshots", "supports_memory_snapshots", "supports_linked_clones", "supports_image_import", "supported_disk_types", "supported_network_types", "supports_disk_export", "supports_disk_import", "supported_export_formats", "supported_import_formats", "supports_export_compression", "supported_export_backends", "supported_import_backends", "supported_transfer_modes")
     SUPPORTS_RECONFIGURE_ONLINE_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_DISK_EXPANSION_ONLINE_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +179,9 @@ class GetCapabilitiesResponse(_message.Message):
     SUPPORTED_EXPORT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_IMPORT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_EXPORT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_EXPORT_BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_IMPORT_BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_TRANSFER_MODES_FIELD_NUMBER: _ClassVar[int]
     supports_reconfigure_online: bool
     supports_disk_expansion_online: bool
     supports_snapshots: bool
@@ -186,7 +195,10 @@ class GetCapabilitiesResponse(_message.Message):
     supported_export_formats: _containers.RepeatedScalarFieldContainer[str]
     supported_import_formats: _containers.RepeatedScalarFieldContainer[str]
     supports_export_compression: bool
-    def __init__(self, supports_reconfigure_online: _Optional[bool] = ..., supports_disk_expansion_online: _Optional[bool] = ..., supports_snapshots: _Optional[bool] = ..., supports_memory_snapshots: _Optional[bool] = ..., supports_linked_clones: _Optional[bool] = ..., supports_image_import: _Optional[bool] = ..., supported_disk_types: _Optional[_Iterable[str]] = ..., supported_network_types: _Optional[_Iterable[str]] = ..., supports_disk_export: _Optional[bool] = ..., supports_disk_import: _Optional[bool] = ..., supported_export_formats: _Optional[_Iterable[str]] = ..., supported_import_formats: _Optional[_Iterable[str]] = ..., supports_export_compression: _Optional[bool] = ...) -> None: ...
+    supported_export_backends: _containers.RepeatedScalarFieldContainer[str]
+    supported_import_backends: _containers.RepeatedScalarFieldContainer[str]
+    supported_transfer_modes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, supports_reconfigure_online: _Optional[bool] = ..., supports_disk_expansion_online: _Optional[bool] = ..., supports_snapshots: _Optional[bool] = ..., supports_memory_snapshots: _Optional[bool] = ..., supports_linked_clones: _Optional[bool] = ..., supports_image_import: _Optional[bool] = ..., supported_disk_types: _Optional[_Iterable[str]] = ..., supported_network_types: _Optional[_Iterable[str]] = ..., supports_disk_export: _Optional[bool] = ..., supports_disk_import: _Optional[bool] = ..., supported_export_formats: _Optional[_Iterable[str]] = ..., supported_import_formats: _Optional[_Iterable[str]] = ..., supports_export_compression: _Optional[bool] = ..., supported_export_backends: _Optional[_Iterable[str]] = ..., supported_import_backends: _Optional[_Iterable[str]] = ..., supported_transfer_modes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetDiskInfoRequest(_message.Message):
     __slots__ = ("vm_id", "disk_id", "snapshot_id")
@@ -256,7 +268,7 @@ class ImagePrepareResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskRef, _Mapping]] = ..., prepared_image_id: _Optional[str] = ..., prepared_image_path: _Optional[str] = ...) -> None: ...
 
 class ImportDiskRequest(_message.Message):
-    __slots__ = ("source_url", "storage_hint", "format", "target_name", "verify_checksum", "expected_checksum", "credentials")
+    __slots__ = ("source_url", "storage_hint", "format", "target_name", "verify_checksum", "expected_checksum", "credentials", "backend_type", "transfer_mode", "storage_options_json")
     class CredentialsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +283,9 @@ class ImportDiskRequest(_message.Message):
     VERIFY_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MODE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     source_url: str
     storage_hint: str
     format: str
@@ -278,7 +293,10 @@ class ImportDiskRequest(_message.Message):
     verify_checksum: bool
     expected_checksum: str
     credentials: _containers.ScalarMap[str, str]
-    def __init__(self, source_url: _Optional[str] = ..., storage_hint: _Optional[str] = ..., format: _Optional[str] = ..., target_name: _Optional[str] = ..., verify_checksum: _Optional[bool] = ..., expected_checksum: _Optional[str] = ..., credentials: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    backend_type: str
+    transfer_mode: str
+    storage_options_json: str
+    def __init__(self, source_url: _Optional[str] = ..., storage_hint: _Optional[str] = ..., format: _Optional[str] = ..., target_name: _Optional[str] = ..., verify_checksum: _Optional[bool] = ..., expected_checksum: _Optional[str] = ..., credentials: _Optional[_Mapping[str, str]] = ..., backend_type: _Optional[str] = ..., transfer_mode: _Optional[str] = ..., storage_options_json: _Optional[str] = ...) -> None: ...
 
 class ImportDiskResponse(_message.Message):
     __slots__ = ("disk_id", "path", "task", "actual_size_bytes", "checksum")

@@ -1,4 +1,4 @@
-"""Streaming transfers of disk-sized files to and from http(s) and s3 URLs.
+"""Streaming transfers of disk-sized files to and from http(s) and s3 URLs and staging directories.
 
 Install the extra ``vm-provider[transfer]`` (requests, boto3) to use it;
 without it, importing this package raises ImportError naming the extra.
@@ -18,6 +18,18 @@ on the way, and memory stays flat whatever the size.
   (``access_key_id``, ``secret_access_key``, ``session_token``,
   ``endpoint_url``, ``region``; the ``aws_`` prefixed spellings too); with no
   keys at all boto3's usual chain (environment, instance profile) applies.
+
+- ``pvc://<claim>/<path>`` and ``nfs://<server><export>/<path>``: files in
+  staging directories mounted into the provider (``[server] pvc_root`` and
+  ``nfs_root``), written atomically, never outside their root (see
+  :mod:`._staging`).
+
+Pass the request's :class:`~provider_core.ExportSpec` or
+:class:`~provider_core.ImportSpec` instead of a URL and its staging backend
+and ``storage_options_json`` apply too: for s3, the options' ``endpoint``
+(held to the URL policy like every URL), ``region`` and ``usePathStyle``;
+for nfs, its ``export``. Credentials also take VirtRigaud's spellings
+``accessKeyID``, ``secretAccessKey``, ``sessionToken``.
 
 Other schemes and unknown credential keys raise InvalidArgument. Failures
 map to the core's errors through one table per library (``HTTP_STATUS``,
@@ -45,12 +57,16 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
+from .. import urls
 from ..errors import InvalidArgument
-from ..urls import redact
-from . import _extra, _http, _s3  # _extra first: without the extra it says what to install
+from ..models import ExportSpec, ImportSpec, StorageOptions
+from ..urls import S3_KEYS, redact
+from . import _extra, _http, _s3, _staging  # _extra first: without the extra it says what to install
 from ._common import (
     CHUNK,
     DIGESTS,
@@ -71,41 +87,92 @@ EXTRA = _extra.EXTRA
 """The extra that installs this package's dependencies (requests, boto3)."""
 
 
+Target = str | ExportSpec | ImportSpec
+"""A URL, or the request whose URL, credentials and storage options to use."""
+
+
+@dataclass(frozen=True)
+class _Where:
+    url: str
+    credentials: dict[str, str]
+    options: StorageOptions
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    def s3_credentials(self) -> dict[str, str]:
+        """The credentials with the s3 options' endpoint and region where the
+        credentials name none."""
+        extra = {"endpoint_url": self.options.endpoint, "region": self.options.region}
+        given = {S3_KEYS.get(k, k) for k in self.credentials}
+        return {**self.credentials, **{k: v for k, v in extra.items() if v and k not in given}}
+
+
+def _where(target: Target, credentials: Mapping[str, str] | None) -> _Where:
+    if isinstance(target, ExportSpec):
+        url, creds, options = target.destination_url, target.credentials, target.storage_options
+    elif isinstance(target, ImportSpec):
+        url, creds, options = target.source_url, target.credentials, target.storage_options
+    else:
+        url, creds, options = target, {}, StorageOptions()
+    return _Where(url, dict(creds if credentials is None else credentials), options)
+
+
 def validate(url: str, credentials: Mapping[str, str] | None = None, *, url_field: str = "destination_url") -> None:
     """Check a URL's scheme and shape and the credential keys, without any
     I/O: call it before accepting a transfer that runs in the background."""
+    if urlsplit(url).scheme in urls.STAGING_SCHEMES:
+        try:
+            urls.check_staging_url(url)
+        except ValueError as exc:
+            raise InvalidArgument.field(url_field, str(exc)) from None
+        check_keys(credentials or {}, urlsplit(url).scheme)
+        return
     check_keys(credentials or {}, parse(url, url_field).scheme)
 
 
 def upload(
     source: BinaryIO,
-    url: str,
+    target: Target,
     credentials: Mapping[str, str] | None = None,
     *,
     settings: TransferSettings | None = None,
     size: int | None = None,
     url_field: str = "destination_url",
 ) -> UploadResult:
-    """Stream ``source`` to ``url`` (PUT, or an S3 object), hashing on the way.
+    """Stream ``source`` to ``target`` (a URL or an ExportSpec: PUT, an S3
+    object, a staging file), hashing on the way.
 
     ``size`` (default: what is left of a seekable source) lets HTTP send a
     Content-Length (else chunked) and S3 choose its part size. Returns the
     byte count and SHA256 of what was sent. Repeating an upload replaces the
     object. Raises the core errors of the module doc; ``url_field`` names the
-    request field in InvalidArgument.
+    request field in InvalidArgument. ``credentials`` replace the spec's.
     """
     settings = settings or TransferSettings()
-    credentials = dict(credentials or {})
-    parts = parse(url, url_field)
+    where = _where(target, credentials)
+    url, credentials = where.url, where.credentials
     size = source_size(source) if size is None else size
     hasher = Hasher(source)
     what = f"upload to {redact(url)}"
     start = time.monotonic()
+    if where.scheme in urls.STAGING_SCHEMES:
+        check_keys(credentials, where.scheme)
+        path = _staging.resolve(url, where.options.export, create=True, url_field=url_field)
+        log.info("%s started (%s bytes)", what, "?" if size is None else size)
+        try:
+            result = _staging.write(hasher, path, what)
+        except LocalIOError as exc:
+            raise exc.resolve(what) from None
+        _log_done(what, result.size, start)
+        return result
+    parts = parse(url, url_field)
     log.info("%s started (%s bytes)", what, "?" if size is None else size)
     with scrubber.hiding(secrets(parts, credentials)):
         try:
             if parts.scheme == "s3":
-                s3 = _s3.client(credentials, settings)
+                s3 = _s3.client(where.s3_credentials(), settings, path_style=where.options.use_path_style)
                 try:
                     _s3.upload(hasher, s3, parts, settings, size)
                 except _s3.NATIVE_ERRORS as exc:
@@ -120,7 +187,7 @@ def upload(
 
 
 def download(
-    url: str,
+    target: Target,
     dest: BinaryIO,
     credentials: Mapping[str, str] | None = None,
     *,
@@ -130,17 +197,24 @@ def download(
     url_field: str = "source_url",
     checksum_field: str = "expected_checksum",
 ) -> DownloadResult:
-    """Stream ``url`` into ``dest``, computing SHA256 (and ``algorithm``,
-    one of sha256, sha512, md5) on the way. When ``expected`` is given, a
-    different digest raises InvalidArgument on ``checksum_field`` after the
-    last byte; the caller owns ``dest`` (:func:`download_to` removes it).
-    Errors as :func:`upload`."""
+    """Stream ``target`` (a URL or an ImportSpec) into ``dest``, computing
+    SHA256 (and ``algorithm``, one of sha256, sha512, md5) on the way. When
+    ``expected`` is given, a different digest raises InvalidArgument on
+    ``checksum_field`` after the last byte; the caller owns ``dest``
+    (:func:`download_to` removes it). Errors as :func:`upload`."""
     settings = settings or TransferSettings()
-    credentials = dict(credentials or {})
+    where = _where(target, credentials)
+    url, credentials = where.url, where.credentials
     if algorithm not in DIGESTS:
         raise InvalidArgument.field(checksum_field, f"checksum type must be one of {', '.join(DIGESTS)}")
-    parts = parse(url, url_field)
     what = f"download from {redact(url)}"
+    staged = where.scheme in urls.STAGING_SCHEMES
+    if staged:
+        check_keys(credentials, where.scheme)
+        path = _staging.resolve(url, where.options.export, create=False, url_field=url_field)
+        parts = urlsplit(url)
+    else:
+        parts = parse(url, url_field)
     sha = hashlib.sha256()
     other = None if algorithm == "sha256" else hashlib.new(algorithm)
     size = 0
@@ -149,8 +223,11 @@ def download(
     with scrubber.hiding(secrets(parts, credentials)):
         try:
             chunks: Iterator[bytes]
-            if parts.scheme == "s3":
-                chunks = _s3.download(parts, _s3.client(credentials, settings))
+            if staged:
+                chunks = _staging.read(path, what)
+            elif parts.scheme == "s3":
+                s3 = _s3.client(where.s3_credentials(), settings, path_style=where.options.use_path_style)
+                chunks = _s3.download(parts, s3)
             else:
                 chunks = _http.download(parts, what, credentials, settings)
             try:
@@ -177,7 +254,7 @@ def download(
     return DownloadResult(size, sha.hexdigest(), digest)
 
 
-def download_to(path: Path, url: str, credentials: Mapping[str, str] | None = None, **kwargs: Any) -> DownloadResult:
+def download_to(path: Path, url: Target, credentials: Mapping[str, str] | None = None, **kwargs: Any) -> DownloadResult:
     """:func:`download` into ``path``, which appears only complete and
     verified: the bytes go to a hidden neighbour renamed at the end, and
     removed on any failure."""
@@ -200,6 +277,7 @@ def _log_done(what: str, size: int, start: float) -> None:
 BOTO_ERRORS = _s3.BOTO_ERRORS
 REQUESTS_ERRORS = _http.REQUESTS_ERRORS
 S3_CODES = _s3.S3_CODES
+STAGING_ERRNO = _staging.ERRNO
 
 __all__ = [
     "BOTO_ERRORS",
@@ -210,7 +288,9 @@ __all__ = [
     "REQUESTS_ERRORS",
     "S3_CODES",
     "SCHEMES",
+    "STAGING_ERRNO",
     "DownloadResult",
+    "Target",
     "TransferSettings",
     "UploadResult",
     "download",

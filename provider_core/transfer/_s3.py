@@ -90,11 +90,12 @@ def error(exc: bx.BotoCoreError | bx.ClientError, what: str) -> ProviderError:
     raise AssertionError("BotoCoreError is the last row")  # pragma: no cover
 
 
-def client(credentials: Mapping[str, str], settings: TransferSettings) -> Any:
+def client(credentials: Mapping[str, str], settings: TransferSettings, *, path_style: bool = False) -> Any:
     """A boto3 S3 client for these credentials (typed Any: the S3 stubs are
     an optional extra). Clients are cached: building one loads botocore's
     service models, which costs more time and memory than a transfer's
-    buffers."""
+    buffers. ``path_style`` asks for path-style addressing (bucket in the
+    path), which it also is with any endpoint but AWS's default."""
     check_keys(credentials, "s3")
     creds = {S3_KEYS[k]: v for k, v in credentials.items()}
     asked = creds.get("endpoint_url", "")
@@ -116,6 +117,7 @@ def client(credentials: Mapping[str, str], settings: TransferSettings) -> Any:
         token=creds.get("session_token", ""),
         ca_file=str(settings.ca_file or ""),
         tuning=(settings.connect_timeout, settings.read_timeout, settings.s3_concurrency),
+        path_style=path_style,
     )
     scrubber.install()  # botocore created more loggers while building the client
     return made
@@ -126,7 +128,15 @@ _client_lock = threading.Lock()
 
 @functools.lru_cache(maxsize=16)
 def _cached_client(
-    *, endpoint: str, region: str, key_id: str, secret: str, token: str, ca_file: str, tuning: tuple[float, float, int]
+    *,
+    endpoint: str,
+    region: str,
+    key_id: str,
+    secret: str,
+    token: str,
+    ca_file: str,
+    tuning: tuple[float, float, int],
+    path_style: bool,
 ) -> Any:
     import boto3
     from botocore.config import Config
@@ -136,7 +146,7 @@ def _cached_client(
         read_timeout=tuning[1],
         max_pool_connections=max(10, tuning[2] + 1),
         retries={"max_attempts": 3, "mode": "standard"},
-        s3={"addressing_style": "path" if endpoint else "auto"},
+        s3={"addressing_style": "path" if endpoint or path_style else "auto"},
     )
     with _client_lock:  # a boto3 Session is not thread-safe; its clients are
         return boto3.session.Session().client(

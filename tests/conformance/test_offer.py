@@ -17,7 +17,7 @@ import grpc
 import pytest
 from vm_provider_sim import SimBackend
 
-from provider_core import cli, plugins
+from provider_core import cli, plugins, urls
 from provider_core.capabilities import Capability
 from provider_core.config import Config
 from provider_core.conformance import checks_core, offered, pytest_plugin
@@ -62,7 +62,8 @@ def test_the_kit_reads_the_offer_from_the_server(withholding: dict[str, Any]) ->
     with Session(NAME, Config(backends={NAME: withholding})) as session:
         kit = session.kit
         assert kit.declared == SimBackend.declared()
-        assert kit.offer == SimBackend.declared().without(*map(Capability, WITHHELD))
+        served = urls.roots().backends()  # the staging backends this process's roots serve
+        assert kit.offer == SimBackend.declared().without(*map(Capability, WITHHELD)).staged(served)
         assert {cap.value: how for cap, how in kit.not_offered.items() if cap.value in WITHHELD} == HOW
         assert set(kit.not_offered) == set(Capability) - kit.offer.capabilities
         checks = {c.name for c in session.checks()}
@@ -225,8 +226,13 @@ MEMORY_PLUS: dict[str, Any] = {"supports_snapshots": True, "supported_disk_types
     [
         (
             "sim",
-            {**SIM_ANSWER, "supports_disk_export": True, "supported_export_formats": ["qcow2"]},
-            "the endpoint offers more than SimBackend declares: capability 'disk_export', export_formats 'qcow2'",
+            {
+                **SIM_ANSWER,
+                "supports_export_compression": True,
+                "supports_disk_export": True,
+                "supported_export_formats": ["vmdk"],
+            },
+            "the endpoint offers more than SimBackend declares: capability 'export_compression', export_formats 'vmdk'",
         ),
         (
             "sim",

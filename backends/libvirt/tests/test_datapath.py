@@ -25,6 +25,7 @@ import pytest
 from vm_provider_libvirt import images
 from vmp_testplugins.testbed import libvirtd_uri
 
+from provider_core import urls
 from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness, TaskFailed
@@ -558,3 +559,35 @@ def test_the_test_driver_offers_no_data_path() -> None:
             code, details = _code(call)
             assert code == grpc.StatusCode.UNIMPLEMENTED, details
             assert f"capability {capability!r}" in details
+
+
+@pytest.mark.libvirtd
+def test_export_then_import_through_a_claim(lab: Lab, scratch: Path, tmp_path: Path) -> None:
+    """VirtRigaud's pvc staging: the claim is a directory mounted into the
+    provider; the export lands at <pvc_root>/<claim>/<path>, and the import
+    reads it back into a new volume with the same content."""
+    claims = tmp_path / "claims"
+    (claims / "mig-claim").mkdir(parents=True)
+    disk = lab.disk()
+    dom = lab.domain(disk)
+    url = "pvc://mig-claim/vmmigrations/ns1/move/export.qcow2"
+    settings = {"uri": URI, "pool": POOL, "download_dir": str(scratch)}
+    try:
+        with ProviderHarness.for_backend("libvirt", settings, pvc_root=claims) as h:
+            resp = _export(h, dom.UUIDString(), url, backend_type="pvc", transfer_mode="auto")
+            h.wait(resp.task)
+            staged = claims / "mig-claim/vmmigrations/ns1/move/export.qcow2"
+            assert _sha256(staged) == resp.checksum
+            assert (staged.parent / "export.qcow2.sha256").read_text() == f"{resp.checksum}  export.qcow2\n"
+            assert _same_content(disk, staged)
+            name = lab.track(lab.name("from-claim.qcow2"))
+            back = _import(h, url, name, verify_checksum=True, expected_checksum=resp.checksum, backend_type="pvc")
+            h.wait(back.task)
+            vol = lab.find(name)
+            assert vol is not None
+            assert _same_content(disk, vol.path())
+            code, details = _code(lambda: _export(h, dom.UUIDString(), url, transfer_mode="direct"))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+            assert "offered: relay" in details
+    finally:
+        urls.set_roots()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from vm_provider_libvirt.backend import LibvirtBackend
 from vm_provider_libvirt.host import HostInfo, machine_version
 from vmp_testplugins.testbed import libvirtd_uri
 
-from provider_core import Capability
+from provider_core import Capability, urls
 from provider_core.conformance.kit import missing_capability
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
@@ -62,6 +63,9 @@ def test_the_test_driver_offers_what_it_can_do(embedded: ProviderHarness) -> Non
     assert list(caps.supported_disk_types) == ["thin", "thick", "qcow2", "raw"]
     assert list(caps.supported_network_types) == ["network", "bridge"]
     assert list(caps.supported_export_formats) == list(caps.supported_import_formats) == []
+    # no disk transfers here, so no staging backends or transfer modes either
+    assert list(caps.supported_export_backends) == list(caps.supported_import_backends) == []
+    assert list(caps.supported_transfer_modes) == []
     offered = embedded.backend.offer()
     assert offered.capabilities == LibvirtBackend.capabilities - NOT_ON_THE_TEST_DRIVER
 
@@ -156,8 +160,10 @@ def test_a_host_without_machine_types_offers_no_hardware_upgrade() -> None:
 
 
 @pytest.mark.libvirtd
-def test_a_qemu_daemon_offers_everything_declared() -> None:
-    with ProviderHarness.for_backend("libvirt", {"uri": libvirtd_uri()}) as h:
+def test_a_qemu_daemon_offers_everything_declared(tmp_path: Path) -> None:
+    (tmp_path / "claims").mkdir()
+    roots = {"pvc_root": tmp_path / "claims", "nfs_root": tmp_path / "nfs"}
+    with ProviderHarness.for_backend("libvirt", {"uri": libvirtd_uri()}, **roots) as h:
         caps = h.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
     assert flags(caps) == {
         "supports_reconfigure_online": True,
@@ -171,6 +177,9 @@ def test_a_qemu_daemon_offers_everything_declared() -> None:
         "supports_export_compression": True,
     }
     assert list(caps.supported_export_formats) == list(caps.supported_import_formats) == ["qcow2", "raw", "vmdk"]
+    assert list(caps.supported_export_backends) == list(caps.supported_import_backends) == ["pvc", "nfs", "s3"]
+    assert list(caps.supported_transfer_modes) == ["relay"]
+    urls.set_roots()
     assert list(caps.supported_disk_types) == ["thin", "thick", "qcow2", "raw"]
 
 

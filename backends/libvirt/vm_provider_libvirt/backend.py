@@ -57,6 +57,9 @@ class LibvirtBackend(Backend):
     network_types: ClassVar[tuple[str, ...]] = offers.DECLARED.network_types
     export_formats: ClassVar[tuple[str, ...]] = offers.DECLARED.export_formats
     import_formats: ClassVar[tuple[str, ...]] = offers.DECLARED.import_formats
+    export_backends: ClassVar[tuple[str, ...]] = offers.DECLARED.export_backends
+    import_backends: ClassVar[tuple[str, ...]] = offers.DECLARED.import_backends
+    transfer_modes: ClassVar[tuple[str, ...]] = offers.DECLARED.transfer_modes
 
     settings: LibvirtSettings
 

@@ -2,7 +2,9 @@
 ImportDisk, and fetching image URLs for Create.
 
 Disk bytes never travel over gRPC: they stream between the pool and an
-http(s) or s3 URL through :mod:`provider_core.transfer`, hashed on the way,
+http(s) or s3 URL or a staging directory (pvc, nfs) through
+:mod:`provider_core.transfer`, which is handed the request (its staging
+backend and storage options apply) and hashes the bytes on the way,
 in chunks, so memory stays flat whatever the disk size. Conversions run
 ``qemu-img`` (:mod:`.images`) on scratch files (:mod:`.scratch`) in
 ``settings.download_dir`` (default: the system temp dir), which needs free
@@ -142,7 +144,7 @@ class DiskTransfers:
                     images.convert(src, out, spec.format, compress=spec.compress, src_fmt=disk.format, snapshot=snapshot)
                     src = out
                 with src.open("rb") as f:
-                    sent = transfer.upload(f, spec.destination_url, spec.credentials, settings=self._transfer_settings())
+                    sent = transfer.upload(f, spec, settings=self._transfer_settings())
             self._checksum_file(spec, sent)
             return ExportResult(export_id=export_id, estimated_size_bytes=sent.size, checksum=sent.sha256)
 
@@ -159,8 +161,9 @@ class DiskTransfers:
             return
         url = urlunsplit(parts._replace(path=parts.path + ".sha256", fragment=""))
         line = f"{sent.sha256}  {Path(parts.path).name}\n".encode()
+        beside = spec.model_copy(update={"destination_url": url})
         try:
-            transfer.upload(io.BytesIO(line), url, spec.credentials, settings=self._transfer_settings())
+            transfer.upload(io.BytesIO(line), beside, settings=self._transfer_settings())
         except ProviderError as exc:
             log.warning("could not write the checksum file %s: %s", transfer.redact(url), exc)
 
@@ -182,9 +185,7 @@ class DiskTransfers:
                 return self._import_result(disk_id, vol, expected)
             with self._scratch(f".{spec.format}") as file:
                 with file.open("wb") as f:
-                    got = transfer.download(
-                        spec.source_url, f, spec.credentials, settings=self._transfer_settings(), expected=expected
-                    )
+                    got = transfer.download(spec, f, settings=self._transfer_settings(), expected=expected)
                 vol = self._store(file, spec.format, pool, name)
             return self._import_result(disk_id, vol, got.sha256)
 

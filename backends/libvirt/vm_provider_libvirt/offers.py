@@ -22,6 +22,15 @@ hardware_upgrade       its capabilities list no versioned machine types (the tes
                        driver): there is no newer machine to move a VM to
 =====================  ==============================================================
 
+Staging backends (pvc, nfs, s3) are all declared: the data path hands
+each request to :mod:`provider_core.transfer`, and the core keeps those its
+``[server]`` roots serve. The only transfer mode is ``relay``: the bytes
+pass through the provider, which reads the disk (locally, or over a libvirt
+stream) and writes the staging file or object. ``direct`` (the hypervisor
+host writing to staging itself) is not offered: nothing here makes a
+remote host's QEMU reach an object store or an export, so a request for it
+is INVALID_ARGUMENT naming the offered modes.
+
 Everything else works on the test driver as on QEMU (it keeps domains,
 their snapshots and volumes' metadata), so it is offered there too.
 """
@@ -29,6 +38,7 @@ their snapshots and volumes' metadata), so it is offered there too.
 from __future__ import annotations
 
 from provider_core import Capability, Offer
+from provider_core.capabilities import STAGING_BACKENDS
 
 from . import images
 from .host import HostInfo
@@ -56,6 +66,9 @@ DECLARED = Offer(
     network_types=("network", "bridge"),
     export_formats=images.FORMATS,
     import_formats=images.FORMATS,
+    export_backends=STAGING_BACKENDS,
+    import_backends=STAGING_BACKENDS,
+    transfer_modes=("relay",),
 )
 
 #: What needs volume bytes streamed in or out (the disk data path).

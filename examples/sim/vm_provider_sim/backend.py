@@ -8,10 +8,12 @@ gets its error from the call itself.
 
 from __future__ import annotations
 
+import io
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ClassVar, TypeVar
+from typing import BinaryIO, ClassVar, TypeVar, cast
 
 from provider_core import (
     AlreadyExists,
@@ -23,8 +25,12 @@ from provider_core import (
     DesiredVM,
     Disk,
     DiskDetails,
+    ExportResult,
+    ExportSpec,
     FailedPrecondition,
     ImagePrepareSpec,
+    ImportResult,
+    ImportSpec,
     InvalidArgument,
     Nic,
     NotFound,
@@ -40,10 +46,12 @@ from provider_core import (
     VMImage,
     VMInfo,
     VMStatus,
+    transfer,
 )
 
 from . import hypervisor as hv
 from .convert import ROOT_DISK, build_clone, build_machine, plan_reconfigure
+from .disks import HeadSink, image_bytes, size_of
 from .download import fetch
 from .machines import CREATING, LIVE, PAUSED, RUNNING, SHUTOFF, SHUTTING_DOWN, Image, Machine
 from .settings import SimSettings
@@ -101,11 +109,15 @@ class SimBackend(Backend):
             Capability.LINKED_CLONES,
             Capability.IMAGE_PREPARE,
             Capability.DISK_INFO,
+            Capability.DISK_EXPORT,
+            Capability.DISK_IMPORT,
             Capability.HARDWARE_UPGRADE,
         }
     )
     disk_types = ("thin", "thick", "qcow2", "raw")
     network_types = ("network", "bridge")
+    export_formats = ("qcow2", "raw")
+    import_formats = ("qcow2", "raw")
 
     def __init__(self, settings: BackendSettings) -> None:
         assert isinstance(settings, SimSettings)
@@ -390,6 +402,49 @@ class SimBackend(Backend):
             backing_file=disk.backing,
             metadata={"provisioning": "thick" if disk.thick else "thin", "machine": m.name},
         )
+
+    def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
+        m = self._get(spec.vm_id)
+        name = spec.disk_id or ROOT_DISK
+        disk = m.disk(name)
+        if disk is None:
+            raise NotFound(f"VM {m.name!r} has no disk {name!r} (disks: {', '.join(d.name for d in m.disks)})")
+        size_gib = disk.size_gib
+        if spec.snapshot_id:
+            with native_errors():
+                size_gib = self.host.snapshot_get(spec.vm_id, spec.snapshot_id).disk_sizes.get(name, size_gib)
+        data = image_bytes(m.name, name, size_gib, spec.format, spec.snapshot_id)
+        export_id = f"export-{uuid.uuid4().hex[:16]}"
+
+        def work() -> ExportResult:
+            time.sleep(self.config.task_seconds)
+            sent = transfer.upload(io.BytesIO(data), spec)  # the request: its staging backend and options apply
+            return ExportResult(export_id=export_id, estimated_size_bytes=sent.size, checksum=sent.sha256)
+
+        return Outcome.later(ExportResult(export_id=export_id, estimated_size_bytes=len(data)), work)
+
+    def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
+        host = self.host
+        path = f"/var/lib/sim/{spec.storage_hint or 'images'}/{spec.target_name}.{spec.format}"
+        expected = spec.expected_checksum if spec.verify_checksum else ""
+        have = next((i for i in host.images() if i.name == spec.target_name), None)
+        if have is not None:
+            if expected and have.checksum == expected:
+                return Outcome.done(ImportResult(disk_id=have.name, path=have.path, checksum=have.checksum))
+            raise AlreadyExists(
+                f"an image named {spec.target_name!r} exists (to accept it when it matches, set expected_checksum)"
+            )
+
+        def work() -> ImportResult:
+            time.sleep(self.config.task_seconds)
+            head = HeadSink()
+            got = transfer.download(spec, cast(BinaryIO, head), expected=expected)
+            image = Image(spec.target_name, path, size_of(bytes(head.head), head.size), spec.format, spec.source_url, got.sha256)
+            with native_errors():
+                host.add_image(image)
+            return ImportResult(disk_id=image.name, path=path, actual_size_bytes=got.size, checksum=got.sha256)
+
+        return Outcome.later(ImportResult(disk_id=spec.target_name, path=path), work)
 
     def hardware_upgrade(self, vm_id: str, target_version: int) -> Outcome[None]:
         host = self.host
