@@ -94,7 +94,7 @@ def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
             raise ConfigError(f"{conf.source}: [backends.{table}]: no backend {table!r} is installed{hint}")
     cls = plugins.load_class(name)
     cfg.check_environment(os.environ, {"server": cfg.ServerSettings, name: cls.Settings}, [n for n in installed if n != name])
-    flags = {}
+    flags = cfg.virtrigaud_environment(os.environ)
     if getattr(args, "listen", None):
         flags["listen"] = (args.listen, "--listen")
     if getattr(args, "log_level", None):
