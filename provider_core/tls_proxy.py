@@ -108,6 +108,7 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.other is None or self.other.transport is None:
             self.pending.append(data)
+            self.transport.pause_reading()  # until grpc is connected: no more than a read's worth waits
         else:
             self.other.transport.write(data)
 
@@ -226,6 +227,8 @@ class TlsFront:
             for data in conn.client.pending:
                 conn.grpc.transport.write(data)
             conn.client.pending.clear()
+            if not tls.is_closing():
+                tls.resume_reading()
             if tls.is_closing():
                 conn.lost()
             elif conn.client.ended:

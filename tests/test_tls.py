@@ -424,3 +424,16 @@ def test_refusals_are_logged_a_few_per_interval_then_counted(caplog: pytest.LogC
     log.refused("127.0.0.1:9", "no client certificate")
     assert caplog.records[2].getMessage().startswith("refused 3 more TLS connections in the last")
     assert caplog.records[3].getMessage() == "refused a TLS connection from 127.0.0.1:9: no client certificate"
+
+
+def test_a_stop_ends_cleanly_and_removes_the_private_socket(serve: Serve, tmp_path: Path, pki: Pki) -> None:
+    (tmp_path / "tmp").mkdir()
+    served, port = start(serve, mount(tmp_path, pki).root, env={"TMPDIR": str(tmp_path / "tmp")})
+    (private,) = (tmp_path / "tmp").iterdir()
+    assert (private / "grpc.sock").is_socket()
+    with channel(port, pki, pki.manager) as chan:
+        assert validate(chan).ok
+        served.proc.terminate()
+        assert served.exit_status() == 0
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert "Traceback" not in served.text
