@@ -40,6 +40,8 @@ ALLOWED_SANS_ENV = "VIRTRIGAUD_PROVIDER_ALLOWED_SANS"
 """VirtRigaud's name for ``allowed_sans``: a comma-separated list."""
 INSECURE_ENV = "VIRTRIGAUD_PROVIDER_INSECURE"
 """VirtRigaud's escape hatch: ``true`` lifts ``require_tls``."""
+VIRTRIGAUD_TLS_DIR = Path("/etc/virtrigaud/tls")
+"""Where VirtRigaud's manager mounts a provider's TLS Secret (a ``tls_dir``)."""
 DEFAULT_BACKEND = "libvirt"
 TABLES = ("provider", "server", "backends", "conformance")
 PROVIDER_KEYS = ("backend",)

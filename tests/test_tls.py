@@ -437,3 +437,22 @@ def test_a_stop_ends_cleanly_and_removes_the_private_socket(serve: Serve, tmp_pa
         assert served.exit_status() == 0
     assert list((tmp_path / "tmp").iterdir()) == []
     assert "Traceback" not in served.text
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ({"ca.crt": b"not a certificate\n"}, "tls_dir {root}/ca.crt holds no PEM certificate"),
+        ({"tls.key": "other"}, "tls_dir {root}/tls.key is not the key of tls_dir {root}/tls.crt"),
+        ({"tls.crt": b""}, "tls_dir {root}/tls.crt holds no PEM certificate"),
+    ],
+)
+def test_a_tls_dir_whose_files_are_not_what_they_should_be(
+    cli: Run, tmp_path: Path, pki: Pki, files: dict[str, Any], fragment: str
+) -> None:
+    content = {"tls.crt": pki.server.cert_pem, "tls.key": pki.server.key_pem, "ca.crt": pki.ca.pem}
+    content.update({k: pki.manager.key_pem if v == "other" else v for k, v in files.items()})
+    secret = SecretMount(tmp_path / "tls")
+    secret.publish(content)
+    result = cli("--backend", "memory", config=f'[server]\nlisten = "127.0.0.1:0"\ntls_dir = "{secret.root}"\n')
+    one_line_failure(result, fragment.format(root=secret.root))
