@@ -170,7 +170,7 @@ class ProviderServer:
         )
         if self.tls is None and self.settings.tls_dir is not None:
             log.warning(
-                "serving PLAINTEXT: tls_dir %s holds no TLS files and require_tls is off (%s=true lifts it); "
+                "serving PLAINTEXT: tls_dir %s holds no TLS files and require_tls is off (as %s=true has it); "
                 "anyone who reaches %s can call the provider, unencrypted",
                 self.settings.tls_dir,
                 INSECURE_ENV,

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .listening import Credentials
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,14 @@ class TlsFront:
         self.sock = sock
         self.credentials = credentials
         self.allowed = set(allowed_sans)
-        self.directory = Path(tempfile.mkdtemp(prefix="vm-provider-grpc-"))  # 0700; /tmp is writable in the pod
+        try:
+            self.directory = Path(tempfile.mkdtemp(prefix="vm-provider-grpc-"))  # 0700; /tmp is writable in the pod
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"TLS: cannot make a private directory for the gRPC socket in {tempfile.gettempdir()}: {exc.strerror}; "
+                "set TMPDIR to a writable directory"
+            ) from None
         self.upstream = self.directory / "grpc.sock"
         self.refusals = RefusalLog()
         self._accepting: asyncio.Future[None] | None = None
