@@ -41,6 +41,10 @@ from .listening import Credentials
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client has to finish its TLS handshake."""
+PENDING_LIMIT = 256 * 1024
+"""Bytes a client may send before grpc is connected, before its reading
+is paused. Not paused below it: uvloop drops what a paused TLS transport
+holds when the client's close_notify follows (a short call, then close)."""
 
 
 def peer_names(cert: dict[str, Any]) -> list[str]:
@@ -101,15 +105,32 @@ class _Side(asyncio.Protocol):
         self.transport: Any = None  # asyncio.Transport; uvloop's are no subclasses of it
         self.other: _Side | None = None
         self.pending: list[bytes] = []  # received before the other end was connected
+        self.waiting = 0  # bytes in pending
         self.ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        other = self.other
+        if other is None or other.transport is None:
+            return
+        # Spliced: what the other end sent meanwhile goes first, then its end, if it came.
+        for data in other.pending:
+            self.transport.write(data)
+        other.pending.clear()
+        if other.ended:
+            if self.half_close:
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+        else:
+            other.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.other is None or self.other.transport is None:
             self.pending.append(data)
-            self.transport.pause_reading()  # until grpc is connected: no more than a read's worth waits
+            self.waiting += len(data)
+            if self.waiting > PENDING_LIMIT:
+                self.transport.pause_reading()  # until grpc is connected
         else:
             self.other.transport.write(data)
 
@@ -232,15 +253,6 @@ class TlsFront:
         self._connections.add(conn)
         try:
             await loop.create_unix_connection(lambda: conn.grpc, str(self.upstream))
-            for data in conn.client.pending:
-                conn.grpc.transport.write(data)
-            conn.client.pending.clear()
-            if not tls.is_closing():
-                tls.resume_reading()
-            if tls.is_closing():
-                conn.lost()
-            elif conn.client.ended:
-                conn.grpc.transport.write_eof()
             await conn.closed.wait()
         except OSError as exc:
             log.warning("cannot reach the gRPC server on %s: %s", self.upstream, exc.strerror or exc)
