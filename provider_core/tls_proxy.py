@@ -42,9 +42,8 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client has to finish its TLS handshake."""
 PENDING_LIMIT = 256 * 1024
-"""Bytes a client may send before grpc is connected, before its reading
-is paused. Not paused below it: uvloop drops what a paused TLS transport
-holds when the client's close_notify follows (a short call, then close)."""
+"""Bytes a client may send before grpc is connected, after which its
+reading is paused until it is: a call's first frames fit, a flood does not."""
 
 
 def peer_names(cert: dict[str, Any]) -> list[str]:
