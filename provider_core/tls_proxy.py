@@ -25,6 +25,7 @@ most a few per interval, then counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from .errors import ConfigError
 from .listening import Credentials
@@ -41,6 +43,10 @@ from .listening import Credentials
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client has to finish its TLS handshake."""
+PEER_PREFIX = "vm-provider-"
+"""Start of the abstract unix name each spliced connection has on grpc's
+side: the prefix, the process id, then the client's address as grpc writes
+a TCP peer (``ipv4:10.0.0.7:41234``); see :func:`client_peer`."""
 PENDING_LIMIT = 256 * 1024
 """Bytes a client may send before grpc is connected, after which its
 reading is paused until it is: a call's first frames fit, a flood does not."""
@@ -251,7 +257,16 @@ class TlsFront:
                 return
         self._connections.add(conn)
         try:
-            await loop.create_unix_connection(lambda: conn.grpc, str(self.upstream))
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with contextlib.suppress(OSError):  # Linux only: grpc then names the client in context.peer()
+                upstream.bind(f"\0{PEER_PREFIX}{os.getpid()}-{_grpc_peer(address)}")
+            upstream.setblocking(False)
+            try:
+                await loop.sock_connect(upstream, str(self.upstream))
+                await loop.create_unix_connection(lambda: conn.grpc, sock=upstream)
+            except BaseException:
+                upstream.close()
+                raise
             await conn.closed.wait()
         except OSError as exc:
             log.warning("cannot reach the gRPC server on %s: %s", self.upstream, exc.strerror or exc)
@@ -278,6 +293,24 @@ class TlsFront:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def client_peer(peer: str) -> str:
+    """The client's address for grpc's ``context.peer()``: a call that came
+    through the TLS layer names the TLS client (``ipv4:10.0.0.7:41234``), not
+    the layer's unix socket; any other peer is returned as it is."""
+    head = f"unix-abstract:{PEER_PREFIX}"
+    if not peer.startswith(head):
+        return peer
+    _, _, address = unquote(peer.removeprefix(head)).partition("-")
+    return address or peer
+
+
+def _grpc_peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"ipv6:[{host}]:{address[1]}" if ":" in host else f"ipv4:{host}:{address[1]}"
+    return "unix:"
 
 
 def _address(peer: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import socket
 import ssl
 import subprocess
@@ -27,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
-from provider_core.tls_proxy import RefusalLog, peer_names
+from provider_core.tls_proxy import RefusalLog, client_peer, peer_names
 
 from .test_startup import one_line_failure
 
@@ -285,6 +286,12 @@ def test_the_allow_list_matches_dns_and_uri_sans_and_the_cn() -> None:
     assert peer_names(decoded) == ["intruder.example", "spiffe://cluster/ns/x/sa/intruder", "intruder"]
 
 
+def test_calls_through_the_tls_layer_name_their_client() -> None:
+    assert client_peer("unix-abstract:vm-provider-4242-ipv6:%5B::1%5D:5555") == "ipv6:[::1]:5555"
+    assert client_peer("unix-abstract:vm-provider-4242-ipv4:10.0.0.7:41234") == "ipv4:10.0.0.7:41234"
+    assert client_peer("ipv4:127.0.0.1:5555") == "ipv4:127.0.0.1:5555"
+
+
 # -- rotation -------------------------------------------------------------------------
 
 
@@ -332,13 +339,16 @@ def test_a_certificate_rewritten_in_place_is_served_to_new_connections(serve: Se
 
 def test_token_auth_works_through_tls(serve: Serve, tmp_path: Path, pki: Pki) -> None:
     (tmp_path / "token").write_text("s3cret-tls-token")
-    _, port = start(serve, mount(tmp_path, pki).root, f'auth_token_file = "{tmp_path / "token"}"\n')
+    served, port = start(serve, mount(tmp_path, pki).root, f'auth_token_file = "{tmp_path / "token"}"\n')
     with channel(port, pki, pki.manager) as chan:
         stub = pb_grpc.ProviderStub(chan)
         with pytest.raises(grpc.RpcError) as caught:
             stub.Validate(pb.ValidateRequest(), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert stub.Validate(pb.ValidateRequest(), timeout=5, metadata=[("authorization", "Bearer s3cret-tls-token")]).ok
+    # The refused call names the TLS client, not the layer's socket in front of grpc.
+    line = served.wait_for("refused /provider.v1.Provider/Validate").string
+    assert re.search(r"from ipv4:127\.0\.0\.1:\d+: no authorization metadata", line), line
 
 
 # -- starts without TLS files -----------------------------------------------------------
