@@ -23,7 +23,12 @@ the aio servers; Python runs one thread at a time, so this is where a
 GIL-bound server's ceiling shows), and the provider's throughput as a share
 of the fastest bare server (goal: at least 0.7).
 
-    .venv/bin/python bench/describe_throughput.py [--clients 8] [--rounds 6] [--seconds 2]
+With ``--tls`` every server serves mutual TLS from one throwaway CA: the
+provider through its own TLS layer (provider_core.tls_proxy, TLS 1.3),
+the bare servers with grpc's own TLS (``grpc.ssl_server_credentials``),
+so that the cost of the layer shows against grpc's.
+
+    .venv/bin/python bench/describe_throughput.py [--clients 8] [--rounds 6] [--seconds 2] [--tls]
 """
 
 from __future__ import annotations
@@ -102,38 +107,104 @@ class Handmade(pb_grpc.ProviderServicer):
         )
 
 
+# -- TLS (--tls) ---------------------------------------------------------------------------
+
+
+def make_pki(where: Path) -> None:
+    """A CA, a server certificate for localhost, a client certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(cn: str, key: Any, signer: Any, issuer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem_key(key: Any) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = issue("bench CA", ca_key, ca_key, ca_name, True)
+    (where / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue("localhost" if name == "server" else "bench client", key, ca_key, ca_name, False)
+        (where / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (where / f"{name}.key").write_bytes(pem_key(key))
+
+
+def _server_port(server: Any, tls: Path | None) -> int:
+    if tls is None:
+        return int(server.add_insecure_port("127.0.0.1:0"))
+    creds = grpc.ssl_server_credentials(
+        [((tls / "server.key").read_bytes(), (tls / "server.pem").read_bytes())],
+        root_certificates=(tls / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+    return int(server.add_secure_port("127.0.0.1:0", creds))
+
+
+def channel_args(tls: Path | None) -> tuple[Any, list[tuple[str, str]]]:
+    """Client credentials (None: plaintext) and options for ``tls``."""
+    if tls is None:
+        return None, []
+    creds = grpc.ssl_channel_credentials(
+        (tls / "ca.pem").read_bytes(), (tls / "client.key").read_bytes(), (tls / "client.pem").read_bytes()
+    )
+    return creds, [("grpc.ssl_target_name_override", "localhost")]
+
+
 def _announce(ready: Path, port: int) -> None:
     tmp = ready.with_suffix(".tmp")
     tmp.write_text(str(port))
     tmp.rename(ready)
 
 
-async def _serve_provider(ready: Path, backend: str, state: Path) -> None:
+async def _serve_provider(ready: Path, backend: str, state: Path, tls: Path | None) -> None:
     from provider_core import plugins
     from provider_core.config import ServerSettings
     from provider_core.server import ProviderServer
 
     table = {"uri": "test:///default"} if backend == "libvirt" else {}
     instance = plugins.load(backend, table, environ={})
-    server = ProviderServer(instance, backend, ServerSettings(listen="127.0.0.1:0", state_dir=state, log_level="WARNING"))
+    files = {"tls_cert": tls / "server.pem", "tls_key": tls / "server.key", "tls_client_ca": tls / "ca.pem"} if tls else {}
+    settings = ServerSettings(listen="127.0.0.1:0", state_dir=state, log_level="WARNING", **files)
+    server = ProviderServer(instance, backend, settings)
     await server.start()
     _announce(ready, server.port)
     await asyncio.Event().wait()
 
 
-async def _serve_aio(ready: Path, response: pb.DescribeResponse) -> None:
+async def _serve_aio(ready: Path, response: pb.DescribeResponse, tls: Path | None) -> None:
     server = grpc.aio.server()
     pb_grpc.add_ProviderServicer_to_server(BareAio(response), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = _server_port(server, tls)
     await server.start()
     _announce(ready, port)
     await server.wait_for_termination()
 
 
-def _serve_threads(ready: Path, servicer: pb_grpc.ProviderServicer, workers: int) -> None:
+def _serve_threads(ready: Path, servicer: pb_grpc.ProviderServicer, workers: int, tls: Path | None) -> None:
     server = grpc.server(ThreadPoolExecutor(max_workers=workers))
     pb_grpc.add_ProviderServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = _server_port(server, tls)
     server.start()
     _announce(ready, port)
     server.wait_for_termination()
@@ -144,23 +215,24 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     ready = Path(args.ready)
+    tls = Path(args.tls_dir) if args.tls_dir else None
     if args.serve == "provider":
         from provider_core.server import run
 
-        run(_serve_provider(ready, args.backend, Path(args.state)))
+        run(_serve_provider(ready, args.backend, Path(args.state), tls))
         return
     if args.serve == "handmade":
-        _serve_threads(ready, Handmade(), args.clients * 2)
+        _serve_threads(ready, Handmade(), args.clients * 2, tls)
         return
     response = pb.DescribeResponse.FromString(Path(args.response).read_bytes())
     if args.serve == "aio":
-        asyncio.run(_serve_aio(ready, response))
+        asyncio.run(_serve_aio(ready, response, tls))
     elif args.serve == "aio-uvloop":
         import uvloop
 
-        uvloop.run(_serve_aio(ready, response))
+        uvloop.run(_serve_aio(ready, response, tls))
     else:
-        _serve_threads(ready, BareThreads(response), args.clients * 2)
+        _serve_threads(ready, BareThreads(response), args.clients * 2, tls)
 
 
 # -- the client ---------------------------------------------------------------------------
@@ -170,6 +242,8 @@ def start(kind: str, work: Path, args: argparse.Namespace) -> tuple[subprocess.P
     ready = work / f"{kind}.port"
     cmd = [sys.executable, __file__, "--serve", kind, "--ready", str(ready), "--backend", args.backend]
     cmd += ["--state", str(work / "state"), "--response", str(work / "response.bin"), "--clients", str(args.clients)]
+    if args.tls:
+        cmd += ["--tls-dir", str(work)]
     proc = subprocess.Popen(cmd)
     end = time.monotonic() + 60
     while not ready.exists():
@@ -191,12 +265,15 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 async def load(
-    target: str, ids: list[str], clients: int, seconds: float, warmup: float, pid: int
+    target: str, ids: list[str], clients: int, seconds: float, warmup: float, pid: int, tls: Path | None = None
 ) -> tuple[int, float, list[float], tuple[float, float]]:
     """Run ``clients`` callers for ``seconds`` (after a warm-up); return
     calls, elapsed time, every call's latency and the server's CPU time
     meanwhile (all threads, main thread)."""
-    channels = [grpc.aio.insecure_channel(target) for _ in range(clients)]
+    creds, options = channel_args(tls)
+    channels = [
+        grpc.aio.secure_channel(target, creds, options) if creds else grpc.aio.insecure_channel(target) for _ in range(clients)
+    ]
     latencies: list[float] = []
     measuring = False
     stop = False
@@ -224,10 +301,11 @@ async def load(
     return len(latencies), elapsed, latencies, (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
 
 
-def prepare(target: str, backend: str, vms: int, work: Path | None) -> list[str]:
+def prepare(target: str, backend: str, vms: int, work: Path | None, tls: Path | None = None) -> list[str]:
     """Create the VMs on a provider; keep one Describe answer for the bare
     servers in ``work``."""
-    with grpc.insecure_channel(target) as channel:
+    creds, options = channel_args(tls)
+    with grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target) as channel:
         stub = pb_grpc.ProviderStub(channel)  # type: ignore[no-untyped-call]
         ids = []
         for n in range(vms):
@@ -256,7 +334,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured time before each round")
     parser.add_argument("--vms", type=int, default=5, help="domains to create and Describe in turn")
     parser.add_argument("--backend", default="libvirt", help="libvirt (test:///default) or memory (tests/plugins)")
+    parser.add_argument("--tls", action="store_true", help="mutual TLS: the provider's layer vs grpc's own")
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     parser.add_argument("--response", help=argparse.SUPPRESS)
@@ -267,11 +347,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-describe-") as tmp:
         work = Path(tmp)
+        tls = work if args.tls else None
+        if tls:
+            make_pki(work)
         procs: dict[str, subprocess.Popen[bytes]] = {}
         targets: dict[str, str] = {}
         try:
             procs["provider"], targets["provider"] = start("provider", work, args)
-            ids = dict.fromkeys(KINDS, prepare(targets["provider"], args.backend, args.vms, work))
+            ids = dict.fromkeys(KINDS, prepare(targets["provider"], args.backend, args.vms, work, tls))
             kinds = [k for k in KINDS if args.backend == "libvirt" or k not in LIBVIRT_ONLY]
             for kind in kinds[1:]:
                 procs[kind], targets[kind] = start(kind, work, args)
@@ -281,12 +364,12 @@ def main() -> int:
             cpu = {k: [0.0, 0.0] for k in kinds}
             order = list(kinds)
             setup = f"{args.clients} concurrent clients, {args.rounds} rounds x {args.seconds:.1f}s per server"
-            print(f"Describe, {setup}, backend {args.backend}")
+            print(f"Describe, {setup}, backend {args.backend}" + (", mutual TLS" if tls else ""))
             for r in range(args.rounds):
                 random.shuffle(order)
                 line = []
                 for kind in order:
-                    run = load(targets[kind], ids[kind], args.clients, args.seconds, args.warmup, procs[kind].pid)
+                    run = load(targets[kind], ids[kind], args.clients, args.seconds, args.warmup, procs[kind].pid, tls)
                     n, t, lat, used = asyncio.run(run)
                     calls[kind] += n
                     elapsed[kind] += t

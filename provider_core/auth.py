@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 
+from .tls_proxy import client_peer
+
 log = logging.getLogger(__name__)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 SCHEME = b"bearer "
@@ -80,5 +82,5 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         return grpc.unary_unary_rpc_method_handler(functools.partial(self._deny, details.method, reason))
 
     async def _deny(self, method: str, reason: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self.refusals.refused(method, context.peer(), reason)
+        self.refusals.refused(method, client_peer(context.peer()), reason)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")

@@ -24,6 +24,7 @@ from . import config as cfg
 from . import logs, plugins
 from .errors import ConfigError
 from .launch import Launch, credentials
+from .listening import tls_files
 from .settings_report import Effective, render
 
 log = logging.getLogger("vm_provider")
@@ -108,7 +109,7 @@ def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
         cfg.ServerSettings,
         "server",
         conf.server,
-        flags=_server_flags(args),
+        flags={**cfg.virtrigaud_environment(os.environ), **_server_flags(args)},
         source=conf.source,
         aliases=launched.server_aliases(),
         lower=[launched.server_defaults()],
@@ -127,7 +128,7 @@ def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
         aliases=launched.backend_aliases(name, cls.Settings),
         lower=[secrets],
     )
-    launched.check_tls(server.settings.tls_cert is not None)
+    launched.check_tls(tls_files(server.settings) is not None)
     return Effective(conf, name, name_origin, server, backend)
 
 

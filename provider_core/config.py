@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .logs import level_name
@@ -37,6 +37,12 @@ from .urls import redact
 ENV_PREFIX = "VM_PROVIDER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BACKEND_ENV = ENV_PREFIX + "BACKEND"
+ALLOWED_SANS_ENV = "VIRTRIGAUD_PROVIDER_ALLOWED_SANS"
+"""VirtRigaud's name for ``allowed_sans``: a comma-separated list."""
+INSECURE_ENV = "VIRTRIGAUD_PROVIDER_INSECURE"
+"""VirtRigaud's escape hatch: ``true`` lifts ``require_tls``."""
+VIRTRIGAUD_TLS_DIR = Path("/etc/virtrigaud/tls")
+"""Where VirtRigaud's manager mounts a provider's TLS Secret (a ``tls_dir``)."""
 DEFAULT_BACKEND = "libvirt"
 #: Set by VirtRigaud's manager to the backend's name: see provider_core.launch.
 PROVIDER_TYPE_ENV = "PROVIDER_TYPE"
@@ -63,6 +69,20 @@ class ServerSettings(BaseModel):
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(
         None, description="PEM CA bundle; clients must present a certificate it signed (mutual TLS)"
+    )
+    tls_dir: Path | None = Field(
+        None,
+        description="directory holding tls.crt, tls.key and ca.crt (a Kubernetes Secret mount): mutual TLS, "
+        "reloaded when the files change; instead of tls_cert, tls_key and tls_client_ca",
+    )
+    tls_min_version: Literal["1.2", "1.3"] = Field("1.3", description="the oldest TLS version a client may speak")
+    allowed_sans: list[str] = Field(
+        [],
+        description="client certificates accepted: one of these must be a DNS or URI SAN or the CN "
+        f"(empty: any the CA signed); also ${ALLOWED_SANS_ENV}, comma-separated",
+    )
+    require_tls: bool = Field(
+        False, description=f"refuse to start without TLS files (${INSECURE_ENV}=true lifts it, with a warning)"
     )
     auth_token: SecretStr | None = Field(None, description="bearer token clients must send; health checks are exempt")
     grace_seconds: float = Field(30.0, ge=0, description="on SIGTERM, how long the whole stop may take")
@@ -109,6 +129,39 @@ class ServerSettings(BaseModel):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty: an empty token would turn authentication off; give the token, or drop the setting")
         return value
+
+    @field_validator("allowed_sans")
+    @classmethod
+    def _sans(cls, value: list[str]) -> list[str]:
+        names = [name.strip() for name in value]
+        if not all(names):
+            raise ValueError("holds an empty name; give DNS names, URIs or CNs")
+        return names
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
+        if self.tls_dir is not None and (self.tls_cert or self.tls_key or self.tls_client_ca):
+            raise ValueError("tls_dir and tls_cert/tls_key/tls_client_ca are both set: give the directory or the files, not both")
+        if self.allowed_sans and self.tls_dir is None and self.tls_client_ca is None:
+            raise ValueError("allowed_sans needs client certificates: set tls_dir, or tls_client_ca with tls_cert and tls_key")
+        return self
+
+
+def virtrigaud_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """``[server]`` settings from VirtRigaud's own variables, above every
+    other layer: ``$VIRTRIGAUD_PROVIDER_ALLOWED_SANS`` (comma-separated;
+    empty means any client the CA signed) and
+    ``$VIRTRIGAUD_PROVIDER_INSECURE`` (``true`` lifts ``require_tls``;
+    other values change nothing, as in VirtRigaud's own providers)."""
+    found: dict[str, tuple[Any, str]] = {}
+    sans = [name.strip() for name in environ.get(ALLOWED_SANS_ENV, "").split(",") if name.strip()]
+    if sans:
+        if env_prefix("server") + "ALLOWED_SANS" in environ:
+            raise ConfigError(f"{ALLOWED_SANS_ENV} and {env_prefix('server')}ALLOWED_SANS are both set: keep one")
+        found["allowed_sans"] = (sans, ALLOWED_SANS_ENV)
+    if environ.get(INSECURE_ENV, "").strip().lower() == "true":
+        found["require_tls"] = (False, f"{INSECURE_ENV}=true")
+    return found
 
 
 class Config(BaseModel):

@@ -41,7 +41,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .config import DEFAULT, PROVIDER_TYPE_ENV, endpoint_fields
+from .config import DEFAULT, PROVIDER_TYPE_ENV, VIRTRIGAUD_TLS_DIR, endpoint_fields
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ LAUNCHED_DEFAULTS: dict[str, Any] = {
     "listen": "[::]:9443",
     "health_port": 8080,
     "credentials_dir": Path("/etc/virtrigaud/credentials"),
+    "tls_dir": VIRTRIGAUD_TLS_DIR,
+    "require_tls": True,  # VIRTRIGAUD_PROVIDER_INSECURE=true lifts it, as the manager sets when TLS is off
 }
 LAUNCHED_ORIGIN = f"{DEFAULT} when launched by VirtRigaud ({PROVIDER_TYPE_ENV} is set)"
 

@@ -1,22 +1,33 @@
 """What the server listens with: its address and its TLS credentials,
-checked before grpc sees them.
+checked before anything is bound.
 
 grpc reports a bad certificate or a port in use with lines of its C core
 and then "Failed to bind", blaming the port whatever went wrong. These
 checks run first and name the setting, the file and what to do.
+
+TLS is Python's ssl module's (OpenSSL), not grpc's: grpc's Python API can
+set neither a minimum TLS version nor a check of the client's name, so
+:mod:`provider_core.tls_proxy` terminates TLS with the
+:class:`ssl.SSLContext` built here and hands the plain bytes to grpc.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import socket
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from .config import ServerSettings
+from .config import INSECURE_ENV, ServerSettings
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+DIR_FILES = ("tls.crt", "tls.key", "ca.crt")
+"""The files of ``tls_dir``, as a Kubernetes TLS Secret names them."""
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def split_listen(listen: str) -> tuple[str, int] | None:
@@ -69,6 +80,53 @@ def _why(exc: OSError, host: str, port: int, reuse_port: bool) -> str:
     return exc.strerror or str(exc)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The files TLS is served from, and the setting each came from."""
+
+    cert: Path
+    key: Path
+    ca: Path | None
+    labels: tuple[str, str, str] = ("tls_cert", "tls_key", "tls_client_ca")
+
+    def signature(self) -> tuple[tuple[int, int, int, int], ...]:
+        """What changes when any of the files does: in place, or by a
+        swap of the symbolic links they are reached through."""
+        found = []
+        for path in (self.cert, self.key, self.ca):
+            if path is not None:
+                st = os.stat(path)
+                found.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(found)
+
+
+def tls_files(settings: ServerSettings) -> TlsFiles | None:
+    """The TLS files ``settings`` name; None to serve plaintext. Refuses
+    a partial set, and no files at all under ``require_tls``."""
+    if settings.tls_dir is not None:
+        cert, key, ca = paths = [settings.tls_dir / name for name in DIR_FILES]
+        missing = [p.name for p in paths if not p.exists()]
+        if not missing:
+            return TlsFiles(cert, key, ca, labels=("tls_dir", "tls_dir", "tls_dir"))
+        if len(missing) < len(paths):
+            raise ConfigError(f"tls_dir {settings.tls_dir} lacks {', '.join(missing)}; it needs all of {', '.join(DIR_FILES)}")
+        if settings.require_tls:
+            raise ConfigError(
+                f"require_tls: tls_dir {settings.tls_dir} holds none of {', '.join(DIR_FILES)}; "
+                f"provision them, or set {INSECURE_ENV}=true to serve plaintext"
+            )
+        return None
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ConfigError("tls_client_ca needs tls_cert and tls_key")
+        if settings.require_tls:
+            raise ConfigError(f"require_tls: no TLS files are set; set tls_dir, or tls_cert and tls_key (or {INSECURE_ENV}=true)")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("TLS needs both tls_cert and tls_key")
+    return TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
 def _read(path: Path, setting: str) -> bytes:
     try:
         return path.read_bytes()
@@ -91,37 +149,127 @@ def _no_password() -> str:
     raise _Encrypted
 
 
-def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
-    """grpc's credentials for ``settings``' TLS files, once Python's ssl
-    module has found them readable, PEM, and the key the certificate's."""
-    if settings.tls_cert is None and settings.tls_key is None:
-        if settings.tls_client_ca is not None:
-            raise ConfigError("tls_client_ca needs tls_cert and tls_key")
-        return None
-    if settings.tls_cert is None or settings.tls_key is None:
-        raise ConfigError("TLS needs both tls_cert and tls_key")
-    cert = _read(settings.tls_cert, "tls_cert")
-    key = _read(settings.tls_key, "tls_key")
-    ca = _read(settings.tls_client_ca, "tls_client_ca") if settings.tls_client_ca else None
-    _certificates(cert, settings.tls_cert, "tls_cert")
-    if ca is not None and settings.tls_client_ca is not None:
-        _certificates(ca, settings.tls_client_ca, "tls_client_ca")
+def _context(files: TlsFiles, min_version: str) -> ssl.SSLContext:
+    cert_label, key_label, ca_label = files.labels
+    cert = _read(files.cert, cert_label)
+    _read(files.key, key_label)
+    ca = _read(files.ca, ca_label) if files.ca else None
+    _certificates(cert, files.cert, cert_label)
+    if ca is not None and files.ca is not None:
+        _certificates(ca, files.ca, ca_label)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = VERSIONS[min_version]
+    context.set_alpn_protocols(["h2"])  # grpc clients refuse a server that does not choose HTTP/2
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.tls_cert, settings.tls_key, password=_no_password)
+        context.load_cert_chain(files.cert, files.key, password=_no_password)
     except _Encrypted:
-        raise ConfigError(
-            f"tls_key {settings.tls_key} is encrypted; give it unencrypted (openssl pkey -in KEY -out NEW)"
-        ) from None
+        raise ConfigError(f"{key_label} {files.key} is encrypted; give it unencrypted (openssl pkey -in KEY -out NEW)") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise ConfigError(
-                f"tls_key {settings.tls_key} is not the key of tls_cert {settings.tls_cert}; give the pair that belongs together"
+                f"{key_label} {files.key} is not the key of {cert_label} {files.cert}; give the pair that belongs together"
             ) from None
-        raise ConfigError(f"tls_key {settings.tls_key} holds no PEM private key (-----BEGIN PRIVATE KEY-----)") from None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+        raise ConfigError(f"{key_label} {files.key} holds no PEM private key (-----BEGIN PRIVATE KEY-----)") from None
+    if ca is not None:
+        context.load_verify_locations(cadata=ca.decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
-def security(settings: ServerSettings) -> str:
+def server_context(files: TlsFiles, min_version: str = "1.3") -> ssl.SSLContext:
+    """A TLS server context of ``files``, once they are found readable, PEM,
+    and the key the certificate's; read again if they change meanwhile."""
+    for _ in range(5):
+        try:
+            before = files.signature()
+        except OSError:
+            before = None  # _context names the file
+        context = _context(files, min_version)
+        if files.signature() == before:
+            break
+    return context
+
+
+class Credentials:
+    """The TLS context for new connections: built again when the files
+    change (a new certificate, key or CA: a rotation); a broken new set
+    keeps the context in use, with a warning. Open connections keep theirs."""
+
+    def __init__(self, files: TlsFiles, min_version: str) -> None:
+        self.files = files
+        self.min_version = min_version
+        self.context = server_context(files, min_version)  # names what is wrong with the files
+        self._signature: object = files.signature()
+        self._refused: object = None
+
+    @property
+    def mutual(self) -> bool:
+        return self.files.ca is not None
+
+    def current(self) -> ssl.SSLContext:
+        """The context to serve a new connection with (a few stat calls when nothing changed)."""
+        try:
+            signature: object = self.files.signature()
+        except OSError as exc:
+            signature = ("unreadable", exc.filename, exc.strerror)
+            if signature != self._refused:
+                self._refused = signature
+                log.warning("TLS files changed: %s: %s; serving the previous certificate", exc.filename, exc.strerror)
+            return self.context
+        if signature in (self._signature, self._refused):
+            return self.context
+        try:
+            context = server_context(self.files, self.min_version)
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            self._refused = signature
+            log.warning("TLS files changed but %s; serving the previous certificate", exc)
+            return self.context
+        self.context, self._signature, self._refused = context, signature, None
+        log.info("TLS files changed: new connections get the new certificate from %s", self.files.cert)
+        return context
+
+
+def security(settings: ServerSettings, files: TlsFiles | None) -> str:
     """How calls are protected, for the start line."""
-    tls = "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
-    return f"{tls}, {'token required' if settings.auth_token else 'no token'}"
+    token = "token required" if settings.auth_token else "no token"
+    if files is None:
+        return f"plaintext, {token}"
+    if files.ca is None:
+        return f"TLS {settings.tls_min_version}+, {token}"
+    sans = "on" if settings.allowed_sans else "off"
+    return f"mutual TLS {settings.tls_min_version}+, SAN allow-list {sans}, {token}"
+
+
+def bind(listen: str, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on ``listen`` (``HOST:PORT`` or ``unix:PATH``),
+    for the TLS front (:mod:`provider_core.tls_proxy`); check it first
+    with :func:`check_address`."""
+    parsed = split_listen(listen)
+    if parsed is None:
+        if not listen.startswith("unix:"):
+            raise ConfigError(f"listen {listen!r}: TLS is served on HOST:PORT or unix:PATH")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(listen.removeprefix("unix:").removeprefix("//"))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+    else:
+        host, port = parsed
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and not host.strip("[]:"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves IPv4 too, as grpc's does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {listen}: {_why(exc, host, port, reuse_port)}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -16,15 +16,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from . import urls
 from .auth import BearerTokenInterceptor
 from .backend import Backend
-from .config import ServerSettings, default_state_dir, endpoint
+from .config import INSECURE_ENV, ServerSettings, default_state_dir, endpoint
 from .errors import ConfigError
 from .health_http import HealthHTTP
-from .listening import check_address, security, server_credentials, split_listen
+from .listening import Credentials, bind, check_address, security, split_listen, tls_files
 from .pb import provider_pb2
 from .runtime import Runtime
 from .service import ProviderService, add_to_server
 from .status import GuardedRegistrar
 from .tasks import StateDir
+from .tls_proxy import TlsFront
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,7 +89,9 @@ class ProviderServer:
         self.settings = settings
         urls.allow(settings.allow_addresses)
         urls.set_roots(settings.pvc_root, settings.nfs_root)
-        creds = server_credentials(settings)  # checks the TLS files before anything is taken
+        self.tls = tls_files(settings)  # checks the TLS files before anything is taken
+        creds = Credentials(self.tls, settings.tls_min_version) if self.tls else None
+        self.front: TlsFront | None = None
         self.state = StateDir.open(settings.state_dir or default_state_dir(name, backend.settings))
         try:
             self.runtime = Runtime(
@@ -116,13 +119,19 @@ class ProviderServer:
             try:
                 if creds is None:
                     self.port = self.server.add_insecure_port(settings.listen)
-                else:
-                    self.port = self.server.add_secure_port(settings.listen, creds)
+                else:  # TLS is terminated in front of grpc (tls_proxy), which listens only privately
+                    self.front = TlsFront(bind(settings.listen, settings.reuse_port), creds, settings.allowed_sans)
+                    self.port = self.front.port
+                    self.server.add_insecure_port(f"unix:{self.front.upstream}")
+                    self.front.secure_upstream()
             except RuntimeError as exc:
                 raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from None
             self._draining = False
             self.http = HealthHTTP(settings.health_port, self._not_ready) if settings.health_port is not None else None
         except BaseException:
+            if self.front is not None:
+                self.front.sock.close()
+                self.front.remove()
             self.state.release()
             raise
         self._monitor: asyncio.Task[None] | None = None
@@ -157,6 +166,8 @@ class ProviderServer:
         if self.http is not None:
             await self.http.start()
         await self.server.start()
+        if self.front is not None:
+            await self.front.start()
         await self.runtime.connect()
         self._monitor = asyncio.create_task(self.runtime.monitor())
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
@@ -166,14 +177,22 @@ class ProviderServer:
             "serving %s on %s (%s); backend %s%s; state in %s; event loop %s%s",
             SERVICE_NAME,
             self.address,
-            security(self.settings),
+            security(self.settings, self.tls),
             self.runtime.name,
             where,
             self.state.path,
             loop,
             probes,
         )
-        if self.settings.auth_token and not self.settings.tls_cert:
+        if self.tls is None and self.settings.tls_dir is not None:
+            log.warning(
+                "serving PLAINTEXT: tls_dir %s holds no TLS files and require_tls is off (as %s=true has it); "
+                "anyone who reaches %s can call the provider, unencrypted",
+                self.settings.tls_dir,
+                INSECURE_ENV,
+                self.address,
+            )
+        if self.settings.auth_token and self.tls is None:
             log.warning("auth_token is set but TLS is off: the token crosses the network in clear text; set tls_cert and tls_key")
 
     async def stop(self, grace: float | None = None, delay: float = 0.0, hurry: asyncio.Event | None = None) -> None:
@@ -197,7 +216,11 @@ class ProviderServer:
             with suppress(TimeoutError):
                 await asyncio.wait_for((hurry or asyncio.Event()).wait(), delay)
         self.health.close_watches()
+        if self.front is not None:
+            self.front.close()
         await self.server.stop(max(0.0, end - loop.time()))
+        if self.front is not None:
+            await self.front.stop()
         await self.runtime.drain(max(0.0, end - loop.time()))
         if self.http is not None:
             await self.http.stop()

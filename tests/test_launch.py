@@ -77,11 +77,27 @@ def launched(**extra: str) -> dict[str, str]:
         "PROVIDER_NAMESPACE": "virtrigaud-system",
         "PROVIDER_NAME": "kvm-lab",
         "TLS_ENABLED": "false",
+        "VIRTRIGAUD_PROVIDER_INSECURE": "true",  # what the manager sets with TLS off
         "TLS_INSECURE_SKIP_VERIFY": "false",
         "VM_PROVIDER_SERVER_DRAIN_DELAY": "0",
     }
     env.update(extra)
     return env
+
+
+def test_launched_without_tls_files_refuses_to_start_unless_insecure(cli: Any) -> None:
+    """Launched by VirtRigaud, the provider wants /etc/virtrigaud/tls; with
+    no files there it starts only with the manager's explicit opt-out."""
+    env = launched()
+    del env["VIRTRIGAUD_PROVIDER_INSECURE"]
+    done = cli("serve", env=env)
+    assert done.returncode == 2
+    assert "require_tls: tls_dir /etc/virtrigaud/tls holds none of tls.crt, tls.key, ca.crt" in done.stderr
+    assert "VIRTRIGAUD_PROVIDER_INSECURE=true" in done.stderr
+    assert "Traceback" not in done.stderr
+    shown = cli("config", env=launched())
+    assert shown.returncode == 0, shown.stderr
+    assert "require_tls = false" in shown.stdout
 
 
 # -- serving, as launched ------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_the_start_line_says_where_how_and_what(serve: Callable[..., Any], tmp_p
 
     config = f'[server]\n{_tls(pki, ca=pki.ca)}\nauth_token_file = "{tmp_path / "token"}"\nstate_dir = "{tmp_path / "other"}"\n'
     guarded = serve("--backend", "memory", config=config)
-    assert guarded.started()["security"] == "mutual TLS, token required"
+    assert guarded.started()["security"] == "mutual TLS 1.3+, SAN allow-list off, token required"
     assert "TLS is off" not in guarded.text
     assert token not in guarded.text
 
