@@ -79,6 +79,16 @@ class ServerSettings(BaseModel):
         [],
         description="address kinds URLs in requests may point at (images, exports, imports); public addresses always",
     )
+    power_states: Literal["on-off", "detailed"] = Field(
+        "on-off",
+        description="power_state words of Describe and ListVMs: on-off (On, else Off: what VirtRigaud accepts),"
+        " or detailed (On, Off, Suspended, Unknown)",
+    )
+    manage_foreign_vms: bool = Field(
+        False,
+        description="let Power, Reconfigure, snapshots, Clone, Delete and HardwareUpgrade change VMs this provider"
+        " did not make (adopted VMs); off, they answer FAILED_PRECONDITION",
+    )
     log_level: str = "INFO"
 
     @field_validator("log_level")

@@ -40,7 +40,9 @@ def test_uri() -> str:
 
 @pytest.fixture
 def harness() -> Iterator[ProviderHarness]:
-    with ProviderHarness.for_backend("libvirt", {"uri": TEST_URI}) as h:
+    """A server giving the backend's own power words (its state table is
+    what these tests check; the core's On/Off default is tested there)."""
+    with ProviderHarness.for_backend("libvirt", {"uri": TEST_URI}, power_states="detailed") as h:
         yield h
 
 
@@ -223,7 +225,7 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
     finally:
         conn.close()
     settings = {"uri": SYSTEM_URI, "serial_log_dir": str(logs)}
-    with ProviderHarness.for_backend("libvirt", settings) as h:
+    with ProviderHarness.for_backend("libvirt", settings, power_states="detailed") as h:
         host = RealHost(h, tag, boot, logs, base)
         try:
             yield host

@@ -218,7 +218,9 @@ def provider() -> Iterator[Factory]:
     started: list[ProviderHarness] = []
 
     def make(table: dict[str, Any], **server: Any) -> ProviderHarness:
-        h = ProviderHarness.for_backend("proxmox", table, **server)
+        # the backend's own power words: its state table is what these tests
+        # check (the core's On/Off default is tested in the core's tests)
+        h = ProviderHarness.for_backend("proxmox", table, **{"power_states": "detailed", **server})
         started.append(h)
         return h.start()
 
