@@ -197,6 +197,15 @@ class RealHost:
             conn.close()
 
 
+@pytest.fixture
+def system_uri() -> str:
+    """qemu:///system, when the test bed's daemon serves it (else skip)."""
+    reason = libvirtd_unavailable()
+    if reason:
+        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    return SYSTEM_URI
+
+
 @pytest.fixture(scope="module")
 def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
     """Module-scoped: the test guest in place and a server on qemu:///system."""
