@@ -2,7 +2,8 @@
 
 ListVMs is ONE request at any VM count (``/cluster/resources?type=vm``
 carries name, status, CPUs, memory, boot disk size, tags and node); it
-reports the VMs with the ownership tag (every VM with ``list_all``). That
+reports every VM but templates (only those with the ownership tag when
+``list_all`` is false), ``managed`` saying which carry the tag. That
 answer's status is QEMU's run state (a paused VM is Suspended) as pvestatd
 last reported it, up to 10 s ago: a VM made since is listed Unknown and
 without a name until then (pve-manager PVE/API2Tools.pm:81-114). Only the
@@ -170,10 +171,12 @@ def _boot_disk(cluster: Cluster, ref: VmRef) -> list[Disk]:
 def list_vms(cluster: Cluster) -> list[VMInfo]:
     out = []
     for ref in cluster.vms():
-        if not (cluster.settings.list_all or cluster.owned(ref)):
+        managed = cluster.owned(ref)
+        if ref.template or not (cluster.settings.list_all or managed):
             continue
         e = ref.entry
         raw = {
+            "managed": "true" if managed else "false",
             "node": ref.node,
             "status": ref.status,
             "tags": ";".join(sorted(ref.tags)),
