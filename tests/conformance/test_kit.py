@@ -197,3 +197,22 @@ def test_the_s3_checks_skip_saying_why_without_moto(monkeypatch: pytest.MonkeyPa
     with pytest.raises(CheckSkipped, match=r"pip install 'vm-provider\[conformance\]'"):
         kit.s3_place("key")
     kit.close()
+
+
+def test_the_power_words_check_follows_the_servers_setting() -> None:
+    """The kit's server takes power_states from [server]; the check expects its words."""
+    with Session("sim", Config(backends={"sim": FAST})) as session:
+        assert session.kit.power_words == ("On", "Off")
+        words = next(c for c in session.checks() if c.name == "core.power_words")
+        assert session.run(words).status == PASS
+        session.kit.create_vm("off")
+        session.kit.power_words = ("On",)  # a server that may only say On: a stopped VM breaks it
+        failed = session.run(words)
+    assert failed.status == FAIL
+    assert "'Off'" in failed.detail
+    with Session("sim", Config(backends={"sim": FAST}, server={"power_states": "detailed"})) as session:
+        assert session.kit.power_words == ("On", "Off", "Suspended", "Unknown")
+        assert session.harness is not None
+        assert session.harness.settings.power_states == "detailed"
+        missing = session.kit.ok("Describe", pb.DescribeRequest(id="never-made"))
+    assert missing.power_state == "Unknown"
