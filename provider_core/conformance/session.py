@@ -23,7 +23,6 @@ from .kit import DETAILED_WORDS, POWER_WORDS, Kit, describe_error
 from .registry import Check, CheckFailed, CheckSkipped
 from .report import FAIL, PASS, SKIP, Result, render
 
-
 SERVED = ("power_states", "manage_foreign_vms")
 """``[server]`` settings the kit's server takes from the config: what they
 change is what clients see, so the checks must see it too. (Listening, TLS
