@@ -216,3 +216,24 @@ def test_the_power_words_check_follows_the_servers_setting() -> None:
         assert session.harness.settings.power_states == "detailed"
         missing = session.kit.ok("Describe", pb.DescribeRequest(id="never-made"))
     assert missing.power_state == "Unknown"
+
+
+def test_the_command_serves_with_the_configs_server_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "plugins.toml"
+    config.write_text('[server]\npower_states = "detailed"\n\n[backends.sim]\ntask_seconds = 0.01\n')
+    captured: list[Session] = []
+    real_start = Session.start
+
+    def start(self: Session) -> Session:
+        captured.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(Session, "start", start)
+    assert cli.main(["conformance", "--backend", "sim", "--config", str(config), "-k", "core.power_words"]) == 0
+    assert "PASS core.power_words" in capsys.readouterr().out
+    assert captured[0].server == {"power_states": "detailed", "manage_foreign_vms": False}
+    monkeypatch.setenv("VM_PROVIDER_SERVER_MANAGE_FOREIGN_VMS", "true")
+    assert cli.main(["conformance", "--backend", "sim", "--config", str(config), "-k", "core.power_words"]) == 0
+    assert captured[1].server == {"power_states": "detailed", "manage_foreign_vms": True}
