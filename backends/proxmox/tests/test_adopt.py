@@ -31,7 +31,8 @@ def test_a_foreign_vm_is_listed_and_read_but_not_changed_by_default(
     vm = made_elsewhere(ops, api, 400, "legacy")
     (listed,) = [v for v in ops.stub.ListVMs(pb.ListVMsRequest()).vms if v.id == vm]
     assert (listed.name, listed.provider_raw["managed"]) == ("legacy", "false")
-    assert ops.raw(vm)["status"] == "stopped"
+    assert (ops.raw(vm)["status"], ops.raw(vm)["managed"]) == ("stopped", False)
+    assert ops.raw(ops.create("mine"))["managed"] is True
     assert ops.stub.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=vm)).disk_id == "scsi0"
     for rpc, request in [
         ("Power", pb.PowerRequest(id=vm, op=pb.POWER_OP_ON)),

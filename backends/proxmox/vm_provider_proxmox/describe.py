@@ -25,7 +25,8 @@ last read):
    ``provider_raw_json``);
 
 and ``pending`` (the configuration and the changes waiting for a reboot,
-``config`` and ``pending`` in ``provider_raw_json``) when that stays within
+``config`` and ``pending`` in ``provider_raw_json``, and ``managed``: whether
+the VM carries the owner tag) when that stays within
 three. It does whenever the node is known; for a VM found by step 1 that
 runs with the agent enabled, ``config`` and ``pending`` are null (the next
 Describe, with the node known, has them). A VM that moved to another node
@@ -53,7 +54,7 @@ from provider_core import (
 )
 
 from .errors import SECRET_PARAMS
-from .inventory import Cluster, VmRef, parse_vmid, power_state
+from .inventory import Cluster, VmRef, parse_tags, parse_vmid, power_state
 from .vmconfig import GIB, MIB, primary_disk
 
 
@@ -137,6 +138,7 @@ def describe(cluster: Cluster, vm_id: str) -> VMStatus:
     if sent + 1 + int(ask_agent) <= MAX_REQUESTS:
         config, raw["pending"] = split_pending(client.get(f"{path}/pending") or [])
         raw["config"] = config
+        raw["managed"] = cluster.settings.owner_tag in parse_tags(config.get("tags"))
         boot = primary_disk(config)
         cluster.learn_boot_disk(vmid, boot.key if boot else None)
     ips: list[str] = []
