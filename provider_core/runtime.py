@@ -6,7 +6,10 @@ nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
 another, so that long tasks never starve Describe or health. Mutating
 operations on one VM are serialised with per-VM locks (held until their
-background work ends); different VMs proceed in parallel.
+background work ends); different VMs proceed in parallel. Operations the
+table marks ``owned`` change a VM only when the backend says it made it
+(:meth:`Backend.owns <provider_core.backend.Backend.owns>`), unless the
+server's ``manage_foreign_vms`` is on.
 """
 
 from __future__ import annotations
