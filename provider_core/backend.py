@@ -216,8 +216,8 @@ class Backend(ABC):
         as opposed to one found on the hypervisor (an adopted VM). The core
         asks before every change to a VM (``Operation.owned``) unless the
         server's ``manage_foreign_vms`` is on, and refuses the change of a
-        VM that is not its own with FAILED_PRECONDITION. Must be cheap (one
-        hypervisor call at most; the operation follows at once). NotFound
+        VM that is not its own with FAILED_PRECONDITION. Must be cheap (a
+        hypervisor call or two; the operation follows at once). NotFound
         for a missing VM (the operation then reports it). Default: True,
         for backends that cannot tell: every VM counts as their own, and
         nothing is refused; ListVMs should then say so in its raw fields."""
