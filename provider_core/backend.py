@@ -197,12 +197,18 @@ class Backend(ABC):
 
     @abstractmethod
     def describe(self, vm_id: str) -> VMStatus:
-        """State of one VM. Raise NotFound when it does not exist (the core
-        answers ``exists=false``). Costs O(1) hypervisor calls."""
+        """State of one VM, whoever made it; the raw JSON carries the native
+        state. Raise NotFound when it does not exist (the core answers
+        ``exists=false``). Costs O(1) hypervisor calls."""
 
     @abstractmethod
     def list_vms(self) -> list[VMInfo]:
-        """All VMs of the backend's scope, O(1) hypervisor calls per VM."""
+        """Every VM of the endpoint (templates are not VMs: left out),
+        those this provider made and the others, O(1) hypervisor calls per
+        VM; ``raw["managed"]`` is ``"true"`` for a VM of this provider
+        (:meth:`owns`), else ``"false"``, and the raw fields carry the
+        native state. Clients adopt the VMs they do not manage yet. A
+        backend setting may narrow the list (the provider's own only)."""
 
     @abstractmethod
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
@@ -214,7 +220,10 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, vm_id: str) -> Outcome[None]:
         """Stop and remove a VM with its disks and snapshots. A missing VM
-        may raise NotFound: the core reports success (Delete is idempotent)."""
+        may raise NotFound: the core reports success (Delete is idempotent).
+        A VM this provider did not make (only called so with
+        ``manage_foreign_vms``) loses no disk another VM uses: say in the
+        backend's docs what goes with it."""
 
     def lock_key(self, vm_id: str) -> str:
         """The one name of a VM under which the core serialises operations on
@@ -223,6 +232,18 @@ class Backend(ABC):
         Must be cheap, and return ``vm_id`` itself for a VM it cannot find
         (never raise NotFound: the operation reports that). Default: ``vm_id``."""
         return vm_id
+
+    def owns(self, vm_id: str) -> bool:
+        """Whether this provider made the VM (Create or Clone through it),
+        as opposed to one found on the hypervisor (an adopted VM). The core
+        asks before every change to a VM (``Operation.owned``) unless the
+        server's ``manage_foreign_vms`` is on, and refuses the change of a
+        VM that is not its own with FAILED_PRECONDITION. Must be cheap (a
+        hypervisor call or two; the operation follows at once). NotFound
+        for a missing VM (the operation then reports it). Default: True,
+        for backends that cannot tell: every VM counts as their own, and
+        nothing is refused; ListVMs should then say so in its raw fields."""
+        return True
 
     def task_status(self, task_id: str) -> TaskState:
         """State of a native task returned through ``Outcome.native``. Raise

@@ -117,6 +117,16 @@ class ServerSettings(BaseModel):
     credentials_dir: Path | None = Field(
         None, description="a directory of one file per credential (a mounted Secret); fills the backend's credential_keys"
     )
+    power_states: Literal["on-off", "detailed"] = Field(
+        "on-off",
+        description="power_state words of Describe and ListVMs: on-off (On, else Off: what VirtRigaud accepts),"
+        " or detailed (On, Off, Suspended, Unknown)",
+    )
+    manage_foreign_vms: bool = Field(
+        False,
+        description="let Power, Reconfigure, snapshots, Clone, Delete and HardwareUpgrade change VMs this provider"
+        " did not make (adopted VMs); off, they answer FAILED_PRECONDITION",
+    )
 
     @field_validator("log_level")
     @classmethod

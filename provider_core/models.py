@@ -53,12 +53,24 @@ from .specs import (
 
 
 class PowerState(str, Enum):
-    """The four power-state words deployed clients compare exactly."""
+    """A VM's power state as a backend reports it: the protocol's four words.
+
+    Clients do not all accept the four: what goes on the wire is
+    :meth:`word`, chosen by the server's ``power_states`` setting."""
 
     ON = "On"
     OFF = "Off"
     SUSPENDED = "Suspended"
     UNKNOWN = "Unknown"
+
+    def word(self, detailed: bool) -> str:
+        """The word a client gets: this state's own with ``detailed``,
+        else ``On`` for On and ``Off`` for every other state (deployed
+        VirtRigaud managers store the word in a field that accepts only
+        On, Off and OffGraceful; the native state is in the raw JSON)."""
+        if detailed or self is PowerState.ON:
+            return self.value
+        return PowerState.OFF.value
 
 
 class _Model(BaseModel):

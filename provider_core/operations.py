@@ -4,7 +4,8 @@ Each :class:`Operation` names the RPC, the :class:`~provider_core.models.Request
 model its request becomes (the only validation of a request), the backend
 method it calls, the capability that gates it and the boolean request
 fields that need a refining capability, the VM and names it locks, whether
-it changes anything, and whether a missing target counts as success. The
+it changes anything, whether the VM it changes must be the provider's own,
+and whether a missing target counts as success. The
 runtime runs every operation from this table alone; the servicer converts
 protobuf in and out around one call; the load-time check of a backend's
 declaration (``METHODS``), the docs' support matrix and the conformance kit
@@ -57,6 +58,10 @@ class Operation:
     """Runs under locks and may leave background work tracked as a task."""
     vm: str = ""
     """The request field naming (by id or name) the VM whose lock it holds (mutations)."""
+    owned: bool = False
+    """It changes the VM ``vm`` names, which must be one this provider made
+    (:meth:`Backend.owns <provider_core.backend.Backend.owns>`) unless the
+    server's ``manage_foreign_vms`` is on."""
     new_vm: str = ""
     """The request field naming the VM it makes: locked like ``vm``, and
     the id the backend returns locks the same while the work runs."""
@@ -78,9 +83,11 @@ VALIDATE = Operation("Validate", NoArguments, "validate")
 CREATE = Operation("Create", CreateSpec, "create", mutates=True, new_vm="name")
 DESCRIBE = Operation("Describe", VMRef, "describe", missing_ok=True)
 LIST_VMS = Operation("ListVMs", NoArguments, "list_vms")
-POWER = Operation("Power", PowerRequest, "power", mutates=True, vm="id")
-DELETE = Operation("Delete", VMRef, "delete", mutates=True, vm="id", missing_ok=True)
-RECONFIGURE = Operation("Reconfigure", ReconfigureRequest, "reconfigure", Capability.RECONFIGURE, mutates=True, vm="id")
+POWER = Operation("Power", PowerRequest, "power", mutates=True, vm="id", owned=True)
+DELETE = Operation("Delete", VMRef, "delete", mutates=True, vm="id", owned=True, missing_ok=True)
+RECONFIGURE = Operation(
+    "Reconfigure", ReconfigureRequest, "reconfigure", Capability.RECONFIGURE, mutates=True, vm="id", owned=True
+)
 SNAPSHOT_CREATE = Operation(
     "SnapshotCreate",
     SnapshotSpec,
@@ -89,10 +96,20 @@ SNAPSHOT_CREATE = Operation(
     refines=(("include_memory", Capability.MEMORY_SNAPSHOTS),),
     mutates=True,
     vm="vm_id",
+    owned=True,
 )
-SNAPSHOT_REVERT = Operation("SnapshotRevert", SnapshotRef, "snapshot_revert", Capability.SNAPSHOTS, mutates=True, vm="vm_id")
+SNAPSHOT_REVERT = Operation(
+    "SnapshotRevert", SnapshotRef, "snapshot_revert", Capability.SNAPSHOTS, mutates=True, vm="vm_id", owned=True
+)
 SNAPSHOT_DELETE = Operation(
-    "SnapshotDelete", SnapshotRef, "snapshot_delete", Capability.SNAPSHOTS, mutates=True, vm="vm_id", missing_ok=True
+    "SnapshotDelete",
+    SnapshotRef,
+    "snapshot_delete",
+    Capability.SNAPSHOTS,
+    mutates=True,
+    vm="vm_id",
+    owned=True,
+    missing_ok=True,
 )
 CLONE = Operation(
     "Clone",
@@ -102,6 +119,7 @@ CLONE = Operation(
     refines=(("linked", Capability.LINKED_CLONES),),
     mutates=True,
     vm="source_vm_id",
+    owned=True,
     new_vm="target_name",
 )
 IMAGE_PREPARE = Operation(
@@ -137,7 +155,7 @@ IMPORT_DISK = Operation(
     wait=True,
 )
 HARDWARE_UPGRADE = Operation(
-    "HardwareUpgrade", UpgradeRequest, "hardware_upgrade", Capability.HARDWARE_UPGRADE, mutates=True, vm="id"
+    "HardwareUpgrade", UpgradeRequest, "hardware_upgrade", Capability.HARDWARE_UPGRADE, mutates=True, vm="id", owned=True
 )
 TASK_STATUS = Operation("TaskStatus", TaskQuery, "task_status")
 

@@ -6,7 +6,10 @@ nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
 another, so that long tasks never starve Describe or health. Mutating
 operations on one VM are serialised with per-VM locks (held until their
-background work ends); different VMs proceed in parallel.
+background work ends); different VMs proceed in parallel. Operations the
+table marks ``owned`` change a VM only when the backend says it made it
+(:meth:`Backend.owns <provider_core.backend.Backend.owns>`), unless the
+server's ``manage_foreign_vms`` is on.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from pydantic import ValidationError
 from . import deadline, urls
 from .backend import Backend, Outcome
 from .capabilities import REFINES, Offer
-from .errors import CapabilityMissing, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
+from .config import env_prefix
+from .errors import CapabilityMissing, FailedPrecondition, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
 from .models import Request, TaskState
 from .operations import TASK_STATUS, Operation
 from .specs import invalid
@@ -35,6 +39,8 @@ from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+FOREIGN_ENV = env_prefix("server") + "MANAGE_FOREIGN_VMS"
+"""The environment variable of the server's ``manage_foreign_vms``."""
 
 
 class KeyedLocks:
@@ -95,6 +101,7 @@ class Runtime:
         workers: int = 64,
         task_workers: int = 32,
         health_interval: float = 5.0,
+        manage_foreign_vms: bool = False,
     ) -> None:
         self.backend = backend
         self.name = name
@@ -106,6 +113,7 @@ class Runtime:
         self._locks = KeyedLocks()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._health_interval = health_interval
+        self.manage_foreign_vms = manage_foreign_vms
         self.connected = False
         self._on_health: list[Callable[[bool], None]] = []
 
@@ -380,6 +388,8 @@ class Runtime:
             (task_id,) = spec.args()
             return await self.task_status(task_id, timeout), ""
         fn = getattr(self.backend, op.method)
+        if op.owned and not self.manage_foreign_vms:
+            fn = self._own_only(fn, getattr(spec, op.vm))
         if not op.mutates:
             try:
                 return await self._call(fn, *spec.args(), timeout=timeout), ""
@@ -401,6 +411,26 @@ class Runtime:
             missing_ok=op.missing_ok,
             wait=op.wait,
         )
+
+    def _own_only(self, fn: Callable[..., T], vm_id: str) -> Callable[..., T]:
+        """``fn``, first refusing a VM this provider did not make (asked in
+        the same worker, under the VM's lock). A missing VM passes: the
+        operation says NotFound, or Delete succeeds."""
+        owns = self.backend.owns
+
+        def guarded(*args: Any) -> T:
+            try:
+                own = owns(vm_id)
+            except NotFound:
+                own = True
+            if not own:
+                raise FailedPrecondition(
+                    f"VM {vm_id!r} was not made by this provider; changing it needs the server setting"
+                    f" manage_foreign_vms = true ([server] in plugins.toml, or {FOREIGN_ENV}=true)"
+                )
+            return fn(*args)
+
+        return guarded
 
     async def call(self, op: Operation, fields: Mapping[str, Any], timeout: float | None) -> tuple[Any, str]:
         """:meth:`request`, then :meth:`run`: what the servicer does for each RPC."""

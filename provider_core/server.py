@@ -101,6 +101,7 @@ class ProviderServer:
                 workers=settings.workers,
                 task_workers=settings.task_workers,
                 health_interval=settings.health_interval,
+                manage_foreign_vms=settings.manage_foreign_vms,
             )
             self.endpoint = endpoint(backend.settings)
             self.auth = BearerTokenInterceptor(settings.auth_token.get_secret_value()) if settings.auth_token else None
@@ -108,7 +109,7 @@ class ProviderServer:
             # providers would then split the clients between them, each with its own state.
             options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
             self.server = grpc.aio.server(interceptors=[self.auth] if self.auth else [], options=options)
-            add_to_server(ProviderService(self.runtime), self.server)
+            add_to_server(ProviderService(self.runtime, detailed_power=settings.power_states == "detailed"), self.server)
             self.health = HealthServicer()
             guarded = GuardedRegistrar(self.server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)

@@ -19,7 +19,7 @@ import orjson
 
 from . import operations as ops
 from .capabilities import Capability
-from .models import PreparedImage, VMStatus
+from .models import PowerState, PreparedImage, VMStatus
 from .pb import provider_pb2 as pb
 from .pb import provider_pb2_grpc as pb_grpc
 from .runtime import Runtime
@@ -64,8 +64,14 @@ def _raw_json(raw: dict[str, Any]) -> str:
 
 
 class ProviderService(pb_grpc.ProviderServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    """``detailed_power``: power_state carries the four words of
+    :class:`~provider_core.models.PowerState`; without it On and Off only
+    (:meth:`PowerState.word <provider_core.models.PowerState.word>`, the
+    server's ``power_states`` setting)."""
+
+    def __init__(self, runtime: Runtime, *, detailed_power: bool = False) -> None:
         self.rt = runtime
+        self.detailed_power = detailed_power
 
     async def _call(self, op: ops.Operation, request: Any, context: Ctx) -> tuple[Any, str]:
         return await self.rt.call(op, fields(request), context.time_remaining())
@@ -104,10 +110,10 @@ class ProviderService(pb_grpc.ProviderServicer):
         status: VMStatus | None
         status, _ = await self._call(ops.DESCRIBE, request, context)
         if status is None:
-            return pb.DescribeResponse(exists=False, power_state="Unknown")
+            return pb.DescribeResponse(exists=False, power_state=PowerState.UNKNOWN.word(self.detailed_power))
         return pb.DescribeResponse(
             exists=True,
-            power_state=status.power_state.value,
+            power_state=status.power_state.word(self.detailed_power),
             ips=status.ips,
             console_url=status.console_url,
             provider_raw_json=_raw_json(status.raw),
@@ -120,7 +126,7 @@ class ProviderService(pb_grpc.ProviderServicer):
                 pb.VMInfo(
                     id=vm.id,
                     name=vm.name,
-                    power_state=vm.power_state.value,
+                    power_state=vm.power_state.word(self.detailed_power),
                     ips=vm.ips,
                     cpu=vm.cpu,
                     memory_mib=vm.memory_mib,

@@ -84,7 +84,7 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
     with pytest.raises(grpc.RpcError) as later:
         p.stub.Describe(pb.DescribeRequest(id="fast"), timeout=5)
     assert later.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert in_flight.result(timeout=30) == pb.DescribeResponse(exists=False, power_state="Unknown")
+    assert in_flight.result(timeout=30) == pb.DescribeResponse(exists=False, power_state="Off")
     assert p.proc.wait(timeout=20) == 0
     p.wait_for("stopped")
 

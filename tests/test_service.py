@@ -116,7 +116,7 @@ def test_delete_of_a_missing_vm_succeeds(memory: ProviderHarness) -> None:
 
 
 def test_describe_of_a_missing_vm_is_exists_false(memory: ProviderHarness) -> None:
-    assert memory.stub.Describe(pb.DescribeRequest(id="gone")) == pb.DescribeResponse(exists=False, power_state="Unknown")
+    assert memory.stub.Describe(pb.DescribeRequest(id="gone")) == pb.DescribeResponse(exists=False, power_state="Off")
 
 
 def test_snapshot_delete_of_a_missing_snapshot_succeeds(plus: ProviderHarness) -> None:

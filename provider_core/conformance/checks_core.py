@@ -185,9 +185,34 @@ def power_cycle(kit: Kit) -> None:
 
 @check("power_words")
 def power_words(kit: Kit) -> None:
-    """Every VM in ListVMs, and Describe of each, uses On, Off, Suspended or Unknown."""
+    """Every VM in ListVMs, and Describe of each, uses the server's power words:
+    On and Off (the default, what deployed clients accept), or On, Off,
+    Suspended and Unknown with ``power_states = "detailed"``. A missing VM's
+    word is one of them too."""
     for vm in kit.list_vms():
         kit.describe(vm.id)
+    gone = kit.ok("Describe", pb.DescribeRequest(id=kit.vm_name("never-made")))
+    expect(not gone.exists, "Describe of a VM never made says it exists")
+    expect(
+        gone.power_state in kit.power_words,
+        f"Describe of a missing VM says power_state {gone.power_state!r}, not one of {kit.power_words}",
+    )
+
+
+@check("adoption_list")
+def adoption_list(kit: Kit) -> None:
+    """ListVMs says which VMs the provider made (``provider_raw["managed"]``
+    ``"true"``, others ``"false"``), so that clients adopt the others."""
+    vm = kit.create_vm("adopt")
+    for listed in kit.list_vms():
+        managed = listed.provider_raw.get("managed")
+        expect(
+            managed in ("true", "false"),
+            f'ListVMs gives VM {listed.id} provider_raw managed={managed!r}, not "true" or "false"',
+        )
+        if listed.id == vm:
+            expect(managed == "true", f"ListVMs says the VM {vm} the kit made is not the provider's (managed={managed!r})")
+    expect(kit.listed(vm) is not None, f"ListVMs does not list the VM {vm} the kit made")
 
 
 def _bad_payloads(field: str) -> list[tuple[str, str]]:

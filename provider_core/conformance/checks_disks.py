@@ -68,12 +68,25 @@ def prepare_image(kit: Kit) -> tuple[dict[str, str], bool]:
 
 @check("prepare", needs=Capability.IMAGE_PREPARE)
 def image_prepare(kit: Kit) -> None:
-    """ImagePrepare brings an image onto storage; repeating it succeeds."""
+    """ImagePrepare brings an image onto storage and names it at once
+    (prepared_image_id); repeating it succeeds; a Create given that id as
+    TemplateName makes a VM from it."""
     image, _ = prepare_image(kit)
     target = kit.vm_name("image")
     request = pb.ImagePrepareRequest(image_json=json.dumps(image), target_name=target)
-    kit.wait(kit.ok("ImagePrepare", request).task, f"ImagePrepare({target})")
-    kit.wait(kit.ok("ImagePrepare", request).task, f"a repeated ImagePrepare({target})")
+    first = kit.ok("ImagePrepare", request)
+    expect(first.prepared_image_id, f"ImagePrepare({target}) answered no prepared_image_id: a Create cannot name the image")
+    kit.wait(first.task, f"ImagePrepare({target})")
+    again = kit.ok("ImagePrepare", request)
+    kit.wait(again.task, f"a repeated ImagePrepare({target})")
+    expect(
+        (again.prepared_image_id, again.prepared_image_path) == (first.prepared_image_id, first.prepared_image_path),
+        f"a repeated ImagePrepare({target}) names the image {again.prepared_image_id!r}, the first {first.prepared_image_id!r}",
+    )
+    vm = kit.create_vm("prepared", image_json=json.dumps({"TemplateName": first.prepared_image_id}))
+    expect(
+        kit.describe(vm).exists, f"Describe says the VM made from the prepared image {first.prepared_image_id!r} does not exist"
+    )
 
 
 @check("checksum", needs=Capability.IMAGE_PREPARE)

@@ -32,7 +32,10 @@ from .registry import CheckFailed, CheckSkipped
 from .servers import HttpSink, S3Server
 
 Code = grpc.StatusCode
-POWER_WORDS = ("On", "Off", "Suspended", "Unknown")
+POWER_WORDS = ("On", "Off")
+"""power_state words of a server with ``power_states = "on-off"`` (the default)."""
+DETAILED_WORDS = ("On", "Off", "Suspended", "Unknown")
+"""power_state words of a server with ``power_states = "detailed"``."""
 
 #: Deadlines deployed clients set, per RPC (seconds).
 DEADLINES: dict[str, float] = {
@@ -118,6 +121,9 @@ class Kit:
         self.not_offered: dict[Capability, str] = {}
         """Every capability the endpoint does not offer -> how the server said so."""
         self.fixtures = fixtures
+        self.power_words: tuple[str, ...] = POWER_WORDS
+        """The power_state words the server under test may answer (its
+        ``power_states`` setting, set by the session that serves it)."""
         self._made: list[str] = []
         self.run_tag = secrets.token_hex(2)
         """In every name this kit run makes, so that runs sharing a hypervisor keep apart."""
@@ -227,8 +233,8 @@ class Kit:
         resp: pb.DescribeResponse = self.ok("Describe", pb.DescribeRequest(id=vm_id))
         if resp.exists:
             expect(
-                resp.power_state in POWER_WORDS,
-                f"Describe({vm_id}).power_state is {resp.power_state!r}, not one of {POWER_WORDS}",
+                resp.power_state in self.power_words,
+                f"Describe({vm_id}).power_state is {resp.power_state!r}, not one of {self.power_words}",
             )
         return resp
 
@@ -236,8 +242,8 @@ class Kit:
         vms: list[pb.VMInfo] = list(self.ok("ListVMs", pb.ListVMsRequest()).vms)
         for vm in vms:
             expect(
-                vm.power_state in POWER_WORDS,
-                f"ListVMs gives VM {vm.id} power_state {vm.power_state!r}, not one of {POWER_WORDS}",
+                vm.power_state in self.power_words,
+                f"ListVMs gives VM {vm.id} power_state {vm.power_state!r}, not one of {self.power_words}",
             )
         return vms
 

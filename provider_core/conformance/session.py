@@ -14,14 +14,19 @@ from types import TracebackType
 import grpc
 
 from .. import plugins
-from ..config import Config
+from ..config import Config, ServerSettings, resolve
 from ..errors import ConfigError
 from ..testing import ProviderHarness
 from . import fixtures as fixtures_mod
 from . import offered, registry
-from .kit import Kit, describe_error
+from .kit import DETAILED_WORDS, POWER_WORDS, Kit, describe_error
 from .registry import Check, CheckFailed, CheckSkipped
 from .report import FAIL, PASS, SKIP, Result, render
+
+SERVED = ("power_states", "manage_foreign_vms")
+"""``[server]`` settings the kit's server takes from the config: what they
+change is what clients see, so the checks must see it too. (Listening, TLS
+and state stay the kit's own.)"""
 
 
 class Session:
@@ -29,8 +34,10 @@ class Session:
 
     Loads the backend ``name`` with its ``[backends.NAME]`` settings (the
     environment overrides them, as for ``vm-provider serve``) and the kit's
-    ``[conformance.NAME]`` fixtures, serves it on 127.0.0.1 port 0, and asks
-    the server what its endpoint offers: that chooses the checks.
+    ``[conformance.NAME]`` fixtures, serves it on 127.0.0.1 port 0 with the
+    ``[server]`` settings that change what clients see (:data:`SERVED`,
+    also from the environment), and asks the server what its endpoint
+    offers: that chooses the checks.
     """
 
     def __init__(self, name: str, config: Config) -> None:
@@ -38,6 +45,9 @@ class Session:
         self.backend_cls = plugins.load_class(name)
         self.fixtures = fixtures_mod.load(name, config.conformance.get(name, {}), registry.names())
         self._table = config.backends.get(name, {})
+        served = resolve(ServerSettings, "server", config.server, source=config.source).settings
+        self.server = {key: getattr(served, key) for key in SERVED}
+        """The server settings of :data:`SERVED`, as the config and environment give them."""
         self.harness: ProviderHarness | None = None
         self._kit: Kit | None = None
         self.answer: offered.Answer | None = None
@@ -55,8 +65,9 @@ class Session:
     def start(self) -> Session:
         """Serve the backend and ask the server what its endpoint offers;
         ConfigError when it cannot say (the backend did not connect)."""
-        self.harness = ProviderHarness(plugins.load(self.name, self._table), self.name).start()
+        self.harness = ProviderHarness(plugins.load(self.name, self._table), self.name, **self.server).start()
         kit = self._kit = Kit(self.harness.stub, self.name, self.backend_cls, self.fixtures)
+        kit.power_words = DETAILED_WORDS if self.server["power_states"] == "detailed" else POWER_WORDS
         try:
             answer = offered.read(kit)
         except (grpc.RpcError, CheckFailed) as exc:

@@ -39,14 +39,19 @@ def require_backend(name: str) -> None:
 
 @pytest.fixture
 def run_kit() -> RunKit:
-    """``run_kit("sim", {settings}, {fixtures}, select=None)``: every applicable
-    check's result, run in-process through a real server."""
+    """``run_kit("sim", {settings}, {fixtures}, select=None, server=None)``:
+    every applicable check's result, run in-process through a real server
+    (``server``: its ``[server]`` table)."""
 
     def run(
-        name: str, settings: Mapping[str, Any], fixtures: Mapping[str, Any] | None = None, select: str | None = None
+        name: str,
+        settings: Mapping[str, Any],
+        fixtures: Mapping[str, Any] | None = None,
+        select: str | None = None,
+        server: Mapping[str, Any] | None = None,
     ) -> list[Result]:
         require_backend(name)
-        config = Config(backends={name: dict(settings)}, conformance={name: dict(fixtures or {})})
+        config = Config(backends={name: dict(settings)}, conformance={name: dict(fixtures or {})}, server=dict(server or {}))
         session = Session(name, config)
         with session:
             return [session.run(check) for check in session.checks(select)]

@@ -197,3 +197,43 @@ def test_the_s3_checks_skip_saying_why_without_moto(monkeypatch: pytest.MonkeyPa
     with pytest.raises(CheckSkipped, match=r"install the conformance extra \(from a clone: pip install '\./\[conformance\]'\)"):
         kit.s3_place("key")
     kit.close()
+
+
+def test_the_power_words_check_follows_the_servers_setting() -> None:
+    """The kit's server takes power_states from [server]; the check expects its words."""
+    with Session("sim", Config(backends={"sim": FAST})) as session:
+        assert session.kit.power_words == ("On", "Off")
+        words = next(c for c in session.checks() if c.name == "core.power_words")
+        assert session.run(words).status == PASS
+        session.kit.create_vm("off")
+        session.kit.power_words = ("On",)  # a server that may only say On: a stopped VM breaks it
+        failed = session.run(words)
+    assert failed.status == FAIL
+    assert "'Off'" in failed.detail
+    with Session("sim", Config(backends={"sim": FAST}, server={"power_states": "detailed"})) as session:
+        assert session.kit.power_words == ("On", "Off", "Suspended", "Unknown")
+        assert session.harness is not None
+        assert session.harness.settings.power_states == "detailed"
+        missing = session.kit.ok("Describe", pb.DescribeRequest(id="never-made"))
+    assert missing.power_state == "Unknown"
+
+
+def test_the_command_serves_with_the_configs_server_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "plugins.toml"
+    config.write_text('[server]\npower_states = "detailed"\n\n[backends.sim]\ntask_seconds = 0.01\n')
+    captured: list[Session] = []
+    real_start = Session.start
+
+    def start(self: Session) -> Session:
+        captured.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(Session, "start", start)
+    assert cli.main(["conformance", "--backend", "sim", "--config", str(config), "-k", "core.power_words"]) == 0
+    assert "PASS core.power_words" in capsys.readouterr().out
+    assert captured[0].server == {"power_states": "detailed", "manage_foreign_vms": False}
+    monkeypatch.setenv("VM_PROVIDER_SERVER_MANAGE_FOREIGN_VMS", "true")
+    assert cli.main(["conformance", "--backend", "sim", "--config", str(config), "-k", "core.power_words"]) == 0
+    assert captured[1].server == {"power_states": "detailed", "manage_foreign_vms": True}

@@ -67,7 +67,12 @@ def test_linked_clone_of_a_given_source(run_kit: Callable[..., Any], fast_sim: d
     settings = {**fast_sim, "state_file": str(tmp_path / "sim.json"), "foreign_vms": ["golden"]}
     with ProviderHarness.for_backend("sim", settings) as h:
         (golden,) = [vm for vm in h.stub.ListVMs(pb.ListVMsRequest()).vms if vm.name == "golden"]
-    results = run_kit("sim", settings, {"linked_clone_source": golden.id}, select="linked_clones.linked")
+    fixtures = {"linked_clone_source": golden.id}
+    refused = run_kit("sim", settings, fixtures, select="linked_clones.linked")
+    assert [(r.check.name, r.status) for r in refused] == [("linked_clones.linked", FAIL)]
+    assert "manage_foreign_vms" in refused[0].detail  # cloning a VM it did not make is the operator's choice
+    allowed = {"manage_foreign_vms": True}
+    results = run_kit("sim", settings, fixtures, select="linked_clones.linked", server=allowed)
     assert [(r.check.name, r.status, r.detail) for r in results] == [("linked_clones.linked", PASS, "")]
     with ProviderHarness.for_backend("sim", settings) as h:
         vms = list(h.stub.ListVMs(pb.ListVMsRequest()).vms)

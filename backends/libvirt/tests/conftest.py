@@ -42,7 +42,9 @@ def test_uri() -> str:
 
 @pytest.fixture
 def harness() -> Iterator[ProviderHarness]:
-    with ProviderHarness.for_backend("libvirt", {"uri": TEST_URI}) as h:
+    """A server giving the backend's own power words (its state table is
+    what these tests check; the core's On/Off default is tested there)."""
+    with ProviderHarness.for_backend("libvirt", {"uri": TEST_URI}, power_states="detailed") as h:
         yield h
 
 
@@ -197,6 +199,15 @@ class RealHost:
             conn.close()
 
 
+@pytest.fixture
+def system_uri() -> str:
+    """The test bed's own QEMU daemon, when it serves (else skip)."""
+    reason = libvirtd_unavailable()
+    if reason:
+        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    return libvirtd_uri()
+
+
 @pytest.fixture(scope="module")
 def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
     """Module-scoped: the test guest in place and a server on the test bed's daemon."""
@@ -234,7 +245,7 @@ def real_host_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real
     finally:
         conn.close()
     settings = {"uri": libvirtd_uri(), "serial_log_dir": str(logs)}
-    with ProviderHarness.for_backend("libvirt", settings) as h:
+    with ProviderHarness.for_backend("libvirt", settings, power_states="detailed") as h:
         host = RealHost(h, tag, boot, logs, base)
         try:
             yield host

@@ -65,8 +65,10 @@ def test_no_code_sits_in_two_unconditional_rules() -> None:
 
 def test_real_libvirt_errors_reach_clients_with_their_codes(harness: ProviderHarness) -> None:
     stub = harness.stub
+    made = stub.Create(pb.CreateRequest(name="mine"))
+    harness.wait(made.task)
     with pytest.raises(grpc.RpcError) as info:
-        stub.SnapshotRevert(pb.SnapshotRevertRequest(vm_id="foreign-vm", snapshot_id="nope"))
+        stub.SnapshotRevert(pb.SnapshotRevertRequest(vm_id=made.id, snapshot_id="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "nope" in (info.value.details() or "")
     # Destroying a stopped domain is an invalid operation: FAILED_PRECONDITION.

@@ -67,7 +67,7 @@ def test_list_vms_shows_our_vms_with_their_facts(harness: ProviderHarness, make_
     )
     power(harness, b, ON)
     vms = {vm.name: vm for vm in harness.stub.ListVMs(pb.ListVMsRequest()).vms}
-    assert set(vms) == {"vm-a", "vm-b"}  # the foreign domain is not ours
+    assert set(vms) == {"vm-a", "vm-b", "foreign-vm"}  # every domain, for adoption
     vm_a, vm_b = vms["vm-a"], vms["vm-b"]
     assert (vm_a.id, vm_a.power_state, vm_a.cpu, vm_a.memory_mib) == (a, "Off", 2, 1024)
     assert [(d.id, d.path, d.format) for d in vm_a.disks] == [("vda", "/vmpt-pool/vm-a-data.qcow2", "qcow2")]
@@ -91,6 +91,14 @@ def test_list_scope_all_includes_foreign_domains(test_uri: str) -> None:
     with ProviderHarness.for_backend("libvirt", {"uri": test_uri, "list_scope": "all"}) as h:
         names = {vm.name: vm for vm in h.stub.ListVMs(pb.ListVMsRequest()).vms}
     assert names["foreign-vm"].provider_raw["managed"] == "false"
+
+
+def test_list_scope_managed_narrows_the_list_to_vm_providers_own(test_uri: str) -> None:
+    with ProviderHarness.for_backend("libvirt", {"uri": test_uri, "list_scope": "managed"}) as h:
+        h.wait(h.stub.Create(pb.CreateRequest(name="mine")).task)
+        names = {vm.name: vm for vm in h.stub.ListVMs(pb.ListVMsRequest()).vms}
+    assert set(names) == {"mine"}
+    assert names["mine"].provider_raw["managed"] == "true"
 
 
 def test_power_ops_are_idempotent_and_follow_the_table(harness: ProviderHarness, make_vm: Callable[..., str]) -> None:
@@ -146,6 +154,7 @@ def test_delete_refuses_a_vm_vm_provider_did_not_make(harness: ProviderHarness) 
     with pytest.raises(grpc.RpcError) as info:
         harness.stub.Delete(pb.DeleteRequest(id="foreign-vm"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "manage_foreign_vms" in (info.value.details() or "")
     assert harness.stub.Describe(pb.DescribeRequest(id="foreign-vm")).exists
 
 

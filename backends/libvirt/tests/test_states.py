@@ -62,6 +62,6 @@ def test_running_paused_and_off_are_reported_distinctly(harness: ProviderHarness
     dom.suspend()
     assert seen() == ("Suspended", "paused", "user")
     listed = {vm.name: vm for vm in stub.ListVMs(pb.ListVMsRequest()).vms}
-    assert "foreign-vm" not in listed  # ListVMs shows only VMs vm-provider made
+    assert listed["foreign-vm"].provider_raw["managed"] == "false"  # every domain is listed, for adoption
     dom.destroy()
     assert seen() == ("Off", "shutoff", "destroyed")

@@ -12,8 +12,9 @@ on the same session. What a connected host offers is decided in
 
 VM ids are domain UUIDs (stable across renames); every call also accepts a
 domain name. Domains made by vm-provider carry its mark
-(:mod:`~vm_provider_libvirt.marks`): ListVMs lists those, Delete refuses
-others, Create is idempotent only for them.
+(:mod:`~vm_provider_libvirt.marks`): that is how :meth:`owns` tells them
+from the host's other domains (which ListVMs lists too, for adoption), and
+Create is idempotent only for them.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class LibvirtBackend(Backend):
 
     def list_vms(self) -> list[VMInfo]:
         return self.session.reading(lambda: queries.list_vms(self.session))
+
+    def owns(self, vm_id: str) -> bool:
+        return self.session.reading(lambda: queries.owns(self.session, vm_id))
 
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
         return self.session.changing(lambda: power.power(self.session, vm_id, op, graceful_timeout))

@@ -1,7 +1,8 @@
 """Our mark on a domain: a ``<metadata>`` element in our own XML namespace.
 
 Its presence says "made by vm-provider" (Create is idempotent only for
-marked domains; Delete refuses unmarked ones; ListVMs lists marked ones). It
+marked domains; Delete of an unmarked one keeps disks it cannot prove are its
+own; ListVMs says which domains are marked). It
 records what cannot be read back from the domain itself::
 
   <vmp:vm xmlns:vmp="https://vm-provider.dev/xmlns/libvirt/1" created="2025-01-01T00:00:00Z">

@@ -181,6 +181,12 @@ def describe(session: Session, vm_id: str) -> VMStatus:
     return VMStatus(power_state=states.power_state(state), ips=ips, console_url=facts.console if active else "", raw=raw)
 
 
+def owns(session: Session, vm_id: str) -> bool:
+    """Whether the domain carries our mark (one XML read)."""
+    with session.reading_domain(vm_id) as dom:
+        return marks.read(domxml.parse(dom.XMLDesc(0))) is not None
+
+
 def list_vms(session: Session) -> list[VMInfo]:
     conn = session.conn()
     managed_only = session.settings.list_scope == "managed"

@@ -76,7 +76,9 @@ class LibvirtSettings(BackendSettings):
     serial_log_dir: Path | None = Field(
         None, description="also log each VM's serial console to <dir>/<name>.log on the libvirt host"
     )
-    list_scope: Literal["managed", "all"] = Field("managed", description="ListVMs: only domains made by vm-provider, or all")
+    list_scope: Literal["all", "managed"] = Field(
+        "all", description="ListVMs: every domain of the host (for adoption), or only those made by vm-provider"
+    )
     download_dir: Path | None = Field(None, description="scratch space for downloads and conversions (default: system temp)")
     s3_endpoint_url: str = Field("", description="S3 endpoint for s3:// URLs (default: AWS)")
     s3_region: str = Field("us-east-1", description="S3 region for s3:// URLs")

@@ -218,7 +218,12 @@ def provider() -> Iterator[Factory]:
     started: list[ProviderHarness] = []
 
     def make(table: dict[str, Any], **server: Any) -> ProviderHarness:
-        h = ProviderHarness.for_backend("proxmox", table, **server)
+        # The backend's own power words: its state table is what these tests
+        # check (the core's On/Off default is tested in the core's tests).
+        # VMs the tests put into the simulator carry no owner tag: they are
+        # managed as the operator may allow (test_adopt.py checks the refusal).
+        defaults = {"power_states": "detailed", "manage_foreign_vms": True}
+        h = ProviderHarness.for_backend("proxmox", table, **{**defaults, **server})
         started.append(h)
         return h.start()
 

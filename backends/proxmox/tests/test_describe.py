@@ -180,21 +180,27 @@ def test_list_is_one_request_at_any_count(ops: Any, pve: Any) -> None:
     assert {vm.provider_raw["node"] for vm in vms} == {"pve1", "pve2"}
 
 
-def test_list_shows_what_the_provider_owns(ops: Any, pve: Any) -> None:
-    pve.add_vm(300, "theirs", config={"scsi0": "local-lvm:vm-300-disk-0,size=4G"})
+def test_list_shows_every_vm_but_templates_and_says_which_are_the_providers(ops: Any, pve: Any) -> None:
+    pve.add_vm(300, "theirs", status="running", config={"scsi0": "local-lvm:vm-300-disk-0,size=4G"})
+    pve.add_vm(9000, "tmpl", template=True, config={"scsi0": "local-lvm:base-9000-disk-0,size=2G"})
     mine = ops.create("mine-1", class_json={"CPU": 2, "MemoryMiB": 512}, disks_json=[{"SizeGiB": 3}])
-    vms = ops.stub.ListVMs(pb.ListVMsRequest()).vms
-    assert [vm.id for vm in vms] == [mine]
-    vm = vms[0]
+    vms = {vm.id: vm for vm in ops.stub.ListVMs(pb.ListVMsRequest()).vms}
+    assert set(vms) == {mine, "300"}  # a template is not a VM to adopt
+    vm = vms[mine]
     assert (vm.name, vm.power_state, vm.cpu, vm.memory_mib) == ("mine-1", "Off", 2, 512)
     assert [(d.id, d.size_gib) for d in vm.disks] == [("scsi0", 3)]
+    assert (vm.provider_raw["managed"], vms["300"].provider_raw["managed"]) == ("true", "false")
+    assert (vms["300"].power_state, vms["300"].provider_raw["status"]) == ("On", "running")
 
 
-def test_list_all(provider: Any, ops_for: Any, settings: dict[str, Any], pve: Any) -> None:
+def test_list_all_false_narrows_the_list_to_the_providers_own(
+    provider: Any, ops_for: Any, settings: dict[str, Any], pve: Any
+) -> None:
     pve.add_vm(300, "theirs", status="running", config={"scsi0": "local-lvm:vm-300-disk-0,size=4G"})
-    ops = ops_for(provider({**settings, "list_all": True}))
+    ops = ops_for(provider({**settings, "list_all": False}))
+    mine = ops.create("mine-1")
     vms = ops.stub.ListVMs(pb.ListVMsRequest()).vms
-    assert [(vm.id, vm.power_state) for vm in vms] == [("300", "On")]
+    assert [(vm.id, vm.provider_raw["managed"]) for vm in vms] == [(mine, "true")]
 
 
 def test_token_without_guest_agent_audit_gets_no_ips(ops: Any, pve: Any) -> None:

@@ -29,6 +29,7 @@ from provider_core import (
     Offer,
     Outcome,
     PowerOp,
+    PreparedImage,
     SnapshotSpec,
     TaskState,
     ValidationReport,
@@ -107,6 +108,14 @@ class ProxmoxBackend(Backend):
     def list_vms(self) -> list[VMInfo]:
         return describe.list_vms(self.cluster)
 
+    def owns(self, vm_id: str) -> bool:
+        """The VM carries ``owner_tag`` (the cluster's VM list: one request).
+        A template counts as the provider's own: templates are images to
+        create and clone from, not VMs (ListVMs leaves them out), and Delete
+        refuses a template without the tag whatever the settings."""
+        ref = self.cluster.find(vm_id)
+        return ref.template or self.cluster.owned(ref)
+
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
         return power.power(self.cluster, vm_id, op, graceful_timeout)
 
@@ -133,7 +142,7 @@ class ProxmoxBackend(Backend):
     def clone(self, spec: CloneSpec) -> Outcome[str]:
         return cloning.clone(self.cluster, spec)
 
-    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[None]:
+    def image_prepare(self, spec: ImagePrepareSpec) -> Outcome[PreparedImage]:
         return images.image_prepare(self.cluster, spec)
 
     def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:

@@ -16,7 +16,10 @@ Choices, in the order they apply:
 - cloud-init: a cloud-init drive is added when there is anything for it
   (addressing, ExtraConfig ci* settings, user data); ``user_data`` and
   ``meta_data`` go to snippets (see :mod:`cloudinit`);
-- a template is cloned in full (linked clones are Clone's business);
+- a template is cloned in full (linked clones are Clone's business); a
+  TemplateName that is a volume id (``cloud:import/noble.qcow2``, what
+  ImagePrepare of an image file answers as its id) is that image, as if
+  given as Path;
 - a URL is downloaded to ``import_storage`` (checksum verified by Proxmox,
   also for an image already there; see :mod:`.images`) and imported with
   ``import-from``; an ISO is attached as CD-ROM in front of a blank disk.
@@ -41,6 +44,9 @@ from .vmconfig import GIB, Built, class_config, disk_value, network_config
 
 
 def create(cluster: Cluster, spec: CreateSpec) -> Outcome[str]:
+    if spec.image.source == "template" and images.VOLID_RE.match(spec.image.template_name):
+        as_path = spec.image.model_copy(update={"path": spec.image.template_name, "template_name": ""})
+        spec = spec.model_copy(update={"image": as_path})
     s = cluster.settings
     newvm.check_name(spec.name, "name")
     tags = newvm.tag_value(spec.tags, s.owner_tag, "tags")

@@ -2,7 +2,8 @@
 
 ListVMs is ONE request at any VM count (``/cluster/resources?type=vm``
 carries name, status, CPUs, memory, boot disk size, tags and node); it
-reports the VMs with the ownership tag (every VM with ``list_all``). That
+reports every VM but templates (only those with the ownership tag when
+``list_all`` is false), ``managed`` saying which carry the tag. That
 answer's status is QEMU's run state (a paused VM is Suspended) as pvestatd
 last reported it, up to 10 s ago: a VM made since is listed Unknown and
 without a name until then (pve-manager PVE/API2Tools.pm:81-114). Only the
@@ -24,7 +25,8 @@ last read):
    ``provider_raw_json``);
 
 and ``pending`` (the configuration and the changes waiting for a reboot,
-``config`` and ``pending`` in ``provider_raw_json``) when that stays within
+``config`` and ``pending`` in ``provider_raw_json``, and ``managed``: whether
+the VM carries the owner tag) when that stays within
 three. It does whenever the node is known; for a VM found by step 1 that
 runs with the agent enabled, ``config`` and ``pending`` are null (the next
 Describe, with the node known, has them). A VM that moved to another node
@@ -52,7 +54,7 @@ from provider_core import (
 )
 
 from .errors import SECRET_PARAMS
-from .inventory import Cluster, VmRef, parse_vmid, power_state
+from .inventory import Cluster, VmRef, parse_tags, parse_vmid, power_state
 from .vmconfig import GIB, MIB, primary_disk
 
 
@@ -136,6 +138,7 @@ def describe(cluster: Cluster, vm_id: str) -> VMStatus:
     if sent + 1 + int(ask_agent) <= MAX_REQUESTS:
         config, raw["pending"] = split_pending(client.get(f"{path}/pending") or [])
         raw["config"] = config
+        raw["managed"] = cluster.settings.owner_tag in parse_tags(config.get("tags"))
         boot = primary_disk(config)
         cluster.learn_boot_disk(vmid, boot.key if boot else None)
     ips: list[str] = []
@@ -170,10 +173,12 @@ def _boot_disk(cluster: Cluster, ref: VmRef) -> list[Disk]:
 def list_vms(cluster: Cluster) -> list[VMInfo]:
     out = []
     for ref in cluster.vms():
-        if not (cluster.settings.list_all or cluster.owned(ref)):
+        managed = cluster.owned(ref)
+        if ref.template or not (cluster.settings.list_all or managed):
             continue
         e = ref.entry
         raw = {
+            "managed": "true" if managed else "false",
             "node": ref.node,
             "status": ref.status,
             "tags": ";".join(sorted(ref.tags)),

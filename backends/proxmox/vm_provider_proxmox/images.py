@@ -39,7 +39,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from provider_core import FailedPrecondition, ImagePrepareSpec, InvalidArgument, NotFound, Outcome
+from provider_core import FailedPrecondition, ImagePrepareSpec, InvalidArgument, NotFound, Outcome, PreparedImage
 from provider_core.specs import VMImage
 
 from . import placement
@@ -173,26 +173,30 @@ def download(client: PveClient, node: str, f: ImageFile, image: VMImage) -> str:
     return upid
 
 
-def image_prepare(cluster: Cluster, spec: ImagePrepareSpec) -> Outcome[None]:
+def image_prepare(cluster: Cluster, spec: ImagePrepareSpec) -> Outcome[PreparedImage]:
     """ImagePrepare: a URL is downloaded (or, already there with a checksum,
     verified) as one Proxmox task (native); a Path or TemplateName is
-    checked to exist."""
+    checked to exist. The answer names the image for Create at once: a
+    template by its VMID, an image file by its volume id (as id and path;
+    Create takes it as TemplateName or Path)."""
     client, settings = cluster.client, cluster.settings
     image = spec.image
     listing = cluster.listing()
     if image.template_name:
-        if not any(r.template and image.template_name in (r.name, r.id) for r in listing.vms):
+        found = [r for r in listing.vms if r.template and image.template_name in (r.name, r.id)]
+        if not found:
             raise NotFound(f"template {image.template_name!r} does not exist")
-        return Outcome.done(None)
+        return Outcome.done(PreparedImage(id=found[0].id))
     if image.path:
         f = path_volume(image, settings)
         node = placement.download_node(cluster, listing, f.storage, "image_json.Path", None)
         if present(client, node, f) is None:
             raise NotFound(f"image {f.volid} does not exist on node {node}")
-        return Outcome.done(None)
+        return Outcome.done(PreparedImage(id=f.volid, path=f.volid))
     f = url_target(image, settings, hint=spec.storage_hint, filename=spec.target_name)
+    prepared = PreparedImage(id=f.volid, path=f.volid)
     origin = "storage_hint" if spec.storage_hint else "settings.import_storage"
     node = placement.download_node(cluster, listing, f.storage, origin, None if f.is_iso else IMPORT_IMAGES)
     if not image.checksum and present(client, node, f) is not None:
-        return Outcome.done(None)
-    return Outcome.native(None, download(client, node, f, image))
+        return Outcome.done(prepared)
+    return Outcome.native(prepared, download(client, node, f, image))

@@ -26,10 +26,15 @@ A VM locked by another operation (backup, migration, ...) is waited for
 within the caller's deadline, then ABORTED naming the lock.
 
 Delete stops the VM (hard, overruling a shutdown in progress; through HA
-when HA manages it), then destroys it with ``purge=1`` and
-``destroy-unreferenced-disks=1`` (its disks, snapshots, backup jobs, HA and
-replication entries go too) and removes its cloud-init snippets. A missing
-VM is NotFound, which the core reports as success.
+when HA manages it), then destroys it with ``purge=1`` and, for a VM with
+``owner_tag``, ``destroy-unreferenced-disks=1`` (its disks, snapshots, backup
+jobs, HA and replication entries go too) and removes its cloud-init
+snippets. A template without ``owner_tag`` is never deleted. A VM this provider did not make (deleted only with the server's
+``manage_foreign_vms``) is destroyed without ``destroy-unreferenced-disks``:
+Proxmox then frees the volumes of its config whose names carry its VMID
+and keeps the rest (a template's base image, another VM's volume, disks of
+its VMID left out of its config). A missing VM is NotFound, which the core
+reports as success.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Any
 from provider_core import FailedPrecondition, Outcome, PowerOp
 
 from . import cloudinit, ha, tasks
-from .inventory import Cluster, VmState
+from .inventory import Cluster, VmState, parse_tags
 from .versions import OVERRULE_SHUTDOWN
 
 
@@ -106,10 +111,17 @@ def delete(cluster: Cluster, vm_id: str) -> Outcome[None]:
     st = cluster.state(vm_id)
     path = st.path
     config: dict[str, Any] = client.get(f"{path}/config")
+    owned = cluster.settings.owner_tag in parse_tags(config.get("tags"))
+    if st.template and not owned:
+        raise FailedPrecondition(f"VM {st.vmid} is a template this provider did not make; it is not deleted")
     if str(config.get("protection", "0")) == "1":
         raise FailedPrecondition(f"VM {st.vmid} is protected (protection=1); clear its protection flag to delete it")
     files = cloudinit.snippet_files(cluster.settings, config)
-    destroy = {"purge": 1, "destroy-unreferenced-disks": 1}
+    destroy = {"purge": 1}
+    if owned:
+        # only for the provider's own VMs: a VM it did not make may have
+        # disks of its VMID detached on purpose, kept out of its config
+        destroy["destroy-unreferenced-disks"] = 1
     stop_by_ha = st.ha_managed and (st.running or ha.wants_running(st))
     if not st.running and not stop_by_ha and not files:
         upid = client.delete(path, **destroy)

@@ -72,7 +72,10 @@ class ProxmoxSettings(BackendSettings):
     )
 
     owner_tag: str = Field("vm-provider", description="Proxmox tag that marks VMs made by this provider")
-    list_all: bool = Field(False, description="ListVMs reports every VM of the cluster, not only those with owner_tag")
+    list_all: bool = Field(
+        True,
+        description="ListVMs reports every VM of the cluster (for adoption); false: only those with owner_tag. Never templates",
+    )
     default_cores: int = Field(1, ge=1, le=512)
     default_memory_mib: int = Field(1024, ge=16)
     default_disk_gib: int = Field(10, ge=1)

@@ -231,6 +231,7 @@ class SimBackend(Backend):
                 "customization": m.customization,
                 "tags": m.tags,
                 "owned": m.owned,
+                "managed": m.owned,
             },
         )
 
@@ -245,10 +246,19 @@ class SimBackend(Backend):
                 memory_mib=m.memory_mib,
                 disks=[Disk(id=d.name, path=d.path, size_gib=d.size_gib, format=d.format) for d in m.disks],
                 networks=[Nic(name=n.network or n.bridge, mac=n.mac, ip_address=n.static_ip) for n in m.nics],
-                raw={"state": m.state, "hardware_version": str(m.hardware_version), "owned": str(m.owned).lower()},
+                raw={
+                    "state": m.state,
+                    "hardware_version": str(m.hardware_version),
+                    "owned": str(m.owned).lower(),
+                    "managed": str(m.owned).lower(),
+                },
             )
             for m in self.host.machines()
         ]
+
+    def owns(self, vm_id: str) -> bool:
+        """Machines named in ``foreign_vms`` are not this provider's."""
+        return self._get(vm_id).owned
 
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
         host = self.host
