@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -32,6 +34,7 @@ from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 from provider_core.testing import wait_task
 
+ROOT = Path(__file__).resolve().parents[1]
 IMAGE = os.environ.get("VMP_IMAGE", "vm-provider:dev")
 UID = 65532
 GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
@@ -235,6 +238,19 @@ print("ok")
 """
     flags = ["--rm", "--network=host", "--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all"]
     ran = podman("run", *flags, "--entrypoint=python3", IMAGE, "-c", probe)
-    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stdout + ran.stderr
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.strip() == "ok", ran.stdout
     listed = podman("run", *flags, IMAGE, "backends", "libvirt", "proxmox")
     assert listed.returncode == 0, listed.stdout + listed.stderr
+
+
+def test_running_md_start_up_check_runs_as_written() -> None:
+    """docs/running.md's start-up check of the image, run as written."""
+    text = (ROOT / "docs" / "running.md").read_text()
+    section = text.split("## Container image", 1)[1].split("\n## ", 1)[0]
+    samples = [b for b in re.findall(r"```sh\n(.*?)```", section, flags=re.S) if b.startswith("podman run")]
+    check = shlex.split(samples[0])
+    assert check[-3:] == ["backends", "libvirt", "proxmox"], check
+    ran = podman(*[IMAGE if word == "vm-provider:dev" else word for word in check[1:]])
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith("libvirt: "), ran.stdout
