@@ -216,7 +216,7 @@ def test_image_runs_as_65532_and_writes_only_tmp() -> None:
     # needs besides Python loads (libvirt, qemu-img, boto3's S3 and STS
     # models, both backends), and where its state directory lands.
     probe = """
-import os, subprocess, tempfile, boto3, libvirt
+import os, shutil, subprocess, tempfile, boto3, libvirt
 from pathlib import Path
 from provider_core import config
 from vm_provider_libvirt.settings import LibvirtSettings as Settings
@@ -231,6 +231,7 @@ state = config.default_state_dir("libvirt", Settings(uri="test:///default"))
 assert str(state).startswith("/tmp/"), state
 state.mkdir(parents=True)
 subprocess.run(["qemu-img", "--version"], check=True, capture_output=True)
+assert shutil.which("gcc") is None and shutil.which("cc") is None, "a compiler ships"
 boto3.client("s3", region_name="us-east-1")
 boto3.client("sts", region_name="us-east-1")
 libvirt.open("test:///default").close()

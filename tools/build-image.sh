@@ -107,11 +107,12 @@ started=$(date +%s)
 if ! podman image exists "$base"; then
   if [ "$local_base" = 1 ] || ! timeout 120 podman pull --quiet "$base" >/dev/null 2>&1; then
     make_base
+    echo "build-image: base made in $(($(date +%s) - started)) s"
   fi
 fi
 
 # pip in the build trusts the CA bundle this host's pip trusts.
 ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
-podman build --network=host --pull=never --secret "id=ca,src=$ca" --file Containerfile --tag "$tag" .
+podman build --jobs=2 --network=host --pull=never --secret "id=ca,src=$ca" --file Containerfile --tag "$tag" .
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 echo "build-image: $tag built in $(($(date +%s) - started)) s; size $((size / 1000000)) MB ($size bytes)"
