@@ -1,5 +1,7 @@
 # vm-provider: `make run` serves on libvirt's test hypervisor; `make test`
-# runs the whole suite (it installs and starts everything it needs).
+# runs the whole suite (it installs and starts everything it needs: Debian
+# packages, the test guest and the test bed's own libvirtd, never the
+# machine's qemu:///system; see testbed/README.md).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +9,7 @@ PKGS   := -e '.[dev]' -e backends/libvirt -e backends/proxmox -e examples/sim -e
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup run test test-fast lint typecheck proto proto-check check testbed testbed-stop bench clean
+.PHONY: setup run test test-fast lint typecheck proto proto-check check testbed testbed-stop testbed-purge bench clean
 
 setup: $(STAMP)
 
@@ -26,11 +28,17 @@ testbed: setup
 	bash testbed/build-guest.sh >/dev/null
 	bash testbed/libvirtd.sh start
 
+# Stops the test bed's own daemon and its guests (not the machine's).
 testbed-stop:
 	bash testbed/libvirtd.sh stop
 
+# ... and deletes everything it kept (its pool, domains, logs).
+testbed-purge:
+	bash testbed/libvirtd.sh purge
+
+# The real-daemon tests read the test bed daemon's URI from VMP_LIBVIRTD_URI.
 test: testbed
-	$(BIN)/pytest $(ARGS)
+	VMP_LIBVIRTD_URI="$$(bash testbed/libvirtd.sh uri)" $(BIN)/pytest $(ARGS)
 
 # The suite without the real libvirt daemon (its tests skip, saying why).
 test-fast: setup

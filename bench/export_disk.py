@@ -8,7 +8,7 @@ domain on the real libvirt daemon, is exported as qcow2 to an HTTP sink on
   upload of it; and the same tuned (no flush of the scratch file, OpenSSL's
   SHA256 instead of coreutils');
 - through vm-provider: the ExportDisk RPC on ``vm-provider --backend
-  libvirt`` running as a subprocess on ``qemu:///system``.
+  libvirt`` running as a subprocess on the test bed's daemon.
 
 Prints each run, the throughput ratio (provider / by hand; goal >= 0.8) of
 the best runs, and the provider process's peak RSS (VmHWM). The received

@@ -1,14 +1,14 @@
 """ListVMs and Describe through vm-provider against a bare libvirt-python loop.
 
 ``--vms`` (200) domains ``vmpb-list-NNN`` are made on the real daemon
-(``qemu:///system``) through vm-provider's Create: 1 vCPU, 128 MiB, direct
+(the test bed's own, ``testbed/libvirtd.sh start``) through vm-provider's Create: 1 vCPU, 128 MiB, direct
 kernel boot of the test-bed guest, a 1 GiB blank qcow2 root disk, a NIC on
 the ``default`` network. ``--running`` (3) of them are started and the last
 of those paused once they hold DHCP leases, so states differ. Then, in
 interleaved rounds (shuffled order, one unrecorded warm-up round):
 
 - ``ListVMs``: the RPC on ``vm-provider --backend libvirt`` (a subprocess on
-  ``qemu:///system``) against a bare loop reading what VMInfo carries, the
+  the test bed's daemon) against a bare loop reading what VMInfo carries, the
   cheapest way libvirt-python offers: one ``getAllDomainStats`` (state,
   disk capacities), the XML of each domain (name, UUID, vCPUs, memory,
   disks, NICs and MACs, our metadata to keep vm-provider's domains only),

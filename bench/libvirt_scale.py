@@ -1,6 +1,6 @@
 """ListVMs, Describe and ExportDisk through vm-provider with thousands of domains.
 
-Runs on the real daemon (``qemu:///system``). ``vm-provider --backend
+Runs on the real daemon (the test bed's own, ``testbed/libvirtd.sh start``). ``vm-provider --backend
 libvirt`` runs as users run it: the command, in a subprocess, serving gRPC
 on 127.0.0.1 (settings from the environment: ``uri``, ``domain_type =
 qemu``, ``download_dir``; in plugins.toml ``allow_addresses = ["loopback"]``

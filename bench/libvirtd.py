@@ -1,4 +1,5 @@
-"""What the benchmarks on the real libvirt daemon (``qemu:///system``) share.
+"""What the benchmarks on the real libvirt daemon share: the test bed's own
+(``testbed/libvirtd.sh start``), never the machine's ``qemu:///system``.
 
 - The provider as users run it: ``vm-provider --backend libvirt`` in a
   subprocess, on 127.0.0.1, settings from the environment
@@ -35,12 +36,13 @@ from typing import Any
 import grpc
 import libvirt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vmp_testplugins.testbed import libvirtd_pid, libvirtd_uri
 
 from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 
-URI = "qemu:///system"
+URI = libvirtd_uri()
 MiB = 1 << 20
 GiB = 1 << 30
 MARK = "{https://vm-provider.dev/xmlns/libvirt/1}vm"
@@ -297,17 +299,14 @@ def cpu_seconds(pid: int) -> float:
 
 def daemon_pid() -> int | None:
     """libvirtd's pid, as the test bed's script records it."""
-    try:
-        return int(Path("/run/libvirtd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return libvirtd_pid()
 
 
 # -- the daemon and what is made on it ------------------------------------------------------
 
 
 def open_daemon() -> libvirt.virConnect | None:
-    """A connection to qemu:///system, or None (said on stderr) when it does not answer."""
+    """A connection to the test bed's daemon, or None (said on stderr) when it does not answer."""
     libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions; do not print them too
     try:
         return libvirt.open(URI)

@@ -102,9 +102,22 @@ class BackendSettings(BaseModel):
     from a file with ``<field>_file`` (TOML) or ``VM_PROVIDER_<NAME>_<FIELD>_FILE``
     (environment). Declare secrets as ``pydantic.SecretStr`` so they never
     print. Unknown settings are refused.
+
+    Two class attributes tell the core more about the fields:
+    ``endpoint_settings`` names the fields that say which hypervisor is
+    served (the state directory is per endpoint; ``PROVIDER_ENDPOINT`` sets
+    the one field named there); left None, the core takes the conventional
+    names the model has (``uri``, ``endpoint``, ...).
+    ``credential_keys`` maps the files of a credentials directory (a
+    Kubernetes Secret's keys, ``[server] credentials_dir``) to the fields
+    they fill: a field typed ``Path`` gets the file's path, any other its
+    content.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_settings: ClassVar[tuple[str, ...] | None] = None
+    credential_keys: ClassVar[dict[str, str]] = {}
 
 
 class Backend(ABC):

@@ -1,7 +1,7 @@
 """The ``vm-provider`` command.
 
-vm-provider [serve] [--backend NAME] [--config FILE] [--listen HOST:PORT] [--log-level LEVEL]
-vm-provider config [--backend NAME] [--config FILE] [--listen HOST:PORT] [--log-level LEVEL]
+vm-provider [serve] [--backend NAME] [--config FILE] [--listen HOST:PORT | --port N] [--health-port N] [--log-level LEVEL]
+vm-provider config [--backend NAME] [--config FILE] [--listen HOST:PORT | --port N] [--health-port N] [--log-level LEVEL]
 vm-provider backends [NAME ...] [--config FILE]
 vm-provider conformance [--backend NAME] [--config FILE] [-k SUBSTR]
 
@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import config as cfg
-from . import plugins
+from . import logs, plugins
 from .errors import ConfigError
+from .launch import Launch, credentials
 from .settings_report import Effective, render
 
 log = logging.getLogger("vm_provider")
@@ -35,8 +36,16 @@ def _options(default: object) -> tuple[argparse.ArgumentParser, argparse.Argumen
     serve = argparse.ArgumentParser(add_help=False, parents=[common], argument_default=default)
     serve.add_argument("--backend", help="backend to serve (default: $VM_PROVIDER_BACKEND, [provider] backend, else libvirt)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
-    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    serve.add_argument("--port", type=_port, help="listen on this port on all interfaces ([::]:PORT); instead of --listen")
+    serve.add_argument("--health-port", type=_port, help="serve HTTP /healthz and /readyz on this port, all interfaces")
+    serve.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARN", "WARNING", "ERROR"], help="default INFO")
     return common, serve
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +95,7 @@ def cmd_backends(names: Sequence[str]) -> int:
 def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
     """Every setting of the server and of the backend, validated, with its
     origin; refuses unknown tables, keys and VM_PROVIDER_* variables."""
+    launched = Launch.from_environment()
     name, name_origin = cfg.backend_name(getattr(args, "backend", None), conf)
     installed = plugins.installed()
     for table in conf.backends:
@@ -94,14 +104,48 @@ def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
             raise ConfigError(f"{conf.source}: [backends.{table}]: no backend {table!r} is installed{hint}")
     cls = plugins.load_class(name)
     cfg.check_environment(os.environ, {"server": cfg.ServerSettings, name: cls.Settings}, [n for n in installed if n != name])
-    flags = {}
-    if getattr(args, "listen", None):
-        flags["listen"] = (args.listen, "--listen")
+    server = cfg.resolve(
+        cfg.ServerSettings,
+        "server",
+        conf.server,
+        flags=_server_flags(args),
+        source=conf.source,
+        aliases=launched.server_aliases(),
+        lower=[launched.server_defaults()],
+    )
+    logs.configure(server.settings.log_level, server.settings.log_format)
+    directory = server.settings.credentials_dir
+    secrets = {}
+    if directory is not None:
+        required = not server.origins["credentials_dir"].startswith(cfg.DEFAULT)
+        secrets = credentials(directory, cls.Settings, name, required=required)
+    backend = cfg.resolve(
+        cls.Settings,
+        name,
+        conf.backends.get(name, {}),
+        source=conf.source,
+        aliases=launched.backend_aliases(name, cls.Settings),
+        lower=[secrets],
+    )
+    launched.check_tls(server.settings.tls_cert is not None)
+    return Effective(conf, name, name_origin, server, backend)
+
+
+def _server_flags(args: argparse.Namespace) -> dict[str, tuple[object, str]]:
+    """``[server]`` settings given as flags: field -> value and the flag."""
+    listen, port = getattr(args, "listen", None), getattr(args, "port", None)
+    if listen and port is not None:
+        raise ConfigError(f"--listen {listen} and --port {port} both name the address: keep one")
+    flags: dict[str, tuple[object, str]] = {}
+    if listen:
+        flags["listen"] = (listen, "--listen")
+    if port is not None:
+        flags["listen"] = (f"[::]:{port}", f"--port {port}")
+    if getattr(args, "health_port", None) is not None:
+        flags["health_port"] = (args.health_port, "--health-port")
     if getattr(args, "log_level", None):
         flags["log_level"] = (args.log_level, "--log-level")
-    server = cfg.resolve(cfg.ServerSettings, "server", conf.server, flags=flags, source=conf.source)
-    backend = plugins.resolve_settings(name, cls, conf.backends.get(name, {}), source=conf.source)
-    return Effective(conf, name, name_origin, server, backend)
+    return flags
 
 
 def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
@@ -109,12 +153,15 @@ def cmd_serve(args: argparse.Namespace, conf: cfg.Config) -> int:
 
     eff = effective(args, conf)
     settings = eff.server.settings
-    logging.getLogger().setLevel(settings.log_level.upper())
+    launched = Launch.from_environment()
     backend = plugins.construct(eff.backend_name, eff.backend.settings)
 
     async def serve() -> None:
         # grpc.aio binds a server to the loop running when it is built.
-        await ProviderServer(backend, eff.backend_name, settings).serve_until_signal()
+        server = ProviderServer(backend, eff.backend_name, settings)
+        if launched.active:
+            log.info("launched by VirtRigaud as provider %s (%s)", launched.provider or "(unnamed)", eff.backend_origin)
+        await server.serve_until_signal()
 
     run(serve(), settings.event_loop)
     return 0
@@ -133,7 +180,7 @@ def cmd_conformance(args: argparse.Namespace, conf: cfg.Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     args = _parser().parse_args(argv)
     try:
         conf = cfg.load_file(args.config if args.config else cfg.default_config_path())

@@ -23,24 +23,27 @@ import os
 import tomllib
 import types
 from collections import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 
 from .errors import ConfigError
+from .logs import level_name
 from .urls import redact
 
 ENV_PREFIX = "VM_PROVIDER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BACKEND_ENV = ENV_PREFIX + "BACKEND"
 DEFAULT_BACKEND = "libvirt"
+#: Set by VirtRigaud's manager to the backend's name: see provider_core.launch.
+PROVIDER_TYPE_ENV = "PROVIDER_TYPE"
 TABLES = ("provider", "server", "backends", "conformance")
 PROVIDER_KEYS = ("backend",)
 #: Settings that name a backend's endpoint, when its settings model does not
-#: say (``endpoint_settings``, a class attribute naming its fields).
+#: say (``BackendSettings.endpoint_settings``).
 ENDPOINT_FIELDS = ("uri", "endpoint", "url", "host", "hosts", "address")
 DEFAULT = "default"
 QUOTED = "'{}'"
@@ -79,15 +82,19 @@ class ServerSettings(BaseModel):
         [],
         description="address kinds URLs in requests may point at (images, exports, imports); public addresses always",
     )
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="debug, info, warn (warning), error or critical")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
+    health_port: int | None = Field(
+        None, ge=0, le=65535, description="serve HTTP /healthz and /readyz on this port, all interfaces (off when unset)"
+    )
+    credentials_dir: Path | None = Field(
+        None, description="a directory of one file per credential (a mounted Secret); fills the backend's credential_keys"
+    )
 
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return level
+        return level_name(value)
 
     @field_validator("auth_token")
     @classmethod
@@ -232,12 +239,18 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path | None
 
 def backend_name(flag: str | None, conf: Config, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """The backend to serve and where that came from: --backend, then
-    $VM_PROVIDER_BACKEND, then ``[provider] backend``, then libvirt."""
+    $VM_PROVIDER_BACKEND or VirtRigaud's $PROVIDER_TYPE (both set, they must
+    agree), then ``[provider] backend``, then libvirt."""
     env = os.environ if environ is None else environ
     if flag:
         return flag, "--backend"
-    if env.get(BACKEND_ENV):
-        return env[BACKEND_ENV], BACKEND_ENV
+    own, launched = env.get(BACKEND_ENV), env.get(PROVIDER_TYPE_ENV)
+    if own and launched and own != launched:
+        raise ConfigError(f"{BACKEND_ENV}={own} and {PROVIDER_TYPE_ENV}={launched} disagree: keep one")
+    if own:
+        return own, BACKEND_ENV
+    if launched:
+        return launched, PROVIDER_TYPE_ENV
     if conf.backend:
         return conf.backend, conf.source
     return DEFAULT_BACKEND, DEFAULT
@@ -262,10 +275,18 @@ def resolve(
     *,
     flags: Mapping[str, tuple[Any, str]] | None = None,
     source: str = "plugins.toml",
+    aliases: Mapping[str, tuple[Any, str]] | None = None,
+    lower: Sequence[Mapping[str, tuple[Any, str]]] = (),
 ) -> Resolved[M]:
     """Validate ``model`` from its layers: ``flags`` (field -> value and the
-    flag's name), the environment, the file's ``table``, defaults. A clear
-    ConfigError otherwise, naming the table, the setting and its origin."""
+    flag's name), the environment, the file's ``table``, the ``lower``
+    layers in their order (e.g. a credentials directory), defaults. A clear
+    ConfigError otherwise, naming the table, the setting and its origin.
+
+    ``aliases`` are values of the environment layer from variables of other
+    names (field -> value and the variable, e.g. VirtRigaud's
+    ``PROVIDER_ENDPOINT``): the same setting given by both variables with
+    two values is refused."""
     env = os.environ if environ is None else environ
     label = table_label(section)
     for key in table:
@@ -276,7 +297,12 @@ def resolve(
     for name, info in model.model_fields.items():
         file_key = f"{name}_file" if f"{name}_file" not in model.model_fields else None
         layer = _Field(name, file_key, _structured(info.annotation), env_prefix(section) + name.upper())
-        found = flags[name] if flags and name in flags else layer.environment(env) or layer.file(table, section, source)
+        if flags and name in flags:
+            found: tuple[Any, str] | None = flags[name]
+        else:
+            found = _agreed(layer.environment(env), (aliases or {}).get(name), info.annotation)
+            found = found or layer.file(table, section, source)
+            found = found or next((layer_values[name] for layer_values in lower if name in layer_values), None)
         if found is None:
             origins[name] = DEFAULT
         else:
@@ -286,6 +312,24 @@ def resolve(
     except ValidationError as exc:
         raise ConfigError(f"invalid settings {label}: {_describe(exc, origins)}") from None
     return Resolved(settings, origins)
+
+
+def _agreed(own: tuple[Any, str] | None, alias: tuple[Any, str] | None, annotation: Any) -> tuple[Any, str] | None:
+    """One value of the environment layer from a setting's own variable and
+    its alias; both with different values (as the field reads them) is a
+    contradiction."""
+    if own is None or alias is None:
+        return own or alias
+    if own[0] != alias[0]:
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+            same = adapter.validate_python(own[0]) == adapter.validate_python(alias[0])
+        except ValidationError:
+            same = False
+        if not same:
+            shown = " and ".join(repr(mask_url(str(v))) for v in (own[0], alias[0]))
+            raise ConfigError(f"{own[1]} and {alias[1]} disagree ({shown}): keep one")
+    return own
 
 
 @dataclass(frozen=True)
@@ -407,13 +451,14 @@ def check_environment(environ: Mapping[str, str], served: Mapping[str, type[Base
 # -- the endpoint and the state directory ------------------------------------------
 
 
-def endpoint_fields(settings: BaseModel) -> tuple[str, ...]:
+def endpoint_fields(settings: BaseModel | type[BaseModel]) -> tuple[str, ...]:
     """The settings that name the endpoint a backend serves: those its model
     lists in ``endpoint_settings``, else the conventional names it has."""
-    declared = getattr(type(settings), "endpoint_settings", None)
+    model = settings if isinstance(settings, type) else type(settings)
+    declared = getattr(model, "endpoint_settings", None)
     if declared is not None:
         return tuple(declared)
-    return tuple(f for f in ENDPOINT_FIELDS if f in type(settings).model_fields)
+    return tuple(f for f in ENDPOINT_FIELDS if f in model.model_fields)
 
 
 def endpoint(settings: BaseModel) -> str:

@@ -13,7 +13,16 @@ from enum import Enum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import urls
 from .specs import (
@@ -104,6 +113,14 @@ class ImagePrepareSpec(Request):
         if v.source == "blank":
             raise ValueError("names no image: give URL, Path or TemplateName")
         return v
+
+    @model_validator(mode="after")
+    def _storage(self) -> ImagePrepareSpec:
+        """The image's own storage (the VMImage resource's storagePool) when
+        the request gives no storage_hint."""
+        if not self.storage_hint and self.image.storage:
+            object.__setattr__(self, "storage_hint", self.image.storage)
+        return self
 
 
 def _transfer_url(value: str) -> str:

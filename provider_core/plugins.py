@@ -41,6 +41,7 @@ def check_backend_class(name: str, cls: Any) -> type[Backend]:
         raise ConfigError(f"backend {name!r}: {cls.__name__} does not implement required method(s) {missing}")
     if not (isinstance(cls.Settings, type) and issubclass(cls.Settings, BackendSettings)):
         raise ConfigError(f"backend {name!r}: {cls.__name__}.Settings must derive from provider_core.BackendSettings")
+    _check_settings_names(name, cls.Settings)
     declared = set(cls.capabilities)
     for cap in declared:
         if not isinstance(cap, Capability):
@@ -56,6 +57,15 @@ def check_backend_class(name: str, cls: Any) -> type[Backend]:
         if cap in declared and parent not in declared:
             raise ConfigError(f"backend {name!r} declares {cap.value!r} without {parent.value!r}")
     return cls
+
+
+def _check_settings_names(name: str, model: type[BackendSettings]) -> None:
+    """Refuse ``credential_keys`` and ``endpoint_settings`` naming no field."""
+    named = [(f"credential key {k!r} fills {v!r}", v) for k, v in model.credential_keys.items()]
+    named += [(f"endpoint setting {v!r}", v) for v in model.endpoint_settings or ()]
+    for what, setting in named:
+        if setting not in model.model_fields:
+            raise ConfigError(f"backend {name!r}: {what}, which is no setting of {model.__name__}")
 
 
 def load_class(name: str) -> type[Backend]:

@@ -1,4 +1,4 @@
-"""The grpc.aio server: provider.v1, health, reflection, TLS, auth, drain."""
+"""The grpc.aio server: provider.v1, health (gRPC, and HTTP for probes), reflection, TLS, auth, drain."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .auth import BearerTokenInterceptor
 from .backend import Backend
 from .config import ServerSettings, default_state_dir, endpoint
 from .errors import ConfigError
+from .health_http import HealthHTTP
 from .listening import check_address, security, server_credentials, split_listen
 from .pb import provider_pb2
 from .runtime import Runtime
@@ -118,6 +119,8 @@ class ProviderServer:
                     self.port = self.server.add_secure_port(settings.listen, creds)
             except RuntimeError as exc:
                 raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from None
+            self._draining = False
+            self.http = HealthHTTP(settings.health_port, self._not_ready) if settings.health_port is not None else None
         except BaseException:
             self.state.release()
             raise
@@ -134,6 +137,14 @@ class ProviderServer:
         host = parsed[0] if ":" not in parsed[0] else f"[{parsed[0]}]"
         return f"{host}:{self.port}"
 
+    def _not_ready(self) -> str | None:
+        """Why /readyz answers 503, or None."""
+        if self._draining:
+            return "draining: the provider is stopping"
+        if not self.runtime.connected:
+            return f"backend {self.runtime.name} is not connected"
+        return None
+
     def _health_changed(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
@@ -142,13 +153,16 @@ class ProviderServer:
 
     async def start(self) -> None:
         self._health_changed(False)
+        if self.http is not None:
+            await self.http.start()
         await self.server.start()
         await self.runtime.connect()
         self._monitor = asyncio.create_task(self.runtime.monitor())
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         where = f" at {self.endpoint}" if self.endpoint else ""
+        probes = f"; health http on [::]:{self.http.port}" if self.http is not None else ""
         log.info(
-            "serving %s on %s (%s); backend %s%s; state in %s; event loop %s",
+            "serving %s on %s (%s); backend %s%s; state in %s; event loop %s%s",
             SERVICE_NAME,
             self.address,
             security(self.settings),
@@ -156,6 +170,7 @@ class ProviderServer:
             where,
             self.state.path,
             loop,
+            probes,
         )
         if self.settings.auth_token and not self.settings.tls_cert:
             log.warning("auth_token is set but TLS is off: the token crosses the network in clear text; set tls_cert and tls_key")
@@ -169,6 +184,7 @@ class ProviderServer:
         grace = self.settings.grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
         end = loop.time() + grace  # one grace period for the whole stop
+        self._draining = True  # /readyz: 503
         await self.health.enter_graceful_shutdown()
         if self._monitor:
             self._monitor.cancel()
@@ -182,6 +198,8 @@ class ProviderServer:
         self.health.close_watches()
         await self.server.stop(max(0.0, end - loop.time()))
         await self.runtime.drain(max(0.0, end - loop.time()))
+        if self.http is not None:
+            await self.http.stop()
         self.state.release()
 
     async def serve_until_signal(self) -> None:

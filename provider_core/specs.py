@@ -109,7 +109,7 @@ def _prose(value: str) -> str:
 
 
 #: Fields of *_json documents whose text may span lines.
-_MULTILINE = frozenset({"user_data", "cloud_init_data", "meta_data_yaml"})
+_MULTILINE = frozenset({"user_data", "cloud_init_data", "meta_data_yaml", "inline"})
 
 
 def _checked(value: Any, multiline: bool) -> Any:
@@ -174,6 +174,33 @@ class SpecModel(BaseModel):
         return _checked(value, multiline=info.field_name in _MULTILINE)
 
 
+def _not_supported(v: Any) -> Any:
+    if v:
+        raise ValueError("is not supported by this provider")
+    return v
+
+
+Unsupported = Annotated[Any, AfterValidator(_not_supported)]
+"""A key of a Windows/vSphere-only customization: refused unless empty."""
+
+
+def _null_is_empty(value: Any) -> Any:
+    """Go clients send ``null`` for a list they have nothing in."""
+    return [] if value is None else value
+
+
+def nested(model: type[SpecModel], data: Any) -> SpecModel:
+    """``data`` as ``model`` inside a validator: a failure becomes one
+    ValueError naming the path within ``data``."""
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = _path(tuple(err["loc"]))
+        problem = "is not a key of this object" if err["type"] == "extra_forbidden" else _problem(err)
+        raise ValueError(f"{where}: {problem}" if where else problem) from None
+
+
 def _upper_words(value: Any) -> Any:
     return value.strip().upper() if isinstance(value, str) else value
 
@@ -191,9 +218,29 @@ class Firmware(str, Enum):
         return cls.UEFI if isinstance(value, str) and value.upper() == "EFI" else None
 
 
+def _blank_is_none(value: Any) -> Any:
+    """Go clients send a zero value for what is not given: ``""`` means absent."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class DiskDefaults(SpecModel):
     type: str = spec("Type", "")
     size_gib: PositiveInt32 | None = spec("SizeGiB")
+    size: str | None = spec("Size", description="Kubernetes quantity (the VMClass resource's form), e.g. 40Gi")
+    iops: NonNegInt32 | None = spec("IOPS", description="accepted, not applied")
+    storage_class: str = spec("StorageClass", "", description="a Kubernetes storage class: accepted, not applied")
+
+    @model_validator(mode="after")
+    def _size(self) -> DiskDefaults:
+        if self.size is not None:
+            if self.size_gib is not None:
+                raise ValueError("give SizeGiB or size, not both")
+            gib = quantity_to_mib(self.size) // 1024
+            if not 1 <= gib <= INT32_MAX:
+                raise ValueError(f"size {self.size!r} is outside 1Gi..{INT32_MAX}Gi")
+            object.__setattr__(self, "size_gib", gib)
+            object.__setattr__(self, "size", None)
+        return self
 
 
 class PerformanceProfile(SpecModel):
@@ -205,6 +252,14 @@ class PerformanceProfile(SpecModel):
     hyper_threading_policy: str = spec("HyperThreadingPolicy", "")
 
 
+class EncryptionPolicy(SpecModel):
+    """The VMClass resource's form of the encryption fields."""
+
+    enabled: bool = spec("Enabled", False)
+    key_provider: str = spec("KeyProvider", "")
+    require_encryption: bool = spec("RequireEncryption", False)
+
+
 class SecurityProfile(SpecModel):
     secure_boot: bool = spec("SecureBoot", False)
     tpm_enabled: bool = spec("TPMEnabled", False)
@@ -213,6 +268,17 @@ class SecurityProfile(SpecModel):
     encryption_enabled: bool = spec("EncryptionEnabled", False)
     key_provider: str = spec("KeyProvider", "")
     require_encryption: bool = spec("RequireEncryption", False)
+    encryption_policy: EncryptionPolicy | None = spec("EncryptionPolicy")
+
+    @model_validator(mode="after")
+    def _policy(self) -> SecurityProfile:
+        policy = self.encryption_policy
+        if policy is not None:
+            object.__setattr__(self, "encryption_enabled", self.encryption_enabled or policy.enabled)
+            object.__setattr__(self, "require_encryption", self.require_encryption or policy.require_encryption)
+            object.__setattr__(self, "key_provider", self.key_provider or policy.key_provider)
+            object.__setattr__(self, "encryption_policy", None)
+        return self
 
 
 class ResourceLimits(SpecModel):
@@ -221,6 +287,20 @@ class ResourceLimits(SpecModel):
     memory_limit_mib: NonNegInt32 | None = spec("MemoryLimitMiB")
     memory_reservation_mib: NonNegInt32 | None = spec("MemoryReservationMiB")
     cpu_shares: NonNegInt32 | None = spec("CPUShares")
+    memory_limit: str | None = spec("MemoryLimit", description="Kubernetes quantity (the VMClass resource's form)")
+    memory_reservation: str | None = spec("MemoryReservation", description="Kubernetes quantity")
+
+    @model_validator(mode="after")
+    def _quantities(self) -> ResourceLimits:
+        for quantity, field in (("memory_limit", "memory_limit_mib"), ("memory_reservation", "memory_reservation_mib")):
+            value = getattr(self, quantity)
+            if value is None:
+                continue
+            if getattr(self, field) is not None:
+                raise ValueError(f"give {quantity} or its MiB form, not both")
+            object.__setattr__(self, field, min(quantity_to_mib(value), INT32_MAX))
+            object.__setattr__(self, quantity, None)
+        return self
 
 
 _QUANTITY_RE = re.compile(r"^\s*([0-9]+)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")  # ASCII digits only
@@ -253,7 +333,7 @@ class VMClass(SpecModel):
     cpu: PositiveInt32 | None = spec("CPU")
     memory_mib: PositiveInt32 | None = spec("MemoryMiB")
     memory: str | None = spec("Memory", description="Kubernetes quantity, e.g. 4Gi")
-    firmware: Annotated[Firmware | None, BeforeValidator(_upper_words)] = spec("Firmware")
+    firmware: Annotated[Firmware | None, BeforeValidator(lambda v: _upper_words(_blank_is_none(v)))] = spec("Firmware")
     disk_defaults: DiskDefaults | None = spec("DiskDefaults")
     guest_tools_policy: Annotated[str, BeforeValidator(_lower_words)] = spec("GuestToolsPolicy", "")
     extra_config: dict[str, str] | None = spec("ExtraConfig")
@@ -308,16 +388,30 @@ class VMImage(SpecModel):
     url: str = spec("URL", "")
     format: Annotated[str, BeforeValidator(_lower_words)] = spec("Format", "")
     checksum: Annotated[str, BeforeValidator(_lower_words)] = spec("Checksum", "")
-    checksum_type: Annotated[ChecksumType, BeforeValidator(_lower_words)] = spec("ChecksumType", ChecksumType.SHA256)
+    checksum_type: Annotated[ChecksumType, BeforeValidator(lambda v: _lower_words(v) or ChecksumType.SHA256)] = spec(
+        "ChecksumType", ChecksumType.SHA256
+    )
+    storage: str = spec("Storage", "", description="where to put the image (the VMImage resource's storagePool)")
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return check_url(v) if v else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resource_form(cls, data: Any) -> Any:
+        """The VMImage resource's spec (``{"source": {...}, "prepare": {...}}``,
+        what VirtRigaud sends to ImagePrepare) in the terms above."""
+        if isinstance(data, dict) and "source" in data:
+            return image_from_resource(data)
+        return data
+
     @field_validator("format")
     @classmethod
     def _format(cls, v: str) -> str:
+        if v == "template":  # Go clients' word for "a template, whatever its format"
+            return ""
         if v not in ("", "qcow2", "raw", "vmdk", "iso"):
             raise ValueError("must be one of qcow2, raw, vmdk, iso")
         return v
@@ -343,6 +437,114 @@ class VMImage(SpecModel):
         return "url" if self.url else "blank"
 
 
+class LibvirtImageSource(SpecModel):
+    path: str = spec("Path", "")
+    url: str = spec("URL", "")
+    format: str = spec("Format", "")
+    checksum: str = spec("Checksum", "")
+    checksum_type: str = spec("ChecksumType", "")
+    storage_pool: str = spec("StoragePool", "")
+
+
+class HTTPImageSource(SpecModel):
+    url: str = spec("URL", "")
+    checksum: str = spec("Checksum", "")
+    checksum_type: str = spec("ChecksumType", "")
+    headers: Unsupported = spec("Headers", None)
+    authentication: Unsupported = spec("Authentication", None)
+    timeout: str | None = spec("Timeout", description="accepted, not applied")
+
+
+class ProxmoxImageSource(SpecModel):
+    template_id: NonNegInt32 | None = spec("TemplateID")
+    template_name: str = spec("TemplateName", "")
+    storage: str = spec("Storage", "")
+    node: str = spec("Node", "", description="accepted, not applied: the backend finds the template's node")
+    format: str = spec("Format", "")
+    full_clone: bool | None = spec("FullClone", description="accepted, not applied")
+
+
+class VSphereImageSource(SpecModel):
+    template_name: str = spec("TemplateName", "")
+    checksum: str = spec("Checksum", "")
+    checksum_type: str = spec("ChecksumType", "")
+    content_library: Unsupported = spec("ContentLibrary", None)
+    ova_url: Unsupported = Field(None, validation_alias=AliasChoices("ovaURL", "OVAURL", "ova_url", "ovaUrl"))
+    provider_ref: dict[str, str] | None = spec("ProviderRef")
+
+
+class ImageSource(SpecModel):
+    vsphere: VSphereImageSource | None = Field(None, validation_alias=AliasChoices("vsphere", "vSphere", "VSphere"))
+    libvirt: LibvirtImageSource | None = spec("Libvirt")
+    http: HTTPImageSource | None = Field(None, validation_alias=AliasChoices("http", "HTTP"))
+    proxmox: ProxmoxImageSource | None = spec("Proxmox")
+    registry: Unsupported = spec("Registry", None)
+    data_volume: Unsupported = spec("DataVolume", None)
+
+
+class LibvirtStorageOptions(SpecModel):
+    storage_pool: str = spec("StoragePool", "")
+    allocation_policy: str = spec("AllocationPolicy", "")
+    preallocation: str = spec("Preallocation", "")
+
+
+class StoragePrepareOptions(SpecModel):
+    vsphere: dict[str, Any] | None = Field(None, validation_alias=AliasChoices("vsphere", "vSphere", "VSphere"))
+    libvirt: LibvirtStorageOptions | None = spec("Libvirt")
+    preferred_format: str = spec("PreferredFormat", "")
+    compression: bool = spec("Compression", False)
+
+
+class PrepareOptions(SpecModel):
+    on_missing: str = spec("OnMissing", "")
+    validate_checksum: bool = spec("ValidateChecksum", False)
+    timeout: str | None = spec("Timeout")
+    retries: NonNegInt32 | None = spec("Retries")
+    force: bool = spec("Force", False)
+    storage: StoragePrepareOptions | None = spec("Storage")
+    optimization: dict[str, Any] | None = spec("Optimization")
+
+
+class ImageResource(SpecModel):
+    """The VMImage resource's spec, as VirtRigaud sends it to ImagePrepare.
+    Only its source and storage pool matter here; the rest (preparation
+    policy, metadata, distribution) is the controller's and accepted as is."""
+
+    source: ImageSource = spec("Source", ...)
+    prepare: PrepareOptions | None = spec("Prepare")
+    metadata: dict[str, Any] | None = spec("Metadata")
+    distribution: dict[str, Any] | None = spec("Distribution")
+
+
+def image_from_resource(data: Any) -> dict[str, Any]:
+    """A VMImage resource spec as the image_json of a Create (PascalCase keys)."""
+    res = nested(ImageResource, data)
+    assert isinstance(res, ImageResource)
+    src = res.source
+    given = [name for name in ("vsphere", "libvirt", "http", "proxmox") if getattr(src, name) is not None]
+    if len(given) != 1:
+        raise ValueError(f"source: give exactly one of vsphere, libvirt, http, proxmox (got {', '.join(given) or 'none'})")
+    image: dict[str, Any]
+    if src.libvirt is not None:
+        lv = src.libvirt
+        image = {"Path": lv.path, "URL": lv.url, "Format": lv.format, "Checksum": lv.checksum}
+        image |= {"ChecksumType": lv.checksum_type, "Storage": lv.storage_pool}
+    elif src.http is not None:
+        image = {"URL": src.http.url, "Checksum": src.http.checksum, "ChecksumType": src.http.checksum_type}
+    elif src.proxmox is not None:
+        px = src.proxmox
+        template = str(px.template_id) if px.template_id is not None else px.template_name
+        image = {"TemplateName": template, "Format": px.format, "Storage": px.storage}
+    else:
+        assert src.vsphere is not None
+        vs = src.vsphere
+        image = {"TemplateName": vs.template_name, "Checksum": vs.checksum, "ChecksumType": vs.checksum_type}
+    storage = res.prepare.storage if res.prepare else None
+    if not image.get("Storage") and storage is not None and storage.libvirt is not None:
+        image["Storage"] = storage.libvirt.storage_pool
+    return image
+
+
 class IPPolicy(str, Enum):
     DHCP = "dhcp"
     STATIC = "static"
@@ -363,6 +565,7 @@ class NetworkAttachment(SpecModel):
     prefix: Annotated[int, Field(ge=0, le=128)] = spec("Prefix", 0)
     gateway: str = spec("Gateway", "")
     dns: str = spec("DNS", "")
+    pci_slot_number: NonNegInt32 | None = spec("PCISlotNumber", description="vSphere's PCI slot: accepted, not applied")
 
     @field_validator("mac_address")
     @classmethod
@@ -441,6 +644,7 @@ class Placement(SpecModel):
     cluster: str = spec("Cluster", "")
     folder: str = spec("Folder", "")
     host: str = spec("Host", "")
+    name: str = spec("Name", "", description="a VMPlacementPolicy reference (Clone, from VirtRigaud): accepted, not resolved")
 
 
 class CustomNetwork(SpecModel):
@@ -449,6 +653,21 @@ class CustomNetwork(SpecModel):
     subnet_mask: str = spec("SubnetMask", "")
     gateway: str = spec("Gateway", "")
     dns: list[str] = spec("DNS", [])
+    dhcp: bool = spec("DHCP", False)
+    mac_address: Annotated[str, BeforeValidator(_lower_words)] = spec("MACAddress", "")
+
+    @field_validator("mac_address")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        if v:
+            raise ValueError("is not supported: a clone's NICs get new MAC addresses")
+        return v
+
+    @model_validator(mode="after")
+    def _dhcp(self) -> CustomNetwork:
+        if self.dhcp and self.ip_address:
+            raise ValueError("give dhcp or ipAddress, not both")
+        return self
 
     @field_validator("ip_address", "gateway")
     @classmethod
@@ -471,15 +690,53 @@ class CustomNetwork(SpecModel):
         return ipaddress.IPv4Network(f"0.0.0.0/{self.subnet_mask}").prefixlen
 
 
+class InlineCloudInit(SpecModel):
+    inline: str = spec("Inline", "")
+    secret_ref: dict[str, str] | None = spec("SecretRef")
+
+    @field_validator("secret_ref")
+    @classmethod
+    def _secret(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v:
+            raise ValueError("names a Kubernetes Secret the provider cannot read: give the text inline")
+        return v
+
+
+class UserDataResource(SpecModel):
+    """The VirtualMachine resource's userData: ``{"cloudInit": {"inline": ...}}``."""
+
+    cloud_init: InlineCloudInit | None = spec("CloudInit")
+    ignition: dict[str, Any] | None = spec("Ignition")
+
+    @field_validator("ignition")
+    @classmethod
+    def _ignition(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v:
+            raise ValueError("is not supported: give cloud-init")
+        return v
+
+
+def _user_data_text(value: Any) -> Any:
+    """customize_json's userData: text, or the resource form ``{"cloudInit": {"inline": text}}``."""
+    if isinstance(value, dict):
+        form = nested(UserDataResource, value)
+        assert isinstance(form, UserDataResource)
+        return form.cloud_init.inline if form.cloud_init else ""
+    return "" if value is None else value
+
+
 class Customization(SpecModel):
     """customize_json (Clone)."""
 
     hostname: str = spec("Hostname", "")
     domain: str = spec("Domain", "")
     time_zone: str = spec("TimeZone", "")
-    networks: list[CustomNetwork] = spec("Networks", [])
-    user_data: str = spec("UserData", "")
-    tags: Tags = spec("Tags", [])
+    networks: Annotated[list[CustomNetwork], BeforeValidator(_null_is_empty)] = spec("Networks", [])
+    user_data: Annotated[str, BeforeValidator(_user_data_text)] = spec("UserData", "")
+    tags: Annotated[Tags, BeforeValidator(_null_is_empty)] = spec("Tags", [])
+    sysprep: Unsupported = spec("Sysprep", None)
+    guest_commands: Unsupported = spec("GuestCommands", None)
+    certificates: Unsupported = spec("Certificates", None)
 
     @field_validator("hostname")
     @classmethod

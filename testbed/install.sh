@@ -30,6 +30,8 @@ PACKAGES=(
     genisoimage
     # a remote-transport stand-in for the tests (qemu+ext relaying to the local socket)
     netcat-openbsd
+    # an SSH server for the qemu+ssh tests (backends/libvirt/tests/test_ssh.py)
+    openssh-server
 )
 
 missing=()

@@ -1,32 +1,58 @@
 #!/usr/bin/env bash
-# Run the libvirt daemon for the test bed without systemd.
+# The test bed's own libvirt daemon: a private libvirtd with QEMU, separate
+# from the machine's (qemu:///system), which it never starts, stops or reads.
 #
-#   libvirtd.sh start    start virtlogd and libvirtd (no-op when running)
-#   libvirtd.sh stop     destroy domains and networks, stop both daemons
-#   libvirtd.sh status   exit 0 when qemu:///system answers
+#   libvirtd.sh start    start the private virtlogd and libvirtd (no-op when running)
+#   libvirtd.sh stop     destroy the private daemon's domains and networks, stop it
+#   libvirtd.sh restart  stop, then start (defined domains, pools, networks stay)
+#   libvirtd.sh status   exit 0 when the private daemon answers, 3 otherwise
+#   libvirtd.sh purge    stop, then delete every file the test bed's daemon kept
+#   libvirtd.sh uri      print the URI to connect to it with
 #
-# libvirtd runs under `tini -s` (a subreaper, so QEMU processes are reaped
-# quickly) inside its own network namespace, so the `default` NAT network,
-# its bridge, dnsmasq and guest traffic stay private to the test bed. The
-# namespace is published as /run/netns/$VMP_TESTBED_NETNS, so
-# `ip netns exec vmp-testbed ping 192.168.122.x` reaches the guests.
+# The daemon runs under `tini -s` (a subreaper, so QEMU processes are reaped
+# quickly) in a mount and network namespace of its own (`unshare -m -n`).
+# Inside it, private directories are bound over the ones libvirt uses:
+#
+#   $VMP_TESTBED_RUN/libvirt   over /run/libvirt       (sockets, pid files, guest status)
+#   $VMP_TESTBED_STATE/etc     over /etc/libvirt       (a copy of the *.conf files and nwfilters;
+#                                                       no domain, network or pool of the machine)
+#   $VMP_TESTBED_STATE/lib     over /var/lib/libvirt   (QEMU state, dnsmasq leases)
+#   $VMP_TESTBED_STATE/cache   over /var/cache/libvirt (QEMU capabilities)
+#   $VMP_TESTBED_STATE/log     over /var/log/libvirt   (QEMU logs)
+#
+# The first directory is also visible outside, so the daemon's socket is
+# $VMP_TESTBED_RUN/libvirt/libvirt-sock there: connect with
+# `qemu+unix:///system?socket=...` (`libvirtd.sh uri`). virtlogd runs inside
+# too, with its pid file in $VMP_TESTBED_RUN; nothing is written to the
+# machine's /run/libvirt, /run/libvirtd.pid or /run/virtlogd.pid.
+#
+# The `default` storage pool is $VMP_TESTBED_STATE/images, a path that is
+# the same inside and outside the namespace. The `default` NAT network, its
+# bridge, dnsmasq, firewall rules and guest traffic stay in the private
+# network namespace, published as /run/netns/$VMP_TESTBED_NETNS:
+# `ip netns exec vm-provider-testbed ping 192.168.122.x` reaches the guests.
 #
 # Env:
-#   VMP_TESTBED_LOG          daemon log (default /var/log/libvirt/vmp-testbed-libvirtd.log)
-#   VMP_TESTBED_NETNS        netns name (default vmp-testbed)
+#   VMP_TESTBED_RUN            runtime directory (default /run/vm-provider-testbed)
+#   VMP_TESTBED_STATE          persistent directory (default /var/lib/vm-provider-testbed)
+#   VMP_TESTBED_NETNS          netns name (default vm-provider-testbed)
+#   VMP_TESTBED_LOG            daemon log (default $VMP_TESTBED_STATE/libvirtd.log)
 #   VMP_TESTBED_START_TIMEOUT  seconds to wait for the daemon (default 60)
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
-export LIBVIRT_DEFAULT_URI=qemu:///system
 
-log=${VMP_TESTBED_LOG:-/var/log/libvirt/vmp-testbed-libvirtd.log}
-netns=${VMP_TESTBED_NETNS:-vmp-testbed}
+run=${VMP_TESTBED_RUN:-/run/vm-provider-testbed}
+state=${VMP_TESTBED_STATE:-/var/lib/vm-provider-testbed}
+netns=${VMP_TESTBED_NETNS:-vm-provider-testbed}
+log=${VMP_TESTBED_LOG:-$state/libvirtd.log}
 start_timeout=${VMP_TESTBED_START_TIMEOUT:-60}
-sock=/run/libvirt/libvirt-sock
-libvirtd_pidfile=/run/libvirtd.pid
-virtlogd_pidfile=/run/virtlogd.pid
-tini_pidfile=/run/vmp-testbed-tini.pid
-pool_dir=/var/lib/libvirt/images
+sock=$run/libvirt/libvirt-sock
+uri="qemu+unix:///system?socket=$sock"
+libvirtd_pidfile=$run/libvirtd.pid
+virtlogd_pidfile=$run/virtlogd.pid
+tini_pidfile=$run/tini.pid
+pool_dir=$state/images
+export LIBVIRT_DEFAULT_URI=$uri
 
 die() {
     echo "libvirtd.sh: $*" >&2
@@ -84,8 +110,38 @@ fix_kvm_perms() {
     chmod 0660 /dev/kvm
 }
 
+# The private directories; the configuration is the machine's *.conf files
+# (and network filters), copied once: no domain, network, pool or secret.
+prepare_dirs() {
+    local f
+    mkdir -p "$run/libvirt" "$state"/{etc,lib,cache,log}
+    chmod 0755 "$run" "$state" "$run/libvirt"
+    mkdir -p -m 0711 "$pool_dir"
+    if [[ ! -f $state/etc/libvirtd.conf ]]; then
+        for f in /etc/libvirt/*.conf; do
+            cp -p "$f" "$state/etc/"
+        done
+        [[ -d /etc/libvirt/nwfilter ]] && cp -a /etc/libvirt/nwfilter "$state/etc/"
+    fi
+}
+
+# Runs inside the new namespaces (as `bash -c`, with the paths as arguments):
+# bind the private directories, bring lo up, start virtlogd, exec libvirtd.
+# shellcheck disable=SC2016
+inside='set -e
+run=$1 state=$2
+# The mount points: /run/libvirt exists only once a daemon ran here.
+mkdir -p /run/libvirt /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
+mount --bind "$run/libvirt" /run/libvirt
+mount --bind "$state/etc" /etc/libvirt
+mount --bind "$state/lib" /var/lib/libvirt
+mount --bind "$state/cache" /var/cache/libvirt
+mount --bind "$state/log" /var/log/libvirt
+ip link set lo up
+virtlogd --daemon --pid-file "$run/virtlogd.pid"
+exec libvirtd --pid-file "$run/libvirtd.pid"'
+
 ensure_pool() {
-    mkdir -p "$pool_dir"
     if ! virsh -q pool-info default >/dev/null 2>&1; then
         virsh -q pool-define-as default dir --target "$pool_dir" >/dev/null
     fi
@@ -131,29 +187,27 @@ ensure_network() {
 start() {
     need_root
     if answers; then
-        echo "libvirtd: already running (pid $(live_pid "$libvirtd_pidfile" || echo '?'))"
+        echo "libvirtd: already running (pid $(live_pid "$libvirtd_pidfile" || echo '?'), $uri)"
         return 0
     fi
     local pid
     if pid=$(live_pid "$libvirtd_pidfile"); then
         die "libvirtd (pid $pid) is running but does not answer; run '$0 stop' first"
     fi
-    for tool in libvirtd virtlogd virsh tini unshare ip; do
+    for tool in libvirtd virtlogd virsh tini unshare ip mount; do
         command -v "$tool" >/dev/null || die "missing $tool (run testbed/install.sh)"
     done
 
     fix_kvm_perms
-    mkdir -p /run/libvirt /var/log/libvirt "$(dirname "$log")" "$pool_dir"
-
-    if ! live_pid "$virtlogd_pidfile" >/dev/null; then
-        virtlogd -d || die "virtlogd failed to start"
-    fi
+    prepare_dirs
+    rm -f "$sock" "$run/libvirt/libvirt-sock-ro" "$run/libvirt/libvirt-admin-sock"
 
     : >"$log"
-    # tini execs unshare, which execs sh in the new netns, which execs
-    # libvirtd: tini (the subreaper) is libvirtd's direct parent.
+    # tini execs unshare, which execs bash in the new namespaces, which execs
+    # libvirtd: tini (the subreaper) is libvirtd's direct parent and the
+    # parent of the daemonised virtlogd.
     LIBVIRT_LOG_OUTPUTS="3:stderr" setsid tini -s -- \
-        unshare -n -- sh -c 'ip link set lo up && exec libvirtd' \
+        unshare --mount --net --propagation private -- bash -c "$inside" inside "$run" "$state" \
         </dev/null >>"$log" 2>&1 &
     local tini_pid=$!
     echo "$tini_pid" >"$tini_pidfile"
@@ -179,13 +233,14 @@ start() {
 
     ensure_pool
     ensure_network
-    echo "libvirtd: started (pid $pid, netns $netns, log $log)"
+    echo "libvirtd: started (pid $pid, netns $netns, $uri, log $log)"
 }
 
 stop() {
     need_root
     local pid dom net f stopped=()
     if answers; then
+        # Every domain here is the test bed's own: the daemon sees no other.
         for dom in $(virsh -q list --name --state-running --state-paused --state-other); do
             virsh -q destroy "$dom" >/dev/null 2>&1 || true
         done
@@ -200,12 +255,8 @@ stop() {
         wait_gone "$pid" 20
         stopped+=(libvirtd)
     fi
-    if pid=$(live_pid "$tini_pidfile"); then
-        wait_gone "$pid" 5
-    fi
-    rm -f "$tini_pidfile"
     # dnsmasq left behind by a daemon that died without net-destroy.
-    for f in /run/libvirt/network/*.pid; do
+    for f in "$run"/libvirt/network/*.pid; do
         pid=$(live_pid "$f") || continue
         if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dnsmasq ]]; then
             kill -TERM "$pid"
@@ -217,6 +268,10 @@ stop() {
         wait_gone "$pid" 10
         stopped+=(virtlogd)
     fi
+    if pid=$(live_pid "$tini_pidfile"); then
+        wait_gone "$pid" 5
+    fi
+    rm -f "$tini_pidfile"
     if ((${#stopped[@]})); then
         echo "libvirtd: stopped ${stopped[*]}"
     else
@@ -224,11 +279,17 @@ stop() {
     fi
 }
 
+purge() {
+    stop
+    rm -rf "$run" "$state"
+    echo "libvirtd: removed $run and $state"
+}
+
 status() {
     local pid
     if answers; then
         pid=$(live_pid "$libvirtd_pidfile" || echo '?')
-        echo "libvirtd: running (pid $pid, $(virsh -q version | awk '/Running hypervisor/ { print $3, $4 }'))"
+        echo "libvirtd: running (pid $pid, $uri, $(virsh -q version | awk '/Running hypervisor/ { print $3, $4 }'))"
         return 0
     fi
     if pid=$(live_pid "$libvirtd_pidfile"); then
@@ -244,8 +305,10 @@ case ${1:-} in
     stop) stop ;;
     status) status ;;
     restart) stop && start ;;
+    purge) purge ;;
+    uri) echo "$uri" ;;
     *)
-        echo "usage: $0 start|stop|status|restart" >&2
+        echo "usage: $0 start|stop|restart|status|purge|uri" >&2
         exit 2
         ;;
 esac

@@ -11,8 +11,9 @@
 #   VMP_TESTBED_TIMEOUT    seconds to wait for each step (default 30; the KVM
 #                          probe defaults to 15)
 set -euo pipefail
-export LIBVIRT_DEFAULT_URI=qemu:///system
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+LIBVIRT_DEFAULT_URI=$("$here/libvirtd.sh" uri)
+export LIBVIRT_DEFAULT_URI
 
 mode=qemu
 case ${1:-} in
@@ -36,9 +37,10 @@ cache=$("$here/build-guest.sh")
 
 name=vmp-smoke-$mode-$$
 # QEMU runs as libvirt-qemu, which cannot read files under /root: use copies
-# in a directory it can traverse. Not the pool directory, so the `default`
-# pool's volume list stays as the tests left it.
-boot=/var/lib/libvirt/boot/$name
+# in a directory it can traverse, at the same path inside the daemon's mount
+# namespace. Not the pool directory, so the `default` pool's volume list
+# stays as the tests left it.
+boot=$cache/boot/$name
 disk=$boot/disk.qcow2
 work=$(mktemp -d /tmp/vmp-smoke.XXXXXX)
 serial=$work/serial.log
@@ -49,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p /var/lib/libvirt/boot
+mkdir -p -m 0755 "$cache/boot"
 mkdir -m 0755 "$boot"
 cp "$cache/vmlinuz" "$cache/initrd.img" "$boot/"
 devices=

@@ -129,10 +129,11 @@ def violations() -> Callable[[grpc.RpcError], dict[str, str]]:
 # -- the real command ------------------------------------------------------------------
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-#: The start line: address, port, security, backend, endpoint, state, event loop.
+#: The start line: address, port, security, backend, endpoint, state, event loop, health port.
 STARTED = re.compile(
     r"serving provider\.v1\.Provider on (?P<host>\S+):(?P<port>\d+) \((?P<security>[^)]*)\); "
-    r"backend (?P<backend>\S+)(?: at (?P<endpoint>.*?))?; state in (?P<state>.*?); event loop (?P<loop>\w+)$"
+    r"backend (?P<backend>\S+)(?: at (?P<endpoint>.*?))?; state in (?P<state>.*?); event loop (?P<loop>\w+)"
+    r"(?:; health http on \S+:(?P<health_port>\d+))?$"
 )
 
 

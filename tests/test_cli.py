@@ -83,7 +83,7 @@ def test_bad_flags(cli: Run, args: list[str], fragment: str) -> None:
         ("[server]\ncolour = 'blue'", "[server] has no setting 'colour'; valid: "),
         ("[server]\nlisen = '127.0.0.1:0'", "[server] has no setting 'lisen'; did you mean 'listen'?"),
         ("[server]\nworkers = 0", "workers: Input should be greater than or equal to 1"),
-        ("[server]\nlog_level = 'LOUD'", "log_level: must be DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ("[server]\nlog_level = 'LOUD'", "log_level: must be debug, info, warn (warning), error or critical"),
         (
             "[server]\ntls_cert = '/nonexistent/cert.pem'\ntls_key = '/nonexistent/key.pem'",
             "tls_cert: cannot read /nonexistent/cert.pem: No such file or directory",

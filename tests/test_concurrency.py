@@ -195,3 +195,30 @@ def test_a_delete_by_id_waits_for_the_creation_it_names(harness: Callable[..., P
     assert _waiting_for_lock(h, "slow-new") == 0
     assert h.server is not None
     assert h.server.runtime._locks._aliases == {}
+
+
+def test_a_creation_whose_caller_went_away_still_holds_its_new_id(harness: Callable[..., ProviderHarness]) -> None:
+    """The client's deadline passes while the backend is still inside
+    Create: the backend finishes, its background work runs on, and a Delete
+    naming the id it returned still waits for that work."""
+    h = harness("memory", {"background": True, "numbered_ids": True, "slow_calls": True})
+    backend = h.backend
+    backend.call_gate.clear()  # type: ignore[attr-defined]
+    backend.gate.clear()  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            h.stub.Create(pb.CreateRequest(name="slow-gone"), timeout=0.5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        backend.call_gate.set()  # type: ignore[attr-defined]
+        assert backend.wait_active(1)  # type: ignore[attr-defined]  # the creation's work runs
+        delete = h.stub.Delete.future(pb.DeleteRequest(id="100"), timeout=60)
+        _eventually(lambda: _waiting_for_lock(h, "slow-gone") == 2, "the delete waits for the abandoned creation")
+        assert backend.calls["delete"] == 0  # type: ignore[attr-defined]
+    finally:
+        backend.call_gate.set()  # type: ignore[attr-defined]
+        backend.gate.set()  # type: ignore[attr-defined]
+    h.wait(delete.result(timeout=30).task)
+    assert backend.overlaps == []  # type: ignore[attr-defined]
+    assert not h.stub.Describe(pb.DescribeRequest(id="100")).exists
+    assert h.server is not None
+    assert h.server.runtime._locks._aliases == {}

@@ -42,13 +42,13 @@ TOKEN_ID = "vmp@pve!image"
 TOKEN_SECRET = "1mage-t0ken-secret"
 
 # ---------------------------------------------------------------------------
-# THE LAUNCH CONTRACT SWITCH. False: the containers start with today's
-# command line (--listen, VM_PROVIDER_* variables, *_FILE secrets). True:
-# exactly as the manager starts them (--port=N --health-port=M,
-# PROVIDER_TYPE / PROVIDER_ENDPOINT, credentials as files in
-# /etc/virtrigaud/credentials), and the HTTP probes /healthz and /readyz
-# are checked too. Turn it on once `vm-provider` has those flags.
-LAUNCH_CONTRACT = False
+# THE LAUNCH CONTRACT SWITCH. True: the containers start exactly as the
+# manager starts them (--port=N --health-port=M, PROVIDER_TYPE /
+# PROVIDER_ENDPOINT, credentials as files in /etc/virtrigaud/credentials),
+# and the HTTP probes /healthz and /readyz are checked too. False: they
+# start with the plain command line (--listen, VM_PROVIDER_* variables,
+# *_FILE secrets) and no probe is checked.
+LAUNCH_CONTRACT = True
 # ---------------------------------------------------------------------------
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import ValidationError
 
 from provider_core import specs
 from provider_core.errors import InvalidArgument
+from provider_core.models import CloneSpec, CreateSpec, ImagePrepareSpec
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -445,3 +447,138 @@ def test_request_strings_are_checked_and_bounded(server: ProviderHarness, reques
 
 def test_a_description_may_span_lines(server: ProviderHarness) -> None:
     server.stub.SnapshotCreate(pb.SnapshotCreateRequest(vm_id="src", name_hint="lines", description="one\n\ttwo"))
+
+
+# -- what VirtRigaud's manager marshals -------------------------------------------------------
+
+GO_CLASS = {
+    "CPU": 2,
+    "MemoryMiB": 512,
+    "Firmware": "",
+    "DiskDefaults": None,
+    "GuestToolsPolicy": "",
+    "ExtraConfig": None,
+    "PerformanceProfile": None,
+    "SecurityProfile": None,
+    "ResourceLimits": None,
+}
+GO_IMAGE = {"TemplateName": "debian-12", "Path": "", "URL": "", "Format": "template", "Checksum": "", "ChecksumType": "sha256"}
+GO_NIC = {
+    "Name": "nic0",
+    "Portgroup": "",
+    "NetworkName": "default",
+    "Bridge": "",
+    "VLAN": 0,
+    "Model": "",
+    "MacAddress": "",
+    "IPPolicy": "",
+    "StaticIP": "",
+    "Prefix": 0,
+    "Gateway": "",
+    "DNS": "",
+    "PCISlotNumber": None,
+}
+
+
+def test_go_zero_values_mean_not_given() -> None:
+    spec = CreateSpec.model_validate(
+        {
+            "name": "vm",
+            "class_json": json.dumps(GO_CLASS),
+            "image_json": json.dumps(GO_IMAGE | {"ChecksumType": ""}),
+            "networks_json": json.dumps([GO_NIC]),
+            "disks_json": "null",
+        }
+    )
+    assert (spec.vm_class.cpu, spec.vm_class.memory_mib, spec.vm_class.firmware) == (2, 512, None)
+    assert (spec.image.template_name, spec.image.format, spec.image.checksum_type.value) == ("debian-12", "", "sha256")
+    assert spec.networks[0].ip_policy is None
+    assert spec.disks == []
+
+
+def test_image_prepare_takes_the_vmimage_resource_spec() -> None:
+    resource = {
+        "source": {"libvirt": {"url": "https://example.test/noble.qcow2", "format": "qcow2", "checksumType": "sha256"}},
+        "prepare": {"onMissing": "Import", "timeout": "30m0s", "storage": {"libvirt": {"storagePool": "fast"}}},
+        "metadata": {"displayName": "Noble", "tags": {"os": "ubuntu"}},
+        "distribution": {"name": "ubuntu", "version": "24.04"},
+    }
+    spec = ImagePrepareSpec.model_validate({"image_json": json.dumps(resource), "target_name": "noble"})
+    assert (spec.image.url, spec.image.format, spec.storage_hint) == ("https://example.test/noble.qcow2", "qcow2", "fast")
+    proxmox = {"source": {"proxmox": {"templateID": 9000, "storage": "local-lvm"}}}
+    spec = ImagePrepareSpec.model_validate({"image_json": json.dumps(proxmox), "target_name": "t", "storage_hint": "other"})
+    assert (spec.image.template_name, spec.storage_hint) == ("9000", "other")
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        ({"http": {"url": "https://example.test/x.qcow2", "headers": {"X-Token": "t"}}}, "source.http.headers"),
+        (
+            {"http": {"url": "https://example.test/x", "authentication": {"bearer": {"secretRef": {"name": "s"}}}}},
+            "source.http.authentication",
+        ),
+        ({"registry": {"image": "quay.io/x"}}, "source.registry"),
+        ({"dataVolume": {"name": "dv"}}, "source.dataVolume"),
+        ({"vsphere": {"ovaURL": "https://example.test/x.ova"}}, "source.vsphere.ovaURL"),
+        ({}, "source"),
+        ({"libvirt": {"path": "/a"}, "http": {"url": "https://example.test/b"}}, "source"),
+        ({"libvirt": {"url": "ftp://example.test/x"}}, "URL"),
+    ],
+)
+def test_image_resources_the_provider_cannot_use_are_refused_by_path(source: dict[str, Any], where: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ImagePrepareSpec.model_validate({"image_json": json.dumps({"source": source}), "target_name": "t"})
+    assert where in str(info.value)
+
+
+def test_clone_takes_the_manager_resource_forms() -> None:
+    spec = CloneSpec.model_validate(
+        {
+            "source_vm_id": "a",
+            "target_name": "b",
+            "class_json": json.dumps(
+                {
+                    "cpu": 2,
+                    "memory": "4Gi",
+                    "diskDefaults": {"type": "thin", "size": "40Gi"},
+                    "resourceLimits": {"memoryLimit": "8Gi"},
+                    "securityProfile": {"encryptionPolicy": {"enabled": True, "keyProvider": "kms"}},
+                }
+            ),
+            "placement_json": json.dumps({"name": "spread"}),
+            "customize_json": json.dumps(
+                {
+                    "hostname": "web",
+                    "userData": {"cloudInit": {"inline": "#cloud-config\n"}},
+                    "networks": [{"name": "eth0", "dhcp": True}],
+                }
+            ),
+        }
+    )
+    c = spec.vm_class
+    assert (c.memory_mib, c.disk_defaults and c.disk_defaults.size_gib) == (4096, 40)
+    assert c.resource_limits is not None
+    assert c.resource_limits.memory_limit_mib == 8192
+    assert c.security_profile is not None
+    profile = c.security_profile
+    assert (profile.encryption_enabled, profile.key_provider) == (True, "kms")
+    assert spec.customize.user_data == "#cloud-config\n"
+    assert spec.customize.networks[0].dhcp
+
+
+@pytest.mark.parametrize(
+    ("customize", "where"),
+    [
+        ({"userData": {"cloudInit": {"secretRef": {"name": "s"}}}}, "secretRef"),
+        ({"userData": {"ignition": {"inline": "{}"}}}, "ignition"),
+        ({"sysprep": {"enabled": True}}, "sysprep"),
+        ({"guestCommands": [{"command": "ls"}]}, "guestCommands"),
+        ({"networks": [{"name": "eth0", "macAddress": "52:54:00:00:00:01"}]}, "macAddress"),
+        ({"networks": [{"name": "eth0", "dhcp": True, "ipAddress": "10.0.0.2"}]}, "dhcp"),
+    ],
+)
+def test_customizations_the_provider_cannot_apply_are_refused(customize: dict[str, Any], where: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        CloneSpec.model_validate({"source_vm_id": "a", "target_name": "b", "customize_json": json.dumps(customize)})
+    assert where in str(info.value)

@@ -341,7 +341,10 @@ class Kit:
             try:
                 server = S3Server(S3_BUCKET)
             except ImportError:
-                raise skip("the S3 checks need moto's S3 server here: pip install 'vm-provider[conformance]'") from None
+                raise skip(
+                    "the S3 checks need moto's S3 server here: install the conformance extra"
+                    " (from a clone: pip install './[conformance]')"
+                ) from None
             self._s3 = server.__enter__()
         return self._s3
 

@@ -201,7 +201,7 @@ def _handler(sink: HttpSink) -> type[BaseHTTPRequestHandler]:
 
 
 class S3Server:
-    """A real S3-compatible server (moto's: ``pip install 'vm-provider[conformance]'``)
+    """A real S3-compatible server (moto's: the ``conformance`` extra, ``pip install './[conformance]'`` from a clone)
     on 127.0.0.1 with the given buckets:
 
         with S3Server("exports") as s3:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.conformance.report import FAIL, PASS, SKIP
 
 ROOT = Path(__file__).resolve().parents[2]
-URI = "qemu:///system"
 
 
 def documented_test_driver_config() -> dict[str, Any]:
@@ -32,10 +32,11 @@ def daemon_problem() -> str:
         import libvirt
     except ImportError:
         return "libvirt-python is not installed"
+    uri = libvirtd_uri()
     try:
-        conn = libvirt.open(URI)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        return f"{URI} does not answer ({exc.get_error_message()}); run: bash testbed/libvirtd.sh start"
+        return f"{uri} does not answer ({exc.get_error_message()}); run: bash testbed/libvirtd.sh start"
     try:
         conn.storagePoolLookupByName("default")
         conn.networkLookupByName("default")
@@ -75,5 +76,5 @@ def test_kit_passes_libvirt_on_a_real_daemon(run_kit: Any) -> None:
     problem = daemon_problem()
     if problem:
         pytest.skip(f"needs a real libvirtd: {problem}")
-    results = run_kit("libvirt", {"uri": URI}, {"graceful_timeout": 3})
+    results = run_kit("libvirt", {"uri": libvirtd_uri()}, {"graceful_timeout": 3})
     assert {r.check.name: r.detail for r in results if r.status != PASS} == {}

@@ -18,11 +18,13 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
+from vmp_testplugins.testbed import libvirtd_socket, libvirtd_uri
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
@@ -73,25 +75,25 @@ def raw(harness: ProviderHarness) -> Callable[[str], dict[str, Any]]:
 
 
 # -- a real libvirt daemon running QEMU guests ----------------------------------------
+# The test bed's own libvirtd (testbed/libvirtd.sh), never the machine's
+# qemu:///system: its URI comes from vmp_testplugins.testbed.
 
 REPO = Path(__file__).resolve().parents[3]
 TESTBED = REPO / "testbed"
-SYSTEM_URI = "qemu:///system"
-BOOT_ROOT = Path("/var/lib/libvirt/boot")
-LOG_ROOT = Path("/var/log/libvirt")
 
 
 def libvirtd_unavailable() -> str:
     """Why the real-daemon tests cannot run here ("" when they can)."""
     if os.environ.get("VMP_NO_LIBVIRTD") == "1":
         return "VMP_NO_LIBVIRTD=1"
+    uri = libvirtd_uri()
     try:
-        conn = libvirt.open(SYSTEM_URI)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        return f"{SYSTEM_URI} is not reachable ({exc.get_error_message()}); start it with testbed/libvirtd.sh start"
+        return f"{uri} is not reachable ({exc.get_error_message()}); start it with testbed/libvirtd.sh start"
     try:
         if conn.getType() != "QEMU":
-            return f"{SYSTEM_URI} is not a QEMU host"
+            return f"{uri} is not a QEMU host"
         conn.storagePoolLookupByName("default")
         conn.networkLookupByName("default")
     except libvirt.libvirtError as exc:
@@ -115,7 +117,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class RealHost:
-    """A vm-provider server on qemu:///system plus the test guest: kernel
+    """A vm-provider server on the test bed's daemon plus the test guest: kernel
     and initramfs for direct kernel boot, and a base volume in the pool.
     Everything it makes is named ``vmpt-<tag>-...``."""
 
@@ -178,7 +180,7 @@ class RealHost:
 
     def cleanup(self) -> None:
         """Remove every domain and volume named vmpt-<tag>-*."""
-        conn = libvirt.open(SYSTEM_URI)
+        conn = libvirt.open(libvirtd_uri())
         try:
             prefix = f"vmpt-{self.tag}-"
             for dom in conn.listAllDomains(0):
@@ -197,32 +199,41 @@ class RealHost:
 
 @pytest.fixture(scope="module")
 def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
-    """Module-scoped: the test guest in place and a server on qemu:///system."""
+    """Module-scoped: the test guest in place and a server on the test bed's daemon."""
     reason = libvirtd_unavailable()
     if reason:
         pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    with real_host_context(tmp_path_factory) as host:
+        yield host
+
+
+@contextmanager
+def real_host_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
+    """The test guest in place and a server on the test bed's libvirtd, removed after."""
     built = subprocess.run(["bash", str(TESTBED / "build-guest.sh")], capture_output=True, text=True, check=False)
     if built.returncode:
         pytest.fail(f"testbed/build-guest.sh failed:\n{built.stderr[-2000:]}")
     cache = Path(built.stdout.strip().splitlines()[-1])
     tag = uuid.uuid4().hex[:6]
-    # QEMU runs as libvirt-qemu: the kernel must sit where it can read it.
-    boot = BOOT_ROOT / f"vmpt-{tag}"
-    logs = LOG_ROOT / f"vmpt-{tag}"
-    boot.mkdir(parents=True)
-    logs.mkdir(parents=True)
+    # QEMU runs as libvirt-qemu: the kernel must sit where it can read it, at
+    # a path that is the same in the daemon's mount namespace (the guest's
+    # cache is; the daemon's /var/lib/libvirt and /var/log/libvirt are not).
+    boot = cache / "boot" / f"vmpt-{tag}"
+    logs = cache / "serial" / f"vmpt-{tag}"
+    boot.mkdir(mode=0o755, parents=True)
+    logs.mkdir(mode=0o755, parents=True)
     for name in ("vmlinuz", "initrd.img"):
         shutil.copy(cache / name, boot / name)
     base = f"vmpt-{tag}-base.qcow2"
-    conn = libvirt.open(SYSTEM_URI)
+    conn = libvirt.open(libvirtd_uri())
     try:
         pool = conn.storagePoolLookupByName("default")
-        pool_dir = Path(ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or "/var/lib/libvirt/images")
+        pool_dir = Path(ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or "")
         shutil.copy(cache / "disk.qcow2", pool_dir / base)
         pool.refresh(0)
     finally:
         conn.close()
-    settings = {"uri": SYSTEM_URI, "serial_log_dir": str(logs)}
+    settings = {"uri": libvirtd_uri(), "serial_log_dir": str(logs)}
     with ProviderHarness.for_backend("libvirt", settings) as h:
         host = RealHost(h, tag, boot, logs, base)
         try:
@@ -235,18 +246,16 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
 
 # -- a link libvirt counts as remote ----------------------------------------------------------
 
-SOCKET = Path("/run/libvirt/libvirt-sock")
-
 
 class Relay:
     """A ``qemu+ext`` URI whose command is netcat relaying to the local
     daemon's socket: a link libvirt counts as remote, and one a test can cut
     (SIGKILL) or stall (SIGSTOP)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, socket: Path) -> None:
         self.pids = tmp / "relay.pids"
         script = tmp / "relay.sh"
-        script.write_text(f"#!/bin/sh\necho $$ >> {self.pids}\nexec nc -U {SOCKET}\n")
+        script.write_text(f"#!/bin/sh\necho $$ >> {self.pids}\nexec nc -U {socket}\n")
         script.chmod(0o755)
         self.uri = f"qemu+ext:///system?command={script}"
 
@@ -263,9 +272,10 @@ class Relay:
 
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[Relay]:
-    if shutil.which("nc") is None or not SOCKET.exists():
-        pytest.skip("needs netcat (testbed/install.sh) and the daemon's socket")
-    r = Relay(tmp_path)
+    socket = libvirtd_socket()
+    if shutil.which("nc") is None or socket is None or not socket.exists():
+        pytest.skip("needs netcat (testbed/install.sh) and the test bed daemon's socket")
+    r = Relay(tmp_path, socket)
     try:
         yield r
     finally:

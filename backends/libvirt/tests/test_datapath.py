@@ -1,6 +1,6 @@
 """ExportDisk, ImportDisk and ImagePrepare end to end: a real vm-provider
 server (ProviderHarness) on the libvirt backend, the real libvirt daemon
-with QEMU (``qemu:///system``, started by ``testbed/libvirtd.sh start``), and
+with QEMU (the test bed's own, started by ``testbed/libvirtd.sh start``), and
 real HTTP and S3 servers on 127.0.0.1 (HttpSink, moto).
 
 Domains and volumes are made here with libvirt-python itself, so these
@@ -23,12 +23,13 @@ import grpc
 import libvirt
 import pytest
 from vm_provider_libvirt import images
+from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness, TaskFailed
 
-URI = "qemu:///system"
+URI = libvirtd_uri()
 POOL = "default"
 BUCKET = "vmp-disk-exports"
 MiB = 1 << 20

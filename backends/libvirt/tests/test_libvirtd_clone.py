@@ -206,3 +206,29 @@ def test_a_raw_image_in_disguise_is_refused(real_host: Any, plain_images: HttpSi
         real_host.create("disguised", image_json=image, class_json=real_host.guest_class())
     conn = real_host.harness.backend.session.conn()
     assert not [v for v in conn.storagePoolLookupByName("default").listAllVolumes(0) if "disguised" in v.name()]
+
+
+def test_a_full_clone_of_a_raw_disk_is_read_in_the_copy_s_format(real_host: Any, plain_images: HttpSink) -> None:
+    """A raw disk copied into a file pool becomes qcow2: the clone must
+    attach it as qcow2, or the guest would see the qcow2 header as its disk
+    and its writes would corrupt the image."""
+    source = real_host.create("rawsrc", image_json={"URL": plain_images.url("disk.img"), "Format": "raw"})
+    answer = real_host.stub.Clone(pb.CloneRequest(source_vm_id=source, target_name=real_host.name("rawclone"), linked=False))
+    real_host.harness.wait(answer.task)
+    conn = real_host.harness.backend.session.conn()
+    for vm_id in (source, answer.target_vm_id):
+        dom = real_host.harness.backend.session.lookup(vm_id)
+        for disk in ET.fromstring(dom.XMLDesc(0)).findall("devices/disk[@device='disk']"):
+            path = disk.find("source").get("file")
+            held = json.loads(
+                subprocess.run(
+                    ["qemu-img", "info", "-U", "--output=json", path], capture_output=True, text=True, check=True
+                ).stdout
+            )
+            assert disk.find("driver").get("type") == held["format"], (
+                f"{vm_id} reads {path} ({held['format']}) as {disk.find('driver').get('type')}"
+            )
+            assert conn.storageVolLookupByPath(path)
+    assert real_host.power(answer.target_vm_id, ON) == "On"
+    for vm_id in (answer.target_vm_id, source):
+        real_host.harness.wait(real_host.stub.Delete(pb.DeleteRequest(id=vm_id)).task)

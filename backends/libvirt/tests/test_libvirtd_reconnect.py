@@ -1,12 +1,13 @@
 """The backend reconnects by itself when libvirtd restarts.
 
-The daemon is restarted between two calls with testbed/libvirtd.sh. The
+The test bed's own daemon is restarted between two calls with
+testbed/libvirtd.sh (the machine's qemu:///system is never touched). The
 second call succeeds, a read as well as a change: nothing watches a local
 connection between calls, so the first call after the restart meets the
 closed socket; a read is retried on a new connection, and a change first
 checks the connection with a cheap call that is.
 
-This module restarts the daemon, which stops every running guest on it; it
+This module restarts that daemon, which stops every running guest on it; it
 runs last among the libvirt tests and uses only a stopped VM.
 """
 

@@ -12,14 +12,13 @@ import grpc
 import pytest
 from vm_provider_libvirt import offers
 from vm_provider_libvirt.backend import LibvirtBackend
-from vm_provider_libvirt.host import HostInfo
+from vm_provider_libvirt.host import HostInfo, machine_version
+from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core import Capability
 from provider_core.conformance.kit import missing_capability
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
-
-SYSTEM_URI = "qemu:///system"
 
 #: What libvirt's test driver cannot do: it keeps no disk bytes and has no
 #: volume streams, cannot resize volumes or disks, and lists no machine types.
@@ -158,7 +157,7 @@ def test_a_host_without_machine_types_offers_no_hardware_upgrade() -> None:
 
 @pytest.mark.libvirtd
 def test_a_qemu_daemon_offers_everything_declared() -> None:
-    with ProviderHarness.for_backend("libvirt", {"uri": SYSTEM_URI}) as h:
+    with ProviderHarness.for_backend("libvirt", {"uri": libvirtd_uri()}) as h:
         caps = h.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
     assert flags(caps) == {
         "supports_reconfigure_online": True,
@@ -173,3 +172,36 @@ def test_a_qemu_daemon_offers_everything_declared() -> None:
     }
     assert list(caps.supported_export_formats) == list(caps.supported_import_formats) == ["qcow2", "raw", "vmdk"]
     assert list(caps.supported_disk_types) == ["thin", "thick", "qcow2", "raw"]
+
+
+RHEL_9_2 = ("pc-q35-rhel9.2.0", "pc-q35-rhel9.0.0", "pc-q35-rhel8.6.0", "pc-q35-rhel7.6.0", "pc-i440fx-rhel7.6.0")
+UBUNTU_24_04 = ("pc-q35-noble", "pc-q35-mantic", "pc-q35-jammy", "pc-q35-jammy-hpb", "pc-q35-8.2", "pc-i440fx-noble", "ubuntu")
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [
+        ("pc-q35-7.2", ("pc-q35", (7, 2))),
+        ("pc-i440fx-2.12", ("pc-i440fx", (2, 12))),
+        ("pc-q35-rhel9.2.0", ("pc-q35-rhel", (9, 2, 0))),
+        ("pc-i440fx-rhel7.6.0", ("pc-i440fx-rhel", (7, 6, 0))),
+        ("pc-q35-noble", ("pc-q35-ubuntu", (24, 4))),
+        ("pc-q35-jammy-hpb", ("pc-q35-ubuntu-hpb", (22, 4))),
+        ("q35", None),
+        ("ubuntu-q35", None),
+        ("pc-q35-unknownname", None),
+    ],
+)
+def test_machine_types_of_qemu_rhel_and_ubuntu_have_versions(name: str, parsed: object) -> None:
+    assert machine_version(name) == parsed
+
+
+def test_distribution_machine_types_make_families_to_upgrade_within() -> None:
+    rhel = replace(QEMU_HOST, machines=RHEL_9_2).machine_families
+    assert [n for _, n in rhel["pc-q35-rhel"]] == ["pc-q35-rhel7.6.0", "pc-q35-rhel8.6.0", "pc-q35-rhel9.0.0", "pc-q35-rhel9.2.0"]
+    ubuntu = replace(QEMU_HOST, machines=UBUNTU_24_04).machine_families
+    assert [n for _, n in ubuntu["pc-q35-ubuntu"]] == ["pc-q35-jammy", "pc-q35-mantic", "pc-q35-noble"]
+    assert [n for _, n in ubuntu["pc-q35"]] == ["pc-q35-8.2"]
+    for machines in (RHEL_9_2, UBUNTU_24_04):
+        offered = offers.offer(LibvirtBackend.declared(), replace(QEMU_HOST, machines=machines))
+        assert Capability.HARDWARE_UPGRADE in offered.capabilities

@@ -146,7 +146,10 @@ def _make(session: Session, spec: CloneSpec, plan: ClonePlan) -> None:
                 else:
                     vol = storage.copy(disk.pool, disk.name, disk.source, "qcow2" if storage.holds_files(disk.pool) else "raw")
                 made.append(vol)
-                _set_source(disk.element, vol.path(), "qcow2" if spec.linked else None)
+                copied = storage.describe(vol)
+                # The copy's own format and kind: a raw disk copied into a file
+                # pool becomes qcow2, and QEMU must read it as such.
+                _set_source(disk.element, copied.path or vol.path(), copied.format, copied.kind == libvirt.VIR_STORAGE_VOL_BLOCK)
                 role, spec_of = (disk.ref.role, disk.ref.spec) if disk.ref and disk.ref.role != "base" else ("data", "")
                 volumes.append(VolumeRef(disk.pool.name(), disk.name, role, disk.target, spec_of))
             _drop_seed(plan.root)
@@ -269,18 +272,22 @@ def _set_mib(root: ET.Element, tag: str, mib: int) -> None:
     el.set("unit", "MiB")
 
 
-def _set_source(disk: ET.Element, path: str, fmt: str | None) -> None:
+def _set_source(disk: ET.Element, path: str, fmt: str, block: bool = False) -> None:
+    """Point a domain disk at ``path``, a volume holding ``fmt``: a block
+    device (``<disk type='block'>``, ``<source dev>``) or a file."""
     source = disk.find("source")
     assert source is not None
-    for attr in ("file", "dev"):
-        if attr in source.attrib:
-            source.set(attr, path)
+    for attr in ("file", "dev", "pool", "volume"):
+        source.attrib.pop(attr, None)
+    source.set("dev" if block else "file", path)
+    disk.set("type", "block" if block else "file")
     backing = disk.find("backingStore")
     if backing is not None:
         disk.remove(backing)
     driver = disk.find("driver")
-    if fmt and driver is not None:
-        driver.set("type", fmt)
+    if driver is None:
+        driver = ET.SubElement(disk, "driver", {"name": "qemu"})
+    driver.set("type", fmt)
 
 
 def _drop_seed(root: ET.Element) -> None:

@@ -37,6 +37,7 @@ from provider_core import PermissionDenied, Unauthenticated, Unavailable
 from provider_core.urls import redact
 
 from . import errors
+from .login import Login
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,12 @@ def safe_uri(uri: str) -> str:
 
 
 class Connection:
-    """A self-healing libvirt connection."""
+    """A self-healing libvirt connection, opened as ``login`` says
+    (:mod:`~vm_provider_libvirt.login`)."""
 
-    def __init__(self, uri: str, attempts: int = 3) -> None:
-        self.uri = uri
+    def __init__(self, login: Login, attempts: int = 3) -> None:
+        self.login = login
+        self.uri = login.uri
         self.attempts = attempts
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
@@ -186,9 +189,10 @@ class Connection:
         delay = 0.2
         for attempt in range(1, self.attempts + 1):
             try:
-                conn = libvirt.open(self.uri)
+                conn = self.login.open()
             except libvirt.libvirtError as exc:
                 error = errors.translate(exc, f"cannot connect to libvirt at {safe_uri(self.uri)}")
+                error = self.login.explain(error)
                 if isinstance(error, Unauthenticated | PermissionDenied):
                     raise error from exc
                 if attempt == self.attempts:

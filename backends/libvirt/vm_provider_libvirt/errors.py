@@ -109,9 +109,16 @@ TABLE: tuple[Rule, ...] = (
     ),
     Rule(_codes("OPERATION_TIMEOUT"), DeadlineExceeded),
     Rule(_codes("RESOURCE_BUSY"), Aborted),
+    Rule(_codes("LIBSSH", "SSH"), Unauthenticated, phrase="host key", prefix="SSH host key not verified: "),
+    Rule(_codes("LIBSSH", "SSH"), Unauthenticated, phrase="authenticat", prefix="SSH login refused: "),
+    Rule(_codes("LIBSSH", "SSH"), Unauthenticated, phrase="passphrase", prefix="SSH login refused: "),
+    Rule(_codes("AUTH_FAILED"), Unauthenticated, phrase="host key", prefix="SSH host key not verified: "),
+    Rule(_codes("AUTH_FAILED"), Unauthenticated, phrase="rejected by the server", prefix="SSH login refused: "),
+    Rule(_codes("AUTH_FAILED"), Unauthenticated, phrase="private key", prefix="SSH login refused: "),
     Rule(_codes("AUTH_FAILED", "AUTH_CANCELLED", "AUTH_UNAVAILABLE"), Unauthenticated),
     Rule(_codes("ACCESS_DENIED", "OPERATION_DENIED"), PermissionDenied),
     Rule(UNREACHABLE, Unavailable, prefix="libvirt unavailable: "),
+    Rule(_codes("LIBSSH", "SSH"), Unavailable, prefix="libvirt unavailable over SSH: "),
     Rule(_codes("AGENT_UNRESPONSIVE", "AGENT_UNSYNCED"), Unavailable, prefix="guest agent: "),
     Rule(
         _codes(
@@ -156,6 +163,8 @@ _INVALID_IN_STATE = _codes("OPERATION_INVALID")
 _FLAGS_REFUSED = _codes("INVALID_ARG", "NO_SUPPORT")
 _LOST = _codes("NO_CONNECT", "INVALID_CONN")
 _INTERNAL = _codes("INTERNAL_ERROR")
+_TRANSPORTS = frozenset(getattr(libvirt, f"VIR_FROM_{n}") for n in ("RPC", "SSH", "LIBSSH") if hasattr(libvirt, f"VIR_FROM_{n}"))
+"""Error domains of the link to the daemon (its RPC, the SSH transports)."""
 
 
 def is_missing_domain(exc: libvirt.libvirtError) -> bool:
@@ -243,7 +252,7 @@ def best_effort(what: str) -> Iterator[None]:
 def connection_lost(exc: libvirt.libvirtError) -> bool:
     """Whether the error says the connection to the daemon is gone (so the
     next call should open a new one)."""
-    if _code_in(exc, _LOST) or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+    if _code_in(exc, _LOST) or exc.get_error_domain() in _TRANSPORTS:
         return True
     return _code_in(exc, _INTERNAL) and _SOCKET_CLOSED in (exc.get_error_message() or "")
 

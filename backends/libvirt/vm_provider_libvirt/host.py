@@ -145,16 +145,61 @@ class HostInfo:
 
     @cached_property
     def machine_families(self) -> dict[str, list[tuple[tuple[int, ...], str]]]:
-        """``pc-q35`` -> [((7, 2), 'pc-q35-7.2'), ...] sorted by version."""
+        """``pc-q35`` -> [((7, 2), 'pc-q35-7.2'), ...] sorted by version
+        (families as :func:`machine_version` names them)."""
         families: dict[str, list[tuple[tuple[int, ...], str]]] = {}
         for name in self.machines:
-            m = re.fullmatch(r"(.+?)-(\d+(?:\.\d+)*)", name)
-            if m:
-                version = tuple(int(p) for p in m.group(2).split("."))
-                families.setdefault(m.group(1), []).append((version, name))
+            parsed = machine_version(name)
+            if parsed is not None:
+                families.setdefault(parsed[0], []).append((parsed[1], name))
         for entries in families.values():
             entries.sort()
         return families
+
+
+#: Ubuntu's QEMU names machine types after its releases (``pc-q35-noble``):
+#: the release each codename stands for, so they order like versions.
+UBUNTU_RELEASES = {
+    "bionic": (18, 4),
+    "cosmic": (18, 10),
+    "disco": (19, 4),
+    "eoan": (19, 10),
+    "focal": (20, 4),
+    "groovy": (20, 10),
+    "hirsute": (21, 4),
+    "impish": (21, 10),
+    "jammy": (22, 4),
+    "kinetic": (22, 10),
+    "lunar": (23, 4),
+    "mantic": (23, 10),
+    "noble": (24, 4),
+    "oracular": (24, 10),
+    "plucky": (25, 4),
+    "questing": (25, 10),
+}
+_UPSTREAM = re.compile(r"(.+?)-(\d+(?:\.\d+)*)")
+_RHEL = re.compile(r"(.+?)-rhel(\d+(?:\.\d+)*)")
+_UBUNTU = re.compile(r"(.+?)-([a-z]+)(-hpb)?")
+
+
+def machine_version(name: str) -> tuple[str, tuple[int, ...]] | None:
+    """A versioned machine type's family and version, None for an
+    unversioned one (``q35``, ``ubuntu``).
+
+    - QEMU's own: ``pc-q35-7.2`` is family ``pc-q35``, version (7, 2);
+    - RHEL's: ``pc-q35-rhel9.2.0`` is family ``pc-q35-rhel``, version
+      (9, 2, 0) — RHEL numbers its machine types after its own releases;
+    - Ubuntu's: ``pc-q35-noble`` is family ``pc-q35-ubuntu``, version
+      (24, 4); ``pc-q35-jammy-hpb`` (host physical address bits) is family
+      ``pc-q35-ubuntu-hpb``.
+    """
+    if m := _UPSTREAM.fullmatch(name):
+        return m.group(1), tuple(int(p) for p in m.group(2).split("."))
+    if m := _RHEL.fullmatch(name):
+        return f"{m.group(1)}-rhel", tuple(int(p) for p in m.group(2).split("."))
+    if (m := _UBUNTU.fullmatch(name)) and m.group(2) in UBUNTU_RELEASES:
+        return f"{m.group(1)}-ubuntu{m.group(3) or ''}", UBUNTU_RELEASES[m.group(2)]
+    return None
 
 
 def _hostname(conn: libvirt.virConnect) -> str:

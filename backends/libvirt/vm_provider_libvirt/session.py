@@ -39,6 +39,7 @@ from . import errors, readcache, storage
 from .connection import Connection
 from .domxml import DomainDisk, disks, parse
 from .host import HostInfo, choose_domain_type
+from .login import Login
 from .settings import LibvirtSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Session:
 
     def __init__(self, settings: LibvirtSettings) -> None:
         self.settings = settings
-        self.connection = Connection(settings.uri, settings.reconnect_attempts)
+        self.connection = Connection(Login.of(settings), settings.reconnect_attempts)
         self._host: tuple[int, HostInfo] | None = None
         self._domain_type = ""
         self._probe_lock = threading.Lock()

@@ -21,6 +21,13 @@ Per-VM settings go in class_json ``ExtraConfig`` (keys starting with
 ``libvirt.cpu_mode``   ``host-model``, ``host-passthrough`` or ``maximum``
 =====================  ===========================================================
 
+Over SSH (``qemu+ssh://``, ``qemu+libssh://``, ``qemu+libssh2://``) the
+backend logs in with ``ssh_key_file``, checks the host's key against
+``ssh_known_hosts_file`` only (an unknown or changed key refuses the
+connection; nothing is ever added to the file) and takes ``username`` when
+the URI names no user; see :mod:`vm_provider_libvirt.login`. VirtRigaud's
+credentials Secret fills these from its keys (:attr:`LibvirtSettings.credential_keys`).
+
 Files named by ``libvirt.kernel``/``libvirt.initrd`` must be readable by the
 QEMU user (not under ``/root``).
 """
@@ -28,7 +35,7 @@ QEMU user (not under ``/root``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -36,6 +43,15 @@ from provider_core import BackendSettings
 
 
 class LibvirtSettings(BackendSettings):
+    #: Keys of a mounted credentials Secret -> the setting each one fills
+    #: (a Path setting gets the file's path, any other its content).
+    credential_keys: ClassVar[dict[str, str]] = {
+        "ssh-privatekey": "ssh_key_file",
+        "known_hosts": "ssh_known_hosts_file",
+        "username": "username",
+        "password": "password",
+    }
+
     uri: str = Field("test:///default", description="libvirt connection URI (qemu:///system, qemu+ssh://host/system, ...)")
     pool: str = Field("default", description="storage pool for disks when placement names no Datastore")
     network: str = Field("default", description="libvirt network for NICs that name neither NetworkName nor Bridge")
@@ -67,4 +83,17 @@ class LibvirtSettings(BackendSettings):
     s3_access_key_id: str = Field("", description="S3 access key for s3:// URLs whose request carries no credentials")
     s3_secret_access_key: SecretStr | None = Field(None, description="its secret key (better: s3_secret_access_key_file = path)")
     tls_ca_file: Path | None = Field(None, description="CA bundle for https downloads and uploads")
+    ssh_key_file: Path | None = Field(
+        None,
+        description="SSH private key for SSH URIs (which are then opened with libvirt's libssh2 transport)",
+    )
+    ssh_known_hosts_file: Path | None = Field(
+        None,
+        description="known_hosts file the SSH host key is checked against (only this one; unknown keys are refused, never added)",
+    )
+    username: str = Field("", description="user to log in as when the URI names none (SSH, or SASL on qemu+tcp/qemu+tls)")
+    password: SecretStr | None = Field(
+        None,
+        description="SSH password (password or keyboard-interactive login, passphrase of ssh_key_file) or SASL password",
+    )
     reconnect_attempts: int = Field(3, ge=1, description="tries to reconnect when the daemon went away")

@@ -5,12 +5,13 @@ keeps the version it was made with until it is moved on. ``target_version``
 is the major version of the machine type (8 -> the newest ``pc-q35-8.x``
 this host offers), 0 the newest of the VM's family. The family (q35,
 i440fx) never changes. Moving to an older version is refused, the current
-one is a no-op.
+one is a no-op. Distributions name their own machine types
+(:func:`~.host.machine_version`): on RHEL ``target_version`` 9 is the newest
+``pc-q35-rhel9.x``, on Ubuntu 24 is ``pc-q35-noble`` (24.04).
 """
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 
 import libvirt
@@ -18,9 +19,8 @@ import libvirt
 from provider_core import FailedPrecondition, InvalidArgument, Outcome
 
 from . import domxml, power
+from .host import machine_version
 from .session import Session
-
-VERSIONED = re.compile(r"(.+?)-(\d+(?:\.\d+)*)")
 
 
 def hardware_upgrade(session: Session, vm_id: str, target_version: int) -> Outcome[None]:
@@ -32,11 +32,10 @@ def hardware_upgrade(session: Session, vm_id: str, target_version: int) -> Outco
             raise FailedPrecondition(f"VM {name!r} is running: power it off to change its machine type")
         root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         current = host.canonical_machine(domxml.machine(root))
-        m = VERSIONED.fullmatch(current)
-        if not m:
+        parsed = machine_version(current)
+        if parsed is None:
             raise FailedPrecondition(f"VM {name!r} has the unversioned machine type {current!r}; nothing to upgrade")
-        family = m.group(1)
-        version = tuple(int(p) for p in m.group(2).split("."))
+        family, version = parsed
         offered = host.machine_families.get(family, [])
         majors = sorted({v[0] for v, _ in offered})
         candidates = [(v, n) for v, n in offered if v[0] == target_version] if target_version else offered

@@ -34,7 +34,8 @@ def test_password_login() -> None:
     ("table", "says"),
     [
         ({}, "no login configured"),
-        ({"token_id": "vmp@pve!ci", "token_secret": SECRET, "username": "root@pam", "password": SECRET}, "not both"),
+        ({"token_id": "vmp@pve!ci", "username": "root@pam", "password": SECRET}, "not both"),
+        ({"token_id": "vmp@pve!ci", "token_secret": SECRET, "username": "root@pam"}, "not both"),
         ({"token_id": "vmp@pve!ci"}, "needs both token_id and token_secret"),
         ({"token_secret": SECRET}, "needs both token_id and token_secret"),
         ({"username": "root@pam"}, "needs both username and password"),
@@ -110,3 +111,14 @@ def test_snippets_storage_needs_its_directory() -> None:
 def test_unknown_setting_refused() -> None:
     with pytest.raises(ConfigError, match="nodes"):
         settings({"token_id": "vmp@pve!ci", "token_secret": SECRET, "nodes": "pve1"})
+
+
+def test_a_secret_with_token_and_password_logs_in_with_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    """VirtRigaud's Secret may hold all four keys; its providers use the token."""
+    s = ProxmoxSettings(
+        endpoint="https://pve.example:8006", token_id="vmp@pve!ci", token_secret=SECRET, username="root@pam", password=SECRET
+    )
+    assert s.uses_token
+    assert (s.username, s.password) == ("", None)
+    assert "logging in with the token vmp@pve!ci" in caplog.text
+    assert SECRET not in caplog.text

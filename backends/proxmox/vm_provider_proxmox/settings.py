@@ -2,16 +2,22 @@
 
 Every setting can be overridden by ``VM_PROVIDER_PROXMOX_<SETTING>`` and read
 from a file with ``<setting>_file`` (e.g. ``token_secret_file``), the core's
-rule for all backends. Exactly one way to log in must be configured: an API
+rule for all backends. One way to log in must be configured: an API
 token (``token_id`` + ``token_secret``, recommended for a long-running
-provider) or a user with a password (``username`` + ``password``).
+provider) or a user with a password (``username`` + ``password``); given
+both whole, the token is used, as by VirtRigaud's own provider (a warning
+says so), and a part of one with the other is refused. The
+same four settings come from files named ``token_id``, ``token_secret``,
+``username`` and ``password`` in ``[server] credentials_dir`` (VirtRigaud's
+Secret), below the environment and plugins.toml.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
@@ -22,10 +28,24 @@ TOKEN_ID_RE = re.compile(r"^[^\s:/@!]+@[A-Za-z][A-Za-z0-9._-]+![A-Za-z][A-Za-z0-
 USER_ID_RE = re.compile(r"^[^\s:/@!]+@[A-Za-z][A-Za-z0-9._-]+$")
 TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_+.-]*$")
 ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+log = logging.getLogger(__name__)
+
+
+def _complete(ident: str, secret: SecretStr | None) -> bool:
+    return bool(ident) and secret is not None and bool(secret.get_secret_value())
 
 
 class ProxmoxSettings(BackendSettings):
     """Connection, login, placement defaults and behaviour of the backend."""
+
+    endpoint_settings: ClassVar[tuple[str, ...] | None] = ("endpoint",)
+    #: The keys of VirtRigaud's Proxmox credentials Secret (files of ``credentials_dir``).
+    credential_keys: ClassVar[dict[str, str]] = {
+        "token_id": "token_id",
+        "token_secret": "token_secret",
+        "username": "username",
+        "password": "password",
+    }
 
     endpoint: str = Field(description="Proxmox VE API endpoint, https://host:8006 (any node of the cluster)")
 
@@ -109,6 +129,13 @@ class ProxmoxSettings(BackendSettings):
     def _auth(self) -> ProxmoxSettings:
         token = bool(self.token_id or self.token_secret)
         password = bool(self.username or self.password)
+        if token and password and _complete(self.token_id, self.token_secret) and _complete(self.username, self.password):
+            # Both whole: a Secret made for VirtRigaud may hold all four keys, and
+            # its providers log in with the token then. So does this one.
+            log.warning("both an API token and a password are configured: logging in with the token %s", self.token_id)
+            object.__setattr__(self, "username", "")
+            object.__setattr__(self, "password", None)
+            password = False
         if token and password:
             raise ValueError("configure one way to log in: either token_id + token_secret, or username + password, not both")
         if not token and not password:

@@ -61,6 +61,9 @@ class MemorySettings(BackendSettings):
     background: bool = Field(False, description="run mutations as core-tracked background work (Outcome.later)")
     numbered_ids: bool = Field(False, description="give VMs numbers as ids, like Proxmox's VMIDs (names still work)")
     native_tasks: bool = Field(False, description="run mutations as backend-native tasks (Outcome.native)")
+    slow_calls: bool = Field(
+        False, description="a mutation of a slow VM also waits on call_gate in the backend method, before returning its outcome"
+    )
     fail_connect_file: Path | None = Field(
         None,
         description="connect() and ping() raise Unavailable while this file exists (an untranslated error if it says 'crash')",
@@ -96,6 +99,8 @@ class MemoryBackend(Backend):
         #: Closed by tests to hold operations on slow VMs inside the backend.
         self.gate = threading.Event()
         self.gate.set()
+        self.call_gate = threading.Event()
+        self.call_gate.set()
         #: Raised by every following operation while set.
         self.fail_with: BaseException | None = None
         self.calls: Counter[str] = Counter()
@@ -162,6 +167,8 @@ class MemoryBackend(Backend):
     def _run(self, op: str, vm: str, value: T, body: Callable[[], T | None]) -> Outcome[T]:
         """Run a mutation the way the settings say: now, later, or natively."""
         vm = self._name(vm)
+        if self.settings.slow_calls and vm.startswith(self.settings.slow_prefix):
+            self.call_gate.wait()
 
         def work() -> T | None:
             with self._inside(op, vm, mutation=True):

@@ -1,0 +1,64 @@
+"""Logging: one handler on standard error, as text or as JSON lines.
+
+``[server] log_level`` / ``log_format`` (or ``LOG_LEVEL`` / ``LOG_FORMAT``
+when launched by VirtRigaud) choose the level and the shape. Text is
+``TIME LEVEL LOGGER: MESSAGE``; JSON is one object per line with ``time``
+(ISO 8601, UTC), ``level``, ``logger``, ``message`` and, when there is
+one, ``exception`` (the traceback's text), written by python-json-logger.
+
+What goes into a message is the caller's business: secrets are never
+passed to a logger, and URLs are logged through
+:func:`provider_core.urls.redact`; the format changes nothing there.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+from pythonjsonlogger.json import JsonFormatter
+
+LogFormat = Literal["text", "json"]
+TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Levels by the names accepted (VirtRigaud says ``warn``).
+LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERROR": "ERROR", "CRITICAL": "CRITICAL"}
+
+
+def level_name(value: str) -> str:
+    """The logging level named by ``value`` (any case; ``warn`` is WARNING);
+    ValueError for anything else."""
+    level = LEVELS.get(value.strip().upper())
+    if level is None:
+        raise ValueError("must be debug, info, warn (warning), error or critical")
+    return level
+
+
+def formatter(fmt: LogFormat) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception"},
+            timestamp="time",
+            json_ensure_ascii=False,
+        )
+    return logging.Formatter(TEXT)
+
+
+_handler: logging.Handler | None = None
+
+
+def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Send log records at ``level`` or above to standard error in ``fmt``.
+
+    Called again, it changes the level and the format. Where the program
+    that imports vm-provider routes logs itself (the root logger has
+    handlers that are not ours, as under pytest), only the level is set."""
+    global _handler  # noqa: PLW0603 - the one handler of the process
+    root = logging.getLogger()
+    if _handler is None and not root.handlers:
+        _handler = logging.StreamHandler(sys.stderr)
+        root.addHandler(_handler)
+    if _handler is not None and _handler in root.handlers:
+        _handler.setFormatter(formatter(fmt))
+    root.setLevel(level_name(level))
