@@ -65,9 +65,8 @@ make_base() {
   # The official -slim image is debootstrap minbase without documentation,
   # manuals and translations; do the same from Debian's own archive.
   command -v debootstrap >/dev/null || { echo "build-image: debootstrap is not installed (try --setup-host)" >&2; exit 1; }
-  local dir
   dir=$(mktemp -d /var/tmp/vm-provider-base.XXXXXX)
-  trap 'rm -rf "$dir"' RETURN
+  trap 'rm -rf "$dir"' EXIT
   echo "build-image: making $base from $mirror (debootstrap --variant=minbase bookworm)"
   debootstrap --variant=minbase bookworm "$dir" "$mirror" >/dev/null
   cat >"$dir/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
@@ -101,6 +100,7 @@ EOF
   rm -rf "$dir"/usr/share/{man,info,locale,lintian}/* "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin \
     "$dir"/var/cache/apt/archives/*.deb "$dir"/var/log/*.log "$dir"/var/log/apt/*
   tar -C "$dir" --numeric-owner -c . | podman import --quiet - "$base" >/dev/null
+  rm -rf "$dir"
 }
 
 started=$(date +%s)
