@@ -1,0 +1,257 @@
+"""The container image (Containerfile), run as VirtRigaud's manager runs a
+provider pod: as UID 65532 on a read-only root filesystem with a writable
+/tmp, all capabilities dropped, on the host's network; Create, Describe and
+Delete over gRPC against fakepve (HTTPS, credentials in files mounted
+read-only) and against libvirt's test hypervisor; SIGTERM stops it with exit
+status 0 within the grace period.
+
+Build the image first: ``bash tools/build-image.sh`` (``VMP_IMAGE`` names
+another tag). Without podman or the image these tests skip, saying why;
+with ``VMP_REQUIRE_IMAGE=1`` (as CI sets it) they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.pb import provider_pb2_grpc as pb_grpc
+from provider_core.testing import wait_task
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = os.environ.get("VMP_IMAGE", "vm-provider:dev")
+UID = 65532
+GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
+TOKEN_ID = "vmp@pve!image"
+TOKEN_SECRET = "1mage-t0ken-secret"
+
+# ---------------------------------------------------------------------------
+# THE LAUNCH CONTRACT SWITCH. True: the containers start exactly as the
+# manager starts them (--port=N --health-port=M, PROVIDER_TYPE /
+# PROVIDER_ENDPOINT, credentials as files in /etc/virtrigaud/credentials),
+# and the HTTP probes /healthz and /readyz are checked too. False: they
+# start with the plain command line (--listen, VM_PROVIDER_* variables,
+# *_FILE secrets) and no probe is checked.
+LAUNCH_CONTRACT = True
+# ---------------------------------------------------------------------------
+
+
+def _missing() -> str | None:
+    if shutil.which("podman") is None:
+        return "podman is not installed (bash tools/build-image.sh --setup-host)"
+    if subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode != 0:
+        return f"image {IMAGE} is not built (bash tools/build-image.sh)"
+    return None
+
+
+_why = _missing()
+if _why and os.environ.get("VMP_REQUIRE_IMAGE") == "1":
+    raise RuntimeError(f"VMP_REQUIRE_IMAGE=1 but {_why}")
+pytestmark = [pytest.mark.skipif(_why is not None, reason=_why or ""), pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class Container:
+    """One provider container, started like a pod of the manager's."""
+
+    def __init__(self, backend: str, endpoint: str, env: dict[str, str], mounts: dict[Path, str]) -> None:
+        self.name = f"vmp-image-test-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.health_port = free_port()
+        if LAUNCH_CONTRACT:
+            args = [f"--port={self.port}", f"--health-port={self.health_port}"]
+            env = {"PROVIDER_TYPE": backend, "PROVIDER_ENDPOINT": endpoint, **env}
+        else:
+            args = ["--backend", backend, "--listen", f"127.0.0.1:{self.port}"]
+        flags = ["--network=host", "--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all"]
+        flags += ["--security-opt=no-new-privileges", f"--name={self.name}"]
+        for key, value in env.items():
+            flags.append(f"--env={key}={value}")
+        for source, target in mounts.items():
+            flags.append(f"--volume={source}:{target}:ro")
+        started = podman("run", "--detach", *flags, IMAGE, *args)
+        assert started.returncode == 0, started.stderr
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.ProviderStub(self.channel)
+
+    def logs(self) -> str:
+        out = podman("logs", self.name)
+        return out.stdout + out.stderr
+
+    def running(self) -> bool:
+        return podman("inspect", "--format", "{{.State.Running}}", self.name).stdout.strip() == "true"
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.running(), f"the container stopped:\n{self.logs()}"
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"not serving after {timeout}s:\n{self.logs()}")
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM, as the kubelet sends it; the exit status and the seconds it took."""
+        began = time.monotonic()
+        podman("kill", "--signal=TERM", self.name)
+        waited = podman("wait", self.name, timeout=GRACE_SECONDS + 30)
+        return int(waited.stdout.strip()), time.monotonic() - began
+
+    def remove(self) -> None:
+        self.channel.close()
+        podman("rm", "--force", "--time=0", self.name)
+
+
+@pytest.fixture
+def start() -> Iterator[Any]:
+    started: list[Container] = []
+
+    def make(backend: str, endpoint: str, env: dict[str, str], mounts: dict[Path, str] | None = None) -> Container:
+        c = Container(backend, endpoint, env, mounts or {})
+        started.append(c)
+        c.wait_serving()
+        return c
+
+    yield make
+    for c in started:
+        c.remove()
+
+
+def readable(directory: Path, files: dict[str, str]) -> Path:
+    """A directory UID 65532 can read (as a Secret's volume is), holding ``files``."""
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o644)
+    return directory
+
+
+def lifecycle(c: Container) -> None:
+    """Create, Describe and Delete over gRPC; then SIGTERM ends it with status 0."""
+    created = c.stub.Create(
+        pb.CreateRequest(
+            name="image-vm",
+            class_json=json.dumps({"CPU": 1, "MemoryMiB": 256}),
+            disks_json=json.dumps([{"SizeGiB": 1}]),
+        ),
+        timeout=30,
+    )
+    wait_task(c.stub, created.task, timeout=60)
+    assert created.id
+    described = c.stub.Describe(pb.DescribeRequest(id=created.id), timeout=30)
+    assert described.exists, described
+    deleted = c.stub.Delete(pb.DeleteRequest(id=created.id), timeout=30)
+    wait_task(c.stub, deleted.task, timeout=60)
+    assert not c.stub.Describe(pb.DescribeRequest(id=created.id), timeout=30).exists
+
+    if LAUNCH_CONTRACT:  # the manager's liveness and readiness probes
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}{path}", timeout=5) as reply:
+                assert reply.status == 200, path
+
+    status, seconds = c.stop()
+    logs = c.logs()
+    assert status == 0, logs
+    assert seconds < GRACE_SECONDS, f"stopped after {seconds:.1f}s"
+    assert "Traceback" not in logs, logs
+    assert TOKEN_SECRET not in logs
+
+
+def test_proxmox_against_fakepve(start: Any, fakepve: Any, fakepve_cafile: str, tmp_path: Path) -> None:
+    fakepve.apitokens[TOKEN_ID] = TOKEN_SECRET
+    creds = readable(tmp_path / "credentials", {"token_id": TOKEN_ID, "token_secret": TOKEN_SECRET + "\n"})
+    pki = readable(tmp_path / "pve-ca", {"ca.crt": Path(fakepve_cafile).read_text()})
+    env = {"VM_PROVIDER_PROXMOX_CA_FILE": "/etc/pve-ca/ca.crt"}
+    if not LAUNCH_CONTRACT:
+        env |= {
+            "VM_PROVIDER_PROXMOX_ENDPOINT": fakepve.url,
+            "VM_PROVIDER_PROXMOX_TOKEN_ID_FILE": "/etc/virtrigaud/credentials/token_id",
+            "VM_PROVIDER_PROXMOX_TOKEN_SECRET_FILE": "/etc/virtrigaud/credentials/token_secret",
+        }
+    c = start("proxmox", fakepve.url, env, {creds: "/etc/virtrigaud/credentials", pki: "/etc/pve-ca"})
+    lifecycle(c)
+
+
+def test_libvirt_against_its_test_hypervisor(start: Any) -> None:
+    env = {} if LAUNCH_CONTRACT else {"VM_PROVIDER_LIBVIRT_URI": "test:///default"}
+    c = start("libvirt", "test:///default", env)
+    lifecycle(c)
+
+
+def test_image_runs_as_65532_and_writes_only_tmp() -> None:
+    config = json.loads(podman("image", "inspect", IMAGE).stdout)[0]["Config"]
+    assert config["User"] == f"{UID}:{UID}"
+    assert config["Entrypoint"][-1] == "vm-provider"
+    # Inside: who it runs as, that / is read-only, that what the provider
+    # needs besides Python loads (libvirt, qemu-img, boto3's S3 and STS
+    # models, both backends), and where its state directory lands.
+    probe = """
+import os, shutil, subprocess, tempfile, boto3, libvirt
+from pathlib import Path
+from provider_core import config
+from vm_provider_libvirt.settings import LibvirtSettings as Settings
+assert os.getuid() == 65532, os.getuid()
+try:
+    Path("/opt/vm-provider/x").write_text("x")
+    raise SystemExit("the root filesystem is writable")
+except OSError:
+    pass
+assert tempfile.gettempdir() == "/tmp"
+state = config.default_state_dir("libvirt", Settings(uri="test:///default"))
+assert str(state).startswith("/tmp/"), state
+state.mkdir(parents=True)
+subprocess.run(["qemu-img", "--version"], check=True, capture_output=True)
+assert shutil.which("gcc") is None and shutil.which("cc") is None, "a compiler ships"
+boto3.client("s3", region_name="us-east-1")
+boto3.client("sts", region_name="us-east-1")
+libvirt.open("test:///default").close()
+print("ok")
+"""
+    flags = ["--rm", "--network=host", "--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all"]
+    ran = podman("run", *flags, "--entrypoint=python3", IMAGE, "-c", probe)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.strip() == "ok", ran.stdout
+    listed = podman("run", *flags, IMAGE, "backends", "libvirt", "proxmox")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+
+
+def test_running_md_start_up_check_runs_as_written() -> None:
+    """docs/running.md's start-up check of the image, run as written."""
+    text = (ROOT / "docs" / "running.md").read_text()
+    section = text.split("## Container image", 1)[1].split("\n## ", 1)[0]
+    samples = [b for b in re.findall(r"```sh\n(.*?)```", section, flags=re.S) if b.startswith("podman run")]
+    check = shlex.split(samples[0])
+    assert check[-3:] == ["backends", "libvirt", "proxmox"], check
+    ran = podman(*[IMAGE if word == "vm-provider:dev" else word for word in check[1:]])
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith("libvirt: "), ran.stdout
