@@ -41,16 +41,6 @@ GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 TOKEN_ID = "vmp@pve!image"
 TOKEN_SECRET = "1mage-t0ken-secret"
 
-# ---------------------------------------------------------------------------
-# THE LAUNCH CONTRACT SWITCH. True: the containers start exactly as the
-# manager starts them (--port=N --health-port=M, PROVIDER_TYPE /
-# PROVIDER_ENDPOINT, credentials as files in /etc/virtrigaud/credentials),
-# and the HTTP probes /healthz and /readyz are checked too. False: they
-# start with the plain command line (--listen, VM_PROVIDER_* variables,
-# *_FILE secrets) and no probe is checked.
-LAUNCH_CONTRACT = True
-# ---------------------------------------------------------------------------
-
 
 def _missing() -> str | None:
     if shutil.which("podman") is None:
@@ -79,15 +69,23 @@ def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 class Container:
     """One provider container, started like a pod of the manager's."""
 
-    def __init__(self, backend: str, endpoint: str, env: dict[str, str], mounts: dict[Path, str]) -> None:
+    def __init__(
+        self, backend: str, endpoint: str, env: dict[str, str], mounts: dict[Path, str], tls: tuple[Path, Any] | None = None
+    ) -> None:
+        """Started as the manager starts it: ``--port --health-port``,
+        PROVIDER_TYPE / PROVIDER_ENDPOINT, the Secret's files mounted read-only;
+        with ``tls`` (a directory of tls.crt, tls.key, ca.crt and the test PKI)
+        mounted at /etc/virtrigaud/tls, else with the manager's plaintext
+        opt-out."""
         self.name = f"vmp-image-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.health_port = free_port()
-        if LAUNCH_CONTRACT:
-            args = [f"--port={self.port}", f"--health-port={self.health_port}"]
-            env = {"PROVIDER_TYPE": backend, "PROVIDER_ENDPOINT": endpoint, **env}
+        args = [f"--port={self.port}", f"--health-port={self.health_port}"]
+        env = {"PROVIDER_TYPE": backend, "PROVIDER_ENDPOINT": endpoint, **env}
+        if tls is None:
+            env["VIRTRIGAUD_PROVIDER_INSECURE"] = "true"
         else:
-            args = ["--backend", backend, "--listen", f"127.0.0.1:{self.port}"]
+            mounts = {**mounts, tls[0]: "/etc/virtrigaud/tls"}
         flags = ["--network=host", "--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all"]
         flags += ["--security-opt=no-new-privileges", f"--name={self.name}"]
         for key, value in env.items():
@@ -96,7 +94,13 @@ class Container:
             flags.append(f"--volume={source}:{target}:ro")
         started = podman("run", "--detach", *flags, IMAGE, *args)
         assert started.returncode == 0, started.stderr
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        target = f"127.0.0.1:{self.port}"
+        if tls is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            pki = tls[1]
+            creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client_key, pki.client_cert)
+            self.channel = grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
         self.stub = pb_grpc.ProviderStub(self.channel)
 
     def logs(self) -> str:
@@ -135,8 +139,10 @@ class Container:
 def start() -> Iterator[Any]:
     started: list[Container] = []
 
-    def make(backend: str, endpoint: str, env: dict[str, str], mounts: dict[Path, str] | None = None) -> Container:
-        c = Container(backend, endpoint, env, mounts or {})
+    def make(
+        backend: str, endpoint: str, env: dict[str, str], mounts: dict[Path, str] | None = None, tls: Any = None
+    ) -> Container:
+        c = Container(backend, endpoint, env, mounts or {}, tls)
         started.append(c)
         c.wait_serving()
         return c
@@ -174,10 +180,9 @@ def lifecycle(c: Container) -> None:
     wait_task(c.stub, deleted.task, timeout=60)
     assert not c.stub.Describe(pb.DescribeRequest(id=created.id), timeout=30).exists
 
-    if LAUNCH_CONTRACT:  # the manager's liveness and readiness probes
-        for path in ("/healthz", "/readyz"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}{path}", timeout=5) as reply:
-                assert reply.status == 200, path
+    for path in ("/healthz", "/readyz"):  # the manager's liveness and readiness probes
+        with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}{path}", timeout=5) as reply:
+            assert reply.status == 200, path
 
     status, seconds = c.stop()
     logs = c.logs()
@@ -192,19 +197,21 @@ def test_proxmox_against_fakepve(start: Any, fakepve: Any, fakepve_cafile: str, 
     creds = readable(tmp_path / "credentials", {"token_id": TOKEN_ID, "token_secret": TOKEN_SECRET + "\n"})
     pki = readable(tmp_path / "pve-ca", {"ca.crt": Path(fakepve_cafile).read_text()})
     env = {"VM_PROVIDER_PROXMOX_CA_FILE": "/etc/pve-ca/ca.crt"}
-    if not LAUNCH_CONTRACT:
-        env |= {
-            "VM_PROVIDER_PROXMOX_ENDPOINT": fakepve.url,
-            "VM_PROVIDER_PROXMOX_TOKEN_ID_FILE": "/etc/virtrigaud/credentials/token_id",
-            "VM_PROVIDER_PROXMOX_TOKEN_SECRET_FILE": "/etc/virtrigaud/credentials/token_secret",
-        }
     c = start("proxmox", fakepve.url, env, {creds: "/etc/virtrigaud/credentials", pki: "/etc/pve-ca"})
     lifecycle(c)
 
 
-def test_libvirt_against_its_test_hypervisor(start: Any) -> None:
-    env = {} if LAUNCH_CONTRACT else {"VM_PROVIDER_LIBVIRT_URI": "test:///default"}
-    c = start("libvirt", "test:///default", env)
+def test_libvirt_against_its_test_hypervisor_over_mutual_tls(start: Any, pki: Any, tmp_path: Path) -> None:
+    """With the Provider's TLS Secret mounted: mutual TLS 1.3, as the manager dials."""
+    files = {"tls.crt": pki.server_cert.read_text(), "tls.key": pki.server_key.read_text(), "ca.crt": pki.ca.read_text()}
+    tls = readable(tmp_path / "tls", files)
+    c = start("libvirt", "test:///default", {}, tls=(tls, pki))
+    assert "mutual TLS 1.3+" in c.logs()
+    plain = grpc.insecure_channel(f"127.0.0.1:{c.port}")
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.ProviderStub(plain).Validate(pb.ValidateRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    plain.close()
     lifecycle(c)
 
 
