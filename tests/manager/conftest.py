@@ -6,7 +6,9 @@ rule is checked after each one."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -14,8 +16,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import libvirt
 import pytest
+from proxmoxer import ProxmoxAPI
+from vmp_testplugins.testbed import libvirtd_uri
 
+from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -70,9 +76,24 @@ class Endpoint:
     def desired(self, suffix: str, cpu: int) -> str:
         return mp.desired_json(self.name(suffix), self.cls(cpu), self.image(), self.networks(), None)
 
+    def made_elsewhere(self, suffix: str) -> str:
+        """A VM someone made behind the provider's back; its id."""
+        raise NotImplementedError
+
+    def image_source(self) -> dict[str, Any]:
+        """A VMImage resource's ``source`` ImagePrepare can bring in here."""
+        raise NotImplementedError
+
+    def prepared_image(self, prepared: pb.ImagePrepareResponse) -> dict[str, Any]:
+        """Create's image_json once the image is prepared, as the manager
+        rewrites it (overrideImageWithPreparedLocation): the pool path for a
+        libvirt source, the id as TemplateName for a Proxmox one."""
+        return mp.vm_image(template=prepared.prepared_image_id)
+
 
 class SimEndpoint(Endpoint):
     kind = "sim"
+    FOREIGN = "vmpm-made-elsewhere"
 
     def image(self) -> dict[str, Any]:
         return mp.vm_image(template="debian-12")
@@ -80,21 +101,71 @@ class SimEndpoint(Endpoint):
     def networks(self) -> list[dict[str, Any]] | None:
         return [mp.network(network_name="default")]
 
+    def made_elsewhere(self, suffix: str) -> str:
+        (vm,) = [vm for vm in self.harness.stub.ListVMs(pb.ListVMsRequest()).vms if vm.name == self.FOREIGN]
+        return str(vm.id)
+
+    images: Any = None
+
+    def image_source(self) -> dict[str, Any]:
+        url, digest = self.images
+        return {"libvirt": {"url": url, "format": "qcow2", "checksum": digest, "checksumType": "sha256"}}
+
+    def prepared_image(self, prepared: pb.ImagePrepareResponse) -> dict[str, Any]:
+        return mp.vm_image(path=prepared.prepared_image_path, fmt="qcow2")
+
 
 class ProxmoxEndpoint(Endpoint):
     kind = "proxmox"
+    pve: Any
+    api: Any
 
     def networks(self) -> list[dict[str, Any]] | None:
         return [mp.network(bridge="vmbr0")]
+
+    def made_elsewhere(self, suffix: str) -> str:
+        """Through the API, as the web UI or Terraform would: no owner tag."""
+        vmid = 700 + sum(1 for _ in self.pve.vms)
+        self.api.nodes("pve1").qemu.post(vmid=vmid, name=self.name(suffix), memory=512, cores=1, scsi0="local-lvm:4")
+        return str(vmid)
+
+    def image_source(self) -> dict[str, Any]:
+        """A template someone made in Proxmox: the manager's proxmox source."""
+        if 9000 not in {vm.vmid for vm in self.pve.vms}:
+            self.pve.add_vm(9000, "golden", template=True, config={"scsi0": "local-lvm:base-9000-disk-0,size=2G"})
+        return {"proxmox": {"templateName": "golden"}}
 
 
 class LibvirtEndpoint(Endpoint):
     kind = "libvirt"
 
-    def __init__(self, harness: ProviderHarness, host: Any) -> None:
+    def __init__(self, harness: ProviderHarness, host: Any, uri: str, images: Any) -> None:
         super().__init__(harness)
         self.host = host
         self.tag = host.tag
+        self.uri = uri
+        self.images = images
+
+    def made_elsewhere(self, suffix: str) -> str:
+        """A domain defined with the libvirt API (virsh define), no disks."""
+        name = self.name(suffix)
+        xml = (
+            f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>"
+        )
+        conn = libvirt.open(self.uri)
+        try:
+            return str(conn.defineXML(xml).UUIDString())
+        finally:
+            conn.close()
+
+    def image_source(self) -> dict[str, Any]:
+        url, digest = self.images
+        source = {"url": url, "format": "qcow2", "checksum": digest, "checksumType": "sha256", "storagePool": "default"}
+        return {"libvirt": source}
+
+    def prepared_image(self, prepared: pb.ImagePrepareResponse) -> dict[str, Any]:
+        return mp.vm_image(path=prepared.prepared_image_path, fmt="qcow2")
 
     def name(self, suffix: str) -> str:
         return str(self.host.name(suffix))
@@ -110,9 +181,15 @@ class LibvirtEndpoint(Endpoint):
         return [mp.network(network_name="default")]
 
 
-def _sim() -> Iterator[Endpoint]:
-    with ProviderHarness.for_backend("sim", {"task_seconds": 0.2, "shutdown_seconds": 0.3}) as h:
-        yield SimEndpoint(h)
+def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    table = {"task_seconds": 0.2, "shutdown_seconds": 0.3, "foreign_vms": [SimEndpoint.FOREIGN]}
+    served = tmp_path_factory.mktemp("images")
+    (served / "noble.qcow2").write_bytes(b"QFI\xfb" + bytes(4092))  # the simulation counts and hashes the bytes
+    digest = hashlib.sha256((served / "noble.qcow2").read_bytes()).hexdigest()
+    with HttpSink(served) as images, ProviderHarness.for_backend("sim", table) as h:
+        endpoint = SimEndpoint(h)
+        endpoint.images = (images.url("noble.qcow2"), digest)
+        yield endpoint
 
 
 def _proxmox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
@@ -135,9 +212,18 @@ def _proxmox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
             "storage": "local-lvm",
             "lock_retry_seconds": 2,
         }
+        pve.apitokens["root@pam!elsewhere"] = "elsewhere-secret"
+        api = ProxmoxAPI(
+            served.cluster.host,
+            port=served.cluster.port,
+            user="root@pam",
+            token_name="elsewhere",
+            token_value="elsewhere-secret",
+            verify_ssl=served.cafile,
+        )
         with ProviderHarness.for_backend("proxmox", settings) as h:
             endpoint = ProxmoxEndpoint(h)
-            endpoint.pve = served.pve  # type: ignore[attr-defined]
+            endpoint.pve, endpoint.api = served.pve, api
             yield endpoint
     finally:
         served.stop()
@@ -148,14 +234,17 @@ def _libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     reason = layer.libvirtd_unavailable()
     if reason:
         pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
-    with layer.real_host_context(tmp_path_factory) as host:
-        yield LibvirtEndpoint(host.harness, host)
+    served = tmp_path_factory.mktemp("images")
+    shutil.copy(layer.guest_cache() / "disk.qcow2", served / "noble.qcow2")
+    digest = hashlib.sha256((served / "noble.qcow2").read_bytes()).hexdigest()
+    with HttpSink(served) as images, layer.real_host_context(tmp_path_factory) as host:
+        yield LibvirtEndpoint(host.harness, host, libvirtd_uri(), (images.url("noble.qcow2"), digest))
 
 
 @pytest.fixture(scope="module", params=["sim", "proxmox", pytest.param("libvirt", marks=pytest.mark.libvirtd)])
 def endpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     if request.param == "sim":
-        yield from _sim()
+        yield from _sim(tmp_path_factory)
     elif request.param == "proxmox":
         yield from _proxmox(tmp_path_factory)
     else:

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import manager_payloads as mp
 import pytest
 from conftest import Endpoint
 from manager_client import COUNTED, Breaker, Manager
@@ -43,6 +44,13 @@ def settle(manager: Manager, vm_id: str, want: str, timeout: float = 120) -> pb.
 def test_capabilities_and_validate(manager: Manager) -> None:
     caps = manager.call("GetCapabilities", pb.GetCapabilitiesRequest())
     assert caps.supported_disk_types, "the manager shows supported disk types on the Provider's status"
+    # An empty list means "pvc only" and "relay only" to the manager: what is
+    # listed must be what is offered, with the capability it belongs to.
+    assert bool(caps.supported_export_backends) == caps.supports_disk_export
+    assert bool(caps.supported_import_backends) == caps.supports_disk_import
+    assert set(caps.supported_export_backends) | set(caps.supported_import_backends) <= {"pvc", "nfs", "s3"}
+    if caps.supports_disk_export or caps.supports_disk_import:
+        assert list(caps.supported_transfer_modes) == ["relay"]
     assert manager.call("Validate", pb.ValidateRequest()).ok
     manager.reuse()
 
@@ -173,5 +181,60 @@ def test_raw_json_is_json(endpoint: Endpoint, manager: Manager) -> None:
         raw = json.loads(manager.describe(vm_id).provider_raw_json)
         assert isinstance(raw, dict)
         assert raw
+    finally:
+        manager.delete(vm_id)
+
+
+def test_adoption_finds_vms_made_elsewhere_and_manages_them_once_allowed(
+    endpoint: Endpoint, manager: Manager, breaker: Breaker
+) -> None:
+    """The adoption controller lists the provider's VMs, drops those it
+    manages, and takes the rest over: they must be listed, readable, and
+    refused changes until the operator allows them."""
+    own = manager.create(endpoint.create_request("own"))
+    foreign = endpoint.made_elsewhere("elsewhere")
+    try:
+        listed = {vm.id: vm for vm in manager.list_vms()}
+        assert listed[own].provider_raw["managed"] == "true"
+        candidates = {vm_id: vm for vm_id, vm in listed.items() if vm_id != own}
+        assert foreign in candidates, f"{foreign} made elsewhere is not listed: {sorted(candidates)}"
+        assert candidates[foreign].provider_raw["managed"] == "false"
+        assert candidates[foreign].power_state in STATUS_WORDS
+        assert manager.describe(foreign).exists
+        with pytest.raises(grpc.RpcError) as info:
+            manager.power(foreign, pb.POWER_OP_ON)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # not a code the breaker counts
+        assert "manage_foreign_vms" in (info.value.details() or "")
+
+        with ProviderHarness(endpoint.harness.backend, endpoint.harness.name, manage_foreign_vms=True) as allowed:
+            adopter = Manager(allowed.address, breaker)
+            adopter.power(foreign, pb.POWER_OP_ON)
+            settle(adopter, foreign, "On")
+            adopter.power(foreign, pb.POWER_OP_OFF)
+            settle(adopter, foreign, "Off")
+            adopter.delete(foreign)
+            assert not adopter.describe(foreign).exists
+            adopter.close()
+    finally:
+        manager.delete(own)
+    assert not breaker.failures
+
+
+def test_image_prepare_then_create_from_the_prepared_image(endpoint: Endpoint, manager: Manager) -> None:
+    """The image controller prepares a VMImage (its resource spec as
+    image_json), stamps the id and path it answers at once, polls the task,
+    then the VM controller creates from the prepared location."""
+    answer = manager.image_prepare(mp.image_resource(endpoint.image_source()), endpoint.name("image"))
+    assert answer.prepared_image_id or answer.prepared_image_path, "nothing to stamp on the VMImage's status"
+    manager.wait(answer.task)
+    again = manager.image_prepare(mp.image_resource(endpoint.image_source()), endpoint.name("image"))
+    assert (again.prepared_image_id, again.prepared_image_path) == (answer.prepared_image_id, answer.prepared_image_path)
+    manager.wait(again.task)
+    request = mp.create_request(
+        endpoint.name("prepared"), endpoint.cls(), endpoint.prepared_image(answer), endpoint.networks(), None
+    )
+    vm_id = manager.create(request)
+    try:
+        assert manager.describe(vm_id).exists
     finally:
         manager.delete(vm_id)

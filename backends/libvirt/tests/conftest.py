@@ -218,13 +218,18 @@ def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
         yield host
 
 
-@contextmanager
-def real_host_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
-    """The test guest in place and a server on the test bed's libvirtd, removed after."""
+def guest_cache() -> Path:
+    """The directory of the test guest's files (testbed/build-guest.sh)."""
     built = subprocess.run(["bash", str(TESTBED / "build-guest.sh")], capture_output=True, text=True, check=False)
     if built.returncode:
         pytest.fail(f"testbed/build-guest.sh failed:\n{built.stderr[-2000:]}")
-    cache = Path(built.stdout.strip().splitlines()[-1])
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def real_host_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
+    """The test guest in place and a server on the test bed's libvirtd, removed after."""
+    cache = guest_cache()
     tag = uuid.uuid4().hex[:6]
     # QEMU runs as libvirt-qemu: the kernel must sit where it can read it, at
     # a path that is the same in the daemon's mount namespace (the guest's
