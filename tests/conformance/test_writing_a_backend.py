@@ -73,27 +73,22 @@ def test_every_block_runs() -> None:
     assert {lang for lang, title, _ in blocks() if title} <= {"python", "toml"}
 
 
-def test_following_the_page_gives_a_backend_the_kit_passes(tmp_path: Path) -> None:
+def follow(tmp_path: Path, env: dict[str, str], timeout: float) -> Path:
+    """Run the page's blocks as one shell script in a new directory under
+    ``tmp_path`` and check that each shell block printed the text blocks
+    after it; that directory."""
     text, expected = script()
     (tmp_path / "follow.sh").write_text(text)
     work = tmp_path / "work"
     work.mkdir()
-    bin_dir = layered_venv(tmp_path / "venv")
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "PIP_NO_INDEX": "1",  # everything the sample needs is installed already: no network
-        "PIP_NO_BUILD_ISOLATION": "0",  # build with the installed setuptools
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    }
-    env.pop("VM_PROVIDER_CONFIG", None)
+    env = {k: v for k, v in env.items() if k not in ("VM_PROVIDER_CONFIG", "PYTHONPATH", "PYTHONHOME")}
     proc = subprocess.run(
         ["bash", "-euo", "pipefail", str(tmp_path / "follow.sh")],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -103,6 +98,19 @@ def test_following_the_page_gives_a_backend_the_kit_passes(tmp_path: Path) -> No
         out = by_block[shell]
         for line in wanted:
             assert line in out, f"{line!r} is not in the output of shell block {shell}:\n{out}"
+    return work
+
+
+def test_following_the_page_gives_a_backend_the_kit_passes(tmp_path: Path) -> None:
+    bin_dir = layered_venv(tmp_path / "venv")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PIP_NO_INDEX": "1",  # everything the sample needs is installed already: no network
+        "PIP_NO_BUILD_ISOLATION": "0",  # build with the installed setuptools
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    work = follow(tmp_path, env, timeout=600)
     package = work / "vm-provider-mine"
     lint = subprocess.run(
         [Path(sys.executable).parent / "ruff", "check", "--config", ROOT / "pyproject.toml", package],

@@ -19,29 +19,9 @@ from typing import Any
 
 import grpc
 
+from provider_core.conformance.kit import DEADLINES  # the manager's deadline of each RPC
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
-
-#: The manager's deadline of each RPC, in seconds.
-DEADLINES: dict[str, float] = {
-    "Validate": 30,
-    "GetCapabilities": 30,
-    "Describe": 30,
-    "TaskStatus": 10,
-    "Delete": 120,
-    "Power": 120,
-    "GetDiskInfo": 120,
-    "ListVMs": 120,
-    "SnapshotDelete": 120,
-    "Create": 300,
-    "Reconfigure": 300,
-    "Clone": 300,
-    "ImagePrepare": 300,
-    "SnapshotCreate": 300,
-    "SnapshotRevert": 300,
-    "ExportDisk": 1800,
-    "ImportDisk": 1800,
-}
 
 #: What the manager's circuit breaker counts as an infrastructure failure.
 COUNTED = frozenset(
