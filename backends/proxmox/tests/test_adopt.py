@@ -78,6 +78,24 @@ def test_a_foreign_vm_is_managed_when_allowed_and_deleted_without_unreferenced_d
     assert f"vm-{copy}-disk-9" not in volumes  # the provider's own VM: everything of its VMID goes
 
 
+def test_a_template_it_did_not_make_is_used_as_an_image_and_changed_only_when_allowed(
+    provider: Any, ops_for: Any, settings: dict[str, Any], pve: Any
+) -> None:
+    pve.add_vm(9002, "golden", template=True, config={"scsi0": "local-lvm:base-9002-disk-0,size=2G"})
+    ops = ops_for(provider(settings, manage_foreign_vms=False))
+    made = ops.create("from-golden", image_json={"TemplateName": "9002"})  # an image: no permission needed
+    assert pve.vm(int(made)).config["name"] == "from-golden"
+    for rpc, request in [
+        ("Power", pb.PowerRequest(id="9002", op=pb.POWER_OP_ON)),
+        ("SnapshotCreate", pb.SnapshotCreateRequest(vm_id="9002", name_hint="s")),
+        ("Clone", pb.CloneRequest(source_vm_id="9002", target_name="copy")),
+    ]:
+        code, message = ops.fails(lambda r=rpc, q=request: getattr(ops.stub, r)(q, timeout=30))
+        assert code is grpc.StatusCode.FAILED_PRECONDITION, rpc
+        assert "manage_foreign_vms" in message, rpc
+    assert pve.vm(9002).status == "stopped"
+
+
 def test_a_template_it_did_not_make_is_cloned_but_never_deleted(ops: Any, pve: Any) -> None:
     pve.add_vm(9000, "tmpl", template=True, config={"scsi0": "local-lvm:base-9000-disk-0,size=2G"})
     assert "9000" not in [v.id for v in ops.stub.ListVMs(pb.ListVMsRequest()).vms]  # not a VM to adopt

@@ -110,11 +110,11 @@ class ProxmoxBackend(Backend):
 
     def owns(self, vm_id: str) -> bool:
         """The VM carries ``owner_tag`` (the cluster's VM list: one request).
-        A template counts as the provider's own: templates are images to
-        create and clone from, not VMs (ListVMs leaves them out), and Delete
-        refuses a template without the tag whatever the settings."""
-        ref = self.cluster.find(vm_id)
-        return ref.template or self.cluster.owned(ref)
+        A template without the tag is someone else's too: Create may use it
+        as an image (TemplateName), but powering, changing or cloning it
+        through the Clone RPC needs ``manage_foreign_vms``, and Delete
+        refuses it whatever the settings."""
+        return self.cluster.owned(self.cluster.find(vm_id))
 
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
         return power.power(self.cluster, vm_id, op, graceful_timeout)
