@@ -105,14 +105,19 @@ def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
             raise ConfigError(f"{conf.source}: [backends.{table}]: no backend {table!r} is installed{hint}")
     cls = plugins.load_class(name)
     cfg.check_environment(os.environ, {"server": cfg.ServerSettings, name: cls.Settings}, [n for n in installed if n != name])
+    flags = _server_flags(args)
+    defaults = launched.server_defaults()
+    named = set(flags) | set(conf.server) | {f for f in TLS_FILES if cfg.env_prefix("server") + f.upper() in os.environ}
+    if named & set(TLS_FILES):  # TLS files named one by one replace the launched tls_dir
+        defaults.pop("tls_dir", None)
     server = cfg.resolve(
         cfg.ServerSettings,
         "server",
         conf.server,
-        flags={**cfg.virtrigaud_environment(os.environ), **_server_flags(args)},
+        flags=flags,
         source=conf.source,
-        aliases=launched.server_aliases(),
-        lower=[launched.server_defaults()],
+        aliases={**launched.server_aliases(), **cfg.virtrigaud_environment(os.environ)},
+        lower=[defaults],
     )
     logs.configure(server.settings.log_level, server.settings.log_format)
     directory = server.settings.credentials_dir
@@ -130,6 +135,10 @@ def effective(args: argparse.Namespace, conf: cfg.Config) -> Effective:
     )
     launched.check_tls(tls_files(server.settings) is not None)
     return Effective(conf, name, name_origin, server, backend)
+
+
+#: The settings naming TLS files one by one (instead of tls_dir).
+TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 
 
 def _server_flags(args: argparse.Namespace) -> dict[str, tuple[object, str]]:

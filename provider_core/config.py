@@ -158,8 +158,9 @@ class ServerSettings(BaseModel):
 
 
 def virtrigaud_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
-    """``[server]`` settings from VirtRigaud's own variables, above every
-    other layer: ``$VIRTRIGAUD_PROVIDER_ALLOWED_SANS`` (comma-separated;
+    """``[server]`` settings from VirtRigaud's own variables, at the
+    environment's level (a ``VM_PROVIDER_SERVER_*`` variable saying otherwise
+    is refused): ``$VIRTRIGAUD_PROVIDER_ALLOWED_SANS`` (comma-separated;
     empty means any client the CA signed) and
     ``$VIRTRIGAUD_PROVIDER_INSECURE`` (``true`` lifts ``require_tls``;
     other values change nothing, as in VirtRigaud's own providers)."""

@@ -400,3 +400,27 @@ def test_provider_endpoint_fills_the_conventional_endpoint_setting() -> None:
         "uri": ("y", "PROVIDER_ENDPOINT")
     }
     assert launch.Launch({"PROVIDER_ENDPOINT": "y"}).backend_aliases("p", Plain) == {}
+
+
+def test_launched_with_tls_files_named_one_by_one(cli: Any, pki: Any) -> None:
+    """The launched tls_dir default gives way to TLS files named one by one."""
+    env = launched(
+        VM_PROVIDER_SERVER_TLS_CERT=str(pki.server_cert),
+        VM_PROVIDER_SERVER_TLS_KEY=str(pki.server_key),
+        VM_PROVIDER_SERVER_TLS_CLIENT_CA=str(pki.ca),
+    )
+    del env["VIRTRIGAUD_PROVIDER_INSECURE"]
+    shown = cli("config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "# tls_dir: not set" in shown.stdout
+    assert f'tls_cert = "{pki.server_cert}"' in shown.stdout
+    assert "require_tls = true" in shown.stdout
+
+
+def test_virtrigaud_variables_sit_beside_the_environment(cli: Any) -> None:
+    """VIRTRIGAUD_PROVIDER_INSECURE=true against VM_PROVIDER_SERVER_REQUIRE_TLS=true is a contradiction."""
+    env = launched(VM_PROVIDER_SERVER_REQUIRE_TLS="true")
+    done = cli("config", env=env)
+    assert done.returncode == 2
+    assert "VIRTRIGAUD_PROVIDER_INSECURE" in done.stderr
+    assert "VM_PROVIDER_SERVER_REQUIRE_TLS" in done.stderr
