@@ -47,7 +47,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "PROVIDER_ENDPOINT"
-INSECURE_ENV = "TLS_INSECURE_SKIP_VERIFY"
+SKIP_VERIFY_ENV = "TLS_INSECURE_SKIP_VERIFY"
 TLS_ENABLED_ENV = "TLS_ENABLED"
 NAMESPACE_ENV = "PROVIDER_NAMESPACE"
 NAME_ENV = "PROVIDER_NAME"
@@ -115,13 +115,13 @@ class Launch:
                 named = f"names it with {', '.join(fields)}" if fields else "has no endpoint setting"
                 raise ConfigError(f"{ENDPOINT_ENV} is set but backend {backend} {named}: set those settings instead")
             found[fields[0]] = (self.get(ENDPOINT_ENV), ENDPOINT_ENV)
-        if self.flag(INSECURE_ENV):
+        if self.flag(SKIP_VERIFY_ENV):
             if VERIFY_TLS not in model.model_fields:
                 raise ConfigError(
-                    f"{INSECURE_ENV}=true but backend {backend} has no {VERIFY_TLS} setting; "
+                    f"{SKIP_VERIFY_ENV}=true but backend {backend} has no {VERIFY_TLS} setting; "
                     "it verifies the hypervisor as its endpoint says: drop the variable"
                 )
-            found[VERIFY_TLS] = (False, f"{INSECURE_ENV}=true")
+            found[VERIFY_TLS] = (False, f"{SKIP_VERIFY_ENV}=true")
         return found
 
     def flag(self, name: str) -> bool:

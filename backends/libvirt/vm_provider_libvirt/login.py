@@ -21,8 +21,9 @@ is verified against the given known_hosts file only:
   Ed25519 or ECDSA key there, or write ``qemu+libssh://``;
 - the query gets ``keyfile``, ``known_hosts``, ``known_hosts_verify=normal``
   and ``sshauth`` (``privkey`` with a key; ``password`` and
-  ``keyboard-interactive`` with a password; never ``agent``), each only
-  when the URI does not say it already;
+  ``keyboard-interactive`` with a password; with neither, libvirt's own
+  default, which includes ``agent``), each only when the URI does not say
+  it already;
 - ``username`` goes into the URI when it names no user.
 
 With ``known_hosts_verify=normal`` libvirt asks, through the credentials
