@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import libvirt
@@ -29,6 +30,14 @@ def domain_xml(name: str, disks: list[tuple[str, str]], kind: str = "test") -> s
     return (
         f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
         f"<os><type arch='{arch}'>hvm</type></os><devices>{devices}</devices></domain>"
+    )
+
+
+def domain_with(name: str, devices: str) -> str:
+    """A test-driver domain with these ``<devices>`` children, verbatim."""
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+        f"<os><type arch='i686'>hvm</type></os><devices>{devices}</devices></domain>"
     )
 
 
@@ -84,6 +93,92 @@ def test_delete_of_a_foreign_domain_keeps_every_disk_it_cannot_prove_is_its_own(
     assert "own.qcow2" not in left  # its alone: removed with it
     assert {"shared.qcow2", "readonly.qcow2", "base.qcow2"} <= left  # used by another domain, read-only, a template
     assert allowed.stub.Describe(pb.DescribeRequest(id="neighbour")).exists
+
+
+def delete_adopted(h: ProviderHarness, disks: list[str], neighbour: str) -> set[str]:
+    """Define ``adopted`` on ``disks`` (paths) and ``neighbour`` with the
+    ``<devices>`` XML given, Delete ``adopted``; the volumes left, as pool/name."""
+    conn = h.backend.session.conn()  # type: ignore[attr-defined]
+    conn.defineXML(domain_xml("adopted", [(path, "") for path in disks]))
+    conn.defineXML(domain_with("neighbour", neighbour))
+    h.wait(h.stub.Delete(pb.DeleteRequest(id="adopted")).task)
+    assert not h.stub.Describe(pb.DescribeRequest(id="adopted")).exists
+    assert h.stub.Describe(pb.DescribeRequest(id="neighbour")).exists
+    return {f"{pool.name()}/{vol.name()}" for pool in conn.listAllStoragePools(0) for vol in pool.listAllVolumes(0)}
+
+
+def volumes(h: ProviderHarness, pool: str, *names: str) -> list[libvirt.virStorageVol]:
+    found = h.backend.session.conn().storagePoolLookupByName(pool)  # type: ignore[attr-defined]
+    return [found.createXML(VOLUME.format(name=name), 0) for name in names]
+
+
+def test_delete_of_a_foreign_domain_keeps_a_volume_another_domain_names_by_pool_and_name(allowed: ProviderHarness) -> None:
+    own, shared = volumes(allowed, "default", "own.qcow2", "shared.qcow2")
+    neighbour = (
+        "<disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source pool='default' volume='shared.qcow2'/><target dev='vda' bus='virtio'/></disk>"
+    )
+    left = delete_adopted(allowed, [own.path(), shared.path()], neighbour)
+    assert "default/own.qcow2" not in left
+    assert "default/shared.qcow2" in left
+
+
+def test_delete_of_a_foreign_domain_keeps_a_volume_another_domain_names_through_a_symbolic_link(
+    allowed: ProviderHarness, tmp_path: Path
+) -> None:
+    conn = allowed.backend.session.conn()  # type: ignore[attr-defined]
+    where = tmp_path.resolve() / "pool"
+    where.mkdir()
+    conn.storagePoolCreateXML(f"<pool type='dir'><name>files</name><target><path>{where}</path></target></pool>", 0)
+    own, shared = volumes(allowed, "files", "own.qcow2", "shared.qcow2")
+    Path(shared.path()).write_bytes(b"")
+    link = tmp_path / "elsewhere.qcow2"
+    link.symlink_to(shared.path())
+    left = delete_adopted(allowed, [own.path(), shared.path()], disk_xml(str(link), "raw"))
+    assert "files/own.qcow2" not in left
+    assert "files/shared.qcow2" in left
+
+
+def test_delete_of_a_foreign_domain_keeps_a_volume_backing_an_overlay_in_another_pool(allowed: ProviderHarness) -> None:
+    own, base = volumes(allowed, "default", "own.qcow2", "parent.qcow2")
+    fast = allowed.backend.session.conn().storagePoolLookupByName("fast")  # type: ignore[attr-defined]
+    overlay = VOLUME.format(name="child.qcow2").replace(
+        "</volume>", f"<backingStore><path>{base.path()}</path><format type='qcow2'/></backingStore></volume>"
+    )
+    fast.createXML(overlay, 0)
+    left = delete_adopted(allowed, [own.path(), base.path()], "")
+    assert "default/own.qcow2" not in left
+    assert {"default/parent.qcow2", "fast/child.qcow2"} <= left
+
+
+def test_delete_of_a_foreign_domain_keeps_its_volumes_when_another_disk_cannot_be_resolved(allowed: ProviderHarness) -> None:
+    """A qcow2 image outside any pool may be an overlay of any volume: while
+    another domain uses one, no volume is removed."""
+    (own,) = volumes(allowed, "default", "own.qcow2")
+    left = delete_adopted(allowed, [own.path()], disk_xml("/elsewhere/overlay.qcow2", "qcow2"))
+    assert "default/own.qcow2" in left
+
+
+def test_delete_of_a_foreign_domain_keeps_its_volumes_in_pools_other_hosts_may_share(allowed: ProviderHarness) -> None:
+    """Who else uses a volume on NFS is out of this host's sight."""
+    conn = allowed.backend.session.conn()  # type: ignore[attr-defined]
+    conn.storagePoolCreateXML(
+        "<pool type='netfs'><name>nfs</name><source><host name='127.0.0.1'/><dir path='/export'/>"
+        "<format type='nfs'/></source><target><path>/vmpt-nfs</path></target></pool>",
+        0,
+    )
+    (own,) = volumes(allowed, "default", "own.qcow2")
+    (on_nfs,) = volumes(allowed, "nfs", "data.qcow2")
+    left = delete_adopted(allowed, [own.path(), on_nfs.path()], "")
+    assert "default/own.qcow2" not in left
+    assert "nfs/data.qcow2" in left
+
+
+def disk_xml(path: str, fmt: str) -> str:
+    return (
+        f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{path}'/>"
+        "<target dev='vda' bus='virtio'/></disk>"
+    )
 
 
 # -- the real daemon ----------------------------------------------------------------

@@ -9,10 +9,16 @@ A domain without our mark (deleted only when the server's
 ``manage_foreign_vms`` lets the core call this) loses its definition and
 those of its disks that are surely its alone: a writable disk (not a
 CD-ROM, not ``<readonly/>`` or ``<shareable/>``) that is a volume of a
-libvirt storage pool, that no other domain of the host names, and that
-backs no other volume. Everything else stays: files outside any pool (the
-provider cannot tell what else uses them), block devices, network disks,
-shared and backing images. Which disks stayed is logged.
+storage pool only this host sees (dir, fs, logical, disk, zfs), that no
+other domain of the host uses and that backs no other volume. A volume is
+known by its libvirt key, whatever names it: a path, a symbolic link to it
+(on a local connection), ``<source pool volume>``, a backing file. Volumes
+of pools other hosts may share (NFS, Gluster, RBD, iSCSI, ...) always stay,
+since their other users are out of this host's sight; so do files outside
+any pool, block devices outside any pool and network disks. When the check
+cannot be completed (a domain's XML or a pool's volumes cannot be read, a
+path another domain names cannot be told apart from these volumes), every
+disk stays. Which disks stayed, and why, is logged.
 
 Volumes go before the definition, so a Delete interrupted half-way is
 finished by the next one (a missing volume is skipped); once the domain is
@@ -24,7 +30,9 @@ definition.
 from __future__ import annotations
 
 import logging
+import os
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 
 import libvirt
 
@@ -88,53 +96,264 @@ def delete_volumes(session: Session, mark: Mark) -> None:
             delete_base_if_unused(session, ref)
 
 
+#: Pool types whose volumes only this host uses; other pools (netfs,
+#: gluster, rbd, iscsi, scsi, mpath, ...) may be shared with other hosts.
+LOCAL_POOLS = frozenset({"dir", "fs", "logical", "disk", "zfs"})
+
+
+class _Doubt(Exception):
+    """The check whether a volume is used elsewhere could not be completed."""
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A disk of the deleted domain that may be removed with it."""
+
+    label: str
+    vol: libvirt.virStorageVol
+    key: str
+
+
 def delete_foreign_disks(session: Session, dom: libvirt.virDomain, root: ET.Element) -> None:
     """The disks of a domain we did not make that are surely its alone
-    (see the module's docstring); the others are kept and named in the log."""
-    uuid = dom.UUIDString()
+    (see the module's docstring); the others are kept and named in the log.
+
+    Cost: one listing of the host's domains with one XML read each (two for
+    a running one), one listing of the active pools with one XML read per
+    volume, and one volume lookup per distinct disk or backing path."""
+    resolver = _Resolver(session.conn(), session.is_local())
     kept: list[str] = []
+    candidates: list[_Candidate] = []
+    for el in root.findall("devices/disk"):
+        found = _candidate(resolver, el)
+        if isinstance(found, str):
+            kept.append(found)
+        else:
+            candidates.append(found)
     doomed: list[libvirt.virStorageVol] = []
-    elsewhere = _paths_of_other_domains(session, uuid)
-    unshared = {target for target, el in _disk_elements(root) if el.find("readonly") is None and el.find("shareable") is None}
-    for disk in domxml.disks(root):
-        if disk.device != "disk" or not disk.path:
-            continue
-        vol = session.volume_at(disk.path) if disk.source_type in ("file", "volume") else None
-        if disk.target not in unshared or vol is None or disk.path in elsewhere:
-            kept.append(disk.path)
-            continue
-        if storage.backs_others(vol.storagePoolLookupByVolume(), disk.path):
-            kept.append(disk.path)
-            continue
-        doomed.append(vol)
+    if candidates:
+        try:
+            used = _used_elsewhere(session, resolver, dom.UUIDString(), candidates)
+        except _Doubt as doubt:
+            kept.extend(f"{c.label} ({doubt})" for c in candidates)
+        else:
+            for c in candidates:
+                if c.key in used:
+                    kept.append(f"{c.label} ({used[c.key]})")
+                else:
+                    doomed.append(c.vol)
     for vol in doomed:
         storage.delete(vol)
     if kept:
-        log.info("deleting VM %s, not made by vm-provider: kept its disks %s", dom.name(), ", ".join(kept))
+        log.info("deleting VM %s, not made by vm-provider: kept its disks %s", dom.name(), "; ".join(kept))
 
 
-def _disk_elements(root: ET.Element) -> list[tuple[str, ET.Element]]:
-    out = []
-    for el in root.findall("devices/disk"):
-        target = el.find("target")
-        out.append((target.get("dev", "") if target is not None else "", el))
-    return out
+def _candidate(resolver: _Resolver, el: ET.Element) -> _Candidate | str:
+    """A disk of the deleted domain as a candidate for removal, or why it stays."""
+    label = _label(el)
+    device = el.get("device", "disk")
+    if device != "disk":
+        return f"{label} (a {device})"
+    if el.find("readonly") is not None or el.find("shareable") is not None:
+        return f"{label} (read-only or shareable)"
+    vol = resolver.volume(el)
+    if vol is None:
+        return f"{label} (not a volume of an active storage pool)"
+    kind = _pool_type(vol)
+    if kind not in LOCAL_POOLS:
+        return f"{label} (a volume of a {kind or 'unknown'} pool, which other hosts may use)"
+    return _Candidate(label, vol, vol.key())
 
 
-def _paths_of_other_domains(session: Session, uuid: str) -> set[str]:
-    """Every disk path named by another domain of the host (its inactive
-    definition and, when running, its live one)."""
-    paths: set[str] = set()
-    for other in session.conn().listAllDomains(0):
+def _used_elsewhere(session: Session, resolver: _Resolver, uuid: str, candidates: list[_Candidate]) -> dict[str, str]:
+    """Which candidates' keys another domain or volume uses, and how.
+    Raises _Doubt when that cannot be told for sure."""
+    resolver.watch(candidates)
+    used: dict[str, str] = {}
+    conn = session.conn()
+    _users_among_domains(conn, resolver, uuid, used)
+    _users_among_volumes(conn, resolver, used)
+    return used
+
+
+def _users_among_domains(conn: libvirt.virConnect, resolver: _Resolver, uuid: str, used: dict[str, str]) -> None:
+    """Note in ``used`` the volumes the disks of the other domains name,
+    with the backing chains their XML shows."""
+    for other in conn.listAllDomains(0):
+        name = other.name()
         if other.UUIDString() == uuid:
             continue
-        with errors.ignoring(errors.is_missing_domain):  # undefined since the listing
-            xmls = [other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)]
+        xmls: list[str] = []
+        try:
+            xmls.append(other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             if other.isActive():
                 xmls.append(other.XMLDesc(0))
-            for text in xmls:
-                paths.update(d.path for d in domxml.disks(domxml.parse(text)) if d.path)
-    return paths
+        except libvirt.libvirtError as exc:
+            if errors.is_missing_domain(exc):  # undefined since the listing
+                continue
+            raise _Doubt(f"the XML of domain {name!r} could not be read: {exc.get_error_message()}") from exc
+        for text in xmls:
+            for el in domxml.parse(text).findall("devices/disk"):
+                layers, open_end = _chain(el)
+                key = ""
+                for kind, source in layers:
+                    key = resolver.key_of(kind, source, f"domain {name!r}")
+                    if key:
+                        used.setdefault(key, f"domain {name!r} uses it")
+                if open_end and not key:  # an active pool's volume's backing file is seen below, any other's is not
+                    raise _Doubt(f"domain {name!r} has an image outside any active pool whose backing file is not known")
+
+
+def _users_among_volumes(conn: libvirt.virConnect, resolver: _Resolver, used: dict[str, str]) -> None:
+    """Note in ``used`` the volumes that back a volume of any active pool."""
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        try:
+            vols = pool.listAllVolumes(0)
+        except libvirt.libvirtError as exc:
+            raise _Doubt(f"the volumes of pool {pool.name()!r} could not be listed: {exc.get_error_message()}") from exc
+        for vol in vols:
+            try:
+                backing = domxml.parse(vol.XMLDesc(0)).findtext("backingStore/path") or ""
+            except libvirt.libvirtError as exc:
+                if errors.is_missing_volume(exc):  # deleted since the listing
+                    continue
+                raise _Doubt(f"volume {pool.name()}/{vol.name()} could not be read: {exc.get_error_message()}") from exc
+            key = resolver.key_at(backing) if backing else ""
+            if key:
+                used.setdefault(key, f"it backs {pool.name()}/{vol.name()}")
+
+
+def _chain(disk: ET.Element) -> tuple[list[tuple[str, ET.Element]], bool]:
+    """A domain disk and the backing chain its XML shows, as ``(type,
+    <source>)`` layers, and whether the chain may go on unseen: its last
+    layer is a file, block device or volume in an image format (qcow2, ...)
+    and the XML does not say where its backing chain ends."""
+    layers: list[tuple[str, ET.Element]] = []
+    layer, fmt = disk, disk.find("driver")
+    while True:
+        source = layer.find("source")
+        if source is None:
+            return layers, False  # no medium, or <backingStore/>: the chain ends
+        kind = layer.get("type", "file")
+        layers.append((kind, source))
+        nxt = layer.find("backingStore")
+        if nxt is None:
+            form = (fmt.get("type", "") if fmt is not None else "") or "raw"
+            return layers, form != "raw" and kind in ("file", "block", "volume")
+        layer, fmt = nxt, nxt.find("format")
+
+
+class _Resolver:
+    """Disk sources and paths to libvirt volume keys (remembered per path)."""
+
+    def __init__(self, conn: libvirt.virConnect, local: bool) -> None:
+        self.conn = conn
+        self.local = local
+        self._keys: dict[str, str] = {}
+        self._watched: dict[tuple[int, int], str] = {}
+
+    def watch(self, candidates: list[_Candidate]) -> None:
+        """On a local connection, know the candidates' files by inode too,
+        so that any other name of them (a hard link, a path through a
+        linked directory) matches."""
+        if self.local:
+            for c in candidates:
+                ident = _identity(c.vol.path())
+                if ident is not None:
+                    self._watched[ident] = c.key
+
+    def volume(self, disk: ET.Element) -> libvirt.virStorageVol | None:
+        """The pool volume a domain ``<disk>`` names, or None."""
+        source = disk.find("source")
+        if source is None:
+            return None
+        kind = disk.get("type", "file")
+        if kind == "volume":
+            return self._pool_volume(source.get("pool", ""), source.get("volume", ""))
+        path = _source_path(kind, source)
+        return self._at(path) if path else None
+
+    def key_of(self, kind: str, source: ET.Element, user: str) -> str:
+        """The volume key of one layer of another domain's disk; "" when it
+        is no pool volume and surely none of the watched ones; _Doubt when
+        that is unknown."""
+        if kind == "volume":
+            vol = self._pool_volume(source.get("pool", ""), source.get("volume", ""))
+            return vol.key() if vol is not None else ""
+        path = _source_path(kind, source)
+        if not path:
+            return ""
+        key = self.key_at(path)
+        if key or kind not in ("file", "block"):
+            return key
+        if not self.local:
+            raise _Doubt(f"{user} names {path}, outside any pool, which could be another name of it on the remote host")
+        return ""
+
+    def key_at(self, path: str) -> str:
+        """The key of the volume at ``path`` (or, on a local connection, at
+        the file it links to, or of a watched volume that is the same
+        file); "" when there is none."""
+        if path not in self._keys:
+            vol = self._at(path)
+            key = vol.key() if vol is not None else ""
+            if not key and self.local:
+                ident = _identity(path)
+                key = self._watched.get(ident, "") if ident is not None else ""
+            self._keys[path] = key
+        return self._keys[path]
+
+    def _at(self, path: str) -> libvirt.virStorageVol | None:
+        vol = storage.at_path(self.conn, path)
+        if vol is None and self.local and path.startswith("/"):
+            real = os.path.realpath(path)
+            if real != path:
+                vol = storage.at_path(self.conn, real)
+        return vol
+
+    def _pool_volume(self, pool_name: str, name: str) -> libvirt.virStorageVol | None:
+        pool = None
+        with errors.ignoring(errors.is_missing_pool):
+            pool = self.conn.storagePoolLookupByName(pool_name)
+        if pool is None or not pool.isActive():
+            return None
+        return storage.lookup(pool, name)
+
+
+def _source_path(kind: str, source: ET.Element) -> str:
+    """The path of a ``<source>``: a file, a block device, or a network
+    disk's ``name`` (an RBD pool's ``pool/image`` is its volume's path)."""
+    if kind == "file":
+        return source.get("file", "")
+    if kind == "block":
+        return source.get("dev", "")
+    if kind == "network":
+        return source.get("name", "")
+    return ""
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _pool_type(vol: libvirt.virStorageVol) -> str:
+    return storage.pool_type(vol.storagePoolLookupByVolume())
+
+
+def _label(disk: ET.Element) -> str:
+    target = disk.find("target")
+    dev = target.get("dev", "") if target is not None else ""
+    source = disk.find("source")
+    where = ""
+    if source is not None:
+        where = source.get("file") or source.get("dev") or source.get("name") or ""
+        if not where and source.get("volume"):
+            where = f"{source.get('pool', '')}/{source.get('volume')}"
+    return f"{dev} {where}".strip()
 
 
 def delete_base_if_unused(session: Session, ref: VolumeRef) -> None:

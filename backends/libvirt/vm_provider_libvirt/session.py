@@ -193,6 +193,11 @@ class Session:
         """Host name for console URLs: the setting, else the URI's host."""
         return self.settings.console_host or urlsplit(self.settings.uri).hostname or "127.0.0.1"
 
+    def is_local(self) -> bool:
+        """Whether libvirt runs on this machine (the URI names no host), so
+        that a path in its XML is a path here too."""
+        return not urlsplit(self.settings.uri).hostname
+
     # -- domains -----------------------------------------------------------------------
 
     def lookup(self, vm_id: str) -> libvirt.virDomain:
