@@ -34,7 +34,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .capabilities import STAGING_BACKENDS, Capability, Offer
+from .capabilities import Capability, Offer
 from .errors import NotFound
 from .models import (
     CloneSpec,
@@ -132,10 +132,14 @@ class Backend(ABC):
     network_types: ClassVar[tuple[str, ...]] = ()
     export_formats: ClassVar[tuple[str, ...]] = ()
     import_formats: ClassVar[tuple[str, ...]] = ()
-    export_backends: ClassVar[tuple[str, ...]] = STAGING_BACKENDS
-    """Staging backends of ExportDisk: all that :mod:`provider_core.transfer`
-    serves, for a backend that hands it the request's spec."""
-    import_backends: ClassVar[tuple[str, ...]] = STAGING_BACKENDS
+    export_backends: ClassVar[tuple[str, ...]] = ("pvc", "s3")
+    """Staging backends of ExportDisk. ``pvc`` and ``s3`` work with
+    :mod:`provider_core.transfer` given the URL alone; ``nfs`` needs the
+    request's storage options (its ``export``), so a backend lists it
+    (:data:`~provider_core.capabilities.STAGING_BACKENDS`) only when it hands
+    :mod:`provider_core.transfer` the request itself."""
+    import_backends: ClassVar[tuple[str, ...]] = ("pvc", "s3")
+    """Staging backends of ImportDisk: as ``export_backends``."""
     transfer_modes: ClassVar[tuple[str, ...]] = ("relay",)
     """``direct`` only for a backend whose hypervisor hosts reach staging themselves."""
 

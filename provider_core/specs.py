@@ -235,7 +235,7 @@ class DiskDefaults(SpecModel):
         if self.size is not None:
             if self.size_gib is not None:
                 raise ValueError("give SizeGiB or size, not both")
-            gib = quantity_to_mib(self.size) // 1024
+            gib = quantity_to_gib_up(self.size)
             if not 1 <= gib <= INT32_MAX:
                 raise ValueError(f"size {self.size!r} is outside 1Gi..{INT32_MAX}Gi")
             object.__setattr__(self, "size_gib", gib)
@@ -317,14 +317,25 @@ _QUANTITY_FACTOR = {
 }
 
 
-def quantity_to_mib(value: str | int) -> int:
-    """A Kubernetes memory quantity (``4Gi``, ``512Mi``, bytes) in MiB."""
+def quantity_to_bytes(value: str | int) -> int:
+    """A Kubernetes quantity (``4Gi``, ``40G``, ``512Mi``, bytes) in bytes."""
     if isinstance(value, int):
-        return value // 2**20
+        return value
     m = _QUANTITY_RE.match(value)
     if not m:
         raise ValueError(f"not a memory quantity: {value!r} (use e.g. 512Mi or 4Gi)")
-    return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)] // 2**20
+    return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)]
+
+
+def quantity_to_mib(value: str | int) -> int:
+    """A Kubernetes memory quantity in MiB, rounded down."""
+    return quantity_to_bytes(value) // 2**20
+
+
+def quantity_to_gib_up(value: str | int) -> int:
+    """A Kubernetes disk quantity in GiB, rounded up: a disk is at least
+    what was asked (``40G`` is 38 GiB, ``1536Mi`` is 2)."""
+    return -(-quantity_to_bytes(value) // 2**30)
 
 
 class VMClass(SpecModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from provider_core import Capability, Offer, capabilities, errors, operations, urls
+from provider_core.capabilities import STAGING_BACKENDS
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
@@ -243,8 +245,34 @@ def test_a_backend_not_offered_is_unimplemented_and_a_mode_invalid() -> None:
     assert info.value.violations[0][0] == "transfer_mode"
 
 
-def test_a_backend_declares_all_staging_backends_and_relay_by_default(plus: ProviderHarness) -> None:
-    caps = plus.stub.GetCapabilities(pb.GetCapabilitiesRequest())
-    served = list(urls.roots().backends())
-    assert list(caps.supported_export_backends) == list(caps.supported_import_backends) == served
-    assert list(caps.supported_transfer_modes) == ["relay"]
+def test_a_backend_declares_pvc_s3_and_relay_by_default_nfs_on_request(
+    harness: Callable[..., ProviderHarness], tmp_path: Path
+) -> None:
+    # pvc and s3 work from the URL alone; nfs needs the request's storage options
+    (tmp_path / "pvc").mkdir()
+    roots = {"pvc_root": tmp_path / "pvc", "nfs_root": tmp_path / "nfs"}
+    try:
+        plain = harness("memory-plus", **roots)
+        caps = plain.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+        assert list(caps.supported_export_backends) == list(caps.supported_import_backends) == ["pvc", "s3"]
+        assert list(caps.supported_transfer_modes) == ["relay"]
+        plain.stub.Create(pb.CreateRequest(name="vm"))
+        nfs = pb.ExportDiskRequest(
+            vm_id="vm", destination_url="nfs://filer/export/a.qcow2", storage_options_json='{"export": "/export"}'
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            plain.stub.ExportDisk(nfs, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "'nfs' is not offered" in info.value.details()
+        assert plain.backend.calls["export_disk"] == 0  # type: ignore[attr-defined]
+
+        class WithNfs(MemoryPlusBackend):  # type: ignore[misc, valid-type]
+            export_backends = import_backends = STAGING_BACKENDS
+
+        both = harness(backend=WithNfs(MemorySettings()), **roots)
+        caps = both.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+        assert list(caps.supported_export_backends) == list(caps.supported_import_backends) == ["pvc", "nfs", "s3"]
+        both.stub.Create(pb.CreateRequest(name="vm"))
+        both.stub.ExportDisk(nfs, timeout=10)
+    finally:
+        urls.set_roots()

@@ -568,6 +568,30 @@ def test_clone_takes_the_manager_resource_forms() -> None:
 
 
 @pytest.mark.parametrize(
+    ("size", "gib"),
+    [("40Gi", 40), ("40G", 38), ("1536Mi", 2), ("1Gi", 1), ("1", 1), ("1073741825", 2), ("2T", 1863)],
+)
+def test_a_disk_quantity_rounds_up_to_whole_gib(size: str, gib: int) -> None:
+    # a disk is at least what was asked
+    vm_class = specs.VMClass.model_validate({"diskDefaults": {"size": size}, "memory": "1536Mi"})
+    assert vm_class.disk_defaults is not None
+    assert vm_class.disk_defaults.size_gib == gib
+    assert vm_class.memory_mib == 1536
+
+
+def test_memory_quantities_still_round_down_to_mib() -> None:
+    vm_class = specs.VMClass.model_validate({"memory": "1G", "resourceLimits": {"memoryLimit": "2G"}})
+    assert vm_class.memory_mib == 953
+    assert vm_class.resource_limits is not None
+    assert vm_class.resource_limits.memory_limit_mib == 1907
+
+
+def test_a_zero_disk_quantity_is_refused() -> None:
+    with pytest.raises(ValidationError, match="outside 1Gi"):
+        specs.VMClass.model_validate({"diskDefaults": {"size": "0"}})
+
+
+@pytest.mark.parametrize(
     ("customize", "where"),
     [
         ({"userData": {"cloudInit": {"secretRef": {"name": "s"}}}}, "secretRef"),

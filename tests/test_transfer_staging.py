@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,99 @@ def test_a_symbolic_link_out_of_the_root_is_refused(roots: tuple[Path, Path], tm
     assert info.value.violations[0][0] == "source_url"
 
 
-def test_a_link_inside_the_root_is_followed(roots: tuple[Path, Path]) -> None:
+def test_a_link_inside_the_root_is_refused_too(roots: tuple[Path, Path]) -> None:
+    # others write into the claim: a link is checked and then swapped, so none is followed
     pvc, _ = roots
     (pvc / CLAIM / "real").mkdir()
     os.symlink(pvc / CLAIM / "real", pvc / CLAIM / "vmmigrations")
-    transfer.upload(io.BytesIO(b"kept inside"), _export(PVC_URL))
-    assert (pvc / CLAIM / "real/ns1/move-web/export.qcow2").read_bytes() == b"kept inside"
+    with pytest.raises(errors.InvalidArgument, match="symbolic link"):
+        transfer.upload(io.BytesIO(b"x"), _export(PVC_URL))
+    assert list((pvc / CLAIM / "real").iterdir()) == []
+
+
+def _outside(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not yours")
+    return outside
+
+
+def _untouched(outside: Path) -> None:
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"], "nothing was made outside the root"
+    assert (outside / "secret").read_bytes() == b"not yours"
+
+
+def test_a_claim_directory_that_is_a_link_is_refused(roots: tuple[Path, Path], tmp_path: Path) -> None:
+    pvc, _ = roots
+    outside = _outside(tmp_path)
+    os.symlink(outside, pvc / "linked-claim")
+    with pytest.raises(errors.InvalidArgument) as info:
+        transfer.upload(io.BytesIO(b"x"), _export("pvc://linked-claim/a/disk.qcow2"))
+    assert info.value.violations[0][0] == "destination_url"
+    with pytest.raises(errors.InvalidArgument) as info:
+        transfer.download(_import("pvc://linked-claim/secret"), io.BytesIO())
+    assert info.value.violations[0][0] == "source_url"
+    _untouched(outside)
+
+
+def test_a_final_name_that_is_a_link_is_neither_read_nor_written(roots: tuple[Path, Path], tmp_path: Path) -> None:
+    pvc, _ = roots
+    outside = _outside(tmp_path)
+    os.symlink(outside / "secret", pvc / CLAIM / "disk.qcow2")
+    os.symlink(pvc / CLAIM / "inside.qcow2", pvc / CLAIM / "inner-link.qcow2")
+    (pvc / CLAIM / "inside.qcow2").write_bytes(b"inside")
+    for name in ("disk.qcow2", "inner-link.qcow2"):
+        with pytest.raises(errors.InvalidArgument) as info:
+            transfer.download(_import(f"pvc://{CLAIM}/{name}"), io.BytesIO())
+        assert info.value.violations[0][0] == "source_url"
+        with pytest.raises(errors.InvalidArgument) as info:
+            transfer.upload(io.BytesIO(b"overwrite"), _export(f"pvc://{CLAIM}/{name}"))
+        assert info.value.violations[0][0] == "destination_url"
+    _untouched(outside)
+    assert (pvc / CLAIM / "disk.qcow2").is_symlink()
+    assert (pvc / CLAIM / "inside.qcow2").read_bytes() == b"inside"
+
+
+def test_a_fifo_is_refused_without_blocking(roots: tuple[Path, Path]) -> None:
+    pvc, _ = roots
+    fifo = pvc / CLAIM / "disk.qcow2"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            transfer.download(_import(f"pvc://{CLAIM}/disk.qcow2"), io.BytesIO())
+        except BaseException as exc:
+            outcome.append(exc)
+        try:
+            transfer.upload(io.BytesIO(b"x"), _export(f"pvc://{CLAIM}/disk.qcow2"))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # release the reader blocked on the FIFO before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("reading a FIFO blocked")
+    assert [type(e) for e in outcome] == [errors.InvalidArgument, errors.InvalidArgument]
+    assert [e.violations[0][0] for e in outcome if isinstance(e, errors.InvalidArgument)] == ["source_url", "destination_url"]
+    assert fifo.is_fifo()
+
+
+def test_a_directory_swapped_for_a_link_after_resolving_is_not_followed(roots: tuple[Path, Path], tmp_path: Path) -> None:
+    from provider_core.transfer import _staging
+
+    pvc, _ = roots
+    outside = _outside(tmp_path)
+    with _staging.resolve(PVC_URL, "", create=True, url_field="destination_url") as place:
+        moved = pvc / CLAIM / "moved"
+        (pvc / CLAIM / "vmmigrations").rename(moved)
+        os.symlink(outside, pvc / CLAIM / "vmmigrations")
+        _staging.write(transfer.Hasher(io.BytesIO(b"stays inside")), place, "test")
+    _untouched(outside)
+    assert (moved / "ns1/move-web/export.qcow2").read_bytes() == b"stays inside"
 
 
 @pytest.mark.parametrize(

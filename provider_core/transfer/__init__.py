@@ -159,12 +159,12 @@ def upload(
     start = time.monotonic()
     if where.scheme in urls.STAGING_SCHEMES:
         check_keys(credentials, where.scheme)
-        path = _staging.resolve(url, where.options.export, create=True, url_field=url_field)
-        log.info("%s started (%s bytes)", what, "?" if size is None else size)
-        try:
-            result = _staging.write(hasher, path, what)
-        except LocalIOError as exc:
-            raise exc.resolve(what) from None
+        with _staging.resolve(url, where.options.export, create=True, url_field=url_field) as place:
+            log.info("%s started (%s bytes)", what, "?" if size is None else size)
+            try:
+                result = _staging.write(hasher, place, what)
+            except LocalIOError as exc:
+                raise exc.resolve(what) from None
         _log_done(what, result.size, start)
         return result
     parts = parse(url, url_field)
@@ -211,7 +211,8 @@ def download(
     staged = where.scheme in urls.STAGING_SCHEMES
     if staged:
         check_keys(credentials, where.scheme)
-        path = _staging.resolve(url, where.options.export, create=False, url_field=url_field)
+        with _staging.resolve(url, where.options.export, create=False, url_field=url_field) as place:
+            staged_file = _staging.open_file(place, what)
         parts = urlsplit(url)
     else:
         parts = parse(url, url_field)
@@ -224,7 +225,7 @@ def download(
         try:
             chunks: Iterator[bytes]
             if staged:
-                chunks = _staging.read(path, what)
+                chunks = _staging.read(staged_file, what)
             elif parts.scheme == "s3":
                 s3 = _s3.client(where.s3_credentials(), settings, path_style=where.options.use_path_style)
                 chunks = _s3.download(parts, s3)

@@ -10,23 +10,31 @@ and may mount an NFS export at ``<nfs_root>`` (``[server]`` settings,
 - ``nfs://<server><export>/<path>`` is ``<nfs_root>/<path>``: the URL's
   path less the ``export`` storage option.
 
-A file never lies outside its root: URLs with ``.`` or ``..`` segments are
-refused when the request is validated, and every directory on the way is
-resolved and checked, so a symbolic link inside the root that points out of
-it is refused too (InvalidArgument naming the URL's field). Missing
-directories inside the root are created. A write goes to a hidden
-neighbour, is synced and renamed at the end: readers never see a partial
-file. Reads stream the file like a download (hashed, and verified against
-an expected checksum by the caller).
+A file never lies outside its root, even when others write into the
+claim at the same time: URLs with ``.`` or ``..`` segments are refused when
+the request is validated, and the file is reached by opening each directory
+relative to the one before it without following symbolic links, from the
+claim's own directory (or the nfs root) down to the file itself. A symbolic
+link anywhere on the way (the claim's directory included) is refused, and so
+is a final name that is not a regular file (a FIFO, a device, a directory):
+InvalidArgument naming the URL's field. Missing directories inside the root
+are created. A write goes to a hidden neighbour in the same directory, is
+synced and renamed at the end: readers never see a partial file. Reads
+stream the file like a download (hashed, and verified against an expected
+checksum by the caller).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from .. import urls
@@ -39,7 +47,7 @@ from ..errors import (
     ResourceExhausted,
     Unimplemented,
 )
-from ._common import CHUNK, Hasher, LocalIOError, UploadResult
+from ._common import CHUNK, Hasher, UploadResult
 
 #: errno of a failed file operation -> the core's error.
 ERRNO: dict[int, type[ProviderError]] = {
@@ -60,12 +68,33 @@ def fs_error(exc: OSError, what: str) -> ProviderError:
     return cls(f"{what}: {exc.strerror or type(exc).__name__}")
 
 
-def resolve(url: str, export: str, *, create: bool, url_field: str) -> Path:
-    """The file a staging URL names (see the module doc); with ``create``
-    the directories on the way are made. Raises Unimplemented when its root
-    is not configured, FailedPrecondition when a claim is not mounted,
-    NotFound for a missing directory (reading), InvalidArgument for a URL
-    that leaves its root."""
+#: Opening a directory on the way: never through a link, never blocking.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LINK = "leaves the staging directory through a symbolic link"
+
+
+@dataclass
+class Place:
+    """An open directory inside a staging root and the file name in it;
+    a context manager closing the directory."""
+
+    dir_fd: int
+    name: str
+    url_field: str
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.dir_fd)
+
+
+def resolve(url: str, export: str, *, create: bool, url_field: str) -> Place:
+    """The directory and name of the file a staging URL names (see the
+    module doc); with ``create`` the directories on the way are made.
+    Raises Unimplemented when its root is not configured,
+    FailedPrecondition when a claim is not mounted, NotFound for a missing
+    directory (reading), InvalidArgument for a URL that leaves its root."""
     try:
         urls.check_staging_url(url)
     except ValueError as exc:
@@ -76,10 +105,8 @@ def resolve(url: str, export: str, *, create: bool, url_field: str) -> Path:
     if parts.scheme == "pvc":
         if roots.pvc is None:
             raise Unimplemented("pvc staging is not configured here ([server] pvc_root)")
-        claim = roots.pvc / (parts.hostname or "")
-        if not claim.is_dir():
-            raise FailedPrecondition(f"claim {parts.hostname!r} is not mounted at {claim}")
-        root = claim
+        root = roots.pvc
+        claim = parts.hostname or ""
     else:
         if roots.nfs is None:
             raise Unimplemented("nfs staging is not configured here ([server] nfs_root)")
@@ -88,42 +115,85 @@ def resolve(url: str, export: str, *, create: bool, url_field: str) -> Path:
             raise InvalidArgument.field("storage_options_json", f"export {export!r} is not where the URL's path starts")
         segments = segments[len(skip) :]
         root = roots.nfs
+        claim = ""
     if not segments or any(s in ("", ".", "..") or "/" in s or "\0" in s for s in segments):
         raise InvalidArgument.field(url_field, "names no file inside the staging directory")
-    return _inside(root, segments, create=create, url=url, url_field=url_field)
+    return _walk(root, claim, segments, create=create, url_field=url_field, what=f"staging path {urls.redact(url)}")
 
 
-def _inside(root: Path, segments: list[str], *, create: bool, url: str, url_field: str) -> Path:
-    base = root.resolve()
-    here = base
-    what = f"staging path {urls.redact(url)}"
-    for name in segments[:-1]:
-        step = here / name
-        if create:
-            try:
-                step.mkdir()
-            except FileExistsError:
-                pass  # a directory, a link (checked below) or a file (fails below)
-            except OSError as exc:
-                raise fs_error(exc, what) from None
-        real = step.resolve()
-        if not real.is_relative_to(base):
-            raise InvalidArgument.field(url_field, "leaves the staging directory through a symbolic link")
-        if not real.is_dir():
-            raise (NotFound if not real.exists() else InvalidArgument)(f"{what}: {name!r} is not a directory")
-        here = real
-    final = here / segments[-1]
-    if final.is_symlink() and not final.resolve().is_relative_to(base):
-        raise InvalidArgument.field(url_field, "leaves the staging directory through a symbolic link")
-    return final
-
-
-def write(hasher: Hasher, path: Path, what: str) -> UploadResult:
-    """Stream ``hasher``'s source into ``path``, which appears only complete:
-    written under a hidden temporary name, synced, then renamed."""
-    part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+def _walk(root: Path, claim: str, segments: list[str], *, create: bool, url_field: str, what: str) -> Place:
+    """Open ``root``, then ``claim`` (when given) and each directory of
+    ``segments`` but the last, each in the one before, never through a link."""
     try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the configured root may be a link
+    except OSError as exc:
+        raise fs_error(exc, f"staging root {root}") from None
+    try:
+        if claim:
+            try:
+                fd = _step(fd, claim, url_field)
+            except (NotFound, InvalidArgument) as exc:
+                if isinstance(exc, InvalidArgument) and exc.violations:
+                    raise  # a link: refused as leaving the root
+                raise FailedPrecondition(f"claim {claim!r} is not mounted at {root / claim}") from None
+        for name in segments[:-1]:
+            if create:
+                try:
+                    os.mkdir(name, dir_fd=fd)
+                except FileExistsError:
+                    pass  # a directory, a link or a file: opening it tells
+                except OSError as exc:
+                    raise fs_error(exc, what) from None
+            fd = _step(fd, name, url_field, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Place(fd, segments[-1], url_field)
+
+
+def _step(fd: int, name: str, url_field: str, what: str = "") -> int:
+    """Open directory ``name`` in ``fd`` without following a link, close
+    ``fd`` and return the new one."""
+    try:
+        step = os.open(name, _DIR, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise InvalidArgument.field(url_field, _LINK) from None
+            raise InvalidArgument(f"{what or 'staging path'}: {name!r} is not a directory") from None
+        raise fs_error(exc, what or f"staging directory {name!r}") from None
+    os.close(fd)
+    return step
+
+
+def _not_regular(place: Place, mode: int) -> InvalidArgument:
+    if stat.S_ISLNK(mode):
+        return InvalidArgument.field(place.url_field, _LINK)
+    return InvalidArgument.field(place.url_field, "names something that is not a regular file")
+
+
+def write(hasher: Hasher, place: Place, what: str) -> UploadResult:
+    """Stream ``hasher``'s source into the file at ``place``, which appears
+    only complete: written under a hidden temporary name in the same
+    directory, synced, then renamed over the name (a link or anything but a
+    regular file there is refused, and a rename never follows one)."""
+    try:
+        st = os.stat(place.name, dir_fd=place.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise fs_error(exc, what) from None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(place, st.st_mode)
+    part = f".{place.name}.{uuid.uuid4().hex[:12]}.part"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(part, flags, 0o640, dir_fd=place.dir_fd)
     except OSError as exc:
         raise fs_error(exc, what) from None
     try:
@@ -135,25 +205,43 @@ def write(hasher: Hasher, path: Path, what: str) -> UploadResult:
                     raise fs_error(exc, what) from None
             out.flush()
             os.fsync(out.fileno())
-        os.replace(part, path)
-    except LocalIOError:
-        part.unlink(missing_ok=True)
-        raise
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise fs_error(exc, what) from None
-    except BaseException:
-        part.unlink(missing_ok=True)
+        os.rename(part, place.name, src_dir_fd=place.dir_fd, dst_dir_fd=place.dir_fd)
+        os.fsync(place.dir_fd)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part, dir_fd=place.dir_fd)
+        if isinstance(exc, OSError):
+            raise fs_error(exc, what) from None
         raise
     return hasher.result()
 
 
-def read(path: Path, what: str) -> Iterator[bytes]:
-    """The bytes of ``path`` in chunks."""
+def open_file(place: Place, what: str) -> BinaryIO:
+    """Open the regular file at ``place`` for reading: never through a
+    link, never blocking on a FIFO (anything but a regular file is
+    refused)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        fd = os.open(place.name, flags, dir_fd=place.dir_fd)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidArgument.field(place.url_field, _LINK) from None
         raise fs_error(exc, what) from None
+    f = os.fdopen(fd, "rb")
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return f
+    except OSError as exc:
+        f.close()
+        raise fs_error(exc, what) from None
+    f.close()
+    raise _not_regular(place, mode)
+
+
+def read(f: BinaryIO, what: str) -> Iterator[bytes]:
+    """The bytes of the open file ``f`` in chunks; closes it."""
     with f:
         while True:
             try:

@@ -35,3 +35,16 @@ def test_the_sim_column_is_its_declaration() -> None:
     for cap in Capability:
         (row,) = [line for line in text.splitlines() if line.startswith(f"| `{cap.value}` |")]
         assert row.split("|")[-2].strip() == ("yes" if cap in SimBackend.capabilities else "no"), row
+
+
+def test_backends_that_hand_transfer_the_request_list_nfs_the_default_does_not() -> None:
+    # nfs needs the request's storage options: the Backend default leaves it out
+    from provider_core import Backend
+
+    assert Backend.export_backends == Backend.import_backends == ("pvc", "s3")
+    text = (ROOT / "docs" / "support-matrix.md").read_text()
+    for label in ("supported_export_backends", "supported_import_backends"):
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| `{label}` |")]
+        libvirt, proxmox, sim = (cell.strip() for cell in row.split("|")[2:5])
+        assert libvirt == sim == "pvc, nfs, s3", row
+        assert proxmox == "(none)", row

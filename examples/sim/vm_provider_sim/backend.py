@@ -48,6 +48,7 @@ from provider_core import (
     VMStatus,
     transfer,
 )
+from provider_core.capabilities import STAGING_BACKENDS
 
 from . import hypervisor as hv
 from .convert import ROOT_DISK, build_clone, build_machine, plan_reconfigure
@@ -118,6 +119,9 @@ class SimBackend(Backend):
     network_types = ("network", "bridge")
     export_formats = ("qcow2", "raw")
     import_formats = ("qcow2", "raw")
+    # the transfer package gets the request, storage options and all: nfs works too
+    export_backends = STAGING_BACKENDS
+    import_backends = STAGING_BACKENDS
 
     def __init__(self, settings: BackendSettings) -> None:
         assert isinstance(settings, SimSettings)
