@@ -21,6 +21,7 @@ import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import INSECURE_ENV, ServerSettings
 from .errors import ConfigError
@@ -259,8 +260,9 @@ def bind(listen: str, reuse_port: bool = False) -> socket.socket:
             raise ConfigError(f"listen {listen!r}: TLS is served on HOST:PORT or unix:PATH")
         return _bind_unix(listen, listen.removeprefix("unix:").removeprefix("//"))
     host, port = parsed
+    found: list[tuple[Any, ...]]
     try:
-        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        found = list(socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
     except socket.gaierror as exc:
         raise ConfigError(f"cannot listen on {listen}: {host!r} does not resolve ({exc.strerror}); fix listen") from None
     wildcard = not host.strip(":")  # [::] (or an empty host): every address of the host

@@ -139,9 +139,9 @@ def test_a_client_going_away_is_seen_by_the_server(run: Run, tmp_path: Path, pki
 def test_a_client_that_never_shakes_hands_is_refused_naming_the_timeout(
     run: Run,
     tmp_path: Path,
-    pki: Pki,
+    pki: Pki,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(tls_proxy, "HANDSHAKE_TIMEOUT", 0.3)
     caplog.set_level(logging.WARNING, "provider_core.tls_proxy")
