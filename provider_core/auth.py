@@ -77,7 +77,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await self._token(continuation, details)
-        return _certificate_checked(handler) if self._check_sans and handler is not None else handler
+        if not self._check_sans:
+            return handler
+        if handler is None:  # no such method: not even that is told to a refused client
+            handler = grpc.unary_unary_rpc_method_handler(functools.partial(_unknown, details.method))
+        return _certificate_checked(handler)
 
     async def _token(
         self,
@@ -111,6 +115,10 @@ async def _check_certificate(context: grpc.aio.ServicerContext) -> None:
     found = client(context.peer())
     if found is not None and found.refused is not None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, found.refused)
+
+
+async def _unknown(method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {method}")
 
 
 def _certificate_checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

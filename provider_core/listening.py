@@ -287,8 +287,8 @@ def bind(listen: str, reuse_port: bool = False) -> socket.socket:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            if wildcard and family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                last = exc  # IPv6 present but with no address: 0.0.0.0 next
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                last = exc  # e.g. IPv6 present but with no address: the next answer (0.0.0.0 for [::])
                 continue
             raise ConfigError(f"cannot listen on {listen}: {_why(exc, host, port, reuse_port)}") from None
         if wildcard and family == socket.AF_INET:

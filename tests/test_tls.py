@@ -293,6 +293,7 @@ def test_the_allow_list_lets_in_only_the_names_it_holds(serve: Serve, tmp_path: 
             lambda: pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5),
             lambda: health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5),
             lambda: list(health_pb2_grpc.HealthStub(chan).Watch(health_pb2.HealthCheckRequest(), timeout=5)),
+            lambda: chan.unary_unary("/provider.v1.Provider/NoSuchMethod")(b"", timeout=5),
         ]
         for call in calls:
             with pytest.raises(grpc.RpcError) as caught:
@@ -306,6 +307,9 @@ def test_the_allow_list_lets_in_only_the_names_it_holds(serve: Serve, tmp_path: 
     assert "none is in allowed_sans" in line
     with channel(port, pki, pki.manager) as chan:  # the refused connection changed nothing for others
         assert pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5, metadata=metadata).ok
+        with pytest.raises(grpc.RpcError) as caught:
+            chan.unary_unary("/provider.v1.Provider/NoSuchMethod")(b"", timeout=5, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_the_allow_list_matches_dns_and_uri_sans_and_the_cn() -> None:
