@@ -18,8 +18,10 @@ import logging
 import os
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import INSECURE_ENV, ServerSettings
 from .errors import ConfigError
@@ -65,6 +67,8 @@ def check_address(listen: str, reuse_port: bool = False) -> None:
             try:
                 sock.bind(address)
             except OSError as exc:
+                if family == socket.AF_INET6 and not host.strip(":") and exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # IPv6 without an address: bind serves 0.0.0.0
                 raise ConfigError(f"cannot listen on {listen}: {_why(exc, host, port, reuse_port)}") from None
 
 
@@ -198,8 +202,12 @@ class Credentials:
     def __init__(self, files: TlsFiles, min_version: str) -> None:
         self.files = files
         self.min_version = min_version
+        try:  # taken first: files changing after the context is built are seen at the next connection
+            signature: object = files.signature()
+        except OSError:
+            signature = None  # server_context names the file
         self.context = server_context(files, min_version)  # names what is wrong with the files
-        self._signature: object = files.signature()
+        self._signature = signature
         self._refused: object = None
 
     @property
@@ -243,33 +251,91 @@ def security(settings: ServerSettings, files: TlsFiles | None) -> str:
 def bind(listen: str, reuse_port: bool = False) -> socket.socket:
     """A listening socket on ``listen`` (``HOST:PORT`` or ``unix:PATH``),
     for the TLS front (:mod:`provider_core.tls_proxy`); check it first
-    with :func:`check_address`."""
+    with :func:`check_address`. ``[::]`` serves IPv4 too, and is served as
+    ``0.0.0.0`` on a host without IPv6, as grpc does; every failure is a
+    :class:`ConfigError` naming the address."""
     parsed = split_listen(listen)
     if parsed is None:
         if not listen.startswith("unix:"):
             raise ConfigError(f"listen {listen!r}: TLS is served on HOST:PORT or unix:PATH")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        return _bind_unix(listen, listen.removeprefix("unix:").removeprefix("//"))
+    host, port = parsed
+    found: list[tuple[Any, ...]]
+    try:
+        found = list(socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {listen}: {host!r} does not resolve ({exc.strerror}); fix listen") from None
+    wildcard = not host.strip(":")  # [::] (or an empty host): every address of the host
+    if wildcard:
+        ipv4 = (socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", port))  # noqa: S104  # [::] means every address
+        found = [f for f in found if f[0] == socket.AF_INET6] + [ipv4]
+    last: OSError | None = None
+    for family, kind, proto, _, address in found:
         try:
-            sock.bind(listen.removeprefix("unix:").removeprefix("//"))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
-    else:
-        host, port = parsed
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and not host.strip("[]:"):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves IPv4 too, as grpc's does
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:  # EAFNOSUPPORT: IPv6 disabled (ipv6.disable=1)
+            last = exc
+            continue
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and wildcard:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves IPv4 too, as grpc's does
             sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
         except OSError as exc:
             sock.close()
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                last = exc  # e.g. IPv6 present but with no address: the next answer (0.0.0.0 for [::])
+                continue
             raise ConfigError(f"cannot listen on {listen}: {_why(exc, host, port, reuse_port)}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
+        if wildcard and family == socket.AF_INET:
+            log.info("IPv6 is not available on this host (%s): listening on 0.0.0.0:%d", last and last.strerror, port)
+        return sock
+    why = _why(last, host, port, reuse_port) if last is not None else "no address to listen on"
+    raise ConfigError(f"cannot listen on {listen}: {why}")
+
+
+def _bind_unix(listen: str, path: str) -> socket.socket:
+    """A listening unix socket at ``path``; a socket file left there by a
+    process that is gone (nobody answers on it) is replaced."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+    try:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not _stale(listen, path):
+                raise
+            os.unlink(path)
+            sock.bind(path)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {listen}: {path} exists and is no socket; remove it or choose another") from None
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
     return sock
+
+
+def _stale(listen: str, path: str) -> bool:
+    """Whether ``path`` is a socket nobody listens on; a ConfigError if someone does."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except OSError:
+            return False
+    raise ConfigError(f"cannot listen on {listen}: another process listens on {path}; stop it, or choose another path")

@@ -104,7 +104,9 @@ class ProviderServer:
                 manage_foreign_vms=settings.manage_foreign_vms,
             )
             self.endpoint = endpoint(backend.settings)
-            self.auth = BearerTokenInterceptor(settings.auth_token.get_secret_value()) if settings.auth_token else None
+            check_sans = self.tls is not None and bool(settings.allowed_sans)
+            token = settings.auth_token.get_secret_value() if settings.auth_token else None
+            self.auth = BearerTokenInterceptor(token, check_sans=check_sans) if token or check_sans else None
             # grpc shares a port with other processes unless told not to: two
             # providers would then split the clients between them, each with its own state.
             options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]

@@ -9,14 +9,24 @@ with Python's ssl module (OpenSSL) on the event loop the server runs on:
 - each accepted connection does its handshake with the context
   :class:`~provider_core.listening.Credentials` holds at that moment (a
   fresh one after the files changed); the client certificate is verified
-  against the CA, then its names against ``allowed_sans``, before a single
-  byte reaches grpc;
+  against the CA before a single byte reaches grpc (a failed handshake
+  ends the connection: the client sees UNAVAILABLE);
+- a verified certificate none of whose names is in ``allowed_sans`` is
+  let through, but marked refused: :mod:`provider_core.auth` answers each
+  of its calls PERMISSION_DENIED naming the certificate, as VirtRigaud's
+  own providers do, instead of an UNAVAILABLE the manager would retry;
 - then it is spliced to grpc, which listens on a unix socket in a private
   directory (0700, the socket 0600) and nowhere else. Bytes are passed on
   as they come: no parsing, no copies beyond the transports' own; each
   side pauses reading while the other cannot write (backpressure); an end
   of input is passed on where the transport can half-close (the unix
   socket), otherwise the connection is closed (TLS has no half-close).
+
+grpc sees each connection come from a unix socket bound to an abstract
+name made at random; :data:`_clients` maps that name to what the TLS
+layer knows of the client (:func:`client`), so that grpc's
+``context.peer()`` of a call leads to the TLS client's address. A name
+not in the map (any other process may bind one) is shown as it is.
 
 Refused handshakes are logged with the peer's address and the reason, at
 most a few per interval, then counted.
@@ -28,14 +38,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import ssl
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from .errors import ConfigError
 from .listening import Credentials
@@ -45,8 +56,9 @@ HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client has to finish its TLS handshake."""
 PEER_PREFIX = "vm-provider-"
 """Start of the abstract unix name each spliced connection has on grpc's
-side: the prefix, the process id, then the client's address as grpc writes
-a TCP peer (``ipv4:10.0.0.7:41234``); see :func:`client_peer`."""
+side, followed by random hex digits; see :func:`client`."""
+ABSTRACT = "unix-abstract:"
+"""How grpc's ``context.peer()`` writes a peer on an abstract unix name."""
 PENDING_LIMIT = 256 * 1024
 """Bytes a client may send before grpc is connected, after which its
 reading is paused until it is: a call's first frames fit, a flood does not."""
@@ -60,26 +72,74 @@ def peer_names(cert: dict[str, Any]) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class Client:
+    """A connection the TLS layer spliced to grpc, as that layer saw it."""
+
+    peer: str
+    """The client's address as grpc writes a TCP peer (``ipv4:10.0.0.7:41234``)."""
+    refused: str | None = None
+    """Why each of its calls is refused (its certificate is not in
+    ``allowed_sans``), or None."""
+
+
+_clients: dict[str, Client] = {}
+"""The connections spliced to grpc now, by the abstract name of their unix
+socket on grpc's side (in this process only)."""
+
+
+def client(peer: str) -> Client | None:
+    """The TLS client behind grpc's ``context.peer()``; None for a call
+    that did not come through the TLS layer of this process."""
+    return _clients.get(peer.removeprefix(ABSTRACT)) if peer.startswith(ABSTRACT) else None
+
+
+def client_peer(peer: str) -> str:
+    """The client's address for grpc's ``context.peer()``: a call that came
+    through the TLS layer names the TLS client (``ipv4:10.0.0.7:41234``), not
+    the layer's unix socket; any other peer is returned as it is."""
+    found = client(peer)
+    return found.peer if found is not None else peer
+
+
+def not_allowed(names: list[str]) -> str:
+    """What a client whose certificate is not in ``allowed_sans`` is told."""
+    return f"client certificate {', '.join(names) or 'without names'} is not in allowed_sans"
+
+
 class RefusalLog:
     """Warnings of refused connections: ``burst`` per ``interval`` seconds,
-    then how many more were refused."""
+    then how many more were refused (at the end of the interval, or at
+    :meth:`flush`)."""
 
     def __init__(self, burst: int = 5, interval: float = 10.0) -> None:
         self.burst, self.interval = burst, interval
         self._start = -interval
         self._logged = self._more = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     def refused(self, peer: str, reason: str) -> None:
         now = time.monotonic()
         if now - self._start >= self.interval:
-            if self._more:
-                log.warning("refused %d more TLS connections in the last %.0fs", self._more, now - self._start)
-            self._start, self._logged, self._more = now, 0, 0
+            self.flush()
+            self._start, self._logged = now, 0
         if self._logged < self.burst:
             self._logged += 1
             log.warning("refused a TLS connection from %s: %s", peer, reason)
-        else:
-            self._more += 1
+            return
+        self._more += 1
+        if self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no event loop: counted at the next refusal
+                self._timer = asyncio.get_running_loop().call_later(self._start + self.interval - now, self.flush)
+
+    def flush(self) -> None:
+        """Log how many refusals were counted and not logged, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._more:
+            log.warning("refused %d more TLS connections in the last %.0fs", self._more, time.monotonic() - self._start)
+            self._more = 0
 
 
 def _reason(exc: BaseException) -> str:
@@ -96,7 +156,7 @@ def _reason(exc: BaseException) -> str:
             "HTTP_REQUEST": "not TLS (plain HTTP)",
         }
         return hints.get(reason, reason.replace("_", " ").lower())
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, ConnectionAbortedError):  # how asyncio and uvloop end a handshake that takes too long
         return f"no handshake within {HANDSHAKE_TIMEOUT:.0f}s"
     return "closed during the handshake"
 
@@ -193,6 +253,10 @@ class TlsFront:
     def __init__(self, sock: socket.socket, credentials: Credentials, allowed_sans: list[str]) -> None:
         self.sock = sock
         self.credentials = credentials
+        self._listening: tuple[str, int] | None = None  # a unix socket's path and inode: removed at close
+        if sock.family == socket.AF_UNIX and isinstance(sock.getsockname(), str) and sock.getsockname():
+            path = sock.getsockname()
+            self._listening = (path, os.stat(path).st_ino)
         self.allowed = set(allowed_sans)
         try:
             self.directory = Path(tempfile.mkdtemp(prefix="vm-provider-grpc-"))  # 0700; /tmp is writable in the pod
@@ -248,18 +312,26 @@ class TlsFront:
             sock.close()
             self.refusals.refused(peer, _reason(exc))
             return
+        refusal = None
         if self.allowed:
             names = peer_names(tls.get_extra_info("peercert") or {})
             if not self.allowed & set(names):
-                tls.abort()
+                refusal = not_allowed(names)
                 shown = ", ".join(names) or "no names"
-                self.refusals.refused(peer, f"client certificate names {shown}; none is in allowed_sans")
-                return
+                why = f"client certificate names {shown}; none is in allowed_sans (its calls: PERMISSION_DENIED)"
+                self.refusals.refused(peer, why)
         self._connections.add(conn)
+        name = f"{PEER_PREFIX}{secrets.token_hex(16)}"
         try:
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with contextlib.suppress(OSError):  # Linux only: grpc then names the client in context.peer()
-                upstream.bind(f"\0{PEER_PREFIX}{os.getpid()}-{_grpc_peer(address)}")
+            try:
+                upstream.bind(f"\0{name}")  # Linux only: grpc then names it in context.peer()
+            except OSError:
+                if refusal is not None:  # its calls could not be told apart: end it
+                    upstream.close()
+                    conn.abort()
+                    return
+            _clients[name] = Client(_grpc_peer(address), refusal)
             upstream.setblocking(False)
             try:
                 await loop.sock_connect(upstream, str(self.upstream))
@@ -272,13 +344,21 @@ class TlsFront:
             log.warning("cannot reach the gRPC server on %s: %s", self.upstream, exc.strerror or exc)
             conn.abort()
         finally:
+            _clients.pop(name, None)
             self._connections.discard(conn)
 
     def close(self) -> None:
-        """Accept no more connections (open ones go on)."""
+        """Accept no more connections (open ones go on); a unix socket's
+        file is removed (if it is still this one's)."""
         if self._accepting is not None:
             self._accepting.cancel()
         self.sock.close()
+        if self._listening is not None:
+            path, inode = self._listening
+            self._listening = None
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
 
     async def stop(self) -> None:
         """Close what is still open and remove grpc's private socket."""
@@ -292,18 +372,10 @@ class TlsFront:
         self.remove()
 
     def remove(self) -> None:
+        """Remove grpc's private socket, and the listening one's file (a start that failed)."""
+        self.close()
+        self.refusals.flush()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def client_peer(peer: str) -> str:
-    """The client's address for grpc's ``context.peer()``: a call that came
-    through the TLS layer names the TLS client (``ipv4:10.0.0.7:41234``), not
-    the layer's unix socket; any other peer is returned as it is."""
-    head = f"unix-abstract:{PEER_PREFIX}"
-    if not peer.startswith(head):
-        return peer
-    _, _, address = unquote(peer.removeprefix(head)).partition("-")
-    return address or peer
 
 
 def _grpc_peer(address: Any) -> str:

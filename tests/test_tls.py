@@ -7,11 +7,15 @@ without TLS files."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import errno
 import logging
+import os
 import re
 import socket
 import ssl
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,7 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from provider_core import listening
+from provider_core.errors import ConfigError
+from provider_core.listening import bind, check_address
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 from provider_core.tls_proxy import RefusalLog, client_peer, peer_names
@@ -266,15 +274,42 @@ def test_tls_1_2_is_served_when_allowed(serve: Serve, tmp_path: Path, pki: Pki) 
     _tls12_handshake(port, pki, tmp_path)
 
 
-def test_the_allow_list_lets_in_only_the_names_it_holds(serve: Serve, tmp_path: Path, pki: Pki) -> None:
+@pytest.mark.parametrize("token", [False, True])
+def test_the_allow_list_lets_in_only_the_names_it_holds(serve: Serve, tmp_path: Path, pki: Pki, token: bool) -> None:
+    """A certificate the CA signed but outside the list: its calls, health
+    checks too, are answered PERMISSION_DENIED naming it (as VirtRigaud's
+    own providers answer), which the manager does not retry as it does
+    UNAVAILABLE; with or without a token."""
     env = {"VIRTRIGAUD_PROVIDER_ALLOWED_SANS": f" {MANAGER} , spiffe://cluster/ns/vr/sa/manager,"}
-    served, port = start(serve, mount(tmp_path, pki).root, env=env)
+    (tmp_path / "token").write_text("s3cret")
+    extra = f'auth_token_file = "{tmp_path / "token"}"\n' if token else ""
+    metadata = [("authorization", "Bearer s3cret")] if token else []
+    served, port = start(serve, mount(tmp_path, pki).root, extra, env=env)
     with channel(port, pki, pki.manager) as chan:
-        assert validate(chan).ok
-    refused(port, pki, pki.other)
+        assert pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5, metadata=metadata).ok
+    with channel(port, pki, pki.other) as chan:
+        calls = [
+            lambda: pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5, metadata=metadata),
+            lambda: pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5),
+            lambda: health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5),
+            lambda: list(health_pb2_grpc.HealthStub(chan).Watch(health_pb2.HealthCheckRequest(), timeout=5)),
+            lambda: chan.unary_unary("/provider.v1.Provider/NoSuchMethod")(b"", timeout=5),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert caught.value.details() == (
+                "client certificate intruder.example, spiffe://cluster/ns/x/sa/intruder, intruder is not in allowed_sans"
+            )
     line = served.wait_for("refused a TLS connection").string
     assert "client certificate names intruder.example, spiffe://cluster/ns/x/sa/intruder, intruder" in line
     assert "none is in allowed_sans" in line
+    with channel(port, pki, pki.manager) as chan:  # the refused connection changed nothing for others
+        assert pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5, metadata=metadata).ok
+        with pytest.raises(grpc.RpcError) as caught:
+            chan.unary_unary("/provider.v1.Provider/NoSuchMethod")(b"", timeout=5, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_the_allow_list_matches_dns_and_uri_sans_and_the_cn() -> None:
@@ -286,9 +321,36 @@ def test_the_allow_list_matches_dns_and_uri_sans_and_the_cn() -> None:
     assert peer_names(decoded) == ["intruder.example", "spiffe://cluster/ns/x/sa/intruder", "intruder"]
 
 
-def test_calls_through_the_tls_layer_name_their_client() -> None:
-    assert client_peer("unix-abstract:vm-provider-4242-ipv6:%5B::1%5D:5555") == "ipv6:[::1]:5555"
-    assert client_peer("unix-abstract:vm-provider-4242-ipv4:10.0.0.7:41234") == "ipv4:10.0.0.7:41234"
+def _local_ports(remote_port: int) -> set[int]:
+    """This process's TCP connections to 127.0.0.1:``remote_port``: their local ports."""
+    found = set()
+    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
+    rows = [row for table in ("tcp", "tcp6") for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    for row in rows:  # grpc's sockets are IPv6 ones, with IPv4 mapped
+        fields = row.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(remote.split(":")[1], 16) == remote_port and f"socket:[{inode}]" in mine:
+            found.add(int(local.split(":")[1], 16))
+    return found
+
+
+def test_calls_through_the_tls_layer_name_their_client(serve: Serve, tmp_path: Path, pki: Pki) -> None:
+    (tmp_path / "token").write_text("s3cret-tls-token")
+    served, port = start(serve, mount(tmp_path, pki).root, f'auth_token_file = "{tmp_path / "token"}"\n')
+    with channel(port, pki, pki.manager) as chan:
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.ProviderStub(chan).Validate(pb.ValidateRequest(), timeout=5, metadata=[("authorization", "Bearer wrong")])
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        (client_port,) = _local_ports(port)
+        line = served.wait_for("refused /provider.v1.Provider/Validate").string
+    assert line.endswith(f"from ipv4:127.0.0.1:{client_port}: wrong token"), line
+
+
+def test_a_peer_name_the_tls_layer_did_not_make_is_shown_as_it_is() -> None:
+    """Any local process may bind an abstract unix name: one that looks like
+    the layer's names no client."""
+    forged = "unix-abstract:vm-provider-4242-ipv4:10.0.0.7:41234"
+    assert client_peer(forged) == forged
     assert client_peer("ipv4:127.0.0.1:5555") == "ipv4:127.0.0.1:5555"
 
 
@@ -335,6 +397,27 @@ def test_a_certificate_rewritten_in_place_is_served_to_new_connections(serve: Se
     assert served_serial(port, pki, pki.manager, tmp_path) == pki.server.cert.serial_number
     cert.write_bytes(rotated.cert_pem)
     assert served_serial(port, pki, pki.manager, tmp_path) == rotated.cert.serial_number
+
+
+def test_a_rotation_while_the_first_context_is_built_is_served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki) -> None:
+    """Files replaced just after the start read them: the next connection gets the new ones."""
+    cert, key = pki.server.files(tmp_path / "files")
+    (tmp_path / "ca.pem").write_bytes(pki.ca.pem)
+    rotated = pki.ca.issue("provider", dns=(SERVER_NAME,), server=True)
+    built = listening.server_context
+
+    def then_rotated(files: listening.TlsFiles, min_version: str) -> ssl.SSLContext:
+        context = built(files, min_version)
+        new_cert, new_key = rotated.files(tmp_path / "rotated")
+        new_cert.replace(cert)
+        new_key.replace(key)
+        return context
+
+    monkeypatch.setattr(listening, "server_context", then_rotated)
+    creds = listening.Credentials(listening.TlsFiles(cert, key, tmp_path / "ca.pem"), "1.3")
+    monkeypatch.undo()
+    first = creds.context
+    assert creds.current() is not first
 
 
 def test_token_auth_works_through_tls(serve: Serve, tmp_path: Path, pki: Pki) -> None:
@@ -436,6 +519,34 @@ def test_refusals_are_logged_a_few_per_interval_then_counted(caplog: pytest.LogC
     assert caplog.records[3].getMessage() == "refused a TLS connection from 127.0.0.1:9: no client certificate"
 
 
+def test_grpc_listens_only_on_a_private_socket(serve: Serve, tmp_path: Path, pki: Pki) -> None:
+    """The directory and the socket the real server makes for grpc: only its user reaches them."""
+    (tmp_path / "tmp").mkdir()
+    _, port = start(serve, mount(tmp_path, pki).root, env={"TMPDIR": str(tmp_path / "tmp")})
+    (private,) = (tmp_path / "tmp").iterdir()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert (private / "grpc.sock").is_socket()
+    assert stat.S_IMODE((private / "grpc.sock").stat().st_mode) == 0o600
+    with channel(port, pki, pki.manager) as chan:
+        assert validate(chan).ok
+
+
+def test_refusals_counted_are_logged_at_the_end_of_the_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """Not only when a later refusal comes (there may be none)."""
+    caplog.set_level(logging.WARNING, "provider_core.tls_proxy")
+    log = RefusalLog(burst=1, interval=0.2)
+
+    async def main() -> None:
+        for i in range(3):
+            log.refused(f"127.0.0.1:{i}", "no client certificate")
+        await asyncio.sleep(0.4)
+
+    asyncio.run(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[1].startswith("refused 2 more TLS connections in the last")
+
+
 def test_a_stop_ends_cleanly_and_removes_the_private_socket(serve: Serve, tmp_path: Path, pki: Pki) -> None:
     (tmp_path / "tmp").mkdir()
     served, port = start(serve, mount(tmp_path, pki).root, env={"TMPDIR": str(tmp_path / "tmp")})
@@ -466,3 +577,90 @@ def test_a_tls_dir_whose_files_are_not_what_they_should_be(
     secret.publish(content)
     result = cli("--backend", "memory", config=f'[server]\nlisten = "127.0.0.1:0"\ntls_dir = "{secret.root}"\n')
     one_line_failure(result, fragment.format(root=secret.root))
+
+
+# -- where TLS listens ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["socket", "bind"])
+def test_a_host_without_ipv6_is_served_on_0_0_0_0(monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """``[::]`` (the default address) on a node booted with ipv6.disable=1,
+    where no IPv6 socket can be made, or with IPv6 but no address: served
+    on 0.0.0.0, as grpc does, by a real socket."""
+    real = socket.socket
+
+    class NoIPv6(real):  # type: ignore[valid-type,misc]
+        def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
+            if family == socket.AF_INET6 and failure == "socket":
+                raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+            super().__init__(family, type, proto, fileno)
+
+        def bind(self, address: Any) -> None:
+            if self.family == socket.AF_INET6 and failure == "bind":
+                raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+            super().bind(address)
+
+    monkeypatch.setattr(socket, "socket", NoIPv6)
+    check_address("[::]:0")
+    sock = bind("[::]:0")
+    monkeypatch.undo()
+    with sock:
+        assert sock.family == socket.AF_INET
+        host, port = sock.getsockname()
+        assert host == "0.0.0.0"
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+
+
+def test_an_address_that_cannot_be_served_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No socket of any family: one line naming the address, no traceback."""
+
+    def no_socket(*args: Any, **kwargs: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(socket, "socket", no_socket)
+    with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:0: Too many open files"):
+        bind("127.0.0.1:0")
+
+
+def _unix_config(tls_dir: Path, path: Path, state: Path) -> str:
+    return f'[server]\nlisten = "unix:{path}"\ntls_dir = "{tls_dir}"\nstate_dir = "{state}"\ndrain_delay = 0\n'
+
+
+def test_a_unix_listener_is_removed_at_stop_and_a_stale_one_replaced(serve: Serve, cli: Run, tmp_path: Path, pki: Pki) -> None:
+    secret = mount(tmp_path, pki)
+    path = tmp_path / "p.sock"
+    config = _unix_config(secret.root, path, tmp_path / "state")
+    creds = grpc.ssl_channel_credentials(pki.ca.pem, pki.manager.key_pem, pki.manager.cert_pem)
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+
+    def serving() -> Any:
+        served = serve("--backend", "memory", config=config)
+        served.wait_for(f"serving provider.v1.Provider on unix:{path} ")
+        with grpc.secure_channel(f"unix:{path}", creds, options=options) as chan:
+            assert validate(chan).ok
+        return served
+
+    served = serving()
+    served.proc.terminate()
+    assert served.exit_status() == 0
+    assert not path.exists()
+
+    served = serving()  # started again on the same path
+    served.proc.kill()  # no stop: the socket file stays
+    served.exit_status()
+    assert path.is_socket()
+
+    served = serving()  # nobody answers on the stale file: replaced
+    result = cli("--backend", "memory", config=_unix_config(secret.root, path, tmp_path / "state-2"))
+    one_line_failure(result, f"cannot listen on unix:{path}: another process listens on {path}")
+    with grpc.secure_channel(f"unix:{path}", creds, options=options) as chan:
+        assert validate(chan).ok  # the refused start left the socket alone
+    served.proc.terminate()
+    assert served.exit_status() == 0
+    assert not path.exists()
+
+    path.write_text("not a socket")
+    result = cli("--backend", "memory", config=config)
+    one_line_failure(result, f"{path} exists and is no socket")
+    assert path.read_text() == "not a socket"

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import logging
 import ssl
-import stat
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from provider_core import tls_proxy
 from provider_core.listening import Credentials, TlsFiles, bind
 from provider_core.server import run as serve_on
 from provider_core.tls_proxy import TlsFront
@@ -57,18 +57,6 @@ async def connect(front: TlsFront, pki: Pki, tmp_path: Path) -> tuple[asyncio.St
 
 def pattern(size: int) -> bytes:
     return (bytes(range(251)) * (size // 251 + 1))[:size]
-
-
-def test_the_upstream_socket_is_private(run: Run, tmp_path: Path, pki: Pki) -> None:  # noqa: F811
-    async def main() -> None:
-        async with tls_front(tmp_path, pki) as front:
-            served = await asyncio.start_unix_server(lambda r, w: None, path=str(front.upstream))
-            front.secure_upstream()
-            assert stat.S_IMODE(os.stat(front.directory).st_mode) == 0o700
-            assert stat.S_IMODE(os.stat(front.upstream).st_mode) == 0o600
-            served.close()
-
-    run(main())
 
 
 def test_a_slow_reader_holds_the_sender_back_and_every_byte_arrives(run: Run, tmp_path: Path, pki: Pki) -> None:  # noqa: F811
@@ -146,3 +134,24 @@ def test_a_client_going_away_is_seen_by_the_server(run: Run, tmp_path: Path, pki
             server.close()
 
     run(main())
+
+
+def test_a_client_that_never_shakes_hands_is_refused_naming_the_timeout(
+    run: Run,
+    tmp_path: Path,
+    pki: Pki,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(tls_proxy, "HANDSHAKE_TIMEOUT", 0.3)
+    caplog.set_level(logging.WARNING, "provider_core.tls_proxy")
+
+    async def main() -> None:
+        async with tls_front(tmp_path, pki) as front:
+            reader, writer = await asyncio.open_connection("127.0.0.1", front.port)  # and says nothing
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+
+    run(main())
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused a TLS connection")]
+    assert line.endswith(": no handshake within 0s"), line
