@@ -1,8 +1,9 @@
 """Endpoints for the manager-replay suite: a real provider server in front
 of libvirt's real daemon (QEMU guests), of the Proxmox simulator behind the
 test layer that makes it behave like a real cluster, and of the simulator
-backend. Each test runs against every endpoint; the manager's circuit-breaker
-rule is checked after each one."""
+backend, plainly and behind the provider's TLS layer with the manager's
+client certificate. Each test runs against every endpoint; the manager's
+circuit-breaker rule is checked after each one."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import grpc
 import libvirt
 import pytest
 from proxmoxer import ProxmoxAPI
@@ -23,11 +25,12 @@ from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
+from provider_core.pb import provider_pb2_grpc as pb_grpc
 from provider_core.testing import ProviderHarness
 
 sys.path.insert(0, str(Path(__file__).parent))  # manager_client, manager_payloads (tests are imported by path)
 import manager_payloads as mp
-from manager_client import Breaker, Manager
+from manager_client import Breaker, Manager, dial
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,10 +52,16 @@ class Endpoint:
     """One provider the manager talks to, and what its backend needs."""
 
     kind = ""
+    credentials: grpc.ChannelCredentials | None = None
+    """The manager's client certificate, when the provider serves mutual TLS."""
 
     def __init__(self, harness: ProviderHarness) -> None:
         self.harness = harness
         self.tag = uuid.uuid4().hex[:6]
+
+    def stub(self) -> pb_grpc.ProviderStub:
+        """A client of this provider as the test's own eyes (not the manager's)."""
+        return pb_grpc.ProviderStub(dial(self.target, self.credentials))
 
     @property
     def target(self) -> str:
@@ -102,7 +111,7 @@ class SimEndpoint(Endpoint):
         return [mp.network(network_name="default")]
 
     def made_elsewhere(self, suffix: str) -> str:
-        (vm,) = [vm for vm in self.harness.stub.ListVMs(pb.ListVMsRequest()).vms if vm.name == self.FOREIGN]
+        (vm,) = [vm for vm in self.stub().ListVMs(pb.ListVMsRequest()).vms if vm.name == self.FOREIGN]
         return str(vm.id)
 
     images: Any = None
@@ -181,14 +190,25 @@ class LibvirtEndpoint(Endpoint):
         return [mp.network(network_name="default")]
 
 
-def _sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+def _sim(tmp_path_factory: pytest.TempPathFactory, **server: Any) -> Iterator[Endpoint]:
     table = {"task_seconds": 0.2, "shutdown_seconds": 0.3, "foreign_vms": [SimEndpoint.FOREIGN]}
     served = tmp_path_factory.mktemp("images")
     (served / "noble.qcow2").write_bytes(b"QFI\xfb" + bytes(4092))  # the simulation counts and hashes the bytes
     digest = hashlib.sha256((served / "noble.qcow2").read_bytes()).hexdigest()
-    with HttpSink(served) as images, ProviderHarness.for_backend("sim", table) as h:
+    with HttpSink(served) as images, ProviderHarness.for_backend("sim", table, **server) as h:
         endpoint = SimEndpoint(h)
         endpoint.images = (images.url("noble.qcow2"), digest)
+        yield endpoint
+
+
+def _sim_mutual_tls(tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Endpoint]:
+    """The simulator behind the provider's TLS layer, as the manager meets a
+    Provider whose TLS is on: TLS 1.3, its client certificate, its name in
+    allowed_sans."""
+    tls = {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_client_ca": pki.ca, "allowed_sans": ["controller"]}
+    for endpoint in _sim(tmp_path_factory, **tls):
+        endpoint.kind = "sim-mtls"
+        endpoint.credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client_key, pki.client_cert)
         yield endpoint
 
 
@@ -241,10 +261,12 @@ def _libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         yield LibvirtEndpoint(host.harness, host, libvirtd_uri(), (images.url("noble.qcow2"), digest))
 
 
-@pytest.fixture(scope="module", params=["sim", "proxmox", pytest.param("libvirt", marks=pytest.mark.libvirtd)])
-def endpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+@pytest.fixture(scope="module", params=["sim", "sim-mtls", "proxmox", pytest.param("libvirt", marks=pytest.mark.libvirtd)])
+def endpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: Any) -> Iterator[Endpoint]:
     if request.param == "sim":
         yield from _sim(tmp_path_factory)
+    elif request.param == "sim-mtls":
+        yield from _sim_mutual_tls(tmp_path_factory, pki)
     elif request.param == "proxmox":
         yield from _proxmox(tmp_path_factory)
     else:
@@ -261,6 +283,6 @@ def breaker() -> Iterator[Breaker]:
 
 @pytest.fixture
 def manager(endpoint: Endpoint, breaker: Breaker) -> Iterator[Manager]:
-    m = Manager(endpoint.target, breaker)
+    m = Manager(endpoint.target, breaker, credentials=endpoint.credentials)
     yield m
     m.close()

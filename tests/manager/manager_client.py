@@ -52,6 +52,17 @@ class Breaker:
         return "\n".join(f"  {rpc}: {code.name}: {details}" for _, rpc, code, details in self.failures[-THRESHOLD:])
 
 
+def dial(target: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel as the manager opens it: no retries; with its client
+    certificate when the provider serves TLS (the test CA's server
+    certificate names localhost, where the manager's names the Service)."""
+    options: list[tuple[str, object]] = [("grpc.enable_retries", 0)]
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    options.append(("grpc.ssl_target_name_override", "localhost"))
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class TaskFailed(AssertionError):
     pass
 
@@ -59,15 +70,18 @@ class TaskFailed(AssertionError):
 class Manager:
     """The manager's gRPC client for one provider."""
 
-    def __init__(self, target: str, breaker: Breaker, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self, target: str, breaker: Breaker, poll_interval: float = 0.2, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.target = target
         self.breaker = breaker
         self.poll_interval = poll_interval  # the manager requeues every 5 s; shortened here
+        self.credentials = credentials
         self.calls: list[tuple[str, grpc.StatusCode]] = []
         self._channel = self._dial()
 
     def _dial(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target, options=[("grpc.enable_retries", 0)])
+        return dial(self.target, self.credentials)
 
     def close(self) -> None:
         self._channel.close()

@@ -21,6 +21,7 @@ from conftest import Endpoint
 from manager_client import COUNTED, Breaker, Manager
 
 from provider_core.pb import provider_pb2 as pb
+from provider_core.pb import provider_pb2_grpc as pb_grpc
 from provider_core.testing import ProviderHarness
 
 #: The only words VirtualMachine.status.powerState admits (virtualmachine_types.go).
@@ -41,7 +42,7 @@ def settle(manager: Manager, vm_id: str, want: str, timeout: float = 120) -> pb.
         time.sleep(manager.poll_interval)
 
 
-def test_capabilities_and_validate(manager: Manager) -> None:
+def test_capabilities_and_validate(endpoint: Endpoint, manager: Manager) -> None:
     caps = manager.call("GetCapabilities", pb.GetCapabilitiesRequest())
     assert caps.supported_disk_types, "the manager shows supported disk types on the Provider's status"
     # An empty list means "pvc only" and "relay only" to the manager: what is
@@ -53,6 +54,12 @@ def test_capabilities_and_validate(manager: Manager) -> None:
         assert list(caps.supported_transfer_modes) == ["relay"]
     assert manager.call("Validate", pb.ValidateRequest()).ok
     manager.reuse()
+    if endpoint.credentials is not None:  # so the calls above went through the TLS layer
+        plain = grpc.insecure_channel(endpoint.target)
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.ProviderStub(plain).Validate(pb.ValidateRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        plain.close()
 
 
 def test_a_virtual_machine_through_its_life(endpoint: Endpoint, manager: Manager) -> None:
@@ -83,7 +90,7 @@ def test_ten_reconciles_describe_at_once(endpoint: Endpoint, manager: Manager, b
     Describe answers within its 30 s deadline, in a word the status admits."""
     ids = [manager.create(endpoint.create_request(f"par{i}")) for i in range(3)]
     try:
-        clients = [Manager(endpoint.target, breaker) for _ in range(10)]
+        clients = [Manager(endpoint.target, breaker, credentials=endpoint.credentials) for _ in range(10)]
 
         def reconcile(client: Manager) -> list[float]:
             took = []
