@@ -223,6 +223,19 @@ def parse(xml: str) -> ET.Element:
     return ET.fromstring(xml)  # noqa: S314 - XML from libvirt, not from clients
 
 
+def source_path(disk: ET.Element) -> str:
+    """Where a domain disk's data is: its file, device or network name, or
+    ``pool/volume`` for a ``<source pool volume>``; "" for none (an empty
+    CD-ROM)."""
+    source = disk.find("source")
+    if source is None:
+        return ""
+    path = source.get("file") or source.get("dev") or source.get("name") or ""
+    if not path and source.get("volume"):
+        path = f"{source.get('pool', '')}/{source.get('volume')}"
+    return path
+
+
 def disks(dom: ET.Element) -> list[DomainDisk]:
     """Disks and CD-ROMs in XML order; the first non-CD-ROM one is primary."""
     out: list[DomainDisk] = []
@@ -231,12 +244,7 @@ def disks(dom: ET.Element) -> list[DomainDisk]:
         device = el.get("device", "disk")
         if device not in ("disk", "cdrom", "lun"):
             continue
-        source = el.find("source")
-        path = ""
-        if source is not None:
-            path = source.get("file") or source.get("dev") or source.get("name") or ""
-            if not path and source.get("volume"):
-                path = f"{source.get('pool', '')}/{source.get('volume')}"
+        path = source_path(el)
         driver = el.find("driver")
         target = el.find("target")
         boot = device != "cdrom" and not primary_seen

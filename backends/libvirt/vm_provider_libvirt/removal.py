@@ -347,13 +347,7 @@ def _pool_type(vol: libvirt.virStorageVol) -> str:
 def _label(disk: ET.Element) -> str:
     target = disk.find("target")
     dev = target.get("dev", "") if target is not None else ""
-    source = disk.find("source")
-    where = ""
-    if source is not None:
-        where = source.get("file") or source.get("dev") or source.get("name") or ""
-        if not where and source.get("volume"):
-            where = f"{source.get('pool', '')}/{source.get('volume')}"
-    return f"{dev} {where}".strip()
+    return f"{dev} {domxml.source_path(disk)}".strip()
 
 
 def delete_base_if_unused(session: Session, ref: VolumeRef) -> None:
