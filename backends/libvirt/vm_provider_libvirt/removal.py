@@ -20,11 +20,12 @@ cannot be completed (a domain's XML or a pool's volumes cannot be read, a
 path another domain names cannot be told apart from these volumes), every
 disk stays. Which disks stayed, and why, is logged.
 
-Volumes go before the definition, so a Delete interrupted half-way is
-finished by the next one (a missing volume is skipped); once the domain is
-gone the core turns the NotFound of a repeated Delete into success.
-Snapshot metadata, managed save images, NVRAM and TPM state go with the
-definition.
+The definition goes before the volumes: a definition the daemon will not
+drop (an older daemon refusing a flag is retried without it) leaves the VM
+whole, never defined without its disks. A volume that fails to go after
+that is logged by name and left (a repeated Delete finds no VM: the core
+turns its NotFound into success). Snapshot metadata, managed save images,
+NVRAM and TPM state go with the definition.
 """
 
 from __future__ import annotations
@@ -44,19 +45,32 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 
-UNDEFINE_ALL = (
-    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    | libvirt.VIR_DOMAIN_UNDEFINE_TPM
+#: Flags of undefine that newer daemons know, newest first: libvirt-python
+#: builds its constants from the API of the libvirt it was built against
+#: (TPM came with 8.9, checkpoints with 5.6), and an older daemon refuses a
+#: flag it does not know, so each is dropped in turn when refused.
+NEWER_UNDEFINE_FLAGS = tuple(
+    flag
+    for flag in (
+        getattr(libvirt, "VIR_DOMAIN_UNDEFINE_TPM", 0),
+        getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0),
+        libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+    )
+    if flag
 )
 #: What every driver that has snapshots accepts (the test driver refuses
 #: the NVRAM, TPM and checkpoint flags).
 UNDEFINE_BASIC = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+UNDEFINE_ALL = UNDEFINE_BASIC
+for _flag in NEWER_UNDEFINE_FLAGS:
+    UNDEFINE_ALL |= _flag
 
 
 def delete(session: Session, vm_id: str) -> Outcome[None]:
+    """Stop the VM, undefine it, then remove its disks: a definition that
+    cannot go (an older daemon, NVRAM it will not drop) leaves the VM whole,
+    never a VM without its disks. Volumes that fail to go after that are
+    logged by name."""
     dom = session.lookup(vm_id)
     name = dom.name()
     with session.translated(f"deleting VM {name!r}"):
@@ -65,23 +79,33 @@ def delete(session: Session, vm_id: str) -> Outcome[None]:
         if dom.isActive():
             with errors.ignoring(errors.is_invalid_in_state):  # went off meanwhile
                 dom.destroy()
-        if mark is not None:
-            delete_volumes(session, mark)
-        else:
-            delete_foreign_disks(session, dom, root)
         if dom.isPersistent():
             undefine(dom)
+        try:
+            if mark is not None:
+                delete_volumes(session, mark)
+            else:
+                delete_foreign_disks(session, dom, root)
+        except libvirt.libvirtError as exc:
+            left = ", ".join(domxml.source_path(el) for el in root.findall("devices/disk")) or "none"
+            log.warning("VM %s is undefined but some of its disks could not be removed (%s): %s", name, left, exc)
+            raise
     log.info("deleted VM %s", name)
     return Outcome.done(None)
 
 
 def undefine(dom: libvirt.virDomain) -> None:
-    undefined = False
-    with errors.ignoring(errors.is_flag_refused):
-        dom.undefineFlags(UNDEFINE_ALL)
-        undefined = True
-    if not undefined:
-        dom.undefineFlags(UNDEFINE_BASIC)
+    """Undefine with snapshot metadata, managed save, NVRAM, TPM state and
+    checkpoints, dropping the newest flags an older daemon refuses."""
+    flags = UNDEFINE_ALL
+    for newer in (*NEWER_UNDEFINE_FLAGS, 0):
+        try:
+            dom.undefineFlags(flags)
+            return
+        except libvirt.libvirtError as exc:
+            if not newer or not errors.is_flag_refused(exc):
+                raise
+        flags &= ~newer
 
 
 def delete_volumes(session: Session, mark: Mark) -> None:

@@ -1,0 +1,100 @@
+"""Delete's order and its undefine flags, on libvirt's test driver.
+
+The definition goes before the volumes, so a daemon that will not undefine
+leaves the VM whole; undefine flags an older daemon (or an older
+libvirt-python) does not know are dropped one at a time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import libvirt
+import pytest
+from vm_provider_libvirt import removal
+
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
+
+
+def refusal(code: int, message: str) -> libvirt.libvirtError:
+    """A libvirt error as the daemon would raise it."""
+    exc = libvirt.libvirtError(message)
+    exc.err = (code, libvirt.VIR_FROM_QEMU, message, libvirt.VIR_ERR_ERROR, None, None, None, 0, 0)
+    return exc
+
+
+def volumes(harness: ProviderHarness, vm_id: str) -> list[str]:
+    raw = json.loads(harness.stub.Describe(pb.DescribeRequest(id=vm_id)).provider_raw_json)
+    return [d["path"] for d in raw["disks"]]
+
+
+def exists(harness: ProviderHarness, path: str) -> bool:
+    try:
+        harness.backend.session.conn().storageVolLookupByPath(path)  # type: ignore[attr-defined]
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def test_a_definition_the_daemon_keeps_keeps_its_disks(
+    harness: ProviderHarness, make_vm: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm_id = make_vm("kept", disks_json=[{"SizeGiB": 1, "Name": "data"}])
+    paths = volumes(harness, vm_id)
+    assert paths
+    monkeypatch.setattr(
+        libvirt.virDomain,
+        "undefineFlags",
+        lambda self, flags=0: (_ for _ in ()).throw(refusal(libvirt.VIR_ERR_OPERATION_FAILED, "cannot undefine")),
+    )
+    with pytest.raises(grpc.RpcError):
+        harness.wait(harness.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    assert harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
+    assert all(exists(harness, p) for p in paths), "a VM the daemon kept lost its disks"
+    monkeypatch.undo()
+    harness.wait(harness.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
+    assert not any(exists(harness, p) for p in paths)
+
+
+def test_flags_an_older_daemon_refuses_are_dropped_newest_first(
+    harness: ProviderHarness, make_vm: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon older than 8.9 refuses VIR_DOMAIN_UNDEFINE_TPM: the undefine
+    is tried again without it, NVRAM still asked for."""
+    vm_id = make_vm("older-daemon")
+    tried: list[int] = []
+    real = libvirt.virDomain.undefineFlags
+
+    def older(self: libvirt.virDomain, flags: int = 0) -> int:
+        tried.append(flags)
+        if flags & libvirt.VIR_DOMAIN_UNDEFINE_TPM:
+            raise refusal(libvirt.VIR_ERR_INVALID_ARG, "unsupported flags (0x40) in function qemuDomainUndefineFlags")
+        return int(real(self, flags & removal.UNDEFINE_BASIC))  # the test driver itself refuses NVRAM
+
+    monkeypatch.setattr(libvirt.virDomain, "undefineFlags", older)
+    harness.wait(harness.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    assert tried == [removal.UNDEFINE_ALL, removal.UNDEFINE_ALL & ~libvirt.VIR_DOMAIN_UNDEFINE_TPM]
+    assert tried[-1] & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
+
+
+def test_an_older_libvirt_python_without_the_tpm_flag_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvirt-python builds its constants from the libvirt it was built
+    against; before 8.9 there is no VIR_DOMAIN_UNDEFINE_TPM."""
+    tpm = libvirt.VIR_DOMAIN_UNDEFINE_TPM
+    monkeypatch.delattr(libvirt, "VIR_DOMAIN_UNDEFINE_TPM")
+    try:
+        older: Any = importlib.reload(removal)
+        assert tpm not in older.NEWER_UNDEFINE_FLAGS
+        assert not older.UNDEFINE_ALL & tpm
+        assert older.UNDEFINE_ALL & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    finally:
+        monkeypatch.undo()
+        importlib.reload(removal)
+    assert removal.UNDEFINE_ALL & tpm
