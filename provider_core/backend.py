@@ -249,6 +249,14 @@ class Backend(ABC):
         nothing is refused; ListVMs should then say so in its raw fields."""
         return True
 
+    def copyable(self, vm_id: str) -> bool:
+        """Whether Clone may copy this VM without ``manage_foreign_vms``:
+        one this provider made, or one meant to be copied by anyone that the
+        copy leaves untouched (a Proxmox template). Default: :meth:`owns`.
+        Never True for a source the clone changes (libvirt's linked clones
+        redefine their source)."""
+        return self.owns(vm_id)
+
     def task_status(self, task_id: str) -> TaskState:
         """State of a native task returned through ``Outcome.native``. Raise
         NotFound for an id the backend does not know. Errors that pass (the

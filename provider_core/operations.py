@@ -62,6 +62,11 @@ class Operation:
     """It changes the VM ``vm`` names, which must be one this provider made
     (:meth:`Backend.owns <provider_core.backend.Backend.owns>`) unless the
     server's ``manage_foreign_vms`` is on."""
+    copies: bool = False
+    """It copies the VM ``vm`` names: one this provider made, or one the
+    backend lets anyone copy (:meth:`Backend.copyable
+    <provider_core.backend.Backend.copyable>`: a template), unless the
+    server's ``manage_foreign_vms`` is on."""
     new_vm: str = ""
     """The request field naming the VM it makes: locked like ``vm``, and
     the id the backend returns locks the same while the work runs."""
@@ -119,7 +124,7 @@ CLONE = Operation(
     refines=(("linked", Capability.LINKED_CLONES),),
     mutates=True,
     vm="source_vm_id",
-    owned=True,
+    copies=True,
     new_vm="target_name",
 )
 IMAGE_PREPARE = Operation(

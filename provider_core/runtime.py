@@ -388,8 +388,8 @@ class Runtime:
             (task_id,) = spec.args()
             return await self.task_status(task_id, timeout), ""
         fn = getattr(self.backend, op.method)
-        if op.owned and not self.manage_foreign_vms:
-            fn = self._own_only(fn, getattr(spec, op.vm))
+        if (op.owned or op.copies) and not self.manage_foreign_vms:
+            fn = self._own_only(fn, getattr(spec, op.vm), copy=op.copies)
         if not op.mutates:
             try:
                 return await self._call(fn, *spec.args(), timeout=timeout), ""
@@ -412,11 +412,12 @@ class Runtime:
             wait=op.wait,
         )
 
-    def _own_only(self, fn: Callable[..., T], vm_id: str) -> Callable[..., T]:
+    def _own_only(self, fn: Callable[..., T], vm_id: str, copy: bool = False) -> Callable[..., T]:
         """``fn``, first refusing a VM this provider did not make (asked in
-        the same worker, under the VM's lock). A missing VM passes: the
+        the same worker, under the VM's lock); one that is only copied may
+        also be one the backend lets anyone copy. A missing VM passes: the
         operation says NotFound, or Delete succeeds."""
-        owns = self.backend.owns
+        owns = self.backend.copyable if copy else self.backend.owns
 
         def guarded(*args: Any) -> T:
             try:

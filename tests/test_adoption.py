@@ -96,9 +96,10 @@ OWNED = {"Power", "Delete", "Reconfigure", "SnapshotCreate", "SnapshotRevert", "
 
 
 def test_the_table_says_which_rpcs_change_a_vm_that_must_be_the_providers() -> None:
-    assert {op.rpc for op in ops.OPERATIONS.values() if op.owned} == OWNED
+    assert {op.rpc for op in ops.OPERATIONS.values() if op.owned or op.copies} == OWNED
+    assert {op.rpc for op in ops.OPERATIONS.values() if op.copies} == {"Clone"}
     for op in ops.OPERATIONS.values():
-        if op.owned:
+        if op.owned or op.copies:
             assert op.mutates, op.rpc
             assert op.vm, op.rpc
 

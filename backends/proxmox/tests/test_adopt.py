@@ -85,10 +85,12 @@ def test_a_template_it_did_not_make_is_used_as_an_image_and_changed_only_when_al
     ops = ops_for(provider(settings, manage_foreign_vms=False))
     made = ops.create("from-golden", image_json={"TemplateName": "9002"})  # an image: no permission needed
     assert pve.vm(int(made)).config["name"] == "from-golden"
+    copy = ops.clone("9002", "copy")  # a template is there to be copied: no permission needed
+    assert pve.vm(int(copy)).config["name"] == "copy"
     for rpc, request in [
         ("Power", pb.PowerRequest(id="9002", op=pb.POWER_OP_ON)),
         ("SnapshotCreate", pb.SnapshotCreateRequest(vm_id="9002", name_hint="s")),
-        ("Clone", pb.CloneRequest(source_vm_id="9002", target_name="copy")),
+        ("Reconfigure", pb.ReconfigureRequest(id="9002", desired_json=json.dumps({"Class": {"CPU": 2}}))),
     ]:
         code, message = ops.fails(lambda r=rpc, q=request: getattr(ops.stub, r)(q, timeout=30))
         assert code is grpc.StatusCode.FAILED_PRECONDITION, rpc

@@ -110,11 +110,16 @@ class ProxmoxBackend(Backend):
 
     def owns(self, vm_id: str) -> bool:
         """The VM carries ``owner_tag`` (the cluster's VM list: one request).
-        A template without the tag is someone else's too: Create may use it
-        as an image (TemplateName), but powering, changing or cloning it
-        through the Clone RPC needs ``manage_foreign_vms``, and Delete
-        refuses it whatever the settings."""
+        A template without the tag is someone else's too: Create and Clone
+        may copy it (:meth:`copyable`), but powering or changing it needs
+        ``manage_foreign_vms``, and Delete refuses it whatever the settings."""
         return self.cluster.owned(self.cluster.find(vm_id))
+
+    def copyable(self, vm_id: str) -> bool:
+        """Its own VMs, and any template: a template is an image to clone
+        from, and a clone (full or linked) leaves it as it was."""
+        ref = self.cluster.find(vm_id)
+        return ref.template or self.cluster.owned(ref)
 
     def power(self, vm_id: str, op: PowerOp, graceful_timeout: float) -> Outcome[None]:
         return power.power(self.cluster, vm_id, op, graceful_timeout)
