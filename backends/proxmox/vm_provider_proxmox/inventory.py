@@ -93,14 +93,11 @@ def parse_vmid(vm_id: str) -> int:
 PAUSED = frozenset({"paused", "suspended", "prelaunch"})
 
 
-@dataclass(frozen=True)
-class VmState:
-    """One VM as it is now: its node and its ``status/current``, read from
-    the VM's own node (qemu-server ``vm_status``: the config and QEMU)."""
+class _Placed:
+    """A VM on a node: its id as clients give it, its API path."""
 
     vmid: int
     node: str
-    current: dict[str, Any] = field(compare=False)
 
     @property
     def id(self) -> str:
@@ -109,6 +106,16 @@ class VmState:
     @property
     def path(self) -> str:
         return f"nodes/{self.node}/qemu/{self.vmid}"
+
+
+@dataclass(frozen=True)
+class VmState(_Placed):
+    """One VM as it is now: its node and its ``status/current``, read from
+    the VM's own node (qemu-server ``vm_status``: the config and QEMU)."""
+
+    vmid: int
+    node: str
+    current: dict[str, Any] = field(compare=False)
 
     @property
     def status(self) -> str:
@@ -166,7 +173,7 @@ class Listing:
 
 
 @dataclass(frozen=True)
-class VmRef:
+class VmRef(_Placed):
     """One VM as /cluster/resources shows it."""
 
     vmid: int
@@ -177,14 +184,6 @@ class VmRef:
     template: bool = False
     tags: frozenset[str] = frozenset()
     entry: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def id(self) -> str:
-        return str(self.vmid)
-
-    @property
-    def path(self) -> str:
-        return f"nodes/{self.node}/qemu/{self.vmid}"
 
     @property
     def settled(self) -> bool:
