@@ -38,7 +38,7 @@ import libvirt
 from provider_core import CloneSpec, FailedPrecondition, Outcome
 from provider_core.specs import Customization, NetworkAttachment
 
-from . import cidata, cloudinit, domxml, errors, marks, power, storage
+from . import cidata, cloudinit, domxml, errors, marks, networks, power, storage
 from .create import check_free, check_name, existing_id, now, placement_pool, resources, rollback, serial_log
 from .marks import Mark, VolumeRef
 from .session import Session
@@ -121,7 +121,7 @@ def _plan(session: Session, spec: CloneSpec) -> ClonePlan:
             root=root,
             uuid=str(uuid.uuid4()),
             disks=disks,
-            macs=_new_macs(root),
+            macs=_new_macs(session, root),
             seed=seed,
             seed_pool=seed_pool,
             attachments=_attachments(spec.customize, src_mark),
@@ -219,18 +219,18 @@ def _check_free(disks: list[DiskCopy], seed_pool: libvirt.virStoragePool, seed: 
         check_free(seed_pool, [cidata.volume_name(name)])
 
 
-def _new_macs(root: ET.Element) -> list[str]:
-    macs = []
-    for el in root.findall("devices/interface"):
+def _new_macs(session: Session, root: ET.Element) -> list[str]:
+    """Give every NIC of the clone a new MAC no domain of the host uses."""
+    interfaces = root.findall("devices/interface")
+    macs = networks.new_macs(session, len(interfaces))
+    for el, mac in zip(interfaces, macs, strict=True):
         mac_el = el.find("mac")
         if mac_el is None:
             mac_el = ET.SubElement(el, "mac")
-        mac = domxml.random_mac()
         mac_el.set("address", mac)
         target = el.find("target")
         if target is not None:
             el.remove(target)
-        macs.append(mac)
     return macs
 
 
