@@ -17,7 +17,9 @@ copied or shared.
 - Linked clone: the source's current disk volumes are frozen as read-only
   bases; the source continues on new qcow2 overlays of them and the clone
   gets its own overlays (copy-on-write, milliseconds). Both VMs list the
-  bases in their mark; a base is deleted with the last VM backed by it. A
+  bases in their mark (the clone also those beneath them, from earlier
+  linked clones of the source); a base is deleted with the last VM backed
+  by it, through any number of layers. A
   source with snapshots cannot be frozen (its internal snapshots would stay
   behind in the base): delete them first, or clone in full. Every linked
   clone adds one layer to the source's backing chain.
@@ -152,6 +154,11 @@ def _make(session: Session, spec: CloneSpec, plan: ClonePlan) -> None:
                 _set_source(disk.element, copied.path or vol.path(), copied.format, copied.kind == libvirt.VIR_STORAGE_VOL_BLOCK)
                 role, spec_of = (disk.ref.role, disk.ref.spec) if disk.ref and disk.ref.role != "base" else ("data", "")
                 volumes.append(VolumeRef(disk.pool.name(), disk.name, role, disk.target, spec_of))
+            if spec.linked:
+                # The bases beneath the ones frozen now (the source was a linked
+                # clone's source before): whichever of these VMs goes last
+                # deletes them.
+                volumes.extend(v for v in plan.src_mark.volumes if v.role == "base" and v not in volumes)
             _drop_seed(plan.root)
             if plan.seed:
                 vol, ref, cdrom = _seed(session, plan.seed_pool, spec, plan.attachments, plan.macs)
