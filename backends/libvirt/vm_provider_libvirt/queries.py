@@ -18,6 +18,7 @@ rule as Describe).
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -316,9 +317,11 @@ def disk_info(session: Session, vm_id: str, disk_id: str, snapshot_id: str) -> D
 
 
 def _local_image(session: Session, disk: domxml.DomainDisk) -> tuple[str, int, int, str]:
-    """qemu-img facts of a disk outside any pool, when libvirt runs here."""
+    """qemu-img facts of a disk outside any pool, when libvirt runs here and
+    this process may read it; else the format its XML says and no sizes
+    (libvirt streams only pool volumes)."""
     parts = urlsplit(session.settings.uri)
-    if parts.hostname or not Path(disk.path).exists():
+    if parts.hostname or not os.access(disk.path, os.R_OK):
         return disk.format, 0, 0, ""
     try:
         meta = images.info(disk.path)
