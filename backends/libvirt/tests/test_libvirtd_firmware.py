@@ -10,6 +10,7 @@ boot, but the domain runs, which is what libvirt's checks look at.
 from __future__ import annotations
 
 import json
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 import libvirt
 import pytest
+from vm_provider_libvirt import domxml, host, marks
 from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.pb import provider_pb2 as pb
@@ -129,3 +131,58 @@ def test_a_running_uefi_vm_is_refused_a_snapshot_before_any_work_a_stopped_one_t
         assert stub.Describe(pb.DescribeRequest(id=vm_id)).power_state == "Off"
     finally:
         real_host.harness.wait(stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+
+
+def test_the_secure_boot_xml_of_libvirt_7_2_to_8_5_selects_secure_firmware(ovmf: dict[str, set[str]]) -> None:
+    """What a daemon of 7.2-8.5 is given (the features plus ``<loader
+    secure='yes'/>``, as uefi_selection decides from its version) is valid
+    and selects Secure Boot firmware on this one too."""
+    assert host.uefi_selection(8_005_000, secure_boot=True) == (True, True)
+    assert host.uefi_selection(8_006_000, secure_boot=True) == (True, False)
+    assert host.uefi_selection(8_005_000, secure_boot=False) == (True, False)
+    assert host.uefi_selection(7_001_000, secure_boot=False) == (False, False)
+    name = f"vmpt-fw-{uuid.uuid4().hex[:6]}"
+    plan = domxml.DomainPlan(
+        name=name,
+        uuid=str(uuid.uuid4()),
+        domain_type="qemu",
+        arch="x86_64",
+        memory_mib=128,
+        max_memory_mib=128,
+        vcpus=1,
+        max_vcpus=1,
+        mark=marks.Mark(),
+        machine="q35",
+        firmware="efi",
+        secure_boot=True,
+        loader_secure=True,
+        graphics="none",
+    )
+    xml = domxml.build(plan)
+    assert '<loader secure="yes" />' in xml
+    conn = libvirt.open(libvirtd_uri())
+    dom = conn.defineXML(xml)
+    try:
+        dom.create()
+        loader = ET.fromstring(dom.XMLDesc(0)).find("os/loader")
+        assert loader is not None
+        assert loader.get("secure") == "yes"
+        assert {"secure-boot", "enrolled-keys"} <= ovmf[loader.text or ""], loader.text
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        conn.close()
+
+
+def test_secure_boot_on_a_machine_type_without_a_secure_loader_is_unimplemented(real_host: Any) -> None:
+    """QEMU's i440fx machine (``pc``) offers no SMM-backed Secure Boot
+    loader in this host's domain capabilities: refused before anything is made."""
+    fields = real_host.guest_class(Firmware="UEFI", SecurityProfile={"SecureBoot": True})
+    fields["ExtraConfig"]["libvirt.machine"] = "pc"
+    with pytest.raises(grpc.RpcError) as info:
+        real_host.create("pc-secure", class_json=fields)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "class_json.SecurityProfile.SecureBoot" in str(info.value.details())
+    assert "no Secure Boot UEFI firmware for machine type 'pc" in str(info.value.details())
+    assert not real_host.stub.Describe(pb.DescribeRequest(id=real_host.name("pc-secure"))).exists
