@@ -186,3 +186,39 @@ def test_secure_boot_on_a_machine_type_without_a_secure_loader_is_unimplemented(
     assert "class_json.SecurityProfile.SecureBoot" in str(info.value.details())
     assert "no Secure Boot UEFI firmware for machine type 'pc" in str(info.value.details())
     assert not real_host.stub.Describe(pb.DescribeRequest(id=real_host.name("pc-secure"))).exists
+
+
+def test_a_clone_of_a_uefi_vm_gets_its_own_variable_store(real_host: Any) -> None:
+    """libvirt >= 9.2 writes the selected firmware and the NVRAM path into
+    the definition (9.0 only at start), as does a definition naming its
+    NVRAM file; the source is redefined with its NVRAM path here, and its
+    clone must not share the source's variable store."""
+    src = uefi_vm(real_host, "nvsrc")
+    stub = real_host.stub
+    clone_id = ""
+    conn = libvirt.open(libvirtd_uri())
+    try:
+        assert real_host.power(src, pb.POWER_OP_ON) == "On"
+        live = domain_os(real_host, src)
+        nvram = live.find("nvram")
+        assert nvram is not None
+        assert real_host.power(src, pb.POWER_OP_OFF) == "Off"
+        dom = conn.lookupByUUIDString(src)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        os_el = root.find("os")
+        assert os_el is not None
+        ET.SubElement(os_el, "nvram").text = nvram.text
+        conn.defineXML(ET.tostring(root, encoding="unicode"))
+        resp = stub.Clone(pb.CloneRequest(source_vm_id=src, target_name=real_host.name("nvclone")), timeout=120)
+        real_host.harness.wait(resp.task)
+        clone_id = resp.target_vm_id
+        assert real_host.power(clone_id, pb.POWER_OP_ON) == "On"
+        theirs = domain_os(real_host, clone_id).find("nvram")
+        assert theirs is not None
+        assert theirs.text != nvram.text
+        assert real_host.name("nvclone") in (theirs.text or "")
+    finally:
+        conn.close()
+        for vm_id in (clone_id, src):
+            if vm_id:
+                real_host.harness.wait(stub.Delete(pb.DeleteRequest(id=vm_id)).task)

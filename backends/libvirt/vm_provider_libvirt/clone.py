@@ -256,6 +256,13 @@ def _retarget(session: Session, root: ET.Element, spec: CloneSpec, new_uuid: str
                 log_el.set("file", path)
             else:
                 serial.remove(log_el)  # never share the source's log file
+    os_el = root.find("os")
+    if os_el is not None:
+        # Never share the source's UEFI variable store (libvirt >= 9.2 keeps
+        # its path in the definition): libvirt makes the clone its own from
+        # the firmware's template.
+        for nvram in os_el.findall("nvram"):
+            os_el.remove(nvram)
     vm_class = spec.vm_class
     if vm_class.cpu or vm_class.memory_mib:
         res = resources(session.settings, vm_class)
