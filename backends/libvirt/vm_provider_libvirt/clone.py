@@ -258,9 +258,9 @@ def _retarget(session: Session, root: ET.Element, spec: CloneSpec, new_uuid: str
                 serial.remove(log_el)  # never share the source's log file
     os_el = root.find("os")
     if os_el is not None:
-        # Never share the source's UEFI variable store (libvirt >= 9.2 keeps
-        # its path in the definition): libvirt makes the clone its own from
-        # the firmware's template.
+        # Never share the source's UEFI variable store (a definition may name
+        # its file): libvirt makes the clone its own from the firmware's
+        # template.
         for nvram in os_el.findall("nvram"):
             os_el.remove(nvram)
     vm_class = spec.vm_class
