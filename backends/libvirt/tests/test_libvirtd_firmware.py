@@ -189,9 +189,9 @@ def test_secure_boot_on_a_machine_type_without_a_secure_loader_is_unimplemented(
 
 
 def test_a_clone_of_a_uefi_vm_gets_its_own_variable_store(real_host: Any) -> None:
-    """libvirt >= 9.2 writes the selected firmware and the NVRAM path into
-    the definition (9.0 only at start), as does a definition naming its
-    NVRAM file; the source is redefined with its NVRAM path here, and its
+    """A definition may name its NVRAM file (written by hand, or by a libvirt
+    that stores the auto-selected firmware in it; 9.0 fills it in only at
+    start): the source is redefined with its NVRAM path here, and its
     clone must not share the source's variable store."""
     src = uefi_vm(real_host, "nvsrc")
     stub = real_host.stub
