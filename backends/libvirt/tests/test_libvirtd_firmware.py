@@ -129,6 +129,10 @@ def test_a_running_uefi_vm_is_refused_a_snapshot_before_any_work_a_stopped_one_t
         assert list(stub.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=vm_id)).snapshots) == [taken]
         real_host.harness.wait(stub.SnapshotRevert(pb.SnapshotRevertRequest(vm_id=vm_id, snapshot_id=taken)).task)
         assert stub.Describe(pb.DescribeRequest(id=vm_id)).power_state == "Off"
+        # Reverting a running UEFI VM to it: stopped, as the snapshot was.
+        assert real_host.power(vm_id, pb.POWER_OP_ON) == "On"
+        real_host.harness.wait(stub.SnapshotRevert(pb.SnapshotRevertRequest(vm_id=vm_id, snapshot_id=taken)).task)
+        assert stub.Describe(pb.DescribeRequest(id=vm_id)).power_state == "Off"
     finally:
         real_host.harness.wait(stub.Delete(pb.DeleteRequest(id=vm_id)).task)
 
