@@ -69,7 +69,7 @@ def test_a_file_copied_into_a_pool_behind_libvirts_back_refreshes_only_that_pool
     conn = libvirt.open(libvirtd_uri())
     default = conn.storagePoolLookupByName("default")
     default_dir = Path(ET.fromstring(default.XMLDesc(0)).findtext("target/path") or "")
-    other_dir = real_host.boot.parent.parent / "pools" / real_host.name("other")
+    other_dir = real_host.boot / "other-pool"  # removed with the test guest's files
     other_dir.mkdir(mode=0o755, parents=True)
     other = conn.storagePoolCreateXML(
         f"<pool type='dir'><name>{real_host.name('other')}</name><target><path>{other_dir}</path></target></pool>", 0
