@@ -32,6 +32,8 @@ PACKAGES=(
     netcat-openbsd
     # an SSH server for the qemu+ssh tests (backends/libvirt/tests/test_ssh.py)
     openssh-server
+    # UEFI firmware (OVMF) for the firmware tests: descriptors in /usr/share/qemu/firmware
+    ovmf
 )
 
 missing=()

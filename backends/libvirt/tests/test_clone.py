@@ -107,6 +107,30 @@ def test_linked_clone_freezes_the_source_and_shares_its_base(harness: ProviderHa
     assert pool_volumes(harness) == {"base.qcow2"}
 
 
+@pytest.mark.parametrize("order", [("src", "link-1", "link-2"), ("link-2", "link-1", "src"), ("link-1", "src", "link-2")])
+def test_bases_layered_by_clones_of_clones_go_with_their_last_user(
+    harness: ProviderHarness, source: str, order: tuple[str, ...]
+) -> None:
+    """Each linked clone freezes the source's disks again: base 2 is an
+    overlay on base 1. A base stays while any domain's disk is backed by it
+    through any number of layers, and none is left behind at the end."""
+    ids = {"src": source, "link-1": clone(harness, source, "link-1", linked=True)}
+    first_bases = disk_paths(domain(harness, ids["link-1"]))
+    ids["link-2"] = clone(harness, source, "link-2", linked=True)
+    second_bases = [backing(harness, p) for p in disk_paths(domain(harness, ids["link-2"]))]
+    assert [backing(harness, p) for p in second_bases] == [backing(harness, p) for p in first_bases]
+    for i, name in enumerate(order):
+        harness.stub.Delete(pb.DeleteRequest(id=ids[name]))
+        left = pool_volumes(harness)
+        for later in order[i + 1 :]:  # every disk of a VM still there can be read to its end
+            for disk in disk_paths(domain(harness, ids[later])):
+                layer = disk
+                while layer:
+                    assert layer.rsplit("/", 1)[1] in left, f"{layer} of {later} gone after deleting {order[: i + 1]}"
+                    layer = backing(harness, layer)
+    assert pool_volumes(harness) == {"base.qcow2"}
+
+
 def test_clone_refusals(harness: ProviderHarness, source: str) -> None:
     stub = harness.stub
     stub.Power(pb.PowerRequest(id=source, op=pb.POWER_OP_ON))

@@ -346,6 +346,58 @@ def test_export_through_libvirt_streams(
 
 
 @pytest.mark.libvirtd
+def test_a_disk_this_process_cannot_read_is_streamed_from_libvirt(
+    provider: ProviderHarness, lab: Lab, sink: HttpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local daemon whose disk files the provider cannot read (it runs as
+    another user; here: a pool in the daemon's private /var/lib/libvirt,
+    which this process does not even see) gets the remote data path for
+    them; a file outside any pool that it cannot read is FAILED_PRECONDITION."""
+    base = lab.disk("base.qcow2")
+    name = lab.name("hidden")
+    hidden = lab.conn.storagePoolDefineXML(
+        f"<pool type='dir'><name>{name}</name><target><path>/var/lib/libvirt/{name}</path></target></pool>", 0
+    )
+    try:
+        hidden.build(0)
+        hidden.create(0)
+        overlay = hidden.createXML(
+            f"<volume><name>vda.qcow2</name><capacity unit='bytes'>{64 * MiB}</capacity><target><format type='qcow2'/>"
+            f"</target><backingStore><path>{base}</path><format type='qcow2'/></backingStore></volume>",
+            0,
+        )
+        top = overlay.path()
+        assert not Path(top).exists()  # not from here
+        dom = lab.domain(top)
+        caplog.set_level(logging.INFO, logger="vm_provider_libvirt")
+        resp = _export(provider, dom.UUIDString(), sink.url("hidden.qcow2"))
+        streamed = [r.getMessage() for r in caplog.records if "through a stream" in r.getMessage()]
+        assert streamed == [
+            f"copying {overlay.path()} from libvirtd through a stream",
+            f"copying {base} from libvirtd through a stream",
+        ]
+        assert _same_content(base, sink.root / "hidden.qcow2")
+        assert resp.checksum == _sha256(sink.root / "hidden.qcow2")
+        # The same file once its pool is stopped: no volume libvirt could stream.
+        hidden.destroy()
+        code, details = _code(lambda: _export(provider, dom.UUIDString(), sink.url("gone.qcow2")))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"cannot read {top}" in details
+        assert "no volume of an active storage pool" in details
+    finally:
+        for dom in lab.domains:
+            dom.undefineFlags(0)
+        lab.domains.clear()
+        if not hidden.isActive():
+            hidden.create(0)
+        for vol in hidden.listAllVolumes(0):
+            vol.delete(0)
+        hidden.destroy()
+        hidden.delete(0)
+        hidden.undefine()
+
+
+@pytest.mark.libvirtd
 def test_export_failures(provider: ProviderHarness, lab: Lab, sink: HttpSink) -> None:
     dom = lab.domain(lab.disk())
     vm = dom.UUIDString()

@@ -86,6 +86,7 @@ CONDITIONS = [
     (errors.is_missing_volume, libvirt.VIR_ERR_NO_STORAGE_VOL),
     (errors.is_missing_pool, libvirt.VIR_ERR_NO_STORAGE_POOL),
     (errors.is_missing_network, libvirt.VIR_ERR_NO_NETWORK),
+    (errors.is_missing_interface, libvirt.VIR_ERR_NO_INTERFACE),
     (errors.is_volume_taken, libvirt.VIR_ERR_STORAGE_VOL_EXIST),
     (errors.is_unsupported, libvirt.VIR_ERR_NO_SUPPORT),
     (errors.is_invalid_in_state, libvirt.VIR_ERR_OPERATION_INVALID),

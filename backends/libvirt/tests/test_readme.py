@@ -55,6 +55,8 @@ def shown(value: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, int | float):
         return f"`{value}`"
+    if isinstance(value, list | tuple):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return f'`"{value}"`'

@@ -17,7 +17,9 @@ copied or shared.
 - Linked clone: the source's current disk volumes are frozen as read-only
   bases; the source continues on new qcow2 overlays of them and the clone
   gets its own overlays (copy-on-write, milliseconds). Both VMs list the
-  bases in their mark; a base is deleted with the last VM backed by it. A
+  bases in their mark (the clone also those beneath them, from earlier
+  linked clones of the source); a base is deleted with the last VM backed
+  by it, through any number of layers. A
   source with snapshots cannot be frozen (its internal snapshots would stay
   behind in the base): delete them first, or clone in full. Every linked
   clone adds one layer to the source's backing chain.
@@ -38,7 +40,7 @@ import libvirt
 from provider_core import CloneSpec, FailedPrecondition, Outcome
 from provider_core.specs import Customization, NetworkAttachment
 
-from . import cidata, cloudinit, domxml, errors, marks, power, storage
+from . import cidata, cloudinit, domxml, errors, marks, networks, power, storage
 from .create import check_free, check_name, existing_id, now, placement_pool, resources, rollback, serial_log
 from .marks import Mark, VolumeRef
 from .session import Session
@@ -121,7 +123,7 @@ def _plan(session: Session, spec: CloneSpec) -> ClonePlan:
             root=root,
             uuid=str(uuid.uuid4()),
             disks=disks,
-            macs=_new_macs(root),
+            macs=_new_macs(session, root),
             seed=seed,
             seed_pool=seed_pool,
             attachments=_attachments(spec.customize, src_mark),
@@ -152,6 +154,11 @@ def _make(session: Session, spec: CloneSpec, plan: ClonePlan) -> None:
                 _set_source(disk.element, copied.path or vol.path(), copied.format, copied.kind == libvirt.VIR_STORAGE_VOL_BLOCK)
                 role, spec_of = (disk.ref.role, disk.ref.spec) if disk.ref and disk.ref.role != "base" else ("data", "")
                 volumes.append(VolumeRef(disk.pool.name(), disk.name, role, disk.target, spec_of))
+            if spec.linked:
+                # The bases beneath the ones frozen now (the source was a linked
+                # clone's source before): whichever of these VMs goes last
+                # deletes them.
+                volumes.extend(v for v in plan.src_mark.volumes if v.role == "base" and v not in volumes)
             _drop_seed(plan.root)
             if plan.seed:
                 vol, ref, cdrom = _seed(session, plan.seed_pool, spec, plan.attachments, plan.macs)
@@ -219,18 +226,18 @@ def _check_free(disks: list[DiskCopy], seed_pool: libvirt.virStoragePool, seed: 
         check_free(seed_pool, [cidata.volume_name(name)])
 
 
-def _new_macs(root: ET.Element) -> list[str]:
-    macs = []
-    for el in root.findall("devices/interface"):
+def _new_macs(session: Session, root: ET.Element) -> list[str]:
+    """Give every NIC of the clone a new MAC no domain of the host uses."""
+    interfaces = root.findall("devices/interface")
+    macs = networks.new_macs(session, len(interfaces))
+    for el, mac in zip(interfaces, macs, strict=True):
         mac_el = el.find("mac")
         if mac_el is None:
             mac_el = ET.SubElement(el, "mac")
-        mac = domxml.random_mac()
         mac_el.set("address", mac)
         target = el.find("target")
         if target is not None:
             el.remove(target)
-        macs.append(mac)
     return macs
 
 
@@ -249,6 +256,13 @@ def _retarget(session: Session, root: ET.Element, spec: CloneSpec, new_uuid: str
                 log_el.set("file", path)
             else:
                 serial.remove(log_el)  # never share the source's log file
+    os_el = root.find("os")
+    if os_el is not None:
+        # Never share the source's UEFI variable store (a definition may name
+        # its file): libvirt makes the clone its own from the firmware's
+        # template.
+        for nvram in os_el.findall("nvram"):
+            os_el.remove(nvram)
     vm_class = spec.vm_class
     if vm_class.cpu or vm_class.memory_mib:
         res = resources(session.settings, vm_class)

@@ -52,7 +52,7 @@ from provider_core.urls import redact
 
 from . import cidata, cloudinit, domxml, errors, marks, networks, storage
 from .domxml import DomainDisk, DomainPlan
-from .host import efi_available
+from .host import uefi, uefi_selection, version_text
 from .marks import Mark, VolumeRef
 from .session import Session
 from .settings import LibvirtSettings
@@ -140,15 +140,55 @@ def machine_type(session: Session, extra: Extra) -> str:
     return host.canonical_machine(wanted)
 
 
-def firmware(session: Session, vm_class: VMClass) -> tuple[str, bool, bool]:
-    """(bios|efi, secure boot, TPM)."""
+@dataclass(frozen=True)
+class FirmwarePlan:
+    """The firmware part of a new domain (see :func:`firmware`)."""
+
+    kind: str
+    """bios or efi."""
+    secure_boot: bool
+    tpm: bool
+    features: bool
+    """State secure-boot and enrolled-keys for auto-selection (libvirt >= 7.2)."""
+    loader_secure: bool
+    """Also ``<loader secure='yes'/>`` (Secure Boot on libvirt 7.2-8.5)."""
+
+
+def firmware(session: Session, vm_class: VMClass, machine: str) -> FirmwarePlan:
+    """BIOS or UEFI, Secure Boot and TPM of a new VM, decided from the
+    daemon's version and its domain capabilities for ``machine``.
+
+    UEFI is asked for by ``<os firmware='efi'>``, libvirt picking the
+    firmware files. A plain UEFI VM states secure-boot and enrolled-keys
+    off, so auto-selection never picks Secure Boot firmware (which would
+    refuse unsigned guests); a Secure Boot VM states both on, and on
+    libvirt 7.2-8.5 also ``<loader secure='yes'/>`` (libvirt's kbase
+    secureboot.rst). libvirt before 7.2 has no firmware features: UEFI
+    takes what auto-selection picks and Secure Boot is refused."""
     security = vm_class.security_profile
     secure = bool(security and security.secure_boot)
     tpm = bool(security and security.tpm_enabled)
     efi = vm_class.firmware is Firmware.UEFI or secure
-    if efi and efi_available(session.conn(), session.host(), session.domain_type()) is False:
+    if not efi:
+        return FirmwarePlan("bios", secure_boot=False, tpm=tpm, features=False, loader_secure=False)
+    host = session.host()
+    offer = uefi(session.conn(), host, session.domain_type(), machine)
+    if offer is not None and not offer.efi:
         raise InvalidArgument.field("class_json.Firmware", "UEFI is not available on this host (no OVMF firmware for libvirt)")
-    return ("efi" if efi else "bios"), secure, tpm
+    features, loader_secure = uefi_selection(host.libvirt_version, secure)
+    if secure:
+        field = "class_json.SecurityProfile.SecureBoot"
+        if not features:
+            raise Unimplemented(
+                f"{field}: Secure Boot needs libvirt 7.2 or newer to select its firmware "
+                f"(this host runs libvirt {version_text(host.libvirt_version)})"
+            )
+        if offer is not None and not offer.secure_boot:
+            raise Unimplemented(
+                f"{field}: this host offers no Secure Boot UEFI firmware for machine type {machine or 'default'!r} "
+                "(domain capabilities list no secure loader; install OVMF with Secure Boot, or use a q35 machine)"
+            )
+    return FirmwarePlan("efi", secure_boot=secure, tpm=tpm, features=features, loader_secure=loader_secure)
 
 
 def disk_target(index: int) -> str:
@@ -364,7 +404,7 @@ def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str
         res = resources(session.settings, spec.vm_class)
         extra = extra_config(spec.vm_class)
         machine = machine_type(session, extra)
-        fw, secure, tpm = firmware(session, spec.vm_class)
+        fw = firmware(session, spec.vm_class, machine)
         nics = networks.plan(session, spec.networks)
         root, source_kind, source_ref = root_disk(session, spec, pool, fetch)
         if root is None and not spec.disks:
@@ -408,9 +448,11 @@ def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str
                     max_vcpus=res.max_cpu,
                     mark=mark.with_volumes(volumes),
                     machine=machine,
-                    firmware=fw,
-                    secure_boot=secure,
-                    tpm=tpm,
+                    firmware=fw.kind,
+                    secure_boot=fw.secure_boot,
+                    firmware_features=fw.features,
+                    loader_secure=fw.loader_secure,
+                    tpm=fw.tpm,
                     kernel=extra.kernel,
                     initrd=extra.initrd,
                     cmdline=extra.cmdline,

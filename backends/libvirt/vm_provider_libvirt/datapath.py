@@ -92,6 +92,8 @@ log = logging.getLogger(__name__)
 _digests: dict[tuple[str, int, int, str], str] = {}
 _digests_lock = threading.Lock()
 
+#: Backing layers followed when checking that an image can be read here.
+MAX_CHAIN = 64
 VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
 
@@ -130,7 +132,7 @@ class DiskTransfers:
         dom = self.session.lookup(spec.vm_id)
         disk, disk_path = self._pick_disk(dom, spec.disk_id)
         path, snapshot = self._snapshot_source(dom, disk, disk_path, spec.snapshot_id)
-        local = self._local()
+        local = self._reads_here(path)
         estimate = self._estimate(path, spec.format, local)
         direct = spec.format == "raw" and disk.format == "raw" and not snapshot  # streamed as it is
         self._check_space(0 if direct and local else estimate)
@@ -227,6 +229,36 @@ class DiskTransfers:
             return self.local_disks
         return connection.is_local(self.session.conn().getURI())
 
+    def _reads_here(self, path: str) -> bool:
+        """Whether the image at ``path`` is read through the file system:
+        libvirt runs on this host and this process may read the image and
+        every image of its backing chain (as libvirt's volumes tell it).
+        Otherwise it is streamed from libvirt (``vol.download``) as from a
+        remote daemon, so the provider need not run as root or as the QEMU
+        user; an image that is no volume of an active pool cannot be
+        streamed, and is FAILED_PRECONDITION saying why."""
+        if not self._local():
+            return False
+        conn = self.session.conn()
+        layer = path
+        for _ in range(MAX_CHAIN):
+            if not os.access(layer, os.R_OK):
+                vol = storage.at_path(conn, path)
+                if vol is None:
+                    raise FailedPrecondition(
+                        f"this provider (uid {os.getuid()}) cannot read {layer}, and {path} is no volume of an active "
+                        "storage pool libvirt could stream it from: put the image in a pool, or let the provider read it"
+                    )
+                log.info("reading %s through libvirt: this process cannot read %s", path, layer)
+                return False
+            vol = storage.at_path(conn, layer)
+            if vol is None:
+                return True  # a file outside any pool: qemu-img follows its chain itself
+            layer = parse_xml(vol.XMLDesc(0)).findtext("backingStore/path") or ""
+            if not layer:
+                return True
+        return True
+
     def _pick_disk(self, dom: libvirt.virDomain, disk_id: str) -> tuple[DomainDisk, str]:
         """The disk ``disk_id`` (target, path or volume name; "" = the
         primary disk) and the path of its image on the host."""
@@ -263,7 +295,7 @@ class DiskTransfers:
             if mode == "external":
                 overlay = entry.find("source")
                 created = overlay.get("file", "") if overlay is not None else ""
-                base = self._backing_of(created, self._local()) if created else ""
+                base = self._backing_of(created, self._reads_here(created)) if created else ""
                 if not base:
                     raise FailedPrecondition(f"snapshot {snapshot_id!r} of disk {disk.target} has no readable base image")
                 return base, ""
@@ -351,11 +383,11 @@ class DiskTransfers:
         """Hex digest of a volume's bytes: read locally (remembered while the
         file's size and mtime stay the same), or streamed from the daemon."""
         digest = hashlib.new(algorithm)
-        if not self._local():
+        path = vol.path()
+        if not self._reads_here(path):
             log.info("hashing volume %s through a libvirt stream", vol.name())
             streams.read_all(self.session.conn(), vol, digest.update)
             return digest.hexdigest()
-        path = vol.path()
         st = os.stat(path)
         key = (path, st.st_size, st.st_mtime_ns, algorithm)
         with _digests_lock:

@@ -5,7 +5,8 @@ here talks to libvirt.
 A new domain gets: memory ``max_memory_mib`` with ``currentMemory`` at the
 requested size (the balloon lets memory grow online up to the maximum),
 ``vcpu current=N`` with a higher maximum (vCPUs hot-plug up to it), BIOS or
-UEFI (``<os firmware='efi'>``, libvirt picks the firmware files), optional
+UEFI (``<os firmware='efi'>``, libvirt picks the firmware files, told
+whether Secure Boot is wanted), optional
 direct kernel boot, disks on virtio, the cloud-init ISO as a SATA CD-ROM,
 NICs on a libvirt network or host bridge, VNC/SPICE with an automatic port,
 a serial console, the QEMU guest agent channel, a virtio RNG, and our mark
@@ -83,6 +84,12 @@ class DomainPlan:
     firmware: str = "bios"
     """bios or efi."""
     secure_boot: bool = False
+    firmware_features: bool = True
+    """UEFI: state the secure-boot and enrolled-keys features (on or off as
+    ``secure_boot``) so libvirt's auto-selection picks matching firmware
+    (libvirt >= 7.2)."""
+    loader_secure: bool = False
+    """UEFI: ``<loader secure='yes'/>`` too (Secure Boot on libvirt 7.2-8.5)."""
     tpm: bool = False
     kernel: str = ""
     initrd: str = ""
@@ -145,10 +152,13 @@ def _os(dom: ET.Element, plan: DomainPlan) -> None:
     os_el = _sub(dom, "os")
     if plan.firmware == "efi":
         os_el.set("firmware", "efi")
-        if plan.secure_boot:
+        if plan.loader_secure:
+            _sub(os_el, "loader", secure="yes")
+        if plan.firmware_features:
             fw = _sub(os_el, "firmware")
-            _sub(fw, "feature", enabled="yes", name="secure-boot")
-            _sub(fw, "feature", enabled="yes", name="enrolled-keys")
+            enabled = "yes" if plan.secure_boot else "no"
+            _sub(fw, "feature", enabled=enabled, name="secure-boot")
+            _sub(fw, "feature", enabled=enabled, name="enrolled-keys")
     type_attrs = {"arch": plan.arch}
     if plan.machine:
         type_attrs["machine"] = plan.machine
@@ -339,6 +349,12 @@ def firmware(dom: ET.Element) -> str:
     if os_el.get("firmware") == "efi" or os_el.find("loader") is not None:
         return "efi"
     return "bios"
+
+
+def pflash_firmware(dom: ET.Element) -> bool:
+    """Whether the domain's firmware is in pflash (UEFI as OVMF; a running
+    domain's XML names the loader auto-selection picked)."""
+    return any(el.get("type") == "pflash" for el in dom.findall("os/loader"))
 
 
 def mark(dom: ET.Element) -> marks.Mark | None:

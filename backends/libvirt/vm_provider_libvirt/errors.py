@@ -157,6 +157,7 @@ _NO_SNAPSHOT = _codes("NO_DOMAIN_SNAPSHOT")
 _NO_VOLUME = _codes("NO_STORAGE_VOL")
 _NO_POOL = _codes("NO_STORAGE_POOL")
 _NO_NETWORK = _codes("NO_NETWORK")
+_NO_INTERFACE = _codes("NO_INTERFACE")
 _VOLUME_EXISTS = _codes("STORAGE_VOL_EXIST")
 _UNSUPPORTED = _codes("NO_SUPPORT")
 _INVALID_IN_STATE = _codes("OPERATION_INVALID")
@@ -190,6 +191,11 @@ def is_missing_pool(exc: libvirt.libvirtError) -> bool:
 def is_missing_network(exc: libvirt.libvirtError) -> bool:
     """No libvirt network of that name."""
     return _code_in(exc, _NO_NETWORK)
+
+
+def is_missing_interface(exc: libvirt.libvirtError) -> bool:
+    """No host interface of that name (libvirt's interface API)."""
+    return _code_in(exc, _NO_INTERFACE)
 
 
 def is_volume_taken(exc: libvirt.libvirtError) -> bool:

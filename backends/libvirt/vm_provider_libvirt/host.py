@@ -213,16 +213,47 @@ def version_text(number: int) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
-def efi_available(conn: libvirt.virConnect, host: HostInfo, domain_type: str) -> bool | None:
-    """Whether UEFI firmware can be auto-selected (None: the host cannot say)."""
+#: libvirt version from which ``<os firmware='efi'>`` takes ``<firmware><feature
+#: .../>`` (secure-boot, enrolled-keys) to steer firmware auto-selection (7.2.0).
+FIRMWARE_FEATURES_SINCE = 7_002_000
+#: libvirt version from which the features alone select Secure Boot firmware;
+#: before it (7.2-8.5) the loader must also say ``secure='yes'`` (8.6.0).
+SECURE_BY_FEATURES_SINCE = 8_006_000
+
+
+@dataclass(frozen=True)
+class Uefi:
+    """What a host's domain capabilities say of UEFI for one machine type."""
+
+    efi: bool
+    """UEFI firmware can be auto-selected (``firmware`` enum lists ``efi``)."""
+    secure_boot: bool
+    """A Secure Boot loader is among them (loader ``secure`` enum lists ``yes``)."""
+
+
+def uefi_selection(libvirt_version: int, secure_boot: bool) -> tuple[bool, bool]:
+    """How a UEFI domain asks a daemon of this version for its firmware:
+    (state the secure-boot and enrolled-keys features, add ``<loader
+    secure='yes'/>``). Features from 7.2; the secure loader too for Secure
+    Boot before 8.6 (libvirt's kbase secureboot.rst)."""
+    features = libvirt_version >= FIRMWARE_FEATURES_SINCE
+    return features, features and secure_boot and libvirt_version < SECURE_BY_FEATURES_SINCE
+
+
+def uefi(conn: libvirt.virConnect, host: HostInfo, domain_type: str, machine: str = "") -> Uefi | None:
+    """UEFI on this host for ``machine`` (None: the host cannot say, as the
+    test driver, which has no domain capabilities). Secure Boot needs SMM,
+    which some machine types lack (``pc`` has it only with newer QEMU), so
+    the machine type matters."""
     text = ""
     with errors.ignoring(errors.any_error):
-        text = conn.getDomainCapabilities(None, host.arch, None, domain_type, 0)
+        text = conn.getDomainCapabilities(None, host.arch, machine or None, domain_type, 0)
     if not text:
         return None
     caps = parse_xml(text)
-    values = {v.text for v in caps.findall("os/enum[@name='firmware']/value")}
-    return "efi" in values
+    firmware = {v.text for v in caps.findall("os/enum[@name='firmware']/value")}
+    secure = {v.text for v in caps.findall("os/loader/enum[@name='secure']/value")}
+    return Uefi(efi="efi" in firmware, secure_boot="yes" in secure)
 
 
 # -- domain type --------------------------------------------------------------

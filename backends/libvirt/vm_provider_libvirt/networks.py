@@ -6,10 +6,28 @@ the switch can: Open vSwitch bridges and networks (``<virtualport
 type='openvswitch'/>``), and SR-IOV/macvtap passthrough networks. A plain
 Linux bridge or a NAT/routed/isolated network refuses a tagged NIC when the
 VM starts ("vlan tag ... not supported for this type of network"), so
-Create refuses it at once for a libvirt network, saying so. A VLAN on a
-``Bridge`` is taken to be an Open vSwitch bridge (the NIC gets
-``<virtualport type='openvswitch'/>``); for a Linux bridge name the bridge
-of that VLAN (``br0.10``) instead and leave VLAN at 0.
+Create refuses it at once for a libvirt network, saying so.
+
+A NIC on a libvirt network inherits the network's ``<virtualport>``: an
+Open vSwitch network needs nothing on the NIC. A NIC on a host ``Bridge``
+needs ``<virtualport type='openvswitch'/>`` whenever the bridge is an Open
+vSwitch one, VLAN or not (without it libvirt attaches the tap device with
+the Linux bridge ioctl, which an OVS bridge refuses: "Operation not
+supported"). What the bridge is (:func:`bridge_kind`): a name listed in the
+setting ``openvswitch_bridges`` is OVS; else libvirt's interface API is
+asked: a Linux bridge is listed as ``<interface type='bridge'>``, an OVS
+bridge device (kernel device type ``openvswitch``) as ``type='ethernet'``,
+and a name listed as anything but a bridge can only work as an OVS bridge.
+A bridge the interface API cannot see (none there, or a daemon in another
+network namespace than its udev) is taken to be OVS only with a VLAN, as
+a Linux bridge cannot tag; a VLAN on a known Linux bridge is refused
+(INVALID_ARGUMENT): name the bridge of that VLAN (``br0.10``) instead and
+leave VLAN at 0.
+
+MACs of new NICs (:func:`new_macs`) are QEMU's ``52:54:00`` prefix and 24
+random bits, checked against the MACs of every domain of the host (and of
+the NICs planned with them) and drawn again on a clash: addresses are
+matched to VMs by MAC.
 
 Addresses, cheapest first: the DHCP leases of the VM's libvirt networks
 (one call per network, shared by all VMs in ListVMs, and by all Describe
@@ -25,11 +43,12 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import libvirt
 
-from provider_core import FailedPrecondition, InvalidArgument
+from provider_core import FailedPrecondition, InvalidArgument, ResourceExhausted
 from provider_core.specs import NetworkAttachment
 
 from . import domxml, errors
@@ -39,6 +58,9 @@ from .readcache import Leases
 from .session import Session
 
 VLAN_FORWARD_MODES = frozenset({"hostdev", "passthrough", "private", "vepa"})
+#: Draws of a new MAC before giving up (each clashes with a probability of
+#: the host's NIC count / 2**24).
+MAC_DRAWS = 64
 
 
 def plan(session: Session, attachments: list[NetworkAttachment], macs: Iterable[str] = ()) -> list[NicPlan]:
@@ -57,10 +79,11 @@ def plan(session: Session, attachments: list[NetworkAttachment], macs: Iterable[
         field = f"networks_json[{i}]"
         if na.network_name and na.bridge:
             raise InvalidArgument.field(field, "give NetworkName or Bridge, not both")
-        mac = given[i] if i < len(given) else (na.mac_address or domxml.random_mac())
+        mac = given[i] if i < len(given) else na.mac_address
         model = na.model or "virtio"
         if na.bridge:
-            out.append(NicPlan("bridge", na.bridge, mac, model, na.vlan, openvswitch=bool(na.vlan)))
+            ovs = _bridge_openvswitch(session, na.bridge, na.vlan, f"{field}.VLAN")
+            out.append(NicPlan("bridge", na.bridge, mac, model, na.vlan, openvswitch=ovs))
             continue
         name = na.network_name or session.settings.network
         net = session.find_network(name)
@@ -74,6 +97,62 @@ def plan(session: Session, attachments: list[NetworkAttachment], macs: Iterable[
         if na.vlan:
             _check_vlan(net, name, na.vlan, f"{field}.VLAN")
         out.append(NicPlan("network", name, mac, model, na.vlan))
+    fresh = iter(new_macs(session, sum(1 for n in out if not n.mac), taken={n.mac for n in out if n.mac}))
+    return [n if n.mac else replace(n, mac=next(fresh)) for n in out]
+
+
+def bridge_kind(session: Session, name: str) -> str:
+    """``openvswitch``, ``linux``, or "" when the host cannot say (see the
+    module doc)."""
+    if name in session.settings.openvswitch_bridges:
+        return "openvswitch"
+    conn = session.conn()
+    with errors.ignoring(errors.is_missing_interface, errors.is_unsupported):
+        root = parse_xml(conn.interfaceLookupByName(name).XMLDesc(0))
+        return "linux" if root.get("type") == "bridge" else "openvswitch"
+    return ""
+
+
+def _bridge_openvswitch(session: Session, name: str, vlan: int, field: str) -> bool:
+    """Whether a NIC on host bridge ``name`` needs the OVS virtualport."""
+    kind = bridge_kind(session, name)
+    if kind == "linux" and vlan:
+        raise InvalidArgument.field(
+            field,
+            f"bridge {name!r} is a Linux bridge, which cannot tag VLAN {vlan}: name the bridge of that VLAN "
+            f"(such as {name}.{vlan}) with VLAN 0, or list an Open vSwitch bridge in the setting openvswitch_bridges",
+        )
+    return kind == "openvswitch" or (kind == "" and bool(vlan))
+
+
+def macs_in_use(conn: libvirt.virConnect) -> set[str]:
+    """The MACs of every NIC of every domain of the host (lower case)."""
+    used: set[str] = set()
+    for dom in conn.listAllDomains(0):
+        with errors.ignoring(errors.is_missing_domain):  # undefined since the listing
+            used.update(n.mac for n in domxml.nics(parse_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))))
+            if dom.isActive():
+                used.update(n.mac for n in domxml.nics(parse_xml(dom.XMLDesc(0))))
+    return used
+
+
+def new_macs(session: Session, count: int, taken: Iterable[str] = ()) -> list[str]:
+    """``count`` MACs in QEMU's ``52:54:00`` range that no domain of the host
+    uses, none of ``taken`` and each different."""
+    if count <= 0:
+        return []
+    with session.translated("reading the MACs in use"):
+        used = macs_in_use(session.conn()) | {m.lower() for m in taken}
+    out: list[str] = []
+    for _ in range(count):
+        for _draw in range(MAC_DRAWS):
+            mac = domxml.random_mac()
+            if mac not in used:
+                break
+        else:
+            raise ResourceExhausted(f"no free MAC in 52:54:00:xx:xx:xx after {MAC_DRAWS} draws ({len(used)} in use)")
+        used.add(mac)
+        out.append(mac)
     return out
 
 

@@ -9,7 +9,8 @@ at most every ``DESCRIBE_TTL`` seconds (shared by all VMs), and an agent or
 ARP query only when the leases know nothing. Domain handles and what is
 read from an XML are reused (:mod:`~vm_provider_libvirt.readcache`).
 ListVMs makes one
-``getAllDomainStats`` call, one lease query per network shared by all VMs,
+``getAllDomainStats`` call (which skips the stats that would wait for a
+domain's job: one VM stuck in a job does not stall the list), one lease query per network shared by all VMs,
 and one XML call per domain whose XML was not read recently (by the same
 rule as Describe).
 """
@@ -17,6 +18,7 @@ rule as Describe).
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,23 @@ def owns(session: Session, vm_id: str) -> bool:
         return marks.read(domxml.parse(dom.XMLDesc(0))) is not None
 
 
+#: ListVMs' stats skip what would wait for a domain's job (a migration, a
+#: save, a call stuck on a hung QEMU) instead of stalling the whole list:
+#: ``VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT`` (libvirt 4.5; 0 where
+#: libvirt-python was built without it).
+STATS_NOWAIT: int = getattr(libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0)
+
+
+def all_domain_stats(conn: libvirt.virConnect) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
+    """State and block stats of every domain, never waiting for a domain's
+    job (a daemon older than 4.5 refuses the flag: then asked without)."""
+    kinds = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK
+    if STATS_NOWAIT:
+        with errors.ignoring(errors.is_flag_refused):
+            return list(conn.getAllDomainStats(kinds, STATS_NOWAIT))
+    return list(conn.getAllDomainStats(kinds, 0))
+
+
 def list_vms(session: Session) -> list[VMInfo]:
     conn = session.conn()
     managed_only = session.settings.list_scope == "managed"
@@ -194,7 +213,7 @@ def list_vms(session: Session) -> list[VMInfo]:
     out: list[VMInfo] = []
     epoch = session.quiet()
     with session.translated("listing VMs"):
-        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
+        stats = all_domain_stats(conn)
         leases = readcache.Leases(conn)
         for dom, st in stats:
             uuid = dom.UUIDString()  # kept in the handle: no call to the daemon
@@ -298,9 +317,11 @@ def disk_info(session: Session, vm_id: str, disk_id: str, snapshot_id: str) -> D
 
 
 def _local_image(session: Session, disk: domxml.DomainDisk) -> tuple[str, int, int, str]:
-    """qemu-img facts of a disk outside any pool, when libvirt runs here."""
+    """qemu-img facts of a disk outside any pool, when libvirt runs here and
+    this process may read it; else the format its XML says and no sizes
+    (libvirt streams only pool volumes)."""
     parts = urlsplit(session.settings.uri)
-    if parts.hostname or not Path(disk.path).exists():
+    if parts.hostname or not os.access(disk.path, os.R_OK):
         return disk.format, 0, 0, ""
     try:
         meta = images.info(disk.path)

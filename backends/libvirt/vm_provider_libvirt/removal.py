@@ -115,9 +115,10 @@ def delete_volumes(session: Session, mark: Mark) -> None:
         vol = _volume(session, ref)
         if vol is not None:
             storage.delete(vol)
+    chains = BackingChains(session.conn())
     for ref in mark.volumes:
         if ref.role == "base":
-            delete_base_if_unused(session, ref)
+            delete_base_if_unused(session, ref, chains)
 
 
 #: Pool types whose volumes only this host uses; other pools (netfs,
@@ -374,15 +375,88 @@ def _label(disk: ET.Element) -> str:
     return f"{dev} {domxml.source_path(disk)}".strip()
 
 
-def delete_base_if_unused(session: Session, ref: VolumeRef) -> None:
+def delete_base_if_unused(session: Session, ref: VolumeRef, chains: BackingChains) -> None:
+    """Delete a frozen base of linked clones when no domain's disk is backed
+    by it any more (through any number of layers)."""
     vol = _volume(session, ref)
     if vol is None:
         return
-    users = storage.backs_others(vol.storagePoolLookupByVolume(), vol.path())
-    if users:
-        log.debug("keeping base volume %s/%s: it backs %s", ref.pool, ref.name, ", ".join(users))
+    try:
+        user = chains.user_of(vol.path())
+    except libvirt.libvirtError as exc:
+        log.warning("keeping base volume %s/%s: its users could not be told (%s)", ref.pool, ref.name, exc.get_error_message())
+        return
+    if user:
+        log.debug("keeping base volume %s/%s: %s is backed by it", ref.pool, ref.name, user)
         return
     storage.delete(vol)
+
+
+class BackingChains:
+    """The backing chains of the disks of every domain of the host, read
+    from each domain's XML and, layer by layer, from the XML of the volumes
+    in those chains (each read once): which domain a base volume still
+    backs, without reading every volume of its pool. A volume backed by the
+    base that no domain uses (an overlay made by hand) is out of its sight."""
+
+    #: Layers followed before a chain is taken to loop.
+    MAX_DEPTH = 64
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self.conn = conn
+        self._disks: list[tuple[str, str]] | None = None
+        self._backing: dict[str, str] = {}
+
+    def user_of(self, path: str) -> str:
+        """``domain 'name'`` whose disk ``path`` backs (or is), or ""."""
+        for name, disk in self._domain_disks():
+            layer = disk
+            for _ in range(self.MAX_DEPTH):
+                if not layer:
+                    break
+                if layer == path:
+                    return f"domain {name!r}"
+                layer = self._backing_of(layer)
+        return ""
+
+    def _domain_disks(self) -> list[tuple[str, str]]:
+        """(domain name, disk path) of every disk of every domain; a disk
+        given as ``<source pool volume>`` by its volume's path."""
+        if self._disks is None:
+            disks: list[tuple[str, str]] = []
+            for dom in self.conn.listAllDomains(0):
+                with errors.ignoring(errors.is_missing_domain):  # undefined since the listing
+                    name = dom.name()
+                    for el in domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).findall("devices/disk"):
+                        path = self._disk_path(el)
+                        if path:
+                            disks.append((name, path))
+            self._disks = disks
+        return self._disks
+
+    def _disk_path(self, el: ET.Element) -> str:
+        source = el.find("source")
+        if source is None:
+            return ""
+        if el.get("type") == "volume":
+            pool = None
+            with errors.ignoring(errors.is_missing_pool):
+                pool = self.conn.storagePoolLookupByName(source.get("pool", ""))
+            vol = storage.lookup(pool, source.get("volume", "")) if pool is not None and pool.isActive() else None
+            return str(vol.path()) if vol is not None else ""
+        return _source_path(el.get("type", "file"), source)
+
+    def _backing_of(self, path: str) -> str:
+        """The backing file of the volume at ``path``; "" for none, or for
+        a path that is no pool volume."""
+        if path not in self._backing:
+            vol = storage.at_path(self.conn, path)
+            backing = ""
+            if vol is not None:
+                with errors.ignoring(errors.is_missing_volume):  # deleted meanwhile
+                    backing = domxml.parse(vol.XMLDesc(0)).findtext("backingStore/path") or ""
+            self._backing[path] = backing
+        return self._backing[path]
 
 
 def _volume(session: Session, ref: VolumeRef) -> libvirt.virStorageVol | None:

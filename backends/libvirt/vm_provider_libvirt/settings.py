@@ -60,6 +60,10 @@ class LibvirtSettings(BackendSettings):
         description="auto: KVM when the host offers it and a probe guest runs under it (see vm_provider_libvirt.host), else QEMU",
     )
     machine: str = Field("", description="machine type of new VMs (default: q35 on x86 QEMU/KVM hosts)")
+    openvswitch_bridges: tuple[str, ...] = Field(
+        (),
+        description="host bridges that are Open vSwitch bridges (NICs on them get <virtualport type='openvswitch'/>)",
+    )
     graphics: Literal["vnc", "spice", "none"] = Field("vnc", description="console type of new VMs")
     graphics_listen: str = Field("", description="address VNC/SPICE listen on (default: libvirt's, usually 127.0.0.1)")
     console_host: str = Field("", description="host name used in console URLs (default: the URI's host, or 127.0.0.1)")

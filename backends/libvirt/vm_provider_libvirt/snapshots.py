@@ -8,6 +8,15 @@
 - A stopped VM gets a disk-only snapshot (``qemu-img snapshot`` on each
   qcow2 disk); reverting to it leaves the VM stopped.
 
+A running VM with UEFI firmware in pflash (OVMF: every UEFI VM libvirt's
+firmware auto-selection makes) cannot be snapshotted: libvirt refuses
+internal snapshots of an active domain with pflash firmware
+(qemu_snapshot.c: "internal snapshots of a VM with pflash based firmware
+are not supported"), and libvirt before 9.7 cannot revert the external
+snapshots it would take instead. That is FAILED_PRECONDITION before any
+work, saying to snapshot it powered off, which works (disk-only, as any
+stopped VM; the NVRAM variables are not part of it).
+
 A running VM whose vCPUs were hot-plugged since it started cannot be
 snapshotted with memory (QEMU 7.2 restores the state before libvirt plugs
 the vCPUs back: "Unknown savevm section ... cpu_common"): FAILED_PRECONDITION
@@ -73,7 +82,13 @@ def create(session: Session, spec: SnapshotSpec) -> Outcome[str]:
                 disks.append((disk.target, "internal"))
         running = dom.state()[0] not in power.STOPPED
         if running:
-            mark = marks.read(domxml.parse(dom.XMLDesc(0)))
+            live = domxml.parse(dom.XMLDesc(0))
+            if domxml.pflash_firmware(live):
+                raise FailedPrecondition(
+                    f"VM {dom.name()!r} is running with UEFI (pflash) firmware: libvirt takes no internal snapshot of "
+                    "it while it runs, with or without memory; power it off and snapshot it stopped (disks only)"
+                )
+            mark = marks.read(live)
             if mark is not None and mark.extra.get(marks.VCPU_HOTPLUG):
                 raise FailedPrecondition(
                     f"vCPUs of VM {dom.name()!r} were hot-plugged since it started: QEMU could not restore a memory "

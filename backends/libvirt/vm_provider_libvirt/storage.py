@@ -11,6 +11,7 @@ hold raw volumes and cannot hold overlays. All functions raise
 from __future__ import annotations
 
 import logging
+import posixpath
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -120,6 +121,15 @@ def at_path(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None
     return None
 
 
+def pool_of_directory(conn: libvirt.virConnect, directory: str) -> libvirt.virStoragePool | None:
+    """The active pool whose target directory is ``directory``, or None."""
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        target = parse_xml(pool.XMLDesc(0)).findtext("target/path") or ""
+        if target and posixpath.normpath(target) == directory:
+            return pool
+    return None
+
+
 def find(conn: libvirt.virConnect, ref: str, default_pool: libvirt.virStoragePool) -> libvirt.virStorageVol | None:
     """A volume named ``pool/volume``, by absolute path, or by name in
     ``default_pool``; None when there is none."""
@@ -127,10 +137,13 @@ def find(conn: libvirt.virConnect, ref: str, default_pool: libvirt.virStoragePoo
         found = at_path(conn, ref)
         if found is not None:
             return found
-        # A file copied into a pool directory behind libvirt's back: refresh once.
-        for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-            with errors.best_effort(f"refresh storage pool {pool.name()!r}"):
-                pool.refresh(0)
+        # A file copied into a pool directory behind libvirt's back: refresh
+        # the one pool whose directory holds it, once.
+        pool = pool_of_directory(conn, posixpath.dirname(posixpath.normpath(ref)))
+        if pool is None:
+            return None
+        with errors.best_effort(f"refresh storage pool {pool.name()!r}"):
+            pool.refresh(0)
         return at_path(conn, ref)
     if "/" in ref:
         pool_name, _, vol_name = ref.partition("/")
@@ -199,15 +212,3 @@ def delete(vol: libvirt.virStorageVol) -> None:
     """Delete a volume; one already gone is fine."""
     with errors.ignoring(errors.is_missing_volume):
         vol.delete(0)
-
-
-def backs_others(pool: libvirt.virStoragePool, path: str) -> list[str]:
-    """Names of volumes in ``pool`` whose backing file is ``path``."""
-    users = []
-    for vol in pool.listAllVolumes(0):
-        backing = None
-        with errors.ignoring(errors.is_missing_volume):  # deleted since the listing
-            backing = parse_xml(vol.XMLDesc(0)).findtext("backingStore/path")
-        if backing == path:
-            users.append(vol.name())
-    return users
