@@ -59,7 +59,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -191,9 +190,10 @@ class DiskTransfers:
 
         return Outcome.later(ImportResult(disk_id=disk_id), work)
 
-    def fetch_image(self, image: VMImage, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol:
+    def fetch_image(self, image: VMImage, pool: libvirt.virStoragePool, name: str, capacity: int = 0) -> libvirt.virStorageVol:
         """Download ``image.url`` into ``pool`` as volume ``name``, verifying
-        ``image.checksum`` and the image; return the volume.
+        ``image.checksum`` and the image; return the volume, of ``capacity``
+        bytes when that is more than the image's size.
 
         Idempotent: an existing volume of that name is returned when its
         bytes match the checksum (or when the image has none); otherwise
@@ -218,7 +218,7 @@ class DiskTransfers:
                     url_field="image_json.URL",
                     checksum_field="image_json.Checksum",
                 )
-            return self._store(file, fmt, pool, name)
+            return self._store(file, fmt, pool, name, capacity)
 
     # -- finding disks and volumes ------------------------------------------------
 
@@ -302,8 +302,12 @@ class DiskTransfers:
 
     # -- bytes in and out of the pool ------------------------------------------------
 
-    def _store(self, file: Path, fmt: str, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol:
-        """Verify a downloaded image and upload it into a new volume."""
+    def _store(self, file: Path, fmt: str, pool: libvirt.virStoragePool, name: str, capacity: int = 0) -> libvirt.virStorageVol:
+        """Verify a downloaded image and upload it into a new volume of at
+        least ``capacity`` bytes, in a format the pool holds: a vmdk becomes
+        qcow2 on a file pool, anything but raw becomes raw on a pool that
+        holds raw only (logical, zfs, disk, ...), so that what the volume
+        holds is what its disk will be read as."""
         meta = images.inspect(file, fmt)
         fmt = str(meta["format"])
         if fmt != "raw":
@@ -313,38 +317,48 @@ class DiskTransfers:
                     f"the {fmt} image is damaged: qemu-img check found {result.corruptions} corruption(s)"
                     f" and {result.check_errors} error(s)"
                 )
+        facts = storage.pool_info(pool)
+        facts.can("upload", f"storing volume {name!r}")
         with contextlib.ExitStack() as stack:
-            if fmt == "vmdk":  # stored as qcow2: snapshots and linked clones need it
-                qcow2 = stack.enter_context(self._scratch(".qcow2"))
-                images.convert(file, qcow2, "qcow2", src_fmt="vmdk", force_share=False)
-                file, fmt = qcow2, "qcow2"
-            return self._upload_volume(file, fmt, int(meta["virtual-size"]), pool, name)
+            # vmdk is stored as qcow2: snapshots and linked clones need it.
+            wanted = facts.volume_format("qcow2" if fmt == "vmdk" else fmt)
+            if wanted != fmt:
+                converted = stack.enter_context(self._scratch(f".{wanted}"))
+                log.info("converting the %s image to %s for pool %s (a %s pool)", fmt, wanted, pool.name(), facts.type)
+                images.convert(file, converted, wanted, src_fmt=fmt, force_share=False)
+                file, fmt = converted, wanted
+            return self._upload_volume(file, fmt, int(meta["virtual-size"]), pool, name, capacity=capacity)
 
     def _upload_volume(
-        self, file: Path, fmt: str, capacity: int, pool: libvirt.virStoragePool, name: str
+        self, file: Path, fmt: str, image_size: int, pool: libvirt.virStoragePool, name: str, *, capacity: int = 0
     ) -> libvirt.virStorageVol:
-        size = file.stat().st_size
-        xml = (
-            f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{capacity if fmt != 'raw' else size}</capacity>"
-            f"<allocation unit='bytes'>0</allocation><target><format type='{fmt}'/></target></volume>"
-        )
+        """A new volume holding the image ``file`` (of ``image_size``
+        virtual bytes), of ``capacity`` bytes when that is more. A raw
+        volume is made at its final size (the upload fills its start); a
+        qcow2 image carries its own size, so that volume is grown after."""
+        facts = storage.pool_info(pool)
+        made_at = max(capacity, image_size, file.stat().st_size) if fmt == "raw" else image_size
+        xml = storage.volume_xml(facts, name, made_at, fmt)
         vol = _new_volume(pool, name, lambda: pool.createXML(xml, 0))
         try:
             streams.upload_file(self.session.conn(), vol, file)
+            vol = pool.storageVolLookupByName(name)
+            if capacity > made_at:
+                facts.can("resize", f"growing volume {name!r}")
+                vol.resize(capacity, 0)
         except BaseException:
             with errors.best_effort(f"remove volume {name!r} after a failed upload"):
                 vol.delete(0)
             raise
-        return pool.storageVolLookupByName(name)
+        return vol
 
     def _copy_volume(self, source: libvirt.virStorageVol, pool: libvirt.virStoragePool, name: str, image: VMImage) -> None:
         if self._existing(pool, name, image.checksum, image.checksum_type.value) is not None:
             return
         info = storage.describe(source)  # its format as QEMU names it
-        xml = (
-            f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{info.capacity}</capacity>"
-            f"<target><format type='{escape(info.format)}'/></target></volume>"
-        )
+        facts = storage.pool_info(pool)
+        facts.can("copy", f"copying {info.pool}/{info.name}")
+        xml = storage.volume_xml(facts, name, info.capacity, facts.volume_format(info.format))
         _new_volume(pool, name, lambda: pool.createXMLFrom(xml, source, 0))
 
     def _digest(self, vol: libvirt.virStorageVol, algorithm: str) -> str:
