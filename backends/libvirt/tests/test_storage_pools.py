@@ -278,3 +278,24 @@ def test_a_logical_pool_gets_raw_thick_disks(harness: ProviderHarness) -> None:
     lv = conn.storagePoolLookupByName(name).storageVolLookupByName("lvm-vda.img")
     _, capacity, allocation = lv.info()
     assert capacity == allocation == storage.GIB
+
+
+def test_a_disk_in_a_pool_that_cannot_resize_does_not_grow(harness: ProviderHarness) -> None:
+    """Refused before any work, naming the pool type (libvirt's logical
+    backend has no resizeVol). The test driver's volumes are files even in
+    a pool called logical, so only the stopped VM's case is real here."""
+    name = define_pool(harness, "logical")
+    done = create(harness, "fixed", name, disks_json=json.dumps([{"SizeGiB": 1}]))
+    assert isinstance(done, pb.CreateResponse)
+    desired = json.dumps({"Disks": [{"SizeGiB": 2}], "Class": {"CPU": 2}})
+    try:
+        harness.stub.Reconfigure(pb.ReconfigureRequest(id=done.id, desired_json=desired))
+    except grpc.RpcError as exc:
+        err = exc
+    else:
+        pytest.fail("a disk of a logical pool grew")
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "logical pool" in (err.details() or "")
+    assert "Disks[0]" in (err.details() or "")
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    assert conn.lookupByName("fixed").info()[3] == 1, "nothing changed, the CPU count neither"

@@ -223,14 +223,15 @@ def _disks(session: Session, dom: libvirt.virDomain, mark: Mark, desired: Desire
             plan.invalid.append(
                 (field, f"{size_gib} GiB is smaller than disk {ref.target} ({current / GIB:g} GiB): disks only grow")
             )
-        elif size > current and not host.resizes_disks:
-            plan.unsupported.append(
-                f"{field}: growing disk {ref.target} needs volume resizing, "
-                f"which libvirt's {host.driver.lower()} driver does not implement"
-            )
         elif size > current:
+            # What the pool cannot do is said first: no other host would help there.
             change = _grow(session, dom, vol, info, target=ref.target, size=size, running=running, field=field, plan=plan)
-            if change is not None:
+            if change is not None and not host.resizes_disks:
+                plan.unsupported.append(
+                    f"{field}: growing disk {ref.target} needs volume resizing, "
+                    f"which libvirt's {host.driver.lower()} driver does not implement"
+                )
+            elif change is not None:
                 plan.disk_changes.append(change)
 
 
