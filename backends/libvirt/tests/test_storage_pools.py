@@ -37,6 +37,8 @@ def vol(name: str) -> str:
     ("kind", "formats", "sparse", "resize", "upload", "copy", "create"),
     [
         ("dir", ("qcow2", "raw"), True, True, True, True, True),
+        ("fs", ("qcow2", "raw"), True, True, True, True, True),
+        ("netfs", ("qcow2", "raw"), True, True, True, True, True),
         ("logical", ("raw",), False, False, True, True, True),
         ("disk", ("raw",), False, False, True, True, True),
         ("zfs", ("raw",), True, False, True, False, True),
@@ -259,6 +261,17 @@ def test_a_disk_pool_refuses_a_vm_it_would_misname(harness: ProviderHarness) -> 
     assert isinstance(err, grpc.RpcError)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "after their partitions" in (err.details() or "")
+
+
+def test_an_image_url_is_refused_where_no_upload_goes(harness: ProviderHarness) -> None:
+    """Said before the test driver's lack of streams: no host would help."""
+    name = define_pool(harness, "rbd")
+    image = json.dumps({"URL": "http://127.0.0.1:9/disk.qcow2"})
+    err = create(harness, "fetched", name, image_json=image)
+    assert isinstance(err, grpc.RpcError)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "image_json.URL" in (err.details() or "")
+    assert "cannot write volume data" in (err.details() or "")
 
 
 def test_zfs_cannot_copy_a_template(harness: ProviderHarness) -> None:

@@ -274,14 +274,13 @@ def _url_root(
     is one; a pool holding raw only gets it converted to raw. It is made at
     ``size`` up front. The disk's format is read from the volume once it is
     made."""
+    storage.pool_info(pool).can("upload", "image_json.URL: storing the downloaded image")
     host = session.host()
     if not host.streams_disks:
         raise Unimplemented(
             f"image_json.URL: downloading images needs volume streams, "
             f"which libvirt's {host.driver.lower()} driver does not offer"
         )
-
-    storage.pool_info(pool).can("upload", "image_json.URL: storing the downloaded image")
 
     def make() -> libvirt.virStorageVol:
         if not image.checksum or not storage.holds_files(pool):

@@ -111,6 +111,8 @@ class DiskTransfers:
         pool = self.session.pool(spec.storage_hint)
         image = spec.image
         prepared = PreparedImage(id=f"{pool.name()}/{name}", path=storage.path_of(pool, name))
+        facts = storage.pool_info(pool)
+        facts.can("upload" if image.source == "url" else "copy", f"preparing image {name!r}")
         if image.source == "url":
 
             def fetch() -> None:
@@ -169,6 +171,7 @@ class DiskTransfers:
     def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
         name = _volume_name(spec.target_name, "target_name")
         pool = self.session.pool(spec.storage_hint)
+        storage.pool_info(pool).can("upload", f"importing disk {name!r}")
         disk_id = f"{pool.name()}/{name}"
         expected = spec.expected_checksum if spec.verify_checksum else ""
 
@@ -318,7 +321,6 @@ class DiskTransfers:
                     f" and {result.check_errors} error(s)"
                 )
         facts = storage.pool_info(pool)
-        facts.can("upload", f"storing volume {name!r}")
         with contextlib.ExitStack() as stack:
             # vmdk is stored as qcow2: snapshots and linked clones need it.
             wanted = facts.volume_format("qcow2" if fmt == "vmdk" else fmt)
@@ -357,7 +359,6 @@ class DiskTransfers:
             return
         info = storage.describe(source)  # its format as QEMU names it
         facts = storage.pool_info(pool)
-        facts.can("copy", f"copying {info.pool}/{info.name}")
         xml = storage.volume_xml(facts, name, info.capacity, facts.volume_format(info.format))
         _new_volume(pool, name, lambda: pool.createXMLFrom(xml, source, 0))
 
