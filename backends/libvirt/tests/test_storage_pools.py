@@ -245,6 +245,16 @@ def test_the_seed_goes_to_the_seed_pool(test_uri: str) -> None:
         assert not {f"{rbd}/seeded-vda.img", "fast/seeded-cidata.iso"} & volume_names(harness)
 
 
+def test_a_seed_pool_that_is_not_there_is_the_servers_problem(test_uri: str) -> None:
+    with ProviderHarness.for_backend("libvirt", {"uri": test_uri, "seed_pool": "nowhere"}) as harness:
+        rbd = define_pool(harness, "rbd")
+        err = create(harness, "seeded", rbd, user_data=b"#cloud-config\n")
+        assert isinstance(err, grpc.RpcError)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "seed_pool" in (err.details() or "")
+        assert "nowhere" in (err.details() or "")
+
+
 @pytest.mark.parametrize(("kind", "reason"), [("gluster", "cannot make volumes"), ("iscsi", "cannot make volumes")])
 def test_pools_that_make_no_volumes_refuse_a_vm(harness: ProviderHarness, kind: str, reason: str) -> None:
     name = define_pool(harness, kind)

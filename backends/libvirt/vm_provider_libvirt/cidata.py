@@ -19,7 +19,7 @@ from typing import Any
 
 import libvirt
 
-from provider_core import FailedPrecondition
+from provider_core import FailedPrecondition, NotFound
 
 from . import cloudinit, storage, streams
 from .domxml import DomainDisk
@@ -50,7 +50,10 @@ def pool_for(session: Session, pool: libvirt.virStoragePool) -> libvirt.virStora
             f"the cloud-init seed cannot be stored: {storage.CANNOT[lacking]} in pool {info.name!r} "
             f"(a libvirt {info.type} pool); set 'seed_pool' to a pool that can take it (dir, fs, netfs, logical, ...)"
         )
-    seed_pool = session.pool(setting)
+    try:
+        seed_pool = session.pool(setting)
+    except NotFound as exc:
+        raise FailedPrecondition(f"setting 'seed_pool': {exc}") from exc
     seed_info = storage.pool_info(seed_pool)
     for ability in ABILITIES:
         seed_info.can(ability, f"storing the cloud-init seed in pool {setting!r} (setting 'seed_pool')")

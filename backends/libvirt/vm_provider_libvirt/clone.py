@@ -194,9 +194,8 @@ def _plan_disks(session: Session, spec: CloneSpec, root: ET.Element, mark: Mark)
         if el.get("device", "disk") == "cdrom":
             continue
         target_el = el.find("target")
-        source_el = el.find("source")
         target = target_el.get("dev", "") if target_el is not None else ""
-        path = (source_el.get("file") or source_el.get("dev") or "") if source_el is not None else ""
+        path = domxml.source_path(el)  # a file, a device, or a network volume's name (rbd/image)
         if not path:
             raise FailedPrecondition(f"disk {target} of the source has no file or device to clone")
         vol = session.volume_at(path)

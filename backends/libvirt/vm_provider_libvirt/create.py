@@ -14,8 +14,11 @@ Disks:
   the backend): with a checksum into a
   shared cached base ``vmp-image-<sha>`` and overlaid, else straight into
   the VM's own volume, which keeps the image's format (a raw image or an
-  ISO stays raw). ``DiskDefaults.SizeGiB`` grows it. Every disk is attached
-  in the format its volume really has.
+  ISO stays raw; a pool holding raw only gets it converted to raw).
+  ``DiskDefaults.SizeGiB`` makes the volume that large: up front where the
+  data allows (copies, raw images), by growing it after otherwise (a qcow2
+  image, in a file pool). Every disk is attached in the format its volume
+  really has, the way the volume is stored (:func:`storage.attach`).
 - ``disks_json`` adds blank volumes (thin/qcow2, thick, raw). Without an
   image the first of them is the boot disk; with neither, one blank disk of
   ``DiskDefaults.SizeGiB`` (or ``settings.default_disk_gib``).
