@@ -322,3 +322,21 @@ def test_a_disk_in_a_pool_that_cannot_resize_does_not_grow(harness: ProviderHarn
     assert "Disks[0]" in (err.details() or "")
     conn = harness.backend.session.conn()  # type: ignore[attr-defined]
     assert conn.lookupByName("fixed").info()[3] == 1, "nothing changed, the CPU count neither"
+
+
+def test_validate_says_where_seeds_go(test_uri: str) -> None:
+    with ProviderHarness.for_backend("libvirt", {"uri": test_uri, "seed_pool": "fast"}) as harness:
+        report = harness.stub.Validate(pb.ValidateRequest())
+        assert report.ok, report.message
+        assert "pool 'default' (dir)" in report.message
+        assert "seeds in pool" not in report.message, "the pool takes its own seeds"
+    with ProviderHarness.for_backend("libvirt", {"uri": test_uri, "pool": "vmpt-rbd"}) as harness:
+        define_pool(harness, "rbd")
+        report = harness.stub.Validate(pb.ValidateRequest())
+        assert report.ok, "VMs without cloud-init data work there"
+        assert "set 'seed_pool'" in report.message
+    with ProviderHarness.for_backend("libvirt", {"uri": test_uri, "pool": "vmpt-rbd", "seed_pool": "nowhere"}) as harness:
+        define_pool(harness, "rbd")
+        report = harness.stub.Validate(pb.ValidateRequest())
+        assert not report.ok
+        assert "setting 'seed_pool'" in report.message
