@@ -1,4 +1,10 @@
-"""Block volumes on the test bed's real libvirtd and QEMU: a libvirt ``disk``
+"""Storage on the test bed's real libvirtd and QEMU.
+
+Root disks from an image URL grown by DiskDefaults SizeGiB in the
+``default`` dir pool: a raw image's volume is made at its final size up
+front, a qcow2 one grown after its upload; the guest sees the new size.
+
+Block volumes: a libvirt ``disk``
 pool on a loop device (``losetup -P``), whose volumes are partitions
 (``/dev/loopNp1``, ...), the block storage this machine has (it has no
 device-mapper, so no LVM).
@@ -36,6 +42,7 @@ from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
+from provider_core.specs import VMImage
 
 pytestmark = pytest.mark.libvirtd
 
@@ -54,9 +61,11 @@ class BlockPool:
     def name(self) -> str:
         return str(self.pool.name())
 
-    def partition(self, n: int) -> str:
-        """The name libvirt's disk pool wants for partition ``n``."""
-        return f"{Path(self.device).name}p{n}"
+    def next_partition(self) -> str:
+        """The name libvirt's disk pool wants for the next partition
+        (``loop0p<n>``: partitions are numbered in order, none is deleted)."""
+        self.pool.refresh(0)
+        return f"{Path(self.device).name}p{self.pool.numOfVolumes() + 1}"
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +146,12 @@ def test_a_guest_starts_with_root_disk_and_seed_on_block_volumes(real_host: Any,
     assert facts.allocation(MIB) == MIB, "a partition is never asked for thin"
     # The qcow2 base copied into the raw-only pool, at a larger size up front.
     bigger = storage.describe(base).capacity + 64 * MIB
-    root = storage.copy(block_pool.pool, block_pool.partition(1), base, "qcow2", capacity=bigger)
+    root = storage.copy(block_pool.pool, block_pool.next_partition(), base, "qcow2", capacity=bigger)
     root_info = storage.describe(root)
     assert root_info.format == "raw"
     assert root_info.capacity >= bigger, "made at its final size: the pool cannot resize"
     iso = cloudinit.build_nocloud_iso(b"#cloud-config\n", b"", None, instance_id="iid-block", hostname="block")
-    seed = block_pool.pool.createXML(storage.volume_xml(facts, block_pool.partition(2), len(iso), "raw"), 0)
+    seed = block_pool.pool.createXML(storage.volume_xml(facts, block_pool.next_partition(), len(iso), "raw"), 0)
     streams.upload_bytes(conn, seed, iso)
     root_src, seed_src = storage.attach(root), storage.attach(seed)
     assert (root_src.type, seed_src.type) == ("block", "block")
@@ -187,14 +196,14 @@ def test_a_qcow2_image_imported_into_a_block_pool_is_stored_raw(real_host: Any, 
     base_path = conn.storagePoolLookupByName("default").storageVolLookupByName(real_host.base).path()
     sink.root.mkdir(parents=True, exist_ok=True)
     shutil.copy(base_path, sink.root / "golden.qcow2")
-    name = block_pool.partition(3)
+    name = block_pool.next_partition()
     resp = harness.stub.ImportDisk(
         pb.ImportDiskRequest(source_url=sink.url("golden.qcow2"), target_name=name, format="qcow2", storage_hint=block_pool.name),
         timeout=300,
     )
     harness.wait(resp.task)
     vol = block_pool.pool.storageVolLookupByName(name)
-    assert vol.path() == f"{block_pool.device}p3"
+    assert vol.path() == f"/dev/{name}"
     assert storage.describe(vol).format == "raw"
     # The partition holds the image's data as raw, not a qcow2 header.
     assert images.info(vol.path(), fmt="raw")["format"] == "raw"
@@ -202,6 +211,56 @@ def test_a_qcow2_image_imported_into_a_block_pool_is_stored_raw(real_host: Any, 
         assert f.read(4) != b"QFI\xfb"
     compared = subprocess.run(
         ["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw", str(sink.root / "golden.qcow2"), vol.path()],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_root_disk_from_a_url_is_made_at_its_size(real_host: Any, sink: HttpSink, fmt: str) -> None:
+    conn = real_host.harness.backend.session.conn()
+    base = conn.storagePoolLookupByName("default").storageVolLookupByName(real_host.base)
+    sink.root.mkdir(parents=True, exist_ok=True)
+    image = sink.root / f"disk.{fmt}"
+    images.convert(Path(base.path()), image, fmt, src_fmt="qcow2")
+    vm_id = real_host.create(
+        f"url-{fmt}",
+        image_json={"URL": sink.url(image.name), "Format": fmt},
+        class_json=real_host.guest_class(DiskDefaults={"SizeGiB": 1}),
+    )
+    dom = conn.lookupByUUIDString(vm_id)
+    vda = next(d for d in domxml.disks(ET.fromstring(dom.XMLDesc(0))) if d.target == "vda")
+    assert vda.format == fmt
+    vol = conn.storageVolLookupByPath(vda.path)
+    info = storage.describe(vol)
+    assert info.capacity == storage.GIB
+    assert info.allocation < 256 * MIB, "made sparse (a dir pool makes thin volumes)"
+    assert images.info(vda.path, fmt=fmt)["virtual-size"] == storage.GIB
+    real_host.harness.stub.Delete(pb.DeleteRequest(id=vm_id))
+
+
+def test_a_url_image_for_a_bigger_root_disk_goes_into_a_block_pool_at_its_size(
+    real_host: Any, block_pool: BlockPool, sink: HttpSink
+) -> None:
+    """Create's image download (``fetch_image``) into a pool that holds raw
+    only and cannot resize: converted to raw and made at the disk's final
+    size up front."""
+    conn = block_pool.conn
+    base = conn.storagePoolLookupByName("default").storageVolLookupByName(real_host.base)
+    sink.root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base.path(), sink.root / "cloud.qcow2")
+    image = VMImage.model_validate({"URL": sink.url("cloud.qcow2"), "Format": "qcow2"})
+    size = storage.describe(base).capacity + 32 * MIB
+    session = real_host.harness.backend.session
+    pool = session.conn().storagePoolLookupByName(block_pool.name)  # the provider's own connection
+    vol = real_host.harness.backend.data.fetch_image(image, pool, block_pool.next_partition(), size)
+    info = storage.describe(vol)
+    assert (info.format, info.kind) == ("raw", libvirt.VIR_STORAGE_VOL_BLOCK)
+    assert info.capacity >= size
+    compared = subprocess.run(
+        ["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw", str(sink.root / "cloud.qcow2"), vol.path()],
         capture_output=True,
         text=True,
         check=False,
