@@ -32,6 +32,9 @@ PACKAGES=(
     netcat-openbsd
     # an SSH server for the qemu+ssh tests (backends/libvirt/tests/test_ssh.py)
     openssh-server
+    # libvirt disk pools on loop devices: libvirt partitions them with parted
+    # (backends/libvirt/tests/test_libvirtd_storage.py)
+    parted
 )
 
 missing=()
