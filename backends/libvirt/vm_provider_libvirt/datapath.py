@@ -13,7 +13,7 @@ space for:
 - export: the converted image (about the disk's allocated data; less when
   compressed; nothing when a raw disk is exported as raw, streamed as is);
 - import and image download: the downloaded file, plus its qcow2 conversion
-  for vmdk.
+  for vmdk, or its (sparse) raw conversion for a pool that holds raw only.
 
 Disks are read through their path when libvirtd runs on this host (a URI
 without a host); for a remote libvirtd the volume (and its backing chain)
