@@ -41,7 +41,7 @@ def pool_for(session: Session, pool: libvirt.virStoragePool) -> libvirt.virStora
     """The pool the seed of a VM in ``pool`` goes into; FailedPrecondition
     when neither that pool nor the ``seed_pool`` setting's can take it."""
     info = storage.pool_info(pool)
-    lacking = next((a for a in ABILITIES if not getattr(info.kind, a)), "")
+    lacking = info.lacks(*ABILITIES)
     if not lacking:
         return pool
     setting = session.settings.seed_pool
@@ -54,9 +54,7 @@ def pool_for(session: Session, pool: libvirt.virStoragePool) -> libvirt.virStora
         seed_pool = session.pool(setting)
     except NotFound as exc:
         raise FailedPrecondition(f"setting 'seed_pool': {exc}") from exc
-    seed_info = storage.pool_info(seed_pool)
-    for ability in ABILITIES:
-        seed_info.can(ability, f"storing the cloud-init seed in pool {setting!r} (setting 'seed_pool')")
+    storage.pool_info(seed_pool).need(f"storing the cloud-init seed in pool {setting!r} (setting 'seed_pool')", *ABILITIES)
     return seed_pool
 
 

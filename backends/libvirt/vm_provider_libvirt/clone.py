@@ -208,8 +208,7 @@ def _plan_disks(session: Session, spec: CloneSpec, root: ET.Element, mark: Mark)
             raise FailedPrecondition(
                 f"pool {pool.name()!r} cannot hold qcow2 overlays (a libvirt {facts.type} pool): clone in full"
             )
-        for ability in ("create", "names") if spec.linked else ("copy", "names"):
-            facts.can(ability, f"cloning disk {target}")
+        facts.need(f"cloning disk {target}", "create" if spec.linked else "copy", "names")
         ext = "qcow2" if facts.kind.files else "img"
         ref = next((v for v in mark.volumes if v.target == target), None)
         out.append(DiskCopy(el, target, vol, info, pool, f"{spec.target_name}-{target}.{ext}", ref))

@@ -262,7 +262,7 @@ def root_disk(
     source_ref = f"{info.pool}/{info.name}"
     if kind == "template" and files and session.settings.template_clone == "linked":
         return DiskJob("vda", ref, "qcow2", lambda: storage.create_overlay(pool, name, info, size), boot=True), kind, source_ref
-    pool_facts.can("copy", f"{field}: copying {wanted!r}")
+    pool_facts.need(f"{field}: copying {wanted!r}", "copy")
     fmt = pool_facts.volume_format("qcow2")
     return DiskJob("vda", ref, fmt, lambda: storage.copy(pool, name, base, fmt, size), boot=True, slow=True), kind, source_ref
 
@@ -277,7 +277,7 @@ def _url_root(
     is one; a pool holding raw only gets it converted to raw. It is made at
     ``size`` up front. The disk's format is read from the volume once it is
     made."""
-    storage.pool_info(pool).can("upload", "image_json.URL: storing the downloaded image")
+    storage.pool_info(pool).need("image_json.URL: storing the downloaded image", "upload")
     host = session.host()
     if not host.streams_disks:
         raise Unimplemented(
@@ -368,8 +368,7 @@ def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str
         host = session.host()
         domain_type = session.domain_type()
         pool = placement_pool(session, spec.placement.datastore)
-        for ability in ("create", "names"):
-            storage.pool_info(pool).can(ability, f"creating the disks of VM {spec.name!r}")
+        storage.pool_info(pool).need(f"creating the disks of VM {spec.name!r}", "create", "names")
         res = resources(session.settings, spec.vm_class)
         extra = extra_config(spec.vm_class)
         machine = machine_type(session, extra)

@@ -112,7 +112,7 @@ class DiskTransfers:
         image = spec.image
         prepared = PreparedImage(id=f"{pool.name()}/{name}", path=storage.path_of(pool, name))
         facts = storage.pool_info(pool)
-        facts.can("upload" if image.source == "url" else "copy", f"preparing image {name!r}")
+        facts.need(f"preparing image {name!r}", "upload" if image.source == "url" else "copy")
         if image.source == "url":
 
             def fetch() -> None:
@@ -171,7 +171,7 @@ class DiskTransfers:
     def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
         name = _volume_name(spec.target_name, "target_name")
         pool = self.session.pool(spec.storage_hint)
-        storage.pool_info(pool).can("upload", f"importing disk {name!r}")
+        storage.pool_info(pool).need(f"importing disk {name!r}", "upload")
         disk_id = f"{pool.name()}/{name}"
         expected = spec.expected_checksum if spec.verify_checksum else ""
 
@@ -346,7 +346,7 @@ class DiskTransfers:
             streams.upload_file(self.session.conn(), vol, file)
             vol = pool.storageVolLookupByName(name)
             if capacity > made_at:
-                facts.can("resize", f"growing volume {name!r}")
+                facts.need(f"growing volume {name!r}", "resize")
                 vol.resize(capacity, 0)
         except BaseException:
             with errors.best_effort(f"remove volume {name!r} after a failed upload"):

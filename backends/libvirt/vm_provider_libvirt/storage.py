@@ -171,12 +171,17 @@ class PoolInfo:
         only where the pool makes thin volumes of the same kind."""
         return capacity if preallocate or not self.kind.sparse else 0
 
-    def can(self, ability: str, action: str) -> None:
+    def lacks(self, *abilities: str) -> str:
+        """The first of ``abilities`` (:class:`PoolKind` fields) the pool
+        lacks, or ""."""
+        return next((a for a in abilities if not getattr(self.kind, a)), "")
+
+    def need(self, action: str, *abilities: str) -> None:
         """FailedPrecondition (naming the pool and its type) unless the pool
-        has ``ability`` (a :class:`PoolKind` field); ``action`` says what
-        needed it."""
-        if not getattr(self.kind, ability):
-            raise FailedPrecondition(f"{action}: {CANNOT[ability]} in pool {self.name!r} (a libvirt {self.type} pool)")
+        has every one of ``abilities``; ``action`` says what needed them."""
+        lacking = self.lacks(*abilities)
+        if lacking:
+            raise FailedPrecondition(f"{action}: {CANNOT[lacking]} in pool {self.name!r} (a libvirt {self.type} pool)")
 
 
 #: What a pool lacking each ability cannot do, for error messages.
@@ -402,7 +407,7 @@ def copy(
     if describe(vol).capacity < size:
         if not info.kind.resize:
             delete(vol)
-            info.can("resize", f"growing the copy {name!r} to {size} bytes")
+            info.need(f"growing the copy {name!r} to {size} bytes", "resize")
         grow(vol, size)
     return vol
 
