@@ -300,7 +300,7 @@ def _bytes(el: ET.Element | None) -> int:
 
 
 def pool_type(pool: libvirt.virStoragePool) -> str:
-    return parse_xml(pool.XMLDesc(0)).get("type", "")
+    return pool_info(pool).type
 
 
 def holds_files(pool: libvirt.virStoragePool) -> bool:
