@@ -34,6 +34,9 @@ PACKAGES=(
     openssh-server
     # UEFI firmware (OVMF) for the firmware tests: descriptors in /usr/share/qemu/firmware
     ovmf
+    # libvirt disk pools on loop devices: libvirt partitions them with parted
+    # (backends/libvirt/tests/test_libvirtd_storage.py)
+    parted
 )
 
 missing=()

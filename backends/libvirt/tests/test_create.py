@@ -173,7 +173,8 @@ def test_a_failed_create_leaves_nothing_behind(harness: ProviderHarness) -> None
     err = rpc_error(lambda: harness.stub.Create(pb.CreateRequest(name="clash")))
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "clash-vda.qcow2" in (err.details() or "")
-    # The test driver copies a volume but cannot grow the copy: the create
+    # The root disk is copied, then a preallocated qcow2 data disk is
+    # refused (the test driver takes no preallocation flag): the create
     # task fails and the copy goes again.
     before = volumes(harness)
     resp = harness.stub.Create(
@@ -181,10 +182,11 @@ def test_a_failed_create_leaves_nothing_behind(harness: ProviderHarness) -> None
             name="grown",
             image_json=json.dumps({"Path": "/vmpt-pool/base.qcow2"}),
             class_json=json.dumps({"DiskDefaults": {"SizeGiB": 3}}),
+            disks_json=json.dumps([{"SizeGiB": 10_000_000, "Type": "thick"}]),
         )
     )
     assert resp.task.id
-    with pytest.raises(TaskFailed, match="not supported"):
+    with pytest.raises(TaskFailed, match="creating VM 'grown'"):
         harness.wait(resp.task)
     assert volumes(harness) == before
     assert not harness.stub.Describe(pb.DescribeRequest(id=resp.id)).exists

@@ -42,6 +42,7 @@ from provider_core.specs import Customization, NetworkAttachment
 
 from . import cidata, cloudinit, domxml, errors, marks, networks, power, storage
 from .create import check_free, check_name, existing_id, now, placement_pool, resources, rollback, serial_log
+from .disksource import DiskSource
 from .marks import Mark, VolumeRef
 from .session import Session
 
@@ -115,6 +116,8 @@ def _plan(session: Session, spec: CloneSpec) -> ClonePlan:
         disks = _plan_disks(session, spec, root, src_mark)
         seed = bool(src_mark.volume_for(cidata.TARGET)) or _customizes(spec.customize)
         seed_pool = placement_pool(session, spec.placement.datastore) if spec.placement.datastore else session.pool()
+        if seed:
+            seed_pool = cidata.pool_for(session, seed_pool)
         _check_free(disks, seed_pool, seed, spec.target_name)
         plan = ClonePlan(
             src=src,
@@ -146,12 +149,11 @@ def _make(session: Session, spec: CloneSpec, plan: ClonePlan) -> None:
                     vol = storage.create_overlay(disk.pool, disk.name, disk.info)
                     volumes.append(VolumeRef(disk.info.pool, disk.info.name, "base"))
                 else:
-                    vol = storage.copy(disk.pool, disk.name, disk.source, "qcow2" if storage.holds_files(disk.pool) else "raw")
+                    vol = storage.copy(disk.pool, disk.name, disk.source, "qcow2")
                 made.append(vol)
-                copied = storage.describe(vol)
                 # The copy's own format and kind: a raw disk copied into a file
                 # pool becomes qcow2, and QEMU must read it as such.
-                _set_source(disk.element, copied.path or vol.path(), copied.format, copied.kind == libvirt.VIR_STORAGE_VOL_BLOCK)
+                _set_source(disk.element, storage.attach(vol), storage.describe(vol).format)
                 role, spec_of = (disk.ref.role, disk.ref.spec) if disk.ref and disk.ref.role != "base" else ("data", "")
                 volumes.append(VolumeRef(disk.pool.name(), disk.name, role, disk.target, spec_of))
             if spec.linked:
@@ -199,9 +201,8 @@ def _plan_disks(session: Session, spec: CloneSpec, root: ET.Element, mark: Mark)
         if el.get("device", "disk") == "cdrom":
             continue
         target_el = el.find("target")
-        source_el = el.find("source")
         target = target_el.get("dev", "") if target_el is not None else ""
-        path = (source_el.get("file") or source_el.get("dev") or "") if source_el is not None else ""
+        path = domxml.source_path(el)  # a file, a device, or a network volume's name (rbd/image)
         if not path:
             raise FailedPrecondition(f"disk {target} of the source has no file or device to clone")
         vol = session.volume_at(path)
@@ -209,11 +210,13 @@ def _plan_disks(session: Session, spec: CloneSpec, root: ET.Element, mark: Mark)
             raise FailedPrecondition(f"disk {target} ({path}) is not a volume in a libvirt storage pool; it cannot be cloned")
         info = storage.describe(vol)
         pool = datastore or vol.storagePoolLookupByVolume()
-        if spec.linked and not storage.holds_files(pool):
+        facts = storage.pool_info(pool)
+        if spec.linked and not facts.kind.files:
             raise FailedPrecondition(
-                f"pool {pool.name()!r} cannot hold qcow2 overlays (type {storage.pool_type(pool)}): clone in full"
+                f"pool {pool.name()!r} cannot hold qcow2 overlays (a libvirt {facts.type} pool): clone in full"
             )
-        ext = "qcow2" if spec.linked or storage.holds_files(pool) else "img"
+        facts.need(f"cloning disk {target}", "create" if spec.linked else "copy", "names")
+        ext = "qcow2" if facts.kind.files else "img"
         ref = next((v for v in mark.volumes if v.target == target), None)
         out.append(DiskCopy(el, target, vol, info, pool, f"{spec.target_name}-{target}.{ext}", ref))
     return out
@@ -286,15 +289,9 @@ def _set_mib(root: ET.Element, tag: str, mib: int) -> None:
     el.set("unit", "MiB")
 
 
-def _set_source(disk: ET.Element, path: str, fmt: str, block: bool = False) -> None:
-    """Point a domain disk at ``path``, a volume holding ``fmt``: a block
-    device (``<disk type='block'>``, ``<source dev>``) or a file."""
-    source = disk.find("source")
-    assert source is not None
-    for attr in ("file", "dev", "pool", "volume"):
-        source.attrib.pop(attr, None)
-    source.set("dev" if block else "file", path)
-    disk.set("type", "block" if block else "file")
+def _set_source(disk: ET.Element, source: DiskSource, fmt: str) -> None:
+    """Point a domain disk at ``source``, a volume holding ``fmt``."""
+    source.write(disk)
     backing = disk.find("backingStore")
     if backing is not None:
         disk.remove(backing)
@@ -316,9 +313,9 @@ def _drop_seed(root: ET.Element) -> None:
 def _add_cdrom(root: ET.Element, cdrom: domxml.DomainDisk) -> None:
     devices = root.find("devices")
     assert devices is not None
-    el = ET.Element("disk", type="file", device="cdrom")
+    el = ET.Element("disk", device="cdrom")
     ET.SubElement(el, "driver", name="qemu", type="raw")
-    ET.SubElement(el, "source", file=cdrom.path)
+    DiskSource(cdrom.source_type, cdrom.path, cdrom.network).write(el)
     ET.SubElement(el, "target", dev=cdrom.target, bus=cdrom.bus)
     ET.SubElement(el, "readonly")
     last_disk = max((i for i, child in enumerate(devices) if child.tag == "disk"), default=-1)
@@ -401,7 +398,7 @@ def _redefine_source(session: Session, src_xml: str, overlays: dict[str, str], s
         target = el.find("target")
         dev = target.get("dev", "") if target is not None else ""
         if dev in overlays:
-            _set_source(el, overlays[dev], "qcow2")
+            _set_source(el, DiskSource("file", overlays[dev]), "qcow2")
     if marks.read(root) is not None:
         marks.write(root, src_mark.with_volumes(tuple(volumes)))
     session.conn().defineXML(ET.tostring(root, encoding="unicode"))

@@ -14,8 +14,11 @@ Disks:
   the backend): with a checksum into a
   shared cached base ``vmp-image-<sha>`` and overlaid, else straight into
   the VM's own volume, which keeps the image's format (a raw image or an
-  ISO stays raw). ``DiskDefaults.SizeGiB`` grows it. Every disk is attached
-  in the format its volume really has.
+  ISO stays raw; a pool holding raw only gets it converted to raw).
+  ``DiskDefaults.SizeGiB`` makes the volume that large: up front where the
+  data allows (copies, raw images), by growing it after otherwise (a qcow2
+  image, in a file pool). Every disk is attached in the format its volume
+  really has, the way the volume is stored (:func:`storage.attach`).
 - ``disks_json`` adds blank volumes (thin/qcow2, thick, raw). Without an
   image the first of them is the boot disk; with neither, one blank disk of
   ``DiskDefaults.SizeGiB`` (or ``settings.default_disk_gib``).
@@ -70,7 +73,7 @@ class FetchImage(Protocol):
     returns the volume (the disk data path's
     :meth:`~vm_provider_libvirt.datapath.DiskTransfers.fetch_image`)."""
 
-    def __call__(self, image: VMImage, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol: ...
+    def __call__(self, image: VMImage, pool: libvirt.virStoragePool, name: str, capacity: int = 0) -> libvirt.virStorageVol: ...
 
 
 # -- pieces of a plan -------------------------------------------------------------
@@ -277,7 +280,8 @@ def root_disk(
     kind = image.source
     if kind == "blank":
         return None, "", ""
-    files = storage.holds_files(pool)
+    pool_facts = storage.pool_info(pool)
+    files = pool_facts.kind.files
     size = (spec.vm_class.disk_defaults.size_gib or 0) * GIB if spec.vm_class.disk_defaults else 0
     if kind == "url":
         suffix = "qcow2" if files and (image.checksum or image.format in ("qcow2", "vmdk")) else "img"
@@ -298,7 +302,8 @@ def root_disk(
     source_ref = f"{info.pool}/{info.name}"
     if kind == "template" and files and session.settings.template_clone == "linked":
         return DiskJob("vda", ref, "qcow2", lambda: storage.create_overlay(pool, name, info, size), boot=True), kind, source_ref
-    fmt = "qcow2" if files else "raw"
+    pool_facts.need(f"{field}: copying {wanted!r}", "copy")
+    fmt = pool_facts.volume_format("qcow2")
     return DiskJob("vda", ref, fmt, lambda: storage.copy(pool, name, base, fmt, size), boot=True, slow=True), kind, source_ref
 
 
@@ -307,9 +312,12 @@ def _url_root(
 ) -> DiskJob:
     """The root disk from an image URL: with a checksum (on a file pool) a
     qcow2 overlay on the shared cached image; else the downloaded image
-    itself, in its own format (qcow2 or raw: an ISO is raw, a vmdk is
-    stored as qcow2), named ``.qcow2`` only when the image says it is one.
-    The disk's format is read from the volume once it is made."""
+    itself, in its own format on a file pool (qcow2 or raw: an ISO is raw,
+    a vmdk is stored as qcow2), named ``.qcow2`` only when the image says it
+    is one; a pool holding raw only gets it converted to raw. It is made at
+    ``size`` up front. The disk's format is read from the volume once it is
+    made."""
+    storage.pool_info(pool).need("image_json.URL: storing the downloaded image", "upload")
     host = session.host()
     if not host.streams_disks:
         raise Unimplemented(
@@ -319,10 +327,7 @@ def _url_root(
 
     def make() -> libvirt.virStorageVol:
         if not image.checksum or not storage.holds_files(pool):
-            vol = fetch(image, pool, ref.name)
-            if size > storage.describe(vol).capacity:
-                storage.grow(vol, size)
-            return vol
+            return fetch(image, pool, ref.name, size)
         base = fetch(image, pool, f"vmp-image-{image.checksum[:16]}")
         return storage.create_overlay(pool, ref.name, storage.describe(base), size)
 
@@ -330,7 +335,7 @@ def _url_root(
 
 
 def data_disks(spec: CreateSpec, pool: libvirt.virStoragePool, first: int) -> list[DiskJob]:
-    files = storage.holds_files(pool)
+    files = storage.holds_files(pool)  # else raw: thin, thick and qcow2 all become raw volumes
     jobs: list[DiskJob] = []
     for i, disk in enumerate(spec.disks):
         field = f"disks_json[{i}].Type"
@@ -368,14 +373,16 @@ def make_disks(jobs: list[DiskJob], made: list[libvirt.virStorageVol]) -> list[D
         vol = job.make()
         made.append(vol)
         info = storage.describe(vol)
+        source = storage.attach(vol)
         disks.append(
             DomainDisk(
                 target=job.target,
-                path=info.path,
+                path=source.path,
                 format=info.format,  # what the volume really holds (a downloaded image may be raw)
                 boot=job.boot,
                 bus="virtio",
-                source_type="block" if info.kind == libvirt.VIR_STORAGE_VOL_BLOCK else "file",
+                source_type=source.type,
+                network=source.network,
             )
         )
     return disks
@@ -401,6 +408,7 @@ def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str
         host = session.host()
         domain_type = session.domain_type()
         pool = placement_pool(session, spec.placement.datastore)
+        storage.pool_info(pool).need(f"creating the disks of VM {spec.name!r}", "create", "names")
         res = resources(session.settings, spec.vm_class)
         extra = extra_config(spec.vm_class)
         machine = machine_type(session, extra)
@@ -410,8 +418,10 @@ def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str
         if root is None and not spec.disks:
             root = blank_root(session, spec, pool)
         jobs = ([root] if root else []) + data_disks(spec, pool, 1 if root else 0)
-        seed = wants_seed(spec.user_data, spec.meta_data, spec.networks)
-        check_free(pool, [j.ref.name for j in jobs] + ([cidata.volume_name(spec.name)] if seed else []))
+        seed_pool = cidata.pool_for(session, pool) if wants_seed(spec.user_data, spec.meta_data, spec.networks) else None
+        check_free(pool, [j.ref.name for j in jobs])
+        if seed_pool is not None:
+            check_free(seed_pool, [cidata.volume_name(spec.name)])
     vm_uuid = str(uuid.uuid4())
     mark = Mark(
         created=now(),
@@ -429,10 +439,10 @@ def create(session: Session, spec: CreateSpec, fetch: FetchImage) -> Outcome[str
             with session.translated(f"creating VM {spec.name!r}"):
                 disks = make_disks(jobs, made)
                 volumes = mark.volumes
-                if seed:
+                if seed_pool is not None:
                     config = cloudinit.network_config_v2(spec.networks, [n.mac for n in nics])
                     vol, ref, cdrom = cidata.make(
-                        session, pool, spec.name, user_data=spec.user_data, meta_data=spec.meta_data, network_config=config
+                        session, seed_pool, spec.name, user_data=spec.user_data, meta_data=spec.meta_data, network_config=config
                     )
                     made.append(vol)
                     disks.append(cdrom)

@@ -13,7 +13,7 @@ space for:
 - export: the converted image (about the disk's allocated data; less when
   compressed; nothing when a raw disk is exported as raw, streamed as is);
 - import and image download: the downloaded file, plus its qcow2 conversion
-  for vmdk.
+  for vmdk, or its (sparse) raw conversion for a pool that holds raw only.
 
 Disks are read through their path when libvirtd runs on this host (a URI
 without a host); for a remote libvirtd the volume (and its backing chain)
@@ -59,7 +59,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -114,6 +113,8 @@ class DiskTransfers:
         pool = self.session.pool(spec.storage_hint)
         image = spec.image
         prepared = PreparedImage(id=f"{pool.name()}/{name}", path=storage.path_of(pool, name))
+        facts = storage.pool_info(pool)
+        facts.need(f"preparing image {name!r}", "upload" if image.source == "url" else "copy")
         if image.source == "url":
 
             def fetch() -> None:
@@ -172,6 +173,7 @@ class DiskTransfers:
     def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
         name = _volume_name(spec.target_name, "target_name")
         pool = self.session.pool(spec.storage_hint)
+        storage.pool_info(pool).need(f"importing disk {name!r}", "upload")
         disk_id = f"{pool.name()}/{name}"
         expected = spec.expected_checksum if spec.verify_checksum else ""
 
@@ -193,9 +195,10 @@ class DiskTransfers:
 
         return Outcome.later(ImportResult(disk_id=disk_id), work)
 
-    def fetch_image(self, image: VMImage, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol:
+    def fetch_image(self, image: VMImage, pool: libvirt.virStoragePool, name: str, capacity: int = 0) -> libvirt.virStorageVol:
         """Download ``image.url`` into ``pool`` as volume ``name``, verifying
-        ``image.checksum`` and the image; return the volume.
+        ``image.checksum`` and the image; return the volume, of ``capacity``
+        bytes when that is more than the image's size.
 
         Idempotent: an existing volume of that name is returned when its
         bytes match the checksum (or when the image has none); otherwise
@@ -220,7 +223,7 @@ class DiskTransfers:
                     url_field="image_json.URL",
                     checksum_field="image_json.Checksum",
                 )
-            return self._store(file, fmt, pool, name)
+            return self._store(file, fmt, pool, name, capacity)
 
     # -- finding disks and volumes ------------------------------------------------
 
@@ -334,8 +337,12 @@ class DiskTransfers:
 
     # -- bytes in and out of the pool ------------------------------------------------
 
-    def _store(self, file: Path, fmt: str, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol:
-        """Verify a downloaded image and upload it into a new volume."""
+    def _store(self, file: Path, fmt: str, pool: libvirt.virStoragePool, name: str, capacity: int = 0) -> libvirt.virStorageVol:
+        """Verify a downloaded image and upload it into a new volume of at
+        least ``capacity`` bytes, in a format the pool holds: a vmdk becomes
+        qcow2 on a file pool, anything but raw becomes raw on a pool that
+        holds raw only (logical, zfs, disk, ...), so that what the volume
+        holds is what its disk will be read as."""
         meta = images.inspect(file, fmt)
         fmt = str(meta["format"])
         if fmt != "raw":
@@ -345,38 +352,46 @@ class DiskTransfers:
                     f"the {fmt} image is damaged: qemu-img check found {result.corruptions} corruption(s)"
                     f" and {result.check_errors} error(s)"
                 )
+        facts = storage.pool_info(pool)
         with contextlib.ExitStack() as stack:
-            if fmt == "vmdk":  # stored as qcow2: snapshots and linked clones need it
-                qcow2 = stack.enter_context(self._scratch(".qcow2"))
-                images.convert(file, qcow2, "qcow2", src_fmt="vmdk", force_share=False)
-                file, fmt = qcow2, "qcow2"
-            return self._upload_volume(file, fmt, int(meta["virtual-size"]), pool, name)
+            # vmdk is stored as qcow2: snapshots and linked clones need it.
+            wanted = facts.volume_format("qcow2" if fmt == "vmdk" else fmt)
+            if wanted != fmt:
+                converted = stack.enter_context(self._scratch(f".{wanted}"))
+                log.info("converting the %s image to %s for pool %s (a %s pool)", fmt, wanted, pool.name(), facts.type)
+                images.convert(file, converted, wanted, src_fmt=fmt, force_share=False)
+                file, fmt = converted, wanted
+            return self._upload_volume(file, fmt, int(meta["virtual-size"]), pool, name, capacity=capacity)
 
     def _upload_volume(
-        self, file: Path, fmt: str, capacity: int, pool: libvirt.virStoragePool, name: str
+        self, file: Path, fmt: str, image_size: int, pool: libvirt.virStoragePool, name: str, *, capacity: int = 0
     ) -> libvirt.virStorageVol:
-        size = file.stat().st_size
-        xml = (
-            f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{capacity if fmt != 'raw' else size}</capacity>"
-            f"<allocation unit='bytes'>0</allocation><target><format type='{fmt}'/></target></volume>"
-        )
+        """A new volume holding the image ``file`` (of ``image_size``
+        virtual bytes), of ``capacity`` bytes when that is more. A raw
+        volume is made at its final size (the upload fills its start); a
+        qcow2 image carries its own size, so that volume is grown after."""
+        facts = storage.pool_info(pool)
+        made_at = max(capacity, image_size, file.stat().st_size) if fmt == "raw" else image_size
+        xml = storage.volume_xml(facts, name, made_at, fmt)
         vol = _new_volume(pool, name, lambda: pool.createXML(xml, 0))
         try:
             streams.upload_file(self.session.conn(), vol, file)
+            vol = pool.storageVolLookupByName(name)
+            if capacity > made_at:
+                facts.need(f"growing volume {name!r}", "resize")
+                vol.resize(capacity, 0)
         except BaseException:
             with errors.best_effort(f"remove volume {name!r} after a failed upload"):
                 vol.delete(0)
             raise
-        return pool.storageVolLookupByName(name)
+        return vol
 
     def _copy_volume(self, source: libvirt.virStorageVol, pool: libvirt.virStoragePool, name: str, image: VMImage) -> None:
         if self._existing(pool, name, image.checksum, image.checksum_type.value) is not None:
             return
         info = storage.describe(source)  # its format as QEMU names it
-        xml = (
-            f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{info.capacity}</capacity>"
-            f"<target><format type='{escape(info.format)}'/></target></volume>"
-        )
+        facts = storage.pool_info(pool)
+        xml = storage.volume_xml(facts, name, info.capacity, facts.volume_format(info.format))
         _new_volume(pool, name, lambda: pool.createXMLFrom(xml, source, 0))
 
     def _digest(self, vol: libvirt.virStorageVol, algorithm: str) -> str:

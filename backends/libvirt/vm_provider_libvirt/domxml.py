@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from . import marks
+from .disksource import DiskSource, Network
 
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
@@ -41,6 +42,8 @@ class DomainDisk:
     source_type: str = "file"
     """file, block, volume, network."""
     readonly: bool = False
+    network: Network | None = None
+    """Protocol, hosts and credentials of a network disk (when writing one)."""
 
 
 @dataclass(frozen=True)
@@ -202,10 +205,7 @@ def _devices(devices: ET.Element, plan: DomainPlan) -> None:
 def _disk(devices: ET.Element, disk: DomainDisk, boot_order: int) -> None:
     el = _sub(devices, "disk", type=disk.source_type, device=disk.device)
     _sub(el, "driver", name="qemu", type=disk.format or "raw")
-    if disk.source_type == "block":
-        _sub(el, "source", dev=disk.path)
-    else:
-        _sub(el, "source", file=disk.path)
+    DiskSource(disk.source_type, disk.path, disk.network).write(el)
     _sub(el, "target", dev=disk.target, bus=disk.bus or ("sata" if disk.device == "cdrom" else "virtio"))
     if disk.readonly or disk.device == "cdrom":
         _sub(el, "readonly")

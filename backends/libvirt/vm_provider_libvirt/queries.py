@@ -38,7 +38,7 @@ from provider_core import (
     VMStatus,
 )
 
-from . import domxml, errors, images, marks, networks, readcache, states, storage
+from . import cidata, domxml, errors, images, marks, networks, readcache, states, storage
 from .connection import safe_uri
 from .host import version_text
 from .session import Session
@@ -47,6 +47,27 @@ GIB = storage.GIB
 ACTIVE = frozenset(
     {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN}
 )
+
+
+def _pools(session: Session, facts: list[str], problems: list[str]) -> None:
+    """Validate's look at the pool and where cloud-init seeds go."""
+    try:
+        pool = session.pool()
+        with session.translated():
+            facts.append(f"pool {pool.name()!r} ({storage.pool_type(pool)})")
+    except (NotFound, FailedPrecondition) as exc:
+        problems.append(f"{exc} (setting 'pool')")
+    except ProviderError as exc:
+        problems.append(f"storage pool {session.settings.pool!r}: {exc}")
+    else:
+        try:
+            with session.translated():
+                seeds = cidata.pool_for(session, pool)
+            if seeds.name() != pool.name():
+                facts.append(f"cloud-init seeds in pool {seeds.name()!r}")
+        except ProviderError as exc:
+            # VMs without cloud-init data still work; a seed_pool that does not is a problem.
+            (problems if session.settings.seed_pool else facts).append(str(exc))
 
 
 def validate(session: Session) -> ValidationReport:
@@ -60,13 +81,7 @@ def validate(session: Session) -> ValidationReport:
         f"{host.driver} {version_text(host.hypervisor_version)}, guests {host.arch}"
     ]
     problems: list[str] = []
-    try:
-        pool = session.pool()
-        facts.append(f"pool {pool.name()!r}")
-    except (NotFound, FailedPrecondition) as exc:
-        problems.append(f"{exc} (setting 'pool')")
-    except ProviderError as exc:
-        problems.append(f"storage pool {session.settings.pool!r}: {exc}")
+    _pools(session, facts, problems)
     network = session.settings.network
     if network:
         try:

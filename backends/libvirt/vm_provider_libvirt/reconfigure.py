@@ -3,9 +3,14 @@
 Online (running VM): vCPUs up to the maximum set at create time
 (``setVcpusFlags`` LIVE|CONFIG: hot-plug), memory up to the domain's
 ``<memory>`` ceiling (``setMemoryFlags`` LIVE|CONFIG: the balloon), disks
-grow with ``blockResize``. Stopped VM: anything, including raising the
-maximums (they keep the create-time headroom) and growing volumes with
-``vol.resize``.
+grow with ``blockResize`` (QEMU grows the file or network image itself; a
+block device is first grown with ``vol.resize``, then QEMU is told to take
+its new size with ``VIR_DOMAIN_BLOCK_RESIZE_CAPACITY``, which the library
+and the daemon need, libvirt >= 10.0). Stopped VM: anything, including
+raising the maximums (they keep the create-time headroom) and growing
+volumes with ``vol.resize``. A volume in a pool whose libvirt backend
+cannot resize volumes (logical, disk, zfs, ...) does not grow: that is
+FAILED_PRECONDITION naming the pool type.
 
 All or nothing: every change is checked before the first is made; what a
 running VM cannot take raises FAILED_PRECONDITION naming what it needs
@@ -211,29 +216,75 @@ def _disks(session: Session, dom: libvirt.virDomain, mark: Mark, desired: Desire
         if vol is None:
             plan.invalid.append((field, f"volume {ref.pool}/{ref.name} of disk {ref.target} is gone"))
             continue
-        current = storage.describe(vol).capacity
+        info = storage.describe(vol)
+        current = info.capacity
         size = size_gib * GIB
         if size < current:
             plan.invalid.append(
                 (field, f"{size_gib} GiB is smaller than disk {ref.target} ({current / GIB:g} GiB): disks only grow")
             )
-        elif size > current and not host.resizes_disks:
-            plan.unsupported.append(
-                f"{field}: growing disk {ref.target} needs volume resizing, "
-                f"which libvirt's {host.driver.lower()} driver does not implement"
-            )
         elif size > current:
-            plan.disk_changes.append(_grow(dom, vol, ref.target, size, running))
+            # What the pool cannot do is said first: no other host would help there.
+            change = _grow(session, dom, vol, info, target=ref.target, size=size, running=running, field=field, plan=plan)
+            if change is not None and not host.resizes_disks:
+                plan.unsupported.append(
+                    f"{field}: growing disk {ref.target} needs volume resizing, "
+                    f"which libvirt's {host.driver.lower()} driver does not implement"
+                )
+            elif change is not None:
+                plan.disk_changes.append(change)
 
 
-def _grow(dom: libvirt.virDomain, vol: libvirt.virStorageVol, target: str, size: int, running: bool) -> Change:
+def _grow(
+    session: Session,
+    dom: libvirt.virDomain,
+    vol: libvirt.virStorageVol,
+    info: storage.VolumeInfo,
+    *,
+    target: str,
+    size: int,
+    running: bool,
+    field: str,
+    plan: Plan,
+) -> Change | None:
+    """How disk ``target`` grows to ``size`` (see the module doc); None,
+    with the reason in ``plan``, when it cannot."""
+    what = f"disk {target} -> {size // GIB} GiB"
+    pool = storage.pool_info(vol.storagePoolLookupByVolume())
+    block = info.kind == libvirt.VIR_STORAGE_VOL_BLOCK
+    if (block or not running) and not pool.kind.resize:
+        plan.needs.append(
+            f"{field}: growing disk {target} needs its volume resized, "
+            f"which libvirt cannot do in pool {pool.name!r} (a {pool.type} pool)"
+        )
+        return None
+    if running and not block:
+        return Change(what, lambda: dom.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES))
+    if not running:
+        return Change(what, lambda: vol.resize(size, 0))
+    capacity_flag = getattr(libvirt, "VIR_DOMAIN_BLOCK_RESIZE_CAPACITY", None)
+    daemon = session.host().libvirt_version
+    if capacity_flag is None or daemon < BLOCK_RESIZE_CAPACITY_SINCE:
+        missing = "libvirt-python" if capacity_flag is None else f"the libvirt daemon ({_version(daemon)})"
+        plan.needs.append(
+            f"{field}: growing block disk {target} of a running VM needs VIR_DOMAIN_BLOCK_RESIZE_CAPACITY "
+            f"(libvirt >= 10.0), which {missing} lacks: power the VM off to grow it"
+        )
+        return None
+
     def apply() -> None:
-        if running:
-            dom.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-        else:
-            vol.resize(size, 0)
+        vol.resize(size, 0)
+        dom.blockResize(target, 0, capacity_flag)
 
-    return Change(f"disk {target} -> {size // GIB} GiB", apply)
+    return Change(what, apply)
+
+
+#: libvirt version (major * 1e6 + minor * 1e3) that added VIR_DOMAIN_BLOCK_RESIZE_CAPACITY.
+BLOCK_RESIZE_CAPACITY_SINCE = 10_000_000
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
 def _mark(dom: libvirt.virDomain, mark: Mark, tags: tuple[str, ...], cpu_plugged: bool, running: bool) -> Change | None:

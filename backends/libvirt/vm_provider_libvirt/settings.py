@@ -54,6 +54,9 @@ class LibvirtSettings(BackendSettings):
 
     uri: str = Field("test:///default", description="libvirt connection URI (qemu:///system, qemu+ssh://host/system, ...)")
     pool: str = Field("default", description="storage pool for disks when placement names no Datastore")
+    seed_pool: str = Field(
+        "", description="storage pool for cloud-init seeds of VMs whose pool takes no uploads (RBD); empty: refuse those"
+    )
     network: str = Field("default", description="libvirt network for NICs that name neither NetworkName nor Bridge")
     domain_type: Literal["auto", "kvm", "qemu"] = Field(
         "auto",

@@ -1,11 +1,32 @@
-"""Storage volumes: find, create blank/overlay/copy, inspect, delete.
+"""Storage pools and volumes: what a pool can do, how a volume attaches to
+a domain, and making, finding and deleting volumes.
 
 Their bytes go in and out through :mod:`.streams`.
 
-Volumes live in libvirt storage pools. A VM's disks are qcow2 volumes in a
-file-based pool (dir, fs, netfs); other pool types (LVM, disk, iSCSI, RBD)
-hold raw volumes and cannot hold overlays. All functions raise
-``libvirt.libvirtError`` for the caller to translate, except where noted.
+:class:`PoolInfo` is the one place that reads a pool (its XML: type,
+target, source hosts, name and auth) and answers what it can hold and do;
+:func:`attach` the one place that says how a volume becomes a domain disk.
+Both decide from what libvirt reports, never from names. What each pool
+type can do is what libvirt's storage backend of that type implements
+(``src/storage/storage_backend_<type>.c``: ``createVol``, ``buildVolFrom``,
+``uploadVol``, ``resizeVol``), see :data:`POOL_KINDS`:
+
+- file pools (dir, fs, netfs, vstorage) hold image files of any format, so
+  qcow2 disks and overlays; everything works;
+- block pools (logical, disk, zfs) hold raw block devices, attached as
+  ``<disk type='block'>``; none can resize a volume; a disk pool names its
+  volumes after their partitions, so VMs cannot be made there (their
+  volumes are named after the VM) but its volumes attach; a logical volume must
+  be fully allocated (an allocation below its capacity makes a snapshot LV
+  that never grows: libvirt's formatstorage); zfs cannot copy volumes;
+- network pools (rbd, gluster) hold volumes QEMU opens over the network,
+  attached as ``<disk type='network'>`` with the pool's hosts and auth; RBD
+  holds raw only and takes no uploads; libvirt cannot make Gluster volumes;
+- iscsi, iscsi-direct, scsi, mpath hold LUNs made outside libvirt: their
+  volumes attach (block), but no volume can be made there.
+
+All functions raise ``libvirt.libvirtError`` for the caller to translate,
+except where noted.
 """
 
 from __future__ import annotations
@@ -13,17 +34,20 @@ from __future__ import annotations
 import logging
 import posixpath
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import libvirt
 
+from provider_core import FailedPrecondition
+
 from . import errors
+from .disksource import DiskSource, Network
 from .domxml import parse as parse_xml
 
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-FILE_POOLS = frozenset({"dir", "fs", "netfs", "gluster"})
 
 #: libvirt's names of volume formats that QEMU reads under another name.
 #: libvirt probes the files of a pool when it refreshes it (as it does after
@@ -33,11 +57,156 @@ QEMU_FORMATS = {"iso": "raw"}
 
 
 @dataclass(frozen=True)
+class PoolKind:
+    """What libvirt's storage backend of a pool type implements."""
+
+    files: bool = False
+    """Holds image files: any format (qcow2, overlays); else raw only."""
+    images: bool = False
+    """Its volumes' ``<format>`` is an image format (qcow2, raw) probed
+    from their data; else it is a partition or LV type, or absent, and the
+    data is read as raw."""
+    create: bool = False
+    """Makes new volumes (``createVol``)."""
+    copy: bool = False
+    """Makes a volume from another (``buildVolFrom``: ``createXMLFrom``)."""
+    upload: bool = False
+    """Takes bytes through a stream (``uploadVol``)."""
+    resize: bool = False
+    """Grows a volume (``resizeVol``)."""
+    names: bool = True
+    """Gives a new volume the name asked for (a disk pool names its
+    volumes after their partitions: loop0p1, sda2)."""
+    sparse: bool = False
+    """Makes a volume of the same kind with an allocation below its
+    capacity (a sparse file, a thin zvol or RBD image); where it does not,
+    volumes are asked for fully allocated."""
+
+
+_FILES = PoolKind(files=True, images=True, create=True, copy=True, upload=True, resize=True, sparse=True)
+_LUNS = PoolKind(upload=True)
+
+#: Pool types as libvirt's storage backends implement them (libvirt 9/10:
+#: storage_backend_fs.c, _logical.c, _disk.c, _zfs.c, _rbd.c, _gluster.c,
+#: _iscsi.c, _scsi.c, _mpath.c, _iscsi_direct.c, _vstorage.c). A type not
+#: listed can do nothing.
+POOL_KINDS: dict[str, PoolKind] = {
+    "dir": _FILES,
+    "fs": _FILES,
+    "netfs": _FILES,
+    "vstorage": _FILES,
+    "logical": PoolKind(create=True, copy=True, upload=True),
+    "disk": PoolKind(create=True, copy=True, upload=True, names=False),
+    "zfs": PoolKind(create=True, upload=True, sparse=True),
+    "rbd": PoolKind(images=True, create=True, copy=True, resize=True, sparse=True),
+    "gluster": PoolKind(images=True),
+    "iscsi": _LUNS,
+    "scsi": _LUNS,
+    "mpath": PoolKind(),
+    "iscsi-direct": PoolKind(),
+}
+
+#: Pool types whose volumes QEMU opens over the network, by protocol.
+NETWORK_PROTOCOLS = {"rbd": "rbd", "gluster": "gluster"}
+
+#: Volume types (``<volume type>``) as the libvirt.VIR_STORAGE_VOL_* numbers.
+VOLUME_KINDS = {"file": 0, "block": 1, "dir": 2, "network": 3, "netdir": 4, "ploop": 5}
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool's facts from its XML (:func:`pool_info`)."""
+
+    name: str
+    type: str
+    target: str = ""
+    """target/path: a directory, /dev, /dev/<vg>, ..."""
+    source_name: str = ""
+    """source/name: the volume group, zpool, RBD pool or Gluster volume."""
+    source_dir: str = ""
+    """source/dir: the directory inside a Gluster volume."""
+    network: Network | None = None
+    """Protocol, hosts and auth of a network pool."""
+    kind: PoolKind = field(default_factory=PoolKind)
+
+    @classmethod
+    def from_xml(cls, xml: str) -> PoolInfo:
+        root = parse_xml(xml)
+        kind = root.get("type", "")
+        source = root.find("source")
+        network = None
+        if kind in NETWORK_PROTOCOLS:
+            hosts = tuple((h.get("name", ""), h.get("port", "")) for h in source.findall("host")) if source is not None else ()
+            auth = source.find("auth") if source is not None else None
+            secret = auth.find("secret") if auth is not None else None
+            network = Network(
+                protocol=NETWORK_PROTOCOLS[kind],
+                hosts=hosts,
+                auth_username=auth.get("username", "") if auth is not None else "",
+                secret_type=auth.get("type", "") if auth is not None else "",
+                secret_uuid=secret.get("uuid", "") if secret is not None else "",
+                secret_usage=secret.get("usage", "") if secret is not None else "",
+            )
+        source_dir = source.find("dir") if source is not None else None
+        return cls(
+            name=root.findtext("name") or "",
+            type=kind,
+            target=root.findtext("target/path") or "",
+            source_name=(source.findtext("name") or "") if source is not None else "",
+            source_dir=source_dir.get("path", "") if source_dir is not None else "",
+            network=network,
+            kind=POOL_KINDS.get(kind, PoolKind()),
+        )
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Volume formats the pool holds."""
+        return ("qcow2", "raw") if self.kind.files else ("raw",)
+
+    def volume_format(self, wanted: str) -> str:
+        """``wanted`` where the pool holds it, else raw."""
+        return wanted if wanted in self.formats else "raw"
+
+    def allocation(self, capacity: int, preallocate: bool = False) -> int:
+        """The allocation to ask a new volume of ``capacity`` for: 0 (thin)
+        only where the pool makes thin volumes of the same kind."""
+        return capacity if preallocate or not self.kind.sparse else 0
+
+    def lacks(self, *abilities: str) -> str:
+        """The first of ``abilities`` (:class:`PoolKind` fields) the pool
+        lacks, or ""."""
+        return next((a for a in abilities if not getattr(self.kind, a)), "")
+
+    def need(self, action: str, *abilities: str) -> None:
+        """FailedPrecondition (naming the pool and its type) unless the pool
+        has every one of ``abilities``; ``action`` says what needed them."""
+        lacking = self.lacks(*abilities)
+        if lacking:
+            raise FailedPrecondition(f"{action}: {CANNOT[lacking]} in pool {self.name!r} (a libvirt {self.type} pool)")
+
+
+#: What a pool lacking each ability cannot do, for error messages.
+CANNOT = {
+    "create": "libvirt cannot make volumes",
+    "names": "libvirt names volumes after their partitions (sda2), not as asked,",
+    "copy": "libvirt cannot copy volumes (createXMLFrom)",
+    "upload": "libvirt cannot write volume data (upload)",
+    "resize": "libvirt cannot resize volumes",
+}
+
+
+def pool_info(pool: libvirt.virStoragePool) -> PoolInfo:
+    """A pool's facts (one call)."""
+    return PoolInfo.from_xml(pool.XMLDesc(0))
+
+
+@dataclass(frozen=True)
 class VolumeInfo:
     name: str
     pool: str
     path: str
     format: str
+    """What QEMU reads it as: raw on a pool that holds no image files."""
     capacity: int
     allocation: int
     backing_path: str = ""
@@ -47,22 +216,65 @@ class VolumeInfo:
 
 
 def describe(vol: libvirt.virStorageVol) -> VolumeInfo:
-    """A volume's facts from its XML (one call)."""
-    root = parse_xml(vol.XMLDesc(0))
+    """A volume's facts from its and its pool's XML."""
+    return describe_xml(vol.XMLDesc(0), pool_info(vol.storagePoolLookupByVolume()))
+
+
+def describe_xml(xml: str, pool: PoolInfo) -> VolumeInfo:
+    root = parse_xml(xml)
     fmt = root.find("target/format")
     backing = root.find("backingStore")
     backing_fmt = backing.find("format") if backing is not None else None
+    stored = qemu_format(fmt.get("type", "raw") if fmt is not None else "raw")
     return VolumeInfo(
-        name=root.findtext("name") or vol.name(),
-        pool=vol.storagePoolLookupByVolume().name(),
+        name=root.findtext("name") or "",
+        pool=pool.name,
         path=root.findtext("target/path") or "",
-        format=qemu_format(fmt.get("type", "raw") if fmt is not None else "raw"),
+        # A partition's <format> names its partition type, not an image format.
+        format=stored if pool.kind.images else "raw",
         capacity=_bytes(root.find("capacity")),
         allocation=_bytes(root.find("allocation")),
         backing_path=(backing.findtext("path") or "") if backing is not None else "",
         backing_format=qemu_format(backing_fmt.get("type", "")) if backing_fmt is not None else "",
-        kind={"file": 0, "block": 1, "dir": 2, "network": 3, "netdir": 4, "ploop": 5}.get(root.get("type", "file"), 0),
+        kind=VOLUME_KINDS.get(root.get("type", "file"), 0),
     )
+
+
+def attach(vol: libvirt.virStorageVol) -> DiskSource:
+    """How a volume becomes a domain disk (see :func:`attach_xml`)."""
+    return attach_xml(vol.XMLDesc(0), pool_info(vol.storagePoolLookupByVolume()))
+
+
+def attach_xml(xml: str, pool: PoolInfo) -> DiskSource:
+    """How the volume (its XML) of ``pool`` becomes a domain disk: a block
+    device as ``type='block'``, a network volume as ``type='network'`` with
+    the pool's protocol, hosts and auth, anything else as a file.
+    FailedPrecondition for what no disk can be (a directory)."""
+    root = parse_xml(xml)
+    name = root.findtext("name") or ""
+    path = root.findtext("target/path") or ""
+    kind = root.get("type", "file")
+    if kind == "block":
+        return DiskSource("block", path)
+    if kind == "network":
+        if pool.network is None:
+            raise FailedPrecondition(f"volume {name!r} is a network volume of a {pool.type} pool, which has no network source")
+        return DiskSource("network", _network_name(pool, name, path), pool.network)
+    if kind in ("dir", "netdir"):
+        raise FailedPrecondition(f"volume {name!r} of pool {pool.name!r} is a directory, not a disk")
+    return DiskSource("file", path)
+
+
+def _network_name(pool: PoolInfo, name: str, path: str) -> str:
+    """The ``<source name>`` of a network volume: ``pool/image`` for RBD
+    (its target path), ``volume/dir/file`` for Gluster (from its
+    ``gluster://host/volume/dir/file`` path)."""
+    if "://" in path:
+        return urlsplit(path).path.lstrip("/")
+    if path and not path.startswith("/"):
+        return path
+    prefix = "/".join(p.strip("/") for p in (pool.source_name, pool.source_dir) if p.strip("/"))
+    return f"{prefix}/{name}" if prefix else name
 
 
 def qemu_format(libvirt_format: str) -> str:
@@ -89,22 +301,21 @@ def _bytes(el: ET.Element | None) -> int:
 
 
 def pool_type(pool: libvirt.virStoragePool) -> str:
-    return parse_xml(pool.XMLDesc(0)).get("type", "")
+    return pool_info(pool).type
 
 
 def holds_files(pool: libvirt.virStoragePool) -> bool:
     """Whether the pool holds image files (qcow2, overlays)."""
-    return pool_type(pool) in FILE_POOLS
+    return pool_info(pool).kind.files
 
 
 def path_of(pool: libvirt.virStoragePool, name: str) -> str:
     """Where volume ``name`` of a pool that holds files lies (whether it
     exists yet or not); "" for other pools."""
-    root = parse_xml(pool.XMLDesc(0))
-    target = root.findtext("target/path") or ""
-    if root.get("type", "") not in FILE_POOLS or not target:
+    info = pool_info(pool)
+    if not info.kind.files or not info.target:
         return ""
-    return f"{target.rstrip('/')}/{name}"
+    return f"{info.target.rstrip('/')}/{name}"
 
 
 def lookup(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
@@ -155,6 +366,7 @@ def find(conn: libvirt.virConnect, ref: str, default_pool: libvirt.virStoragePoo
 
 
 def volume_xml(
+    pool: PoolInfo,
     name: str,
     capacity: int,
     fmt: str,
@@ -162,12 +374,16 @@ def volume_xml(
     backing: VolumeInfo | None = None,
     preallocate: bool = False,
 ) -> str:
+    """A new volume's XML: its format where the pool holds image files
+    (other pools have their own meaning of <format>, a partition or LV
+    type, and hold raw data), its allocation as the pool needs."""
     vol = ET.Element("volume")
     ET.SubElement(vol, "name").text = name
     ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
-    ET.SubElement(vol, "allocation", unit="bytes").text = str(capacity if preallocate else 0)
+    ET.SubElement(vol, "allocation", unit="bytes").text = str(pool.allocation(capacity, preallocate))
     target = ET.SubElement(vol, "target")
-    ET.SubElement(target, "format", type=fmt)
+    if pool.kind.files:
+        ET.SubElement(target, "format", type=fmt)
     if backing is not None:
         store = ET.SubElement(vol, "backingStore")
         ET.SubElement(store, "path").text = backing.path
@@ -178,24 +394,34 @@ def volume_xml(
 def create_blank(
     pool: libvirt.virStoragePool, name: str, capacity: int, fmt: str, preallocate: bool = False
 ) -> libvirt.virStorageVol:
+    info = pool_info(pool)
+    fmt = info.volume_format(fmt)
     flags = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA if preallocate and fmt == "qcow2" else 0
-    return pool.createXML(volume_xml(name, capacity, fmt, preallocate=preallocate), flags)
+    return pool.createXML(volume_xml(info, name, capacity, fmt, preallocate=preallocate), flags)
 
 
 def create_overlay(pool: libvirt.virStoragePool, name: str, base: VolumeInfo, capacity: int = 0) -> libvirt.virStorageVol:
     """A qcow2 volume whose backing file is ``base`` (copy-on-write)."""
-    return pool.createXML(volume_xml(name, max(capacity, base.capacity), "qcow2", backing=base), 0)
+    info = pool_info(pool)
+    return pool.createXML(volume_xml(info, name, max(capacity, base.capacity), "qcow2", backing=base), 0)
 
 
 def copy(
     pool: libvirt.virStoragePool, name: str, source: libvirt.virStorageVol, fmt: str, capacity: int = 0
 ) -> libvirt.virStorageVol:
-    """A full, independent copy of ``source`` (flattened: no backing file),
-    grown to ``capacity`` when that is larger."""
-    info = describe(source)
-    vol = pool.createXMLFrom(volume_xml(name, info.capacity, fmt), source, 0)
-    if capacity > info.capacity:
-        grow(vol, capacity)
+    """A full, independent copy of ``source`` (flattened: no backing file)
+    in ``fmt`` (raw where the pool holds nothing else), made at
+    ``capacity`` when that is larger: a pool that cannot resize volumes
+    (logical, disk) gets it at its final size up front."""
+    info = pool_info(pool)
+    src = describe(source)
+    size = max(capacity, src.capacity)
+    vol = pool.createXMLFrom(volume_xml(info, name, size, info.volume_format(fmt)), source, 0)
+    if describe(vol).capacity < size:
+        if not info.kind.resize:
+            delete(vol)
+            info.need(f"growing the copy {name!r} to {size} bytes", "resize")
+        grow(vol, size)
     return vol
 
 

@@ -32,17 +32,11 @@ log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 4 * 2**20
 
 
-def upload_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, data: bytes) -> bool:
-    """Write ``data`` into the volume. Returns False when the driver cannot
-    upload (libvirt's test driver)."""
+def upload_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, data: bytes) -> None:
+    """Write ``data`` into the volume."""
     stream = conn.newStream(0)
-    started = False
-    with errors.ignoring(errors.is_unsupported):
-        vol.upload(stream, 0, len(data), 0)
-        started = True
-    if not started:
-        return False
     try:
+        vol.upload(stream, 0, len(data), 0)
         view = memoryview(data)
         for offset in range(0, len(data), UPLOAD_CHUNK):
             chunk = view[offset : offset + UPLOAD_CHUNK]
@@ -53,7 +47,6 @@ def upload_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, data: byt
     except BaseException:
         _abort(stream)
         raise
-    return True
 
 
 def upload_file(conn: libvirt.virConnect, vol: libvirt.virStorageVol, file: Path) -> None:
