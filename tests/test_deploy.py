@@ -16,9 +16,6 @@ image.
 
 from __future__ import annotations
 
-import functools
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +23,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from vmp_testplugins.deploy import DEPLOY, container, environment, one, pod, render
 
 from provider_core import plugins
 from provider_core.config import ServerSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-KUBECTL = Path(sys.executable).with_name("kubectl")
 # The oldest Kubernetes VirtRigaud supports (its README: 1.25+) and the
 # newest whose schemas kubernetes-validate ships.
 KUBERNETES = ["1.25", kubernetes_validate.utils.latest_version()]
@@ -49,27 +44,6 @@ MANAGER_POD_LABELS = {
 }
 MANAGER_SERVICE_PORTS = {"grpc": 9443, "metrics": 8080}
 MANAGER_NAMESPACE = "virtrigaud-system"
-
-
-@functools.cache
-def render(kustomization: str) -> tuple[dict[str, Any], ...]:
-    """``kubectl kustomize deploy/<kustomization>``, as objects."""
-    assert KUBECTL.exists(), f"{KUBECTL} is missing: install the test extras (make setup)"
-    done = subprocess.run(
-        [str(KUBECTL), "kustomize", str(DEPLOY / kustomization)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
-
-
-def one(kustomization: str, kind: str) -> dict[str, Any]:
-    (found,) = [d for d in render(kustomization) if d["kind"] == kind]
-    return found
-
-
-def container(kustomization: str) -> dict[str, Any]:
-    (c,) = one(kustomization, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return c
 
 
 def test_every_directory_with_manifests_is_a_kustomization() -> None:
@@ -178,11 +152,11 @@ def test_the_stop_fits_in_the_grace_period() -> None:
     """preStop's sleep, then the provider's whole stop (grace_seconds) within
     terminationGracePeriodSeconds; readiness notices the drain within
     drain_delay (docs/running.md "Signals")."""
-    pod = one("examples/proxmox", "Deployment")["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
+    spec = pod("examples/proxmox")
+    (c,) = spec["containers"]
     sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1].split()[-1])
     defaults = ServerSettings()
-    assert pod["terminationGracePeriodSeconds"] > sleep + defaults.grace_seconds
+    assert spec["terminationGracePeriodSeconds"] > sleep + defaults.grace_seconds
     readiness = c["readinessProbe"]
     assert readiness["periodSeconds"] * readiness["failureThreshold"] <= defaults.drain_delay
 
@@ -191,7 +165,7 @@ def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
     """The checks of the "restricted" profile (kubernetes.io/docs/concepts/
     security/pod-security-standards) that a pod template can fail; the
     example namespace enforces it."""
-    spec = one("examples/proxmox", "Deployment")["spec"]["template"]["spec"]
+    spec = pod("examples/proxmox")
     assert one("examples/proxmox", "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert not {"hostNetwork", "hostPID", "hostIPC"} & spec.keys()
     assert {v_type for v in spec["volumes"] for v_type in v if v_type != "name"} <= {
@@ -237,23 +211,10 @@ def test_the_example_secrets_hold_what_the_provider_reads() -> None:
     assert set(tls["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
 
 
-def pod_environment(kustomization: str) -> dict[str, str]:
-    """The container's variables as the kubelet sets them."""
-    deployment = one(kustomization, "Deployment")
-    fields = {
-        "metadata.namespace": deployment["metadata"]["namespace"],
-        **{f"metadata.labels['{k}']": v for k, v in deployment["spec"]["template"]["metadata"]["labels"].items()},
-    }
-    env = {}
-    for e in container(kustomization)["env"]:
-        env[e["name"]] = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
-    return env
-
-
 def test_the_provider_accepts_the_pods_settings(cli: Any, pki: Any, tmp_path: Path) -> None:
     """``vm-provider config`` with the pod's variables and the example
     credentials (a misspelt VM_PROVIDER_* variable stops the start)."""
-    env = pod_environment("examples/proxmox")
+    env = environment("examples/proxmox")
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     for d in render("examples/proxmox"):
