@@ -18,6 +18,8 @@ image.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,7 +31,7 @@ import pydantic
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
-from vmp_testplugins.deploy import DEPLOY, container, environment, one, pod, render
+from vmp_testplugins.deploy import DEPLOY, KUBECTL, container, environment, one, pod, render
 
 from provider_core import plugins
 from provider_core.config import ServerSettings
@@ -304,3 +306,95 @@ def test_the_alerts_name_only_metrics_the_provider_serves(serve: Any) -> None:
         raise
     wanted = {n for r in alert_rules() for n in metric_names(r["expr"]) if n.startswith("vm_provider_")}
     assert wanted <= served_series(text), f"not served: {wanted - served_series(text)}"
+
+
+# -- docs/deploying.md --------------------------------------------------------------------
+
+DOC = DEPLOY.parent / "docs" / "deploying.md"
+
+
+def fenced(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def test_the_pages_commands_name_what_deploy_holds() -> None:
+    commands = [line for block in fenced("sh") for line in block.splitlines()]
+    applied = {line.split()[-1].removeprefix("deploy/") for line in commands if line.startswith("kubectl apply -k ")}
+    assert applied == {"examples/proxmox", "examples/virtrigaud"}
+    assert applied <= set(KUSTOMIZATIONS)
+    for d in ("examples/proxmox", "examples/virtrigaud", "alerts"):
+        assert f"`kubectl apply -k deploy/{d}`" in DOC.read_text() or f"kubectl apply -k deploy/{d}" in commands
+    (rollout,) = [line for line in commands if "rollout status" in line]
+    deployment = one("examples/proxmox", "Deployment")["metadata"]
+    assert rollout == f"kubectl -n {deployment['namespace']} rollout status deployment/{deployment['name']}"
+    service = one("examples/proxmox", "Service")["metadata"]
+    assert f"`{service['name']}.{service['namespace']}.svc`" in DOC.read_text()
+    (bench,) = [line for line in commands if "bench/footprint.py" in line]
+    shown = subprocess.run(
+        [sys.executable, *bench.split()[1:], "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_the_pages_alerts_are_deploy_alerts() -> None:
+    def words(expr: str) -> str:
+        return " ".join(expr.split())
+
+    assert sorted(words(b) for b in fenced("promql")) == sorted(words(r["expr"]) for r in alert_rules())
+
+
+def test_the_pages_libvirt_overlay_renders_and_starts(cli: Any, pki: Any, tmp_path: Path) -> None:
+    """The page's kvm1 overlay, written beside deploy/'s bases as the page says."""
+    text = DOC.read_text()
+    files = re.findall(r"`deploy/examples/kvm1/([\w.-]+)`:\n\n```yaml\n(.*?)```", text, flags=re.S)
+    assert [name for name, _ in files] == ["kustomization.yaml", "provider.yaml", "secret-credentials.yaml"]
+    deploy = tmp_path / "deploy"
+    (deploy / "examples" / "kvm1").mkdir(parents=True)
+    for base in ("provider", "policies"):
+        (deploy / base).symlink_to(DEPLOY / base)
+    for name, content in files:
+        (deploy / "examples" / "kvm1" / name).write_text(content)
+    (deploy / "examples" / "kvm1" / "secret-tls.yaml").write_bytes((DEPLOY / "examples/proxmox/secret-tls.yaml").read_bytes())
+    done = subprocess.run(
+        [str(KUBECTL), "kustomize", str(deploy / "examples" / "kvm1")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    for doc in objects:
+        if doc["kind"] in CUSTOM:
+            assert valid_custom_resource(doc), doc
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES[-1], strict=True)
+    kinds = {d["kind"]: d for d in objects if d["kind"] != "Secret"}
+    pods = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert pods["app.kubernetes.io/instance"] == "kvm1"
+    assert selects(kinds["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"], pods)
+    (c,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (secret,) = [d for d in objects if d["kind"] == "Secret" and d["type"] == "Opaque"]
+    assert set(secret["stringData"]) <= set(plugins.load_class("libvirt").Settings.credential_keys)
+    for key, value in secret["stringData"].items():
+        (credentials / key).write_text(value)
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, source in (("tls.crt", pki.server_cert), ("tls.key", pki.server_key), ("ca.crt", pki.ca)):
+        (tls / name).write_bytes(source.read_bytes())
+    env |= {"VM_PROVIDER_SERVER_CREDENTIALS_DIR": str(credentials), "VM_PROVIDER_SERVER_TLS_DIR": str(tls)}
+    shown = cli("config", *c["args"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert 'backend = "libvirt"' in shown.stdout
+    assert "qemu+ssh://kvm1.lab.example/system" in shown.stdout
+
+
+def test_the_pages_grace_periods_are_the_manifests_and_the_managers() -> None:
+    """The manager's pods get 30 s to stop, 15 of them in preStop
+    (provider_controller.go: TerminationGracePeriodSeconds, the preStop
+    hook): the grace_seconds the pages advise fits in what is left."""
+    manager_grace, manager_pre_stop = 30, 15
+    for page in (DOC, DOC.with_name("virtrigaud.md")):
+        (advised,) = re.findall(r"`VM_PROVIDER_SERVER_GRACE_SECONDS`\s+to (\d+) or less", page.read_text())
+        assert manager_pre_stop + int(advised) <= manager_grace, page.name
+    spec = pod("examples/proxmox")
+    assert f"`terminationGracePeriodSeconds: {spec['terminationGracePeriodSeconds']}`" in DOC.read_text()
