@@ -393,7 +393,7 @@ def test_the_pages_grace_periods_are_the_manifests_and_the_managers() -> None:
     (provider_controller.go: TerminationGracePeriodSeconds, the preStop
     hook): the grace_seconds the pages advise fits in what is left."""
     manager_grace, manager_pre_stop = 30, 15
-    for page in (DOC, DOC.with_name("virtrigaud.md")):
+    for page in (DOC, DOC.with_name("virtrigaud.md"), DOC.with_name("running.md")):
         (advised,) = re.findall(r"`VM_PROVIDER_SERVER_GRACE_SECONDS`\s+to (\d+) or less", page.read_text())
         assert manager_pre_stop + int(advised) <= manager_grace, page.name
     spec = pod("examples/proxmox")
