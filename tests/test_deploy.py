@@ -218,6 +218,13 @@ def test_the_example_secrets_hold_what_the_provider_reads() -> None:
     credentials = secrets[mounts["/etc/virtrigaud/credentials"]]["stringData"]
     keys = plugins.load_class("proxmox").Settings.credential_keys
     assert set(credentials) <= set(keys), set(credentials) - set(keys)
+    # The Secrets' files are the kubelet's, group fsGroup: readable by that group, which the provider runs in.
+    spec = pod("examples/proxmox")
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    for v in spec["volumes"]:
+        if "secret" in v:
+            assert v["secret"]["defaultMode"] & 0o040, v
+            assert not v["secret"]["defaultMode"] & 0o007, f"{v['name']}: readable by others"
     tls = secrets[mounts["/etc/virtrigaud/tls"]]
     assert tls["type"] == "kubernetes.io/tls"
     assert set(tls["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}

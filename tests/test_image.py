@@ -158,13 +158,17 @@ def start() -> Iterator[Any]:
         c.remove()
 
 
-def readable(directory: Path, files: dict[str, str]) -> Path:
-    """A directory UID 65532 can read (as a Secret's volume is), holding ``files``."""
+def readable(directory: Path, files: dict[str, str], mode: int = 0o644, group: int | None = None) -> Path:
+    """A directory UID 65532 can read (as a Secret's volume is), holding
+    ``files`` with ``mode``, of ``group`` if given (as the kubelet makes a
+    Secret volume's files with a pod's fsGroup)."""
     directory.mkdir(mode=0o755)
     directory.chmod(0o755)
     for name, text in files.items():
         (directory / name).write_text(text)
-        (directory / name).chmod(0o644)
+        (directory / name).chmod(mode)
+        if group is not None:
+            os.chown(directory / name, -1, group)
     return directory
 
 
@@ -304,8 +308,8 @@ def test_deploy_example_runs_as_its_deployment_says(
     start: Any, fakepve: Any, fakepve_cafile: str, pki: Any, tmp_path: Path
 ) -> None:
     """deploy/examples/proxmox's Deployment, its container run as the kubelet
-    would: its security context, variables, Secrets at its mount paths, its
-    probes; then preStop's command and SIGTERM, within
+    would: its security context, variables, Secrets at its mount paths
+    (their files of its fsGroup, with its defaultMode), its probes; then preStop's command and SIGTERM, within
     terminationGracePeriodSeconds. Differences, all forced by the test bed:
     the host's network and free ports instead of 9443 and 8080, fakepve's
     address and CA, and the test PKI's client name admitted."""
@@ -317,10 +321,13 @@ def test_deploy_example_runs_as_its_deployment_says(
     assert mounts["tls"] == "/etc/virtrigaud/tls"
 
     fakepve.apitokens[TOKEN_ID] = TOKEN_SECRET
-    creds = readable(tmp_path / "credentials", {"token_id": TOKEN_ID, "token_secret": TOKEN_SECRET + "\n"})
+    volumes = {v["name"]: v["secret"]["defaultMode"] for v in spec["volumes"] if "secret" in v}
+    group = spec["securityContext"]["fsGroup"]
+    secret = {"token_id": TOKEN_ID, "token_secret": TOKEN_SECRET + "\n"}
+    creds = readable(tmp_path / "credentials", secret, volumes["credentials"], group)
     ca = readable(tmp_path / "pve-ca", {"ca.crt": Path(fakepve_cafile).read_text()})
     files = {"tls.crt": pki.server_cert.read_text(), "tls.key": pki.server_key.read_text(), "ca.crt": pki.ca.read_text()}
-    tls = readable(tmp_path / "tls", files)
+    tls = readable(tmp_path / "tls", files, volumes["tls"], group)
     env = deploy.environment(kustomization)
     backend = env.pop("PROVIDER_TYPE")
     del env["PROVIDER_ENDPOINT"]
