@@ -100,6 +100,11 @@ def test_the_schemas_catch_mistakes() -> None:
         valid_custom_resource({**monitor, "spec": {**monitor["spec"], "endpoints": [endpoint]}})
 
 
+def policies(kustomization: str) -> list[dict[str, Any]]:
+    """The NetworkPolicies, the manager's first."""
+    return sorted((d for d in render(kustomization) if d["kind"] == "NetworkPolicy"), key=lambda d: len(d["metadata"]["name"]))
+
+
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and selector.items() <= labels.items()
 
@@ -111,7 +116,8 @@ def test_selectors_select_the_providers_pods(kustomization: str) -> None:
     assert selects(deployment["spec"]["selector"]["matchLabels"], pods)
     assert selects(service["spec"]["selector"], pods)
     assert selects(one(kustomization, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pods)
-    assert selects(one(kustomization, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pods)
+    for policy in policies(kustomization):
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], pods)
     monitor = one(kustomization, "ServiceMonitor")
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     ports = {p["name"]: p for p in service["spec"]["ports"]}
@@ -122,16 +128,17 @@ def test_selectors_select_the_providers_pods(kustomization: str) -> None:
 
 def test_around_virtrigaud_the_policies_select_the_managers_pods() -> None:
     objects = render("examples/virtrigaud")
-    assert sorted(d["kind"] for d in objects) == ["NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"]
+    assert sorted(d["kind"] for d in objects) == ["NetworkPolicy", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"]
     assert {d["metadata"]["namespace"] for d in objects} == {MANAGER_NAMESPACE}
     kinds = {d["kind"]: d["spec"] for d in objects}
     assert selects(kinds["PodDisruptionBudget"]["selector"]["matchLabels"], MANAGER_POD_LABELS)
-    assert selects(kinds["NetworkPolicy"]["podSelector"]["matchLabels"], MANAGER_POD_LABELS)
+    other = {**MANAGER_POD_LABELS, "app.kubernetes.io/instance": "another-provider"}
+    for policy in policies("examples/virtrigaud"):
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], MANAGER_POD_LABELS)
+        assert not selects(policy["spec"]["podSelector"]["matchLabels"], other)
     # The manager labels its Service as its pods, and names port 8080 "metrics".
     assert selects(kinds["ServiceMonitor"]["selector"]["matchLabels"], MANAGER_POD_LABELS)
     assert [e["port"] for e in kinds["ServiceMonitor"]["endpoints"]] == ["metrics"]
-    other = {**MANAGER_POD_LABELS, "app.kubernetes.io/instance": "another-provider"}
-    assert not selects(kinds["NetworkPolicy"]["podSelector"]["matchLabels"], other)
 
 
 def test_the_pod_starts_as_the_managers_pods_do() -> None:
@@ -197,17 +204,24 @@ def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
         assert not any("hostPort" in p for p in c["ports"])
 
 
-def test_the_network_policy_admits_the_managers_namespace_and_prometheus_to_metrics_only() -> None:
-    policy = one("examples/proxmox", "NetworkPolicy")["spec"]
-    assert policy["policyTypes"] == ["Ingress"]
-    admitted: dict[int, set[str]] = {}
-    for rule in policy["ingress"]:
+def admitted(policy: dict[str, Any]) -> dict[int, set[str]]:
+    """Port: the namespaces a NetworkPolicy admits to it."""
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    found: dict[int, set[str]] = {}
+    for rule in policy["spec"]["ingress"]:
         (peer,) = rule["from"]
         assert set(peer) == {"namespaceSelector"}, "only whole namespaces are admitted"
         namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for port in rule["ports"]:
-            admitted.setdefault(port["port"], set()).add(namespace)
-    assert admitted == {9443: {MANAGER_NAMESPACE}, 8080: {MANAGER_NAMESPACE, "monitoring"}}
+            found.setdefault(port["port"], set()).add(namespace)
+    return found
+
+
+def test_the_network_policies_admit_the_managers_namespace_and_prometheus_to_metrics_only() -> None:
+    manager, metrics = policies("examples/proxmox")
+    assert manager["metadata"]["name"].endswith("vm-provider")
+    assert admitted(manager) == {9443: {MANAGER_NAMESPACE}, 8080: {MANAGER_NAMESPACE}}
+    assert admitted(metrics) == {8080: {"monitoring"}}
 
 
 def test_the_example_secrets_hold_what_the_provider_reads() -> None:
@@ -375,7 +389,8 @@ def test_the_pages_libvirt_overlay_renders_and_starts(cli: Any, pki: Any, tmp_pa
     kinds = {d["kind"]: d for d in objects if d["kind"] != "Secret"}
     pods = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert pods["app.kubernetes.io/instance"] == "kvm1"
-    assert selects(kinds["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"], pods)
+    for policy in (d for d in objects if d["kind"] == "NetworkPolicy"):
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], pods)
     (c,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     credentials = tmp_path / "credentials"
