@@ -37,8 +37,8 @@ from provider_core import plugins
 from provider_core.config import ServerSettings
 
 # The oldest Kubernetes VirtRigaud supports (its README: 1.25+) and the
-# newest whose schemas kubernetes-validate ships.
-KUBERNETES = ["1.25", kubernetes_validate.utils.latest_version()]
+# newest whose schemas kubernetes-validate 1.37 ships; docs/deploying.md says so.
+KUBERNETES = ["1.25", "1.37"]
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
 # What VirtRigaud's manager puts on the pods and the Service of a Provider
 # object (internal/controller/provider_controller.go upstream,
@@ -355,6 +355,11 @@ def test_the_pages_commands_name_what_deploy_holds() -> None:
         [sys.executable, *bench.split()[1:], "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert shown.returncode == 0, shown.stderr
+
+
+def test_the_page_states_the_kubernetes_versions_checked() -> None:
+    text = " ".join(DOC.read_text().split())
+    assert f"Kubernetes {KUBERNETES[0]} (the oldest VirtRigaud supports) and {KUBERNETES[1]}," in text
 
 
 def test_the_pages_alerts_are_deploy_alerts() -> None:
