@@ -3,7 +3,8 @@ provider pod: as UID 65532 on a read-only root filesystem with a writable
 /tmp, all capabilities dropped, on the host's network; Create, Describe and
 Delete over gRPC against fakepve (HTTPS, credentials in files mounted
 read-only) and against libvirt's test hypervisor; SIGTERM stops it with exit
-status 0 within the grace period.
+status 0 within the grace period. Also as deploy/'s example Deployment
+says to run it (its security context, variables, mounts, probes, preStop).
 
 Build the image first: ``bash tools/build-image.sh`` (``VMP_IMAGE`` names
 another tag). Without podman or the image these tests skip, saying why;
@@ -29,6 +30,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vmp_testplugins import deploy
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
@@ -66,6 +68,11 @@ def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# How the manager's pods run (and deploy/'s): UID 65532, read-only root,
+# /tmp writable, no capabilities, no privilege escalation.
+POD_FLAGS = ["--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all", "--security-opt=no-new-privileges"]
+
+
 class Container:
     """One provider container, started like a pod of the manager's."""
 
@@ -76,7 +83,7 @@ class Container:
         PROVIDER_TYPE / PROVIDER_ENDPOINT, the Secret's files mounted read-only;
         with ``tls`` (a directory of tls.crt, tls.key, ca.crt and the test PKI)
         mounted at /etc/virtrigaud/tls, else with the manager's plaintext
-        opt-out."""
+        opt-out. On the host's network, so the ports are free ones."""
         self.name = f"vmp-image-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.health_port = free_port()
@@ -86,8 +93,7 @@ class Container:
             env["VIRTRIGAUD_PROVIDER_INSECURE"] = "true"
         else:
             mounts = {**mounts, tls[0]: "/etc/virtrigaud/tls"}
-        flags = ["--network=host", "--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all"]
-        flags += ["--security-opt=no-new-privileges", f"--name={self.name}"]
+        flags = ["--network=host", *POD_FLAGS, f"--name={self.name}"]
         for key, value in env.items():
             flags.append(f"--env={key}={value}")
         for source, target in mounts.items():
@@ -152,18 +158,28 @@ def start() -> Iterator[Any]:
         c.remove()
 
 
-def readable(directory: Path, files: dict[str, str]) -> Path:
-    """A directory UID 65532 can read (as a Secret's volume is), holding ``files``."""
+def readable(directory: Path, files: dict[str, str], mode: int = 0o644, group: int | None = None) -> Path:
+    """A directory UID 65532 can read (as a Secret's volume is), holding
+    ``files`` with ``mode``, of ``group`` if given (as the kubelet makes a
+    Secret volume's files with a pod's fsGroup)."""
     directory.mkdir(mode=0o755)
     directory.chmod(0o755)
     for name, text in files.items():
         (directory / name).write_text(text)
-        (directory / name).chmod(0o644)
+        (directory / name).chmod(mode)
+        if group is not None:
+            os.chown(directory / name, -1, group)
     return directory
 
 
 def lifecycle(c: Container) -> None:
-    """Create, Describe and Delete over gRPC; then SIGTERM ends it with status 0."""
+    """Create, Describe and Delete over gRPC, the probes; then SIGTERM ends it with status 0."""
+    exercise(c, probes=("/healthz", "/readyz"))
+    stopped(c, *c.stop(), grace=GRACE_SECONDS)
+
+
+def exercise(c: Container, probes: tuple[str, ...]) -> None:
+    """Create, Describe and Delete over gRPC; each of ``probes`` answers 200."""
     created = c.stub.Create(
         pb.CreateRequest(
             name="image-vm",
@@ -180,14 +196,16 @@ def lifecycle(c: Container) -> None:
     wait_task(c.stub, deleted.task, timeout=60)
     assert not c.stub.Describe(pb.DescribeRequest(id=created.id), timeout=30).exists
 
-    for path in ("/healthz", "/readyz"):  # the manager's liveness and readiness probes
+    for path in probes:  # liveness and readiness
         with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}{path}", timeout=5) as reply:
             assert reply.status == 200, path
 
-    status, seconds = c.stop()
+
+def stopped(c: Container, status: int, seconds: float, grace: float) -> None:
+    """It exited 0 within ``grace``, with nothing unexpected or secret in its log."""
     logs = c.logs()
     assert status == 0, logs
-    assert seconds < GRACE_SECONDS, f"stopped after {seconds:.1f}s"
+    assert seconds < grace, f"stopped after {seconds:.1f}s"
     assert "Traceback" not in logs, logs
     assert TOKEN_SECRET not in logs
 
@@ -244,7 +262,7 @@ boto3.client("sts", region_name="us-east-1")
 libvirt.open("test:///default").close()
 print("ok")
 """
-    flags = ["--rm", "--network=host", "--read-only", f"--user={UID}", "--tmpfs=/tmp", "--cap-drop=all"]
+    flags = ["--rm", "--network=host", *POD_FLAGS]
     ran = podman("run", *flags, "--entrypoint=python3", IMAGE, "-c", probe)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert ran.stdout.strip() == "ok", ran.stdout
@@ -262,3 +280,68 @@ def test_running_md_start_up_check_runs_as_written() -> None:
     ran = podman(*[IMAGE if word == "vm-provider:dev" else word for word in check[1:]])
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert ran.stdout.startswith("libvirt: "), ran.stdout
+
+
+def pod_flags(kustomization: str) -> list[str]:
+    """podman's flags for what the Deployment's pod and container ask of the runtime."""
+    spec, container = deploy.pod(kustomization), deploy.container(kustomization)
+    security = spec["securityContext"] | container["securityContext"]
+    # Each field either becomes a flag or needs none under podman (its
+    # default seccomp profile; the image's group; fsGroup for Secret volumes).
+    handled = {"readOnlyRootFilesystem", "runAsUser", "runAsNonRoot", "runAsGroup", "fsGroup"}
+    handled |= {"capabilities", "allowPrivilegeEscalation", "seccompProfile"}
+    assert set(security) <= handled, f"not translated: {set(security) - handled}"
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] != 0
+    assert security["runAsGroup"] == security["fsGroup"] == security["runAsUser"]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    flags = [f"--user={security['runAsUser']}"]
+    flags += ["--read-only"] if security["readOnlyRootFilesystem"] else []
+    flags += ["--cap-drop=all"] if security["capabilities"]["drop"] == ["ALL"] else []
+    flags += [] if security["allowPrivilegeEscalation"] else ["--security-opt=no-new-privileges"]
+    empty = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    flags += [f"--tmpfs={m['mountPath']}" for m in container["volumeMounts"] if m["name"] in empty]
+    return flags
+
+
+def test_deploy_example_runs_as_its_deployment_says(
+    start: Any, fakepve: Any, fakepve_cafile: str, pki: Any, tmp_path: Path
+) -> None:
+    """deploy/examples/proxmox's Deployment, its container run as the kubelet
+    would: its security context, variables, Secrets at its mount paths
+    (their files of its fsGroup, with its defaultMode), its probes; then preStop's command and SIGTERM, within
+    terminationGracePeriodSeconds. Differences, all forced by the test bed:
+    the host's network and free ports instead of 9443 and 8080, fakepve's
+    address and CA, and the test PKI's client name admitted."""
+    kustomization = "examples/proxmox"
+    spec, container = deploy.pod(kustomization), deploy.container(kustomization)
+    assert sorted(pod_flags(kustomization)) == sorted(POD_FLAGS)
+    assert [a.split("=")[0] for a in container["args"]] == ["--port", "--health-port"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["tls"] == "/etc/virtrigaud/tls"
+
+    fakepve.apitokens[TOKEN_ID] = TOKEN_SECRET
+    volumes = {v["name"]: v["secret"]["defaultMode"] for v in spec["volumes"] if "secret" in v}
+    group = spec["securityContext"]["fsGroup"]
+    secret = {"token_id": TOKEN_ID, "token_secret": TOKEN_SECRET + "\n"}
+    creds = readable(tmp_path / "credentials", secret, volumes["credentials"], group)
+    ca = readable(tmp_path / "pve-ca", {"ca.crt": Path(fakepve_cafile).read_text()})
+    files = {"tls.crt": pki.server_cert.read_text(), "tls.key": pki.server_key.read_text(), "ca.crt": pki.ca.read_text()}
+    tls = readable(tmp_path / "tls", files, volumes["tls"], group)
+    env = deploy.environment(kustomization)
+    backend = env.pop("PROVIDER_TYPE")
+    del env["PROVIDER_ENDPOINT"]
+    assert env.pop("VIRTRIGAUD_PROVIDER_ALLOWED_SANS") == "virtrigaud-manager"
+    env |= {"VIRTRIGAUD_PROVIDER_ALLOWED_SANS": "controller", "VM_PROVIDER_PROXMOX_CA_FILE": "/etc/pve-ca/ca.crt"}
+    c = start(backend, fakepve.url, env, {creds: mounts["credentials"], ca: "/etc/pve-ca"}, tls=(tls, pki))
+    logs = c.logs()
+    assert "mutual TLS 1.3+" in logs
+    assert '"level": "INFO"' in logs  # LOG_FORMAT=json
+    assert "launched by VirtRigaud as provider vm-providers/pve-lab" in logs
+
+    exercise(c, probes=(container["livenessProbe"]["httpGet"]["path"], container["readinessProbe"]["httpGet"]["path"]))
+    began = time.monotonic()
+    hook = podman("exec", c.name, *container["lifecycle"]["preStop"]["exec"]["command"], timeout=60)
+    assert hook.returncode == 0, hook.stderr
+    status, _ = c.stop()
+    stopped(c, status, time.monotonic() - began, grace=spec["terminationGracePeriodSeconds"])
