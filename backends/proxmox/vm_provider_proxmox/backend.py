@@ -7,10 +7,12 @@ their UPIDs.
 
 Not offered: DISK_EXPORT and DISK_IMPORT. The Proxmox API has no call that
 streams a disk out of or into a storage, so the backend does not pretend:
-clients get UNIMPLEMENTED. RECONFIGURE_ONLINE is not declared either: Proxmox
-changes a running VM's cores only at the next reboot (memory only with
-memory hotplug and NUMA), so online CPU and memory changes are not something
-a client can rely on. Disks do grow online (``resize``).
+clients get UNIMPLEMENTED. RECONFIGURE_ONLINE is offered by a connection
+whose settings make new VMs for it (``cpu_memory_hotplug``: CPU and memory
+hotplug, NUMA, vCPUs below a maximum; see :mod:`.hotplug`); without it
+Proxmox changes a running VM's cores only at the next reboot, so online CPU
+and memory changes are not something a client could rely on. Disks do grow
+online (``resize``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ProxmoxBackend(Backend):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.RECONFIGURE,
+            Capability.RECONFIGURE_ONLINE,
             Capability.DISK_EXPANSION_ONLINE,
             Capability.SNAPSHOTS,
             Capability.MEMORY_SNAPSHOTS,
@@ -79,10 +82,13 @@ class ProxmoxBackend(Backend):
         self.cluster.vms()
 
     def offer(self) -> Offer:
-        """Without IMAGE_PREPARE where no node that would download can put
+        """Without RECONFIGURE_ONLINE unless ``cpu_memory_hotplug`` makes new
+        VMs for it. Without IMAGE_PREPARE where no node that would download can put
         disk images into ``import`` content (libpve-storage-perl before 8.3.6):
         ImagePrepare is refused (UNIMPLEMENTED) rather than failing later."""
         offer = self.declared()
+        if not self.settings.cpu_memory_hotplug:
+            offer = offer.without(Capability.RECONFIGURE_ONLINE)
         if self.settings.import_storage and (why := validate.images_impossible(self.cluster)):
             log.warning("not offering image_prepare: %s", why)
             return offer.without(Capability.IMAGE_PREPARE)

@@ -82,6 +82,14 @@ class ProxmoxSettings(BackendSettings):
     cpu_type: str = Field("", description="Proxmox 'cpu' of new VMs (e.g. x86-64-v2-AES, host); empty: Proxmox's default")
     guest_agent: bool = Field(True, description="enable the QEMU guest agent option on new VMs (IPs come from it)")
     start_on_create: bool = Field(False, description="start VMs once Create finished")
+    cpu_memory_hotplug: bool = Field(
+        False,
+        description="make new VMs for CPU and memory growth while running (hotplug cpu,memory, numa=1, vcpus below "
+        "cores = max_vcpus); offers reconfigure_online",
+    )
+    max_vcpus: int = Field(
+        0, ge=0, le=512, description="cores (the most vCPUs) of VMs made with CPU hotplug (0: 2 x requested, at least 4)"
+    )
     reconfigure_running: Literal["refuse", "pending"] = Field(
         "refuse",
         description="a running VM's change that needs a reboot: refuse (FAILED_PRECONDITION, nothing applied) "
