@@ -237,3 +237,33 @@ def test_requests_refused_before_any_transfer(dp: Any, pve: Any, node: PveNode) 
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "target_name" in message
     assert node.sshd.logins() == 0
+
+
+def test_an_imported_disk_becomes_a_vms_disk(dp: Any, pve: Any, node: PveNode, claims: Path, ops_for: Any) -> None:
+    """ImportDisk's volume id is what Create takes as image Path: Proxmox
+    copies it onto the VM's disk (``import-from``). fakepve does not see the
+    stand-in's files; the test lists the volume there as a directory
+    storage's scan would."""
+    image = claims / "mig/golden.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "32M"], check=True)
+    got = import_(dp, "pvc://mig/golden.qcow2", "golden", backend_type="pvc")
+    volume = got.disk_id.split(":", 1)[1]
+    listed = {"content": "import", "format": "qcow2", "size": 32 * MiB, "ctime": 0}
+    pve.storages["cloud"].setdefault("volumes", {})[volume] = listed
+    ops = ops_for(dp)
+    mark = ops.mark()
+    vm = ops.create("from-import", image_json={"Path": got.path}, disks_json=[{"SizeGiB": 1}])
+    sent = b"".join(body for m, p, body in pve.requests[mark:] if m == "POST" and p.endswith("/qemu"))
+    assert b"import-from%3Dcloud%3Aimport%2Fgolden.qcow2" in sent
+    assert pve.vm(int(vm)).config["scsi0"].startswith("local-lvm:")
+
+
+def test_validate_logs_in_to_each_node(provider: Any, settings: dict[str, Any], node: PveNode) -> None:
+    report = provider({**settings, **node.settings()}).stub.Validate(pb.ValidateRequest(), timeout=60)
+    assert report.ok, report.message
+    assert "SSH data path (pvesm, qemu-img) on: pve1, pve2" in report.message
+    impostor = keygen(node.sshd.dir / "impostor")
+    known = node.sshd.known_hosts("wrong", key=impostor)
+    report = provider({**settings, **node.settings(known_hosts=known)}).stub.Validate(pb.ValidateRequest(), timeout=60)
+    assert not report.ok
+    assert "disk data path: SSH host key of node pve1" in report.message
