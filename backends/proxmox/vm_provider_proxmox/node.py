@@ -13,6 +13,7 @@ quoted for the remote shell here and nowhere else. Failures map through
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import shlex
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from .settings import ProxmoxSettings
 
 log = logging.getLogger(__name__)
 STDERR_TAIL = 400
+CHUNK = 1 << 20
 
 
 class CommandFailed(FailedPrecondition):
@@ -128,7 +130,7 @@ class Session:
         """A command's standard output as a file to read in chunks; its exit
         status is checked once the block ends."""
         channel = self._exec(argv)
-        f: Any = channel.makefile("rb")
+        f: Any = _Reader(channel)
         try:
             yield f
         except (paramiko.SSHException, OSError) as exc:
@@ -144,10 +146,9 @@ class Session:
         """A command's standard input as a file to write in chunks; closed
         (end of file) and its exit status checked once the block ends."""
         channel = self._exec(argv)
-        f: Any = channel.makefile_stdin("wb")
+        f: Any = _Writer(channel)
         try:
             yield f
-            f.flush()
             channel.shutdown_write()
         except (paramiko.SSHException, OSError) as exc:
             channel.close()
@@ -156,6 +157,40 @@ class Session:
             channel.close()
             raise
         self._finish(channel, argv, check=True)
+
+
+class _Reader(io.RawIOBase):
+    """A channel's output as a raw file: each read returns what has arrived
+    (short reads; paramiko's buffered file copies its buffer on every
+    packet, which makes large reads slow)."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return bytes(self.channel.recv(size if size > 0 else CHUNK))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _Writer(io.RawIOBase):
+    """A channel's input as a raw file (each write sends it all)."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.channel.sendall(data)
+        return len(data)
 
 
 __all__ = ["CommandFailed", "NodeShell", "Session"]
