@@ -29,6 +29,8 @@ from .settings import ProxmoxSettings
 log = logging.getLogger(__name__)
 STDERR_TAIL = 400
 CHUNK = 1 << 20
+#: Seconds a command whose input was cut short gets to exit.
+END_WAIT = 30.0
 
 
 class CommandFailed(FailedPrecondition):
@@ -144,19 +146,29 @@ class Session:
     @contextlib.contextmanager
     def writing(self, argv: list[str]) -> Iterator[BinaryIO]:
         """A command's standard input as a file to write in chunks; closed
-        (end of file) and its exit status checked once the block ends."""
+        (end of file) and its exit status checked once the block ends. When
+        the block fails, the command still gets its end of file and is
+        waited for, so that nothing it writes appears after the caller
+        removed it."""
         channel = self._exec(argv)
         f: Any = _Writer(channel)
         try:
             yield f
             channel.shutdown_write()
-        except (paramiko.SSHException, OSError) as exc:
-            channel.close()
-            raise from_ssh(exc, self.where) from None
-        except BaseException:
-            channel.close()
+        except BaseException as exc:
+            _end(channel)  # what it wrote is complete before the caller cleans up
+            if isinstance(exc, paramiko.SSHException | OSError):
+                raise from_ssh(exc, self.where) from None
             raise
         self._finish(channel, argv, check=True)
+
+
+def _end(channel: paramiko.Channel) -> None:
+    """End a command's input and wait (a while) for it to exit, then close."""
+    with contextlib.suppress(paramiko.SSHException, OSError):
+        channel.shutdown_write()
+        channel.status_event.wait(END_WAIT)
+    channel.close()
 
 
 class _Reader(io.RawIOBase):
