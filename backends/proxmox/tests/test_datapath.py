@@ -136,6 +136,9 @@ def test_export_to_s3_from_a_running_vm(
         resp = export(dp, f"s3://{BUCKET}/vm/disk.{fmt}", fmt, compress=compress, credentials=creds)
         received = tmp_path / f"received.{fmt}"
         s3.client().download_file(BUCKET, f"vm/disk.{fmt}", str(received))
+        back = import_(dp, f"s3://{BUCKET}/vm/disk.{fmt}", "back", fmt, credentials=creds)
+    assert back.checksum == resp.checksum
+    assert same_content(disk, node.path(back.disk_id))
     assert resp.checksum == sha256(received)
     assert same_content(disk, received)
     assert "exported" in caplog.text
@@ -236,6 +239,10 @@ def test_requests_refused_before_any_transfer(dp: Any, pve: Any, node: PveNode) 
     code, message = fails(lambda: import_(dp, "pvc://mig/y.qcow2", "../escape", backend_type="pvc"))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "target_name" in message
+    code, message = fails(lambda: import_(dp, "pvc://mig/y.qcow2", "y", backend_type="pvc", storage_hint="local-lvm"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+    assert "storage_hint" in message
+    assert "'local-lvm' holds no 'import' content" in message
     assert node.sshd.logins() == 0
 
 

@@ -36,6 +36,7 @@ import logging
 import posixpath
 import re
 import uuid
+from typing import Any
 
 from provider_core import (
     AlreadyExists,
@@ -100,6 +101,7 @@ def import_disk(cluster: Cluster, shell: NodeShell, spec: ImportSpec) -> Outcome
     storage = images.import_storage(cluster.settings, spec.storage_hint)
     target = images.ImageFile(storage, "import", f"{spec.target_name}.{spec.format}")
     origin = "storage_hint" if spec.storage_hint else "settings.import_storage"
+    _holds_import(cluster, storage, origin)
     node_name = placement.download_node(cluster, cluster.listing(), target.storage, origin, IMPORT_IMAGES)
     expected = spec.expected_checksum if spec.verify_checksum else ""
 
@@ -123,6 +125,18 @@ def import_disk(cluster: Cluster, shell: NodeShell, spec: ImportSpec) -> Outcome
         return ImportResult(disk_id=target.volid, path=target.volid, actual_size_bytes=got.size, checksum=got.sha256)
 
     return Outcome.later(ImportResult(disk_id=target.volid, path=target.volid), work)
+
+
+def _holds_import(cluster: Cluster, storage: str, origin: str) -> None:
+    entries: list[dict[str, Any]] = cluster.client.get("storage") or []
+    found = next((e for e in entries if e.get("storage") == storage), None)
+    if found is None:
+        raise InvalidArgument.field(origin, f"storage {storage!r} does not exist")
+    content = [c for c in str(found.get("content", "")).split(",") if c]
+    if "import" not in content:
+        held = ", ".join(content) or "none"
+        why = f"storage {storage!r} holds no 'import' content ({held}); ImportDisk places disks there"
+        raise InvalidArgument.field(origin, why)
 
 
 def _verify(node: Session, path: str, fmt: str, sha256: str) -> None:
