@@ -274,3 +274,17 @@ def test_validate_logs_in_to_each_node(provider: Any, settings: dict[str, Any], 
     report = provider({**settings, **node.settings(known_hosts=known)}).stub.Validate(pb.ValidateRequest(), timeout=60)
     assert not report.ok
     assert "disk data path: SSH host key of node pve1" in report.message
+
+
+def test_the_nodes_own_error_is_reported(dp: Any, pve: Any, node: PveNode, claims: Path) -> None:
+    """The writer on the node fails (here: its file is a directory) while
+    the provider is still sending: the answer carries the node's error."""
+    raw = claims / "mig/big.raw"
+    raw.write_bytes(b"\x5a" * (16 * MiB))
+    blocker = node.root / "cloud/import/.blocked.raw.part"
+    blocker.mkdir(parents=True)
+    code, message = fails(lambda: import_(dp, "pvc://mig/big.raw", "blocked", "raw", backend_type="pvc"))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, message
+    assert "dd on node pve1" in message
+    assert "Is a directory" in message
+    assert not (node.root / "cloud/import/blocked.raw").exists()

@@ -6,7 +6,9 @@ A node is reached at ``ssh_hosts[node]`` (default: its name) on
 agent, no other keys). Its host key must be in ``ssh_known_hosts_file``;
 an unknown host is refused and nothing is ever added to the file (no trust
 on first use), a different key is refused. Commands are argument lists,
-quoted for the remote shell here and nowhere else. Failures map through
+quoted for the remote shell here and nowhere else; one that stays silent
+(no output, no room for input) longer than ``task_timeout_seconds`` fails
+as UNAVAILABLE. Failures map through
 :func:`vm_provider_proxmox.errors.from_ssh`.
 """
 
@@ -78,7 +80,7 @@ class NodeShell:
             client.close()
             raise from_ssh(exc, where) from None
         try:
-            yield Session(client, node, where)
+            yield Session(client, node, where, s.task_timeout_seconds)
         finally:
             client.close()
 
@@ -86,10 +88,12 @@ class NodeShell:
 class Session:
     """One SSH connection to a node."""
 
-    def __init__(self, client: paramiko.SSHClient, node: str, where: str) -> None:
+    def __init__(self, client: paramiko.SSHClient, node: str, where: str, timeout: float) -> None:
         self.client = client
         self.node = node
         self.where = where
+        self.timeout = timeout
+        """Longest silence of a command (no output, no room for input)."""
 
     def _exec(self, argv: list[str]) -> paramiko.Channel:
         transport = self.client.get_transport()
@@ -97,6 +101,7 @@ class Session:
             raise from_ssh(paramiko.SSHException("the connection is closed"), self.where)
         try:
             channel = transport.open_session()
+            channel.settimeout(self.timeout)
             channel.exec_command(shlex.join(argv))
         except (paramiko.SSHException, OSError) as exc:
             raise from_ssh(exc, self.where) from None
@@ -156,19 +161,22 @@ class Session:
             yield f
             channel.shutdown_write()
         except BaseException as exc:
-            _end(channel)  # what it wrote is complete before the caller cleans up
+            _end_input(channel)  # what it wrote is complete before the caller cleans up
             if isinstance(exc, paramiko.SSHException | OSError):
+                if channel.exit_status_ready() and channel.recv_exit_status() != 0:
+                    self._finish(channel, argv, check=True)  # its own error (e.g. a full disk) says more
+                channel.close()
                 raise from_ssh(exc, self.where) from None
+            channel.close()
             raise
         self._finish(channel, argv, check=True)
 
 
-def _end(channel: paramiko.Channel) -> None:
-    """End a command's input and wait (a while) for it to exit, then close."""
+def _end_input(channel: paramiko.Channel) -> None:
+    """End a command's input and wait (a while) for it to exit."""
     with contextlib.suppress(paramiko.SSHException, OSError):
         channel.shutdown_write()
         channel.status_event.wait(END_WAIT)
-    channel.close()
 
 
 class _Reader(io.RawIOBase):
