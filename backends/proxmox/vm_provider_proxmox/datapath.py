@@ -88,7 +88,7 @@ def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome
                 with node.reading(["cat", tmp]) as stream:
                     sent = transfer.upload(stream, spec, size=size)
             finally:
-                node.status(["rm", "-f", tmp])
+                node.cleanup(["rm", "-f", tmp])
         log.info("VM %s: %s exported (%d bytes, sha256 %s)", ref.vmid, drive.key, sent.size, sent.sha256)
         return ExportResult(export_id=export_id, estimated_size_bytes=sent.size, checksum=sent.sha256)
 
@@ -119,7 +119,7 @@ def import_disk(cluster: Cluster, shell: NodeShell, spec: ImportSpec) -> Outcome
                 _verify(node, part, spec.format, got.sha256)
                 node.run(["mv", "-f", part, final])
             except BaseException:
-                node.status(["rm", "-f", part])
+                node.cleanup(["rm", "-f", part])
                 raise
         log.info("imported %s (%d bytes, sha256 %s)", target.volid, got.size, got.sha256)
         return ImportResult(disk_id=target.volid, path=target.volid, actual_size_bytes=got.size, checksum=got.sha256)

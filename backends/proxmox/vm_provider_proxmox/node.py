@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import paramiko
 
-from provider_core import FailedPrecondition
+from provider_core import FailedPrecondition, ProviderError
 
 from .errors import from_ssh
 from .settings import ProxmoxSettings
@@ -131,6 +131,15 @@ class Session:
     def status(self, argv: list[str]) -> int:
         """Run a command; its exit status."""
         return self._finish(self._exec(argv), argv, check=False)
+
+    def cleanup(self, argv: list[str]) -> None:
+        """Run a command that removes what a failed or finished step left;
+        never raises (the step's own error matters more), logs a failure."""
+        try:
+            if self.status(argv) != 0:
+                log.warning("%s on %s failed: remove %s by hand", argv[0], self.where, argv[-1])
+        except ProviderError as exc:
+            log.warning("%s on %s failed (%s): remove %s by hand", argv[0], self.where, exc, argv[-1])
 
     @contextlib.contextmanager
     def reading(self, argv: list[str]) -> Iterator[BinaryIO]:
