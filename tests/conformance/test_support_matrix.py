@@ -46,5 +46,4 @@ def test_backends_that_hand_transfer_the_request_list_nfs_the_default_does_not()
     for label in ("supported_export_backends", "supported_import_backends"):
         (row,) = [line for line in text.splitlines() if line.startswith(f"| `{label}` |")]
         libvirt, proxmox, sim = (cell.strip() for cell in row.split("|")[2:5])
-        assert libvirt == sim == "pvc, nfs, s3", row
-        assert proxmox == "(none)", row
+        assert libvirt == proxmox == sim == "pvc, nfs, s3", row

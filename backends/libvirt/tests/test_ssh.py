@@ -15,10 +15,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,106 +25,17 @@ import grpc
 import pytest
 from vm_provider_libvirt.login import RSA_OVER_LIBSSH2, Login
 from vm_provider_libvirt.settings import LibvirtSettings
+from vmp_testplugins.sshd import PASSPHRASE, SharedSshd, free_port, keygen, sshd_unavailable
 from vmp_testplugins.testbed import libvirtd_socket
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.pb import provider_pb2_grpc as pb_grpc
 from provider_core.testing import ProviderHarness
 
-SSHD = Path("/usr/sbin/sshd")
-PASSPHRASE = "correct horse battery staple"
 
-
-def sshd_unavailable() -> str:
-    """Why no sshd can run here ("" when it can)."""
-    if os.geteuid() != 0:
-        return "sshd is started as root (as in CI)"
-    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
-        return "openssh-server is not installed (testbed/install.sh)"
-    return ""
-
-
-def keygen(path: Path, passphrase: str = "", kind: str = "ed25519") -> str:
-    """A new key pair at ``path``; returns the public key line."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", path.name, "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path.with_suffix(".pub").read_text().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Sshd:
-    """An OpenSSH server on 127.0.0.1 accepting the client key (and the
-    passphrase-protected one) for root; its log counts logins."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.dir = tmp
-        self.host_key = keygen(tmp / "host_ed25519")
-        self.client_key = tmp / "client"
-        self.locked_key = tmp / "locked"
-        authorized = [keygen(self.client_key), keygen(self.locked_key, PASSPHRASE)]
-        self.rsa_key = tmp / "rsa"
-        authorized.append(keygen(self.rsa_key, kind="rsa"))
-        self.stranger_key = tmp / "stranger"
-        keygen(self.stranger_key)
-        # VirtRigaud's Secret holds only the private key: no .pub beside it.
-        for key in (self.client_key, self.locked_key, self.rsa_key, self.stranger_key):
-            key.with_suffix(".pub").unlink()
-        (tmp / "authorized_keys").write_text("\n".join(authorized) + "\n")
-        self.log = tmp / "sshd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation directory
-        for _ in range(5):
-            self.port = free_port()
-            config = self.dir / "sshd_config"
-            config.write_text(
-                f"ListenAddress 127.0.0.1:{self.port}\n"
-                f"HostKey {self.dir / 'host_ed25519'}\n"
-                f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\n"
-                "PermitRootLogin prohibit-password\n"
-                "PasswordAuthentication no\n"
-                "KbdInteractiveAuthentication no\n"
-                "UsePAM no\n"
-                "StrictModes no\n"
-                "PidFile none\n"
-                "LogLevel VERBOSE\n"
-            )
-            with self.log.open("ab") as log:
-                self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=log)
-            end = time.monotonic() + 10
-            while self.proc.poll() is None and time.monotonic() < end:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                        return
-                time.sleep(0.05)
-            self.stop()  # the port was taken meanwhile: another one
-        pytest.fail(f"sshd did not start:\n{self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def logins(self) -> int:
-        return self.log.read_text().count("Accepted publickey")
-
-    def known_hosts(self, name: str, key: str = "", host: str = "127.0.0.1") -> Path:
-        """A known_hosts file listing ``host`` on this port with ``key``
-        (default: this server's own host key)."""
-        path = self.dir / name
-        kind, blob = (key or self.host_key).split()[:2]
-        path.write_text(f"[{host}]:{self.port} {kind} {blob}\n")
-        return path
+class Sshd(SharedSshd):
+    """The shared test server (:mod:`vmp_testplugins.sshd`) with this
+    backend's settings for it."""
 
     def settings(self, known_hosts: Path, key: Path | None = None, **more: Any) -> dict[str, Any]:
         """Backend settings as VirtRigaud's Secret gives them: the URI names no user."""
@@ -148,7 +57,10 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     if reason:
         pytest.skip(f"needs an OpenSSH server: {reason}")
     server = Sshd(tmp_path)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield server
     finally:

@@ -140,3 +140,83 @@ def test_agent_is_not_a_live_change(ops: Any, pve: Any) -> None:
     ops.power(vm, pb.POWER_OP_OFF)
     apply(ops, vm, {"Class": {"ExtraConfig": {"agent": "enabled=1,type=isa"}}})  # stopped: written at once
     assert pve.vm(int(vm)).config["agent"] == "enabled=1,type=isa"
+
+
+# -- CPU and memory hotplug (vm_provider_proxmox.hotplug; pvesim.hotplug) --------
+
+
+def online(ops: Any) -> bool:
+    return bool(ops.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=30).supports_reconfigure_online)
+
+
+def test_hotplug_vm_grows_while_running(provider: Any, ops_for: Any, settings: dict[str, Any], pve: Any) -> None:
+    ops = ops_for(provider({**settings, "cpu_memory_hotplug": True}))
+    assert online(ops)
+    vm = ops.create("hp-1", class_json={"CPU": 2, "MemoryMiB": 2048})
+    config = pve.vm(int(vm)).config
+    assert (int(config["cores"]), int(config["sockets"]), int(config["vcpus"])) == (4, 1, 2)
+    assert set(config["hotplug"].split(",")) >= {"cpu", "memory"}
+    assert int(config["numa"]) == 1
+    listed = {v.id: v for v in ops.stub.ListVMs(pb.ListVMsRequest()).vms}[vm]
+    assert (listed.cpu, listed.memory_mib) == (2, 2048)
+    ops.power(vm, pb.POWER_OP_ON)
+    apply(ops, vm, {"Class": {"CPU": 4, "MemoryMiB": 3072}})
+    assert not pve.vm(int(vm)).pending
+    assert (int(config["cores"]), int(config["vcpus"]), int(config["memory"])) == (4, 4, 3072)
+    listed = {v.id: v for v in ops.stub.ListVMs(pb.ListVMsRequest()).vms}[vm]
+    assert (listed.cpu, listed.memory_mib) == (4, 3072)
+    assert ops.state(vm) == "On"
+
+
+def test_what_a_running_hotplug_vm_cannot_take(provider: Any, ops_for: Any, settings: dict[str, Any], pve: Any) -> None:
+    ops = ops_for(provider({**settings, "cpu_memory_hotplug": True, "max_vcpus": 3}))
+    vm = ops.create("hp-2", class_json={"CPU": 2, "MemoryMiB": 2048})
+    ops.power(vm, pb.POWER_OP_ON)
+    before = dict(pve.vm(int(vm)).config)
+    mark = ops.mark()
+    for desired, said in [
+        ({"CPU": 4}, "4 vCPUs is above this VM's maximum of 3"),
+        ({"CPU": 1}, "removing vCPUs (2 -> 1)"),
+        ({"MemoryMiB": 1024}, "shrinking memory of a running VM (2048 -> 1024 MiB)"),
+        ({"MemoryMiB": 2100}, "2100 MiB is not reachable online, 2048 or 2560 MiB are"),
+    ]:
+        code, message = ops.fails(lambda d=desired: reconfigure(ops, vm, {"Class": d}))
+        assert code is grpc.StatusCode.FAILED_PRECONDITION, message
+        assert said in message
+    assert all(m == "GET" for m, _ in ops.requests_since(mark))  # nothing applied
+    assert pve.vm(int(vm)).config == before
+    ops.power(vm, pb.POWER_OP_OFF)
+    apply(ops, vm, {"Class": {"CPU": 5, "MemoryMiB": 2100}})  # stopped: a new maximum
+    config = pve.vm(int(vm)).config
+    assert (int(config["cores"]), int(config["vcpus"]), int(config["memory"])) == (5, 5, 2100)
+
+
+def test_without_hotplug_cpu_and_memory_wait(ops: Any, pve: Any) -> None:
+    assert not online(ops)
+    vm = ops.create("hp-3", class_json={"CPU": 1, "MemoryMiB": 2048})
+    assert "vcpus" not in pve.vm(int(vm)).config
+    ops.power(vm, pb.POWER_OP_ON)
+    code, message = ops.fails(lambda: reconfigure(ops, vm, {"Class": {"CPU": 2, "MemoryMiB": 4096}}))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "CPU hotplug needs the VM created with hotplug=cpu" in message
+    assert "memory hotplug needs the VM created with hotplug=memory and numa=1" in message
+    assert not pve.vm(int(vm)).pending
+
+
+def test_hotplug_from_the_class(ops: Any, pve: Any) -> None:
+    """PerformanceProfile asks for hotplug per VM; memory hotplug needs
+    Proxmox's 1024 MiB of static memory (Memory.pm ``config``)."""
+    profile = {"CPUHotAddEnabled": True, "MemoryHotAddEnabled": True}
+    code, message = ops.fails(
+        lambda: ops.stub.Create(
+            pb.CreateRequest(name="hp-4", class_json=json.dumps({"CPU": 1, "MemoryMiB": 512, "PerformanceProfile": profile})),
+            timeout=30,
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "class_json.MemoryMiB" in message
+    vm = ops.create("hp-4", class_json={"CPU": 1, "MemoryMiB": 1024, "PerformanceProfile": profile})
+    ops.power(vm, pb.POWER_OP_ON)
+    apply(ops, vm, {"Class": {"CPU": 3, "MemoryMiB": 1536}})
+    config = pve.vm(int(vm)).config
+    assert (int(config["cores"]), int(config["vcpus"]), int(config["memory"])) == (4, 3, 1536)

@@ -122,3 +122,18 @@ def test_a_secret_with_token_and_password_logs_in_with_the_token(caplog: pytest.
     assert (s.username, s.password) == ("", None)
     assert "logging in with the token vmp@pve!ci" in caplog.text
     assert SECRET not in caplog.text
+
+
+def test_ssh_data_path_needs_key_and_known_hosts(tmp_path: Path) -> None:
+    key, known = tmp_path / "ssh-privatekey", tmp_path / "known_hosts"
+    key.write_text("x")
+    known.write_text("")
+    with pytest.raises(ConfigError, match="ssh_key_file and ssh_known_hosts_file go together"):
+        settings({"token_id": "vmp@pve!ci", "token_secret": SECRET, "ssh_key_file": str(key)})
+    s = settings(
+        {"token_id": "vmp@pve!ci", "token_secret": SECRET, "ssh_key_file": str(key)},
+        {"VM_PROVIDER_PROXMOX_SSH_KNOWN_HOSTS_FILE": str(known), "VM_PROVIDER_PROXMOX_SSH_HOSTS": '{"pve1": "10.0.0.1"}'},
+    )
+    assert (s.ssh_known_hosts_file, s.ssh_hosts) == (known, {"pve1": "10.0.0.1"})
+    assert ProxmoxSettings.credential_keys["ssh-privatekey"] == "ssh_key_file"
+    assert ProxmoxSettings.credential_keys["known_hosts"] == "ssh_known_hosts_file"

@@ -5,12 +5,14 @@ each module's docstring says what Proxmox calls it makes and which choices
 it takes. VM ids are VMIDs as strings; task ids of Proxmox's own tasks are
 their UPIDs.
 
-Not offered: DISK_EXPORT and DISK_IMPORT. The Proxmox API has no call that
-streams a disk out of or into a storage, so the backend does not pretend:
-clients get UNIMPLEMENTED. RECONFIGURE_ONLINE is not declared either: Proxmox
-changes a running VM's cores only at the next reboot (memory only with
-memory hotplug and NUMA), so online CPU and memory changes are not something
-a client can rely on. Disks do grow online (``resize``).
+DISK_EXPORT and DISK_IMPORT are offered where the nodes' SSH data path is
+configured (:mod:`.datapath`): the Proxmox API has no call that streams a
+disk out of or into a storage, so without SSH clients get UNIMPLEMENTED.
+RECONFIGURE_ONLINE is offered by a connection whose settings make new VMs
+for it (``cpu_memory_hotplug``: CPU and memory hotplug, NUMA, vCPUs below a
+maximum; see :mod:`.hotplug`); without it Proxmox changes a running VM's
+cores only at the next reboot, so online CPU and memory changes are not
+something a client could rely on. Disks do grow online (``resize``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from provider_core import (
     CreateSpec,
     DesiredVM,
     DiskDetails,
+    ExportResult,
+    ExportSpec,
     ImagePrepareSpec,
+    ImportResult,
+    ImportSpec,
     Offer,
     Outcome,
     PowerOp,
@@ -36,10 +42,12 @@ from provider_core import (
     VMInfo,
     VMStatus,
 )
+from provider_core.capabilities import STAGING_BACKENDS
 
-from . import cloning, create, describe, disks, images, power, reconfigure, snapshots, tasks, validate
+from . import cloning, create, datapath, describe, disks, images, power, reconfigure, snapshots, tasks, validate
 from .client import PveClient
 from .inventory import Cluster
+from .node import NodeShell
 from .settings import ProxmoxSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,7 @@ class ProxmoxBackend(Backend):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {
             Capability.RECONFIGURE,
+            Capability.RECONFIGURE_ONLINE,
             Capability.DISK_EXPANSION_ONLINE,
             Capability.SNAPSHOTS,
             Capability.MEMORY_SNAPSHOTS,
@@ -57,17 +66,26 @@ class ProxmoxBackend(Backend):
             Capability.LINKED_CLONES,
             Capability.IMAGE_PREPARE,
             Capability.DISK_INFO,
+            Capability.DISK_EXPORT,
+            Capability.EXPORT_COMPRESSION,
+            Capability.DISK_IMPORT,
             Capability.HARDWARE_UPGRADE,
         }
     )
     disk_types = ("thin", "thick", "qcow2", "raw", "vmdk")
     network_types = ("bridge", "vlan", "sdn-vnet")
+    export_formats = datapath.FORMATS
+    import_formats = datapath.FORMATS
+    export_backends = STAGING_BACKENDS
+    import_backends = STAGING_BACKENDS
+    transfer_modes = ("relay",)
 
     def __init__(self, settings: ProxmoxSettings) -> None:
         super().__init__(settings)
         self.settings: ProxmoxSettings = settings
         self.client = PveClient(settings)
         self.cluster = Cluster(self.client, settings)
+        self.shell = NodeShell(settings)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -79,10 +97,18 @@ class ProxmoxBackend(Backend):
         self.cluster.vms()
 
     def offer(self) -> Offer:
-        """Without IMAGE_PREPARE where no node that would download can put
-        disk images into ``import`` content (libpve-storage-perl before 8.3.6):
-        ImagePrepare is refused (UNIMPLEMENTED) rather than failing later."""
+        """Without RECONFIGURE_ONLINE unless ``cpu_memory_hotplug`` makes new
+        VMs for it; without DISK_EXPORT and DISK_IMPORT unless the nodes'
+        SSH data path is configured (``ssh_key_file``,
+        ``ssh_known_hosts_file``). Without IMAGE_PREPARE where no node that
+        would download can put disk images into ``import`` content
+        (libpve-storage-perl before 8.3.6): ImagePrepare is refused
+        (UNIMPLEMENTED) rather than failing later."""
         offer = self.declared()
+        if not self.settings.cpu_memory_hotplug:
+            offer = offer.without(Capability.RECONFIGURE_ONLINE)
+        if not self.shell.configured:
+            offer = offer.without(Capability.DISK_EXPORT, Capability.DISK_IMPORT)
         if self.settings.import_storage and (why := validate.images_impossible(self.cluster)):
             log.warning("not offering image_prepare: %s", why)
             return offer.without(Capability.IMAGE_PREPARE)
@@ -152,6 +178,12 @@ class ProxmoxBackend(Backend):
 
     def disk_info(self, vm_id: str, disk_id: str, snapshot_id: str) -> DiskDetails:
         return disks.disk_info(self.cluster, vm_id, disk_id, snapshot_id)
+
+    def export_disk(self, spec: ExportSpec) -> Outcome[ExportResult]:
+        return datapath.export_disk(self.cluster, self.shell, spec)
+
+    def import_disk(self, spec: ImportSpec) -> Outcome[ImportResult]:
+        return datapath.import_disk(self.cluster, self.shell, spec)
 
     def hardware_upgrade(self, vm_id: str, target_version: int) -> Outcome[None]:
         return disks.hardware_upgrade(self.cluster, vm_id, target_version)

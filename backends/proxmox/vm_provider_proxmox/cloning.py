@@ -144,7 +144,7 @@ def clone(cluster: Cluster, spec: CloneSpec) -> Outcome[str]:
     c = spec.customize
     built = Built()
     built.set("tags", newvm.tag_value(c.tags, s.owner_tag, "customize_json.tags"), "customize_json.tags")
-    built.update(class_config(spec.vm_class, s, spec.placement.datastore or s.storage, new=False))
+    built.update(class_config(spec.vm_class, s, spec.placement.datastore or s.storage, new=False, current=source_config))
     if "efidisk0" in built.config and "efidisk0" in source_config:
         del built.config["efidisk0"]
     built.update(cloudinit.customization(c, spec.target_name, s))

@@ -35,7 +35,7 @@ MACHINE_RE = re.compile(r"^pc-(q35|i440fx)-(\d+)\.(\d+)(?:\+pve(\d+))?$")
 FALLBACK_VERSIONS = range(2, 31)
 
 
-def _drive(config: dict[str, Any], disk_id: str) -> Drive:
+def drive_of(config: dict[str, Any], disk_id: str) -> Drive:
     if not disk_id:
         disk = primary_disk(config)
         if disk is None:
@@ -57,7 +57,7 @@ def disk_info(cluster: Cluster, vm_id: str, disk_id: str, snapshot_id: str) -> D
         config: dict[str, Any] = client.get(f"{ref.path}/snapshot/{snapshot_id}/config")
     else:
         config = client.get(f"{ref.path}/config", current=1)
-    drive = _drive(config, disk_id)
+    drive = drive_of(config, disk_id)
     if not snapshot_id:
         boot = primary_disk(config)
         cluster.learn_boot_disk(ref.vmid, boot.key if boot else None)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import paramiko
 import requests
 from proxmoxer import ResourceException
 from proxmoxer.core import AuthenticationError
@@ -241,3 +242,25 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.SSLError):
         return False  # a certificate does not fix itself
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+
+
+def from_ssh(exc: BaseException, where: str) -> ProviderError:  # noqa: PLR0911 - one row per failure
+    """A failure of the SSH connection to a node (``where`` names it): a host
+    key the known_hosts file does not hold or holds otherwise, and a refused
+    login, are FAILED_PRECONDITION (the operator's files must change); no
+    connection, UNAVAILABLE. Never the key or passphrase."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return FailedPrecondition(f"SSH host key of {where} differs from the one in ssh_known_hosts_file; refused")
+    if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
+        return FailedPrecondition(
+            f"SSH host key of {where} is not in ssh_known_hosts_file; add it there (unknown hosts are refused)"
+        )
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return FailedPrecondition(f"ssh_key_file is encrypted: set ssh_key_passphrase (for {where})")
+    if isinstance(exc, paramiko.SSHException) and "private key" in str(exc).lower():
+        return FailedPrecondition(f"ssh_key_file is not a private key paramiko can read (for {where})")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return FailedPrecondition(f"SSH login to {where} refused with ssh_key_file")
+    return Unavailable(f"SSH connection to {where} failed: {_first_line(exc)[:300]}")

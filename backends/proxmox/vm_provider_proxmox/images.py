@@ -72,7 +72,7 @@ class ImageFile:
         return self.content == "iso"
 
 
-def _storage(settings: ProxmoxSettings, hint: str) -> str:
+def import_storage(settings: ProxmoxSettings, hint: str) -> str:
     storage = hint or settings.import_storage
     if not storage:
         raise FailedPrecondition(
@@ -116,7 +116,7 @@ def url_target(
     """Where an image URL is downloaded to. A provider-chosen name (no
     ``filename``) is derived from the URL and its checksum (or validators),
     so the same image is downloaded once."""
-    storage = _storage(settings, hint)
+    storage = import_storage(settings, hint)
     fmt, validators = _format(image, settings, field, named=bool(filename))
     ext = EXTENSIONS[fmt]
     if filename:
@@ -150,7 +150,7 @@ def path_volume(image: VMImage, settings: ProxmoxSettings, field: str = "image_j
         raise InvalidArgument.field(
             f"{field}.Format", f"cannot tell the image format from {path!r}; give Format (qcow2, raw, vmdk, iso)"
         )
-    return ImageFile(_storage(settings, ""), "iso" if fmt == "iso" else "import", path)
+    return ImageFile(import_storage(settings, ""), "iso" if fmt == "iso" else "import", path)
 
 
 def present(client: PveClient, node: str, f: ImageFile) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """Reconfigure: bring a VM to desired_json.
 
-What changes: Name, Class (CPU -> ``cores`` with one socket, MemoryMiB ->
+What changes: Name, Class (CPU -> ``vcpus`` of a VM with CPU hotplug,
+within its ``cores``, else ``cores`` with one socket; MemoryMiB ->
 ``memory``, ExtraConfig keys), Tags, Networks (``netN``/``ipconfigN``; NICs
 beyond the list are removed), Disks (``disks_json[i]`` is the i-th disk:
 larger sizes are grown with ``resize``, online; entries beyond the VM's
@@ -11,8 +12,12 @@ and is not compared; a Placement Host other than the VM's node is refused
 (that is a migration, FAILED_PRECONDITION).
 
 Running VMs: Proxmox applies some changes at once (name, tags, disk growth,
-and NICs, disks or memory where the VM's ``hotplug`` allows) and keeps the
-rest pending until the next reboot. With ``reconfigure_running = "refuse"``
+and NICs, disks, vCPUs or memory where the VM's ``hotplug`` allows, see
+:mod:`.hotplug` for CPU and memory) and keeps the rest pending until the
+next reboot. CPU and memory changes a running VM cannot take (no hotplug,
+beyond its maximum vCPUs, shrinking, memory between DIMM sizes) are refused
+naming what they need; with ``"pending"`` only those Proxmox would try at
+once (shrinking, memory between DIMM sizes) are refused. With ``reconfigure_running = "refuse"``
 (the default) a change that would wait for a reboot is refused before
 anything is applied: FAILED_PRECONDITION naming each change. Should Proxmox
 still leave something pending, the task fails saying which changes wait for
@@ -30,7 +35,7 @@ from typing import Any
 from provider_core import DesiredVM, FailedPrecondition, InvalidArgument, Outcome
 from provider_core.specs import DiskSpec, NetworkAttachment, VMClass
 
-from . import cloudinit, newvm, tasks
+from . import cloudinit, hotplug, newvm, tasks
 from .describe import split_pending
 from .inventory import Cluster, parse_tags
 from .vmconfig import GIB, Built, class_config, data_disks, disk_value, free_key, network_config, same_net
@@ -45,24 +50,17 @@ LIVE_KEYS |= frozenset({"ciuser", "cipassword", "citype", "ciupgrade", "cicustom
 FIELD = "desired_json"
 
 
-def _hotplug(config: dict[str, Any]) -> set[str]:
-    value = str(config.get("hotplug", "network,disk,usb"))
-    if value in ("1", ""):
-        return {"network", "disk", "usb"}
-    return set() if value == "0" else set(value.split(","))
-
-
 def _needs_reboot(key: str, config: dict[str, Any]) -> bool:
-    hot = _hotplug(config)
+    """Whether Proxmox keeps a change of ``key`` pending on a running VM
+    (CPU and memory: :func:`hotplug.online_refusals`)."""
+    hot = hotplug.features(config)
     if key in LIVE_KEYS:
         return False
     if key.startswith("net"):
         return "network" not in hot
     if key.startswith(("scsi", "virtio", "sata")):
         return "disk" not in hot
-    if key == "memory":
-        return not ("memory" in hot and str(config.get("numa", "0")) == "1")
-    return True
+    return key not in ("vcpus", "memory")
 
 
 def plan(cluster: Cluster, config: dict[str, Any], desired: DesiredVM, node: str) -> tuple[Built, list[tuple[str, str]]]:
@@ -97,17 +95,11 @@ def plan(cluster: Cluster, config: dict[str, Any], desired: DesiredVM, node: str
 def _class(cluster: Cluster, config: dict[str, Any], vc: VMClass, storage: str) -> Built:
     """CPU (as cores of one socket), memory and ExtraConfig keys that differ."""
     b = Built()
-    want = class_config(vc, cluster.settings, storage, new=False, field_name=f"{FIELD}.Class")
+    want = class_config(vc, cluster.settings, storage, new=False, field_name=f"{FIELD}.Class", current=config)
     if vc.firmware is not None and (want.config.get("bios") or "seabios") != config.get("bios", "seabios"):
         raise InvalidArgument.field(f"{FIELD}.Class.Firmware", "cannot change on an existing VM")
-    for key in ("bios", "machine", "efidisk0", "tpmstate0", "cores"):
+    for key in ("bios", "machine", "efidisk0", "tpmstate0"):
         want.config.pop(key, None)
-    if vc.cpu is not None:
-        sockets = int(config.get("sockets", 1) or 1)
-        if int(config.get("cores", 1) or 1) * sockets != vc.cpu:
-            b.set("cores", vc.cpu, f"{FIELD}.Class.CPU")
-            if sockets != 1:
-                b.set("sockets", 1, f"{FIELD}.Class.CPU")
     for key, value in want.config.items():
         if str(config.get(key, "")) != str(value):
             b.set(key, value, want.origins[key])
@@ -179,12 +171,19 @@ def reconfigure(cluster: Cluster, vm_id: str, desired: DesiredVM) -> Outcome[Non
     if not b.config and not resizes:
         return Outcome.done(None)
     running = ref.running  # paused included: QEMU runs
-    if running and cluster.settings.reconfigure_running == "refuse":
-        waiting = [k for k in b.config if _needs_reboot(k, config)]
-        if waiting:
-            listed = ", ".join(f"{k} ({config.get(k, 'unset')} -> {b.config[k]})" for k in waiting)
+    refused = hotplug.online_refusals(config, b.config) if running else {}
+    if cluster.settings.reconfigure_running == "pending":  # what Proxmox would not try online may wait
+        refused = {k: why for k, why in refused.items() if hotplug.applied_online(k, config)}
+    if running and (cluster.settings.reconfigure_running == "refuse" or refused):
+        waiting = [k for k in b.config if k not in refused and _needs_reboot(k, config)]
+        if cluster.settings.reconfigure_running == "pending":
+            waiting = []
+        if refused or waiting:
+            listed = [f"{k} ({config.get(k, 'unset')} -> {b.config[k]}): {why}" for k, why in refused.items()]
+            listed += [f"{k} ({config.get(k, 'unset')} -> {b.config[k]})" for k in waiting]
             raise FailedPrecondition(
-                f"VM {ref.vmid} is running and these changes need a reboot: {listed}; power it off first (nothing was changed)"
+                f"VM {ref.vmid} is running and these changes need a reboot: {'; '.join(listed)}; "
+                "power it off first (nothing was changed)"
             )
     changed = set(b.config) - {"delete"}
 

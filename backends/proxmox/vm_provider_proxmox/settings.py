@@ -45,6 +45,8 @@ class ProxmoxSettings(BackendSettings):
         "token_secret": "token_secret",
         "username": "username",
         "password": "password",
+        "ssh-privatekey": "ssh_key_file",
+        "known_hosts": "ssh_known_hosts_file",
     }
 
     endpoint: str = Field(description="Proxmox VE API endpoint, https://host:8006 (any node of the cluster)")
@@ -82,10 +84,35 @@ class ProxmoxSettings(BackendSettings):
     cpu_type: str = Field("", description="Proxmox 'cpu' of new VMs (e.g. x86-64-v2-AES, host); empty: Proxmox's default")
     guest_agent: bool = Field(True, description="enable the QEMU guest agent option on new VMs (IPs come from it)")
     start_on_create: bool = Field(False, description="start VMs once Create finished")
+    cpu_memory_hotplug: bool = Field(
+        False,
+        description="make new VMs for CPU and memory growth while running (hotplug cpu,memory, numa=1, vcpus below "
+        "cores = max_vcpus); offers reconfigure_online",
+    )
+    max_vcpus: int = Field(
+        0, ge=0, le=512, description="cores (the most vCPUs) of VMs made with CPU hotplug (0: 2 x requested, at least 4)"
+    )
     reconfigure_running: Literal["refuse", "pending"] = Field(
         "refuse",
         description="a running VM's change that needs a reboot: refuse (FAILED_PRECONDITION, nothing applied) "
         "or leave it pending in Proxmox until the next reboot",
+    )
+
+    ssh_key_file: FilePath | None = Field(
+        None, description="private key that logs in to the nodes over SSH (the disk data path: ExportDisk, ImportDisk)"
+    )
+    ssh_key_passphrase: SecretStr | None = Field(None, description="passphrase of an encrypted ssh_key_file")
+    ssh_known_hosts_file: FilePath | None = Field(
+        None, description="known_hosts file the nodes' SSH host keys are checked against (only this one; never added to)"
+    )
+    ssh_user: str = Field("root", description="user on the nodes (runs pvesm and qemu-img)")
+    ssh_port: int = Field(22, ge=1, le=65535, description="SSH port of the nodes")
+    ssh_hosts: dict[str, str] = Field(
+        default_factory=dict, description="address of each node for SSH, by node name (default: the node's name)"
+    )
+    node_tmp_dir: str = Field(
+        "/var/tmp",  # noqa: S108 - a directory on the node, where mktemp makes the file
+        description="directory on the nodes for an export's converted image",
     )
 
     lock_retry_seconds: float = Field(
@@ -155,6 +182,11 @@ class ProxmoxSettings(BackendSettings):
                 raise ValueError("password auth needs both username and password (password_file or VM_PROVIDER_PROXMOX_PASSWORD)")
             if not USER_ID_RE.match(self.username):
                 raise ValueError("username must look like user@realm (e.g. root@pam)")
+        if (self.ssh_key_file is None) != (self.ssh_known_hosts_file is None):
+            raise ValueError(
+                "ssh_key_file and ssh_known_hosts_file go together: the node data path logs in with the key "
+                "and checks each node's host key against the file (never trusting it on first use)"
+            )
         if self.ca_file is not None and not self.verify_tls:
             raise ValueError("ca_file is set but verify_tls is false; drop one of them")
         if bool(self.snippets_storage) != bool(self.snippets_dir):

@@ -10,7 +10,8 @@ content; the effective privileges of the token or user from
 ``/access/permissions`` against what each operation needs (missing ones
 listed by name, path and the operations that need them); the configured
 node, storages (with the content types they are used for), bridge and
-snippets directory.
+snippets directory; with the SSH data path, a login to each online node
+(host key checked) that finds ``pvesm`` and ``qemu-img`` there.
 
 Privileges granted on a path count for it and, when propagated, for
 everything below. Privileges that come only through resource pools or on
@@ -28,6 +29,7 @@ from typing import Any
 from provider_core import ProviderError, ValidationReport
 
 from .inventory import Cluster
+from .node import NodeShell
 from .versions import IMPORT_IMAGES, OVERRULE_SHUTDOWN
 
 MIN_VERSION = (8, 0)
@@ -118,7 +120,7 @@ def validate(cluster: Cluster) -> ValidationReport:
         problems.append(
             f"Proxmox VE {info.get('version')} is too old; this backend needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or later"
         )
-    for check in (_privileges, _node, _packages, _storages, _snippets_dir):
+    for check in (_privileges, _node, _packages, _storages, _snippets_dir, _ssh):
         try:
             check(cluster, version, ok_lines, problems)
         except ProviderError as exc:
@@ -233,3 +235,21 @@ def _snippets_dir(cluster: Cluster, version: tuple[int, int], ok_lines: list[str
         problems.append(f"snippets_dir {root} is not writable: {exc.strerror}")
         return
     ok_lines.append(f"snippets_dir {root} writable")
+
+
+def _ssh(cluster: Cluster, version: tuple[int, int], ok_lines: list[str], problems: list[str]) -> None:
+    shell = NodeShell(cluster.settings)
+    if not shell.configured:
+        return
+    nodes: list[dict[str, Any]] = cluster.client.get("cluster/resources", type="node") or []
+    reached = []
+    for name in sorted(str(n.get("node")) for n in nodes if n.get("status") == "online"):
+        try:
+            with shell.session(name) as node:
+                node.run(["sh", "-c", "command -v pvesm qemu-img"])
+        except ProviderError as exc:
+            problems.append(f"disk data path: {exc}")
+            continue
+        reached.append(name)
+    if reached:
+        ok_lines.append(f"SSH data path (pvesm, qemu-img) on: {', '.join(reached)}")

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from provider_core import InvalidArgument
 from provider_core.specs import DiskSpec, Firmware, IPPolicy, NetworkAttachment, VMClass
 
+from . import hotplug
 from .settings import ProxmoxSettings
 
 GIB = 2**30
@@ -175,13 +176,23 @@ def disk_value(storage: str, spec: DiskSpec, field_name: str) -> str:
 
 
 def class_config(
-    vm_class: VMClass, settings: ProxmoxSettings, storage: str, *, new: bool, field_name: str = "class_json"
+    vm_class: VMClass,
+    settings: ProxmoxSettings,
+    storage: str,
+    *,
+    new: bool,
+    field_name: str = "class_json",
+    current: Mapping[str, Any] | None = None,
 ) -> Built:
     """CPU, memory, firmware and pass-through settings from class_json.
-    ``new``: defaults apply (a new VM), else only what the class names."""
+    ``new``: defaults apply (a new VM), else only what the class names;
+    ``current``: the config of the VM it changes (or copies), whose CPU
+    layout (hotplug) the CPU keys keep."""
     b = Built()
     cores = vm_class.cpu or (settings.default_cores if new else None)
-    if cores is not None:
+    if cores is not None and current is not None:
+        b.update(hotplug.cpu_change(settings, current, cores, f"{field_name}.CPU"))
+    elif cores is not None:
         b.set("cores", cores, f"{field_name}.CPU")
         if new:
             b.set("sockets", 1, f"{field_name}.CPU")
@@ -192,14 +203,13 @@ def class_config(
         b.set("cpu", settings.cpu_type, "settings.cpu_type")
     b.update(_firmware(vm_class, storage, field_name))
     perf = vm_class.performance_profile
-    if perf and (perf.cpu_hot_add_enabled or perf.memory_hot_add_enabled):
-        hot = ["network", "disk", "usb"]
-        if perf.cpu_hot_add_enabled:
-            hot.append("cpu")
-        if perf.memory_hot_add_enabled:
-            hot.append("memory")
-            b.set("numa", 1, f"{field_name}.PerformanceProfile.MemoryHotAddEnabled")
-        b.set("hotplug", ",".join(hot), f"{field_name}.PerformanceProfile")
+    hot = hotplug.hot_config(vm_class, settings, cores or 0, memory or 0, field_name, new=new)
+    if "numa" in hot and memory is not None and memory < hotplug.STATIC_MIB:
+        raise InvalidArgument.field(
+            f"{field_name}.MemoryMiB", f"memory hotplug needs at least {hotplug.STATIC_MIB} MiB (Proxmox's static memory)"
+        )
+    for key, (value, origin) in hot.items():
+        b.set(key, value, origin)
     if perf and perf.nested_virtualization and not settings.cpu_type:
         b.set("cpu", "host", f"{field_name}.PerformanceProfile.NestedVirtualization")
     for key, value in (vm_class.extra_config or {}).items():

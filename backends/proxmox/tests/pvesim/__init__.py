@@ -21,7 +21,9 @@ class and cites the Proxmox source it reproduces:
 - :class:`~pvesim.downloads.Downloads`: ``download-url`` as pve-storage runs
   it (checksums, existing files, the format taken from the extension);
 - :class:`~pvesim.agent.AgentPending`: ``agent`` is not a hot-pluggable
-  option.
+  option;
+- :class:`~pvesim.hotplug.Hotplug`: ``vcpus`` and ``memory`` of a running VM
+  change at once where its ``hotplug`` allows (memory in whole DIMMs).
 """
 
 from .cluster import RealCluster

@@ -8,6 +8,7 @@ from typing import Any
 from .agent import AgentPending
 from .downloads import Downloads
 from .ha import HaManager
+from .hotplug import Hotplug
 from .packages import Packages
 from .placement import Placement
 from .proxy import Layer
@@ -34,3 +35,4 @@ class RealCluster(Layer):
         self.placement = Placement(self)
         self.downloads = Downloads(self, self.packages, self.placement)
         self.agent = AgentPending(self)
+        self.hotplug = Hotplug(self)

@@ -68,4 +68,7 @@ class Pvestatd:
                 entry["status"] = "unknown"
             else:  # the sizes stay fakepve's (fresh); name, status and template lag
                 entry.update(stats)
+            vm = self.layer.pve.vm(int(entry["vmid"]))
+            if vm is not None and vm.config.get("vcpus") and "maxcpu" in entry:
+                entry["maxcpu"] = int(vm.config["vcpus"])  # qemu-server QemuServer.pm:2572, fakepve: cores*sockets
         return self.layer.answer(entries)
