@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages the libvirt test bed needs (Debian 12, as root).
+# Install the Debian packages the test bed needs (libvirt, PostgreSQL) (Debian 12, as root).
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
 
@@ -32,6 +32,8 @@ PACKAGES=(
     netcat-openbsd
     # an SSH server for the qemu+ssh tests (backends/libvirt/tests/test_ssh.py)
     openssh-server
+    # the shared state store of several replicas (testbed/postgres.sh)
+    postgresql
 )
 
 missing=()

@@ -1,0 +1,326 @@
+"""The state store of several replicas: PostgreSQL (``state_url``).
+
+psycopg 3 with an asyncio connection pool (psycopg_pool). What it keeps:
+
+- ``vmp_tasks``: every task record, written before the client hears of
+  the task, with the replica that runs it (``owner``);
+- ``vmp_replicas``: each running replica and its heartbeat, written every
+  third of ``lease`` seconds; a running task whose owner has not beaten for
+  ``lease`` seconds (by the database's clock) is reported interrupted, by
+  every replica;
+- ``vmp_schema``: the schema's version. Startup migrates an older schema
+  (one replica at a time, under a transaction-level advisory lock) and
+  refuses a newer one.
+
+Per-VM locks are session-level advisory locks (``pg_advisory_lock``) on a
+64-bit hash of the VM's lock key and the endpoint, taken on a pooled
+connection held for as long as the operation and its background work
+run: when a replica dies its sessions end and its locks go with them.
+
+When the database cannot be reached, calls that need it raise Unavailable
+and ``healthy`` turns false until a heartbeat gets through again; a task's
+end that could not be written is kept and written then. The URL holds a
+password: it never appears in a log or an error (:func:`redacted`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .errors import ConfigError, Unavailable
+from .models import TaskState
+from .state import Hold, StateStore
+from .tasks import INTERRUPTED, PREFIX
+from .urls import redact
+
+try:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - exercised only without the extra
+    psycopg = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""The schema this code writes; :data:`MIGRATIONS` brings older ones here."""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE vmp_replicas (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            started timestamptz NOT NULL DEFAULT clock_timestamp(),
+            beat timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+        """CREATE TABLE vmp_tasks (
+            id text PRIMARY KEY,
+            kind text NOT NULL,
+            subject text NOT NULL,
+            owner text NOT NULL,
+            started timestamptz NOT NULL DEFAULT clock_timestamp(),
+            finished timestamptz,
+            error text NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX vmp_tasks_running ON vmp_tasks (owner) WHERE finished IS NULL",
+        "CREATE INDEX vmp_tasks_finished ON vmp_tasks (finished)",
+    ),
+}
+"""Statements that bring the schema from the version before each key to it."""
+
+MIGRATION_LOCK = 0x766D702D6D696772  # "vmp-migr": one replica migrates at a time
+CONNECT_TIMEOUT = 10.0
+"""Seconds a start waits for the database before refusing to start."""
+CALL_TIMEOUT = 5.0
+"""Seconds a call waits for a free connection before answering UNAVAILABLE."""
+RETENTION = 7 * 86400.0
+"""Seconds finished task records are kept."""
+
+
+def redacted(text: str, url: str) -> str:
+    """``text`` without the URL, its password or its user name."""
+    parts = psycopg.conninfo.conninfo_to_dict(url) if psycopg is not None else {}
+    text = text.replace(url, redact(url))
+    for secret in (parts.get("password"),):
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text
+
+
+def lock_id(scope: str, key: str) -> int:
+    """The advisory lock number of a VM's lock key: a stable signed 64-bit
+    hash of the key in its scope (the backend and its endpoint)."""
+    digest = hashlib.blake2b(f"{scope}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class _PgHold(Hold):
+    def __init__(self, store: PostgresStore, conn: Any) -> None:
+        self._store = store
+        self._conn = conn
+        self._released = False
+
+    async def add(self, key: str) -> None:
+        async with self._store.failing():
+            await self._conn.execute("SELECT pg_advisory_lock(%s)", (lock_id(self._store.scope, key),))
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            await self._conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            await self._conn.close()  # its session's locks end with it
+        await self._store.pool.putconn(self._conn)
+
+
+class PostgresStore(StateStore):
+    """Task records and per-VM locks in PostgreSQL, shared by replicas."""
+
+    shared = True
+
+    def __init__(self, url: str, *, scope: str, lease: float = 15.0, pool_size: int = 20) -> None:
+        super().__init__()
+        if psycopg is None:
+            raise ConfigError("state_url needs PostgreSQL's client: pip install 'vm-provider[postgres]'")
+        self.url = url
+        self.scope = scope
+        self.lease = lease
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"state_url is not a valid PostgreSQL URL: {redacted(str(exc), url)}") from None
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=2,
+            max_size=pool_size,
+            open=False,
+            timeout=CALL_TIMEOUT,
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT), "application_name": "vm-provider"},
+            check=AsyncConnectionPool.check_connection,
+            name="vm-provider-state",
+        )
+        self._beating: asyncio.Task[None] | None = None
+        self._unsaved: dict[str, tuple[str, str, str]] = {}
+        """Ends of tasks not written yet: id -> (error, kind, subject)."""
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def _why(self, exc: BaseException) -> str:
+        if isinstance(exc, PoolTimeout):
+            return f"no connection within {CALL_TIMEOUT:g}s"
+        return redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self.url)
+
+    @contextlib.asynccontextmanager
+    async def failing(self) -> AsyncIterator[None]:
+        """Database errors inside become Unavailable (and health NOT_SERVING)."""
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            why = self._why(exc)
+            self._set_healthy(False, why)
+            raise Unavailable(f"the state database is unreachable ({why}); retry") from None
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            await self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except PoolTimeout:
+            await self.pool.close()
+            raise ConfigError(
+                f"state_url: cannot reach the database at {redact(self.url)} within {CONNECT_TIMEOUT:g}s;"
+                " check the URL, the password and that the server accepts connections"
+            ) from None
+        try:
+            await self._migrate()
+            await self._beat()
+        except BaseException:
+            await self.pool.close()
+            raise
+        self._beating = asyncio.create_task(self._heartbeat())
+        log.info("state in PostgreSQL at %s (schema %d), replica %s", redact(self.url), SCHEMA_VERSION, self.replica)
+
+    async def _migrate(self) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS vmp_schema (version integer NOT NULL)")
+            row = await (await conn.execute("SELECT max(version) FROM vmp_schema")).fetchone()
+            found = row[0] if row and row[0] is not None else 0
+            if found > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"state_url: the database's schema is version {found}, newer than this vm-provider's"
+                    f" ({SCHEMA_VERSION}): run a vm-provider at least as new as the one that wrote it, or use another database"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    await conn.execute(statement)
+                log.info("state database schema migrated to version %d", version)
+            if found < SCHEMA_VERSION:
+                await conn.execute("DELETE FROM vmp_schema")
+                await conn.execute("INSERT INTO vmp_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+    async def close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+        with contextlib.suppress(psycopg.Error, PoolTimeout):
+            await self._flush()
+            async with self.pool.connection(timeout=2.0) as conn:
+                # Our tasks still running are interrupted now, not after the lease.
+                await conn.execute("DELETE FROM vmp_replicas WHERE id = %s", (self.replica,))
+        await self.pool.close()
+
+    # -- heartbeat -------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO vmp_replicas (id, host) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET beat = clock_timestamp()",
+                (self.replica, socket.gethostname()),
+            )
+            params = {"lease": self.lease, "error": INTERRUPTED, "retention": RETENTION}
+            await conn.execute(
+                "UPDATE vmp_tasks t SET finished = clock_timestamp(), error = %(error)s"
+                " WHERE finished IS NULL AND NOT EXISTS"
+                " (SELECT 1 FROM vmp_replicas r WHERE r.id = t.owner"
+                " AND r.beat > clock_timestamp() - make_interval(secs => %(lease)s))",
+                params,
+            )
+            await conn.execute(
+                "DELETE FROM vmp_replicas WHERE beat <= clock_timestamp() - make_interval(secs => %(lease)s)", params
+            )
+            await conn.execute(
+                "DELETE FROM vmp_tasks WHERE finished < clock_timestamp() - make_interval(secs => %(retention)s)", params
+            )
+
+    async def _flush(self) -> None:
+        for task_id, (error, kind, subject) in list(self._unsaved.items()):
+            await self._write_end(task_id, error, kind, subject)
+            self._unsaved.pop(task_id, None)
+
+    async def _heartbeat(self) -> None:
+        """Beat every third of the lease (every second while unreachable)."""
+        while True:
+            await asyncio.sleep(self.lease / 3 if self.healthy else min(1.0, self.lease / 3))
+            try:
+                await self._beat()
+                await self._flush()
+            except (psycopg.Error, PoolTimeout) as exc:
+                self._set_healthy(False, self._why(exc))
+            else:
+                self._set_healthy(True)
+
+    # -- locks -----------------------------------------------------------------
+
+    async def hold(self, keys: Sequence[str]) -> Hold | None:
+        async with self.failing():
+            conn = await self.pool.getconn()
+            try:
+                for key in keys:
+                    await conn.execute("SELECT pg_advisory_lock(%s)", (lock_id(self.scope, key),))
+            except BaseException:
+                await conn.close()  # a lock it may have got ends with the session
+                await self.pool.putconn(conn)
+                raise
+        return _PgHold(self, conn)
+
+    # -- task records ----------------------------------------------------------
+
+    async def start(self, kind: str, subject: str) -> str:
+        task_id = PREFIX + uuid.uuid4().hex
+        async with self.failing(), self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO vmp_tasks (id, kind, subject, owner) VALUES (%s, %s, %s, %s)",
+                (task_id, kind, subject, self.replica),
+            )
+        return task_id
+
+    async def _write_end(self, task_id: str, error: str, kind: str, subject: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO vmp_tasks AS t (id, kind, subject, owner, finished, error)"
+                " VALUES (%s, %s, %s, %s, clock_timestamp(), %s)"
+                " ON CONFLICT (id) DO UPDATE SET finished = excluded.finished, error = excluded.error",
+                (task_id, kind, subject, self.replica, error),
+            )
+
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "") -> None:
+        try:
+            await self._write_end(task_id, error, kind, subject)
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._unsaved[task_id] = (error, kind, subject)
+            self._set_healthy(False, self._why(exc))
+            log.warning("task %s ended; its record is written once the state database answers again", task_id)
+
+    async def get(self, task_id: str) -> TaskState | None:
+        if task_id in self._unsaved:
+            return TaskState(done=True, error=self._unsaved[task_id][0])
+        async with self.failing(), self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT t.finished IS NOT NULL, t.error,"
+                " coalesce(r.beat > clock_timestamp() - make_interval(secs => %(lease)s), false)"
+                " FROM vmp_tasks t LEFT JOIN vmp_replicas r ON r.id = t.owner WHERE t.id = %(id)s",
+                {"lease": self.lease, "id": task_id},
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        finished, error, alive = row
+        if not finished and not alive:
+            return TaskState(done=True, error=INTERRUPTED)
+        return TaskState(done=finished, error=error)
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "lock_id", "redacted"]
