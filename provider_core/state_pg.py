@@ -48,6 +48,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+# The pool warns on every failed reconnection attempt; the store says once
+# that the database is unreachable, and once that it answers again.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 SCHEMA_VERSION = 1
 """The schema this code writes; :data:`MIGRATIONS` brings older ones here."""
