@@ -352,7 +352,7 @@ class Runtime:
         recorded) and the caller hears UNAVAILABLE."""
         subject = ",".join(keys)
         try:
-            task_id = await self.store.start(kind, subject)
+            task_id = await self.store.start(kind, subject, held.shared)
             unrecorded: Unavailable | None = None
         except Unavailable as exc:
             task_id, unrecorded = PREFIX + uuid.uuid4().hex, exc
@@ -415,7 +415,7 @@ class Runtime:
                 failure = Internal(internal_error(exc, f"task {kind}"))
             error = "" if failure is None else (str(failure) or type(failure).__name__)
             # Recorded before the VM is let go: whoever locks it next finds the task ended.
-            await self.store.finish(task_id, error, kind=kind, subject=subject)
+            await self.store.finish(task_id, error, kind=kind, subject=subject, hold=held.shared)
         finally:
             await self._release(held)
             self._running.pop(task_id, None)

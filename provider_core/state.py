@@ -81,13 +81,18 @@ class StateStore:
         Unavailable when the store cannot be reached."""
         return None
 
-    async def start(self, kind: str, subject: str) -> str:
-        """Record a new running task; its id. The record is stored when this returns."""
+    async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
+        """Record a new running task; its id. The record is stored when this
+        returns. ``hold``: what the task's operation holds (a store may write
+        through it)."""
         raise NotImplementedError
 
-    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "") -> None:
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> None:
         """Record a task's end (``error`` empty: success); ``kind`` and
-        ``subject`` make the record if its start never reached the store."""
+        ``subject`` make the record if its start never reached the store;
+        ``hold`` is what the task holds, let go once the end is recorded
+        (a store may do both at once). Never raises: an end the store
+        cannot take now is kept and written later."""
         raise NotImplementedError
 
     async def get(self, task_id: str) -> TaskState | None:
@@ -109,10 +114,10 @@ class LocalStore(StateStore):
     async def close(self) -> None:
         self.registry.close()
 
-    async def start(self, kind: str, subject: str) -> str:
+    async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
         return self.registry.start(kind, subject)
 
-    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "") -> None:
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> None:
         self.registry.finish(task_id, error)
 
     async def get(self, task_id: str) -> TaskState | None:

@@ -105,24 +105,43 @@ def lock_id(scope: str, key: str) -> int:
 
 
 class _PgHold(Hold):
+    """Advisory locks on one connection. Keys added are locked with the
+    next write through the hold (:meth:`PostgresStore.start`), in one
+    round trip; a key someone else holds already is not waited for (a new
+    VM's id: nobody else can know it yet)."""
+
     def __init__(self, store: PostgresStore, conn: Any) -> None:
         self._store = store
-        self._conn = conn
+        self.conn = conn
+        self.pending: list[str] = []
+        self.unlocked = False
         self._released = False
 
     async def add(self, key: str) -> None:
-        async with self._store.failing():
-            await self._conn.execute("SELECT pg_advisory_lock(%s)", (lock_id(self._store.scope, key),))
+        self.pending.append(key)
+
+    async def write(self, statement: str, params: tuple[Any, ...], *, unlock: bool = False) -> None:
+        """``statement``, after the pending keys' locks (and before letting
+        every key go, with ``unlock``), in one pipeline."""
+        keys, self.pending = self.pending, []
+        async with self._store.failing(), self.conn.pipeline():
+            for key in keys:
+                await self.conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id(self._store.scope, key),))
+            await self.conn.execute(statement, params)
+            if unlock:
+                await self.conn.execute("SELECT pg_advisory_unlock_all()")
+        self.unlocked = unlock
 
     async def release(self) -> None:
         if self._released:
             return
         self._released = True
         try:
-            await self._conn.execute("SELECT pg_advisory_unlock_all()")
+            if not self.unlocked:
+                await self.conn.execute("SELECT pg_advisory_unlock_all()")
         except psycopg.Error:
-            await self._conn.close()  # its session's locks end with it
-        await self._store.pool.putconn(self._conn)
+            await self.conn.close()  # its session's locks end with it
+        await self._store.pool.putconn(self.conn)
 
 
 class PostgresStore(StateStore):
@@ -149,10 +168,10 @@ class PostgresStore(StateStore):
             open=False,
             timeout=CALL_TIMEOUT,
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT), "application_name": "vm-provider"},
-            check=AsyncConnectionPool.check_connection,
             name="vm-provider-state",
         )
         self._beating: asyncio.Task[None] | None = None
+        self._checking: asyncio.Future[None] | None = None
         self._unsaved: dict[str, tuple[str, str, str]] = {}
         """Ends of tasks not written yet: id -> (error, kind, subject)."""
 
@@ -171,8 +190,20 @@ class PostgresStore(StateStore):
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             why = self._why(exc)
-            self._set_healthy(False, why)
+            self._failed(why)
             raise Unavailable(f"the state database is unreachable ({why}); retry") from None
+
+    def _failed(self, why: str) -> None:
+        """Health NOT_SERVING; the pool drops its broken connections now
+        rather than one failed call at a time (connections are not checked
+        when taken: that would cost every call a round trip)."""
+        self._set_healthy(False, why)
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self._check())
+
+    async def _check(self) -> None:
+        with contextlib.suppress(psycopg.Error, PoolTimeout):
+            await self.pool.check()
 
     # -- life cycle ------------------------------------------------------------
 
@@ -261,7 +292,7 @@ class PostgresStore(StateStore):
                 await self._beat()
                 await self._flush()
             except (psycopg.Error, PoolTimeout) as exc:
-                self._set_healthy(False, self._why(exc))
+                self._failed(self._why(exc))
             else:
                 self._set_healthy(True)
 
@@ -281,30 +312,37 @@ class PostgresStore(StateStore):
 
     # -- task records ----------------------------------------------------------
 
-    async def start(self, kind: str, subject: str) -> str:
+    async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
         task_id = PREFIX + uuid.uuid4().hex
-        async with self.failing(), self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO vmp_tasks (id, kind, subject, owner) VALUES (%s, %s, %s, %s)",
-                (task_id, kind, subject, self.replica),
-            )
+        statement = "INSERT INTO vmp_tasks (id, kind, subject, owner) VALUES (%s, %s, %s, %s)"
+        params = (task_id, kind, subject, self.replica)
+        async with self.failing():
+            if isinstance(hold, _PgHold):  # the connection the operation holds: no second one
+                await hold.write(statement, params)
+            else:
+                async with self.pool.connection() as conn:
+                    await conn.execute(statement, params)
         return task_id
 
-    async def _write_end(self, task_id: str, error: str, kind: str, subject: str) -> None:
+    async def _write_end(self, task_id: str, error: str, kind: str, subject: str, hold: Hold | None = None) -> None:
+        statement = (
+            "INSERT INTO vmp_tasks AS t (id, kind, subject, owner, finished, error)"
+            " VALUES (%s, %s, %s, %s, clock_timestamp(), %s)"
+            " ON CONFLICT (id) DO UPDATE SET finished = excluded.finished, error = excluded.error"
+        )
+        params = (task_id, kind, subject, self.replica, error)
+        if isinstance(hold, _PgHold):  # written, then the locks let go, in one round trip
+            await hold.write(statement, params, unlock=True)
+            return
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO vmp_tasks AS t (id, kind, subject, owner, finished, error)"
-                " VALUES (%s, %s, %s, %s, clock_timestamp(), %s)"
-                " ON CONFLICT (id) DO UPDATE SET finished = excluded.finished, error = excluded.error",
-                (task_id, kind, subject, self.replica, error),
-            )
+            await conn.execute(statement, params)
 
-    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "") -> None:
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> None:
         try:
-            await self._write_end(task_id, error, kind, subject)
-        except (psycopg.Error, PoolTimeout) as exc:
+            await self._write_end(task_id, error, kind, subject, hold)
+        except (psycopg.Error, PoolTimeout, Unavailable) as exc:
             self._unsaved[task_id] = (error, kind, subject)
-            self._set_healthy(False, self._why(exc))
+            self._failed(self._why(exc))
             log.warning("task %s ended; its record is written once the state database answers again", task_id)
 
     async def get(self, task_id: str) -> TaskState | None:
