@@ -103,7 +103,12 @@ class ServerSettings(BaseModel):
         le=30,
         description="with state_url: seconds after a replica's last heartbeat that its running tasks are reported interrupted",
     )
-    state_pool_size: int = Field(20, ge=2, le=1000, description="with state_url: most connections to the database at once")
+    state_pool_size: int = Field(
+        40,
+        ge=2,
+        le=1000,
+        description="with state_url: most connections to the database at once; each running mutation or task holds one",
+    )
     workers: int = Field(64, ge=1, le=1024, description="threads for backend calls")
     task_workers: int = Field(32, ge=1, le=1024, description="threads for background tasks")
     health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")

@@ -338,10 +338,7 @@ class Runtime:
             return
         self._locks.alias(made, new_key)
         if held.shared is not None and made != new_key:
-            try:
-                await held.shared.add(made)
-            except Unavailable as exc:  # the work runs on; only other replicas could now overtake it
-                log.warning("cannot lock %s across replicas while its work runs: %s", made, exc)
+            await held.shared.add(made)
 
     async def _track(
         self, kind: str, keys: list[str], outcome: Outcome[T], held: Held, missing_ok: bool

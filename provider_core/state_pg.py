@@ -110,8 +110,9 @@ class _PgHold(Hold):
     round trip; a key someone else holds already is not waited for (a new
     VM's id: nobody else can know it yet)."""
 
-    def __init__(self, store: PostgresStore, conn: Any) -> None:
+    def __init__(self, store: PostgresStore, pool: Any, conn: Any) -> None:
         self._store = store
+        self._pool = pool
         self.conn = conn
         self.pending: list[str] = []
         self.unlocked = False
@@ -141,7 +142,7 @@ class _PgHold(Hold):
                 await self.conn.execute("SELECT pg_advisory_unlock_all()")
         except psycopg.Error:
             await self.conn.close()  # its session's locks end with it
-        await self._store.pool.putconn(self.conn)
+        await self._pool.putconn(self.conn)
 
 
 class PostgresStore(StateStore):
@@ -149,7 +150,7 @@ class PostgresStore(StateStore):
 
     shared = True
 
-    def __init__(self, url: str, *, scope: str, lease: float = 15.0, pool_size: int = 20) -> None:
+    def __init__(self, url: str, *, scope: str, lease: float = 15.0, pool_size: int = 40) -> None:
         super().__init__()
         if psycopg is None:
             raise ConfigError("state_url needs PostgreSQL's client: pip install 'vm-provider[postgres]'")
@@ -161,19 +162,39 @@ class PostgresStore(StateStore):
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"state_url is not a valid PostgreSQL URL: {redacted(str(exc), url)}") from None
-        self.pool = AsyncConnectionPool(
-            url,
+        self._pool_size = pool_size
+        self.pool = self._new_pool()
+        self._beating: asyncio.Task[None] | None = None
+        self._checking: asyncio.Future[None] | None = None
+        self._beat_conn: Any = None
+        self._closing: set[asyncio.Future[None]] = set()
+        self._unsaved: dict[str, tuple[str, str, str]] = {}
+        """Ends of tasks not written yet: id -> (error, kind, subject)."""
+
+    def _new_pool(self) -> Any:
+        return AsyncConnectionPool(
+            self.url,
             min_size=2,
-            max_size=pool_size,
+            max_size=self._pool_size,
             open=False,
             timeout=CALL_TIMEOUT,
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT), "application_name": "vm-provider"},
             name="vm-provider-state",
         )
-        self._beating: asyncio.Task[None] | None = None
-        self._checking: asyncio.Future[None] | None = None
-        self._unsaved: dict[str, tuple[str, str, str]] = {}
-        """Ends of tasks not written yet: id -> (error, kind, subject)."""
+
+    async def _recover(self) -> None:
+        """After an outage: a pool that still cannot hand out a working
+        connection (it backs off between reconnection attempts, up to
+        minutes) is replaced by a fresh one."""
+        try:
+            async with self.pool.connection(timeout=1.0) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, PoolTimeout):
+            old, self.pool = self.pool, self._new_pool()
+            await self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+            job = asyncio.ensure_future(old.close(timeout=CALL_TIMEOUT))  # connections held out close as they come back
+            self._closing.add(job)
+            job.add_done_callback(self._closing.discard)
 
     def describe(self) -> str:
         return redact(self.url)
@@ -188,7 +209,11 @@ class PostgresStore(StateStore):
         """Database errors inside become Unavailable (and health NOT_SERVING)."""
         try:
             yield
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+        except PoolTimeout:  # busy, not broken: health is the heartbeat's to judge
+            raise Unavailable(
+                f"all {self.pool.max_size} connections to the state database are in use (state_pool_size); retry"
+            ) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             why = self._why(exc)
             self._failed(why)
             raise Unavailable(f"the state database is unreachable ({why}); retry") from None
@@ -254,12 +279,22 @@ class PostgresStore(StateStore):
             async with self.pool.connection(timeout=2.0) as conn:
                 # Our tasks still running are interrupted now, not after the lease.
                 await conn.execute("DELETE FROM vmp_replicas WHERE id = %s", (self.replica,))
+        if self._beat_conn is not None:
+            await self._beat_conn.close()
         await self.pool.close()
 
     # -- heartbeat -------------------------------------------------------------
 
     async def _beat(self) -> None:
-        async with self.pool.connection() as conn:
+        """The heartbeat, and the sweep of dead replicas' tasks and of old
+        records, on a connection of its own: a pool busy with long tasks
+        never delays it."""
+        if self._beat_conn is None or self._beat_conn.closed:
+            self._beat_conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT), application_name="vm-provider"
+            )
+        conn = self._beat_conn
+        try:
             await conn.execute(
                 "INSERT INTO vmp_replicas (id, host) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET beat = clock_timestamp()",
                 (self.replica, socket.gethostname()),
@@ -278,6 +313,10 @@ class PostgresStore(StateStore):
             await conn.execute(
                 "DELETE FROM vmp_tasks WHERE finished < clock_timestamp() - make_interval(secs => %(retention)s)", params
             )
+        except BaseException:
+            await conn.close()
+            self._beat_conn = None
+            raise
 
     async def _flush(self) -> None:
         for task_id, (error, kind, subject) in list(self._unsaved.items()):
@@ -290,25 +329,29 @@ class PostgresStore(StateStore):
             await asyncio.sleep(self.lease / 3 if self.healthy else min(1.0, self.lease / 3))
             try:
                 await self._beat()
-                await self._flush()
+                if not self.healthy:
+                    await self._recover()
             except (psycopg.Error, PoolTimeout) as exc:
                 self._failed(self._why(exc))
-            else:
-                self._set_healthy(True)
+                continue
+            self._set_healthy(True)
+            with contextlib.suppress(psycopg.Error, PoolTimeout):  # kept for the next beat
+                await self._flush()
 
     # -- locks -----------------------------------------------------------------
 
     async def hold(self, keys: Sequence[str]) -> Hold | None:
+        pool = self.pool  # the one the connection goes back to, should the store replace its pool meanwhile
         async with self.failing():
-            conn = await self.pool.getconn()
+            conn = await pool.getconn()
             try:
                 for key in keys:
                     await conn.execute("SELECT pg_advisory_lock(%s)", (lock_id(self.scope, key),))
             except BaseException:
                 await conn.close()  # a lock it may have got ends with the session
-                await self.pool.putconn(conn)
+                await pool.putconn(conn)
                 raise
-        return _PgHold(self, conn)
+        return _PgHold(self, pool, conn)
 
     # -- task records ----------------------------------------------------------
 
