@@ -109,7 +109,7 @@ class LocalStore(StateStore):
         self.registry = TaskRegistry(path)
 
     def describe(self) -> str:
-        return str(self.path) if self.path else "in memory"
+        return str(self.path.parent) if self.path else "memory"  # the state directory
 
     async def close(self) -> None:
         self.registry.close()

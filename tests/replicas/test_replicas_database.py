@@ -28,10 +28,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vmp_testplugins.testbed import postgres_instance
 
 from provider_core.pb import provider_pb2 as pb
-from provider_core.state_pg import SCHEMA_VERSION
+from provider_core.state_pg import SCHEMA_VERSION, lock_id
 from provider_core.testing import wait_task
 
 SIM = {"task_seconds": 3.0}
+LOCK_WEB_1 = -1080988020895811109
+"""lock_id("libvirt-3f2a9c1b", "web-1") as the first version computed it."""
 
 
 class Postgres:
@@ -164,3 +166,12 @@ def test_state_url_is_a_secret_and_must_be_postgresql(cli: Callable[..., Any]) -
     lease = cli("--backend", "sim", "config", env={"VM_PROVIDER_SERVER_STATE_LEASE": "45"})
     assert lease.returncode == 2
     assert "state_lease" in lease.stderr
+
+
+def test_lock_numbers_stay_the_same_across_versions() -> None:
+    """Replicas of different versions (a rolling upgrade) must agree on a
+    VM's lock: the hash of a key is fixed, scoped by backend and endpoint."""
+    assert lock_id("libvirt-3f2a9c1b", "web-1") == lock_id("libvirt-3f2a9c1b", "web-1")
+    assert lock_id("libvirt-3f2a9c1b", "web-1") != lock_id("libvirt-00000000", "web-1")
+    assert lock_id("libvirt-3f2a9c1b", "web-1") == LOCK_WEB_1
+    assert -(2**63) <= LOCK_WEB_1 < 2**63
