@@ -106,9 +106,8 @@ def lock_id(scope: str, key: str) -> int:
 
 class _PgHold(Hold):
     """Advisory locks on one connection. Keys added are locked with the
-    next write through the hold (:meth:`PostgresStore.start`), in one
-    round trip; a key someone else holds already is not waited for (a new
-    VM's id: nobody else can know it yet)."""
+    task's record (:meth:`insert`); a key someone else holds already is not
+    waited for (a new VM's id: nobody else can know it yet)."""
 
     def __init__(self, store: PostgresStore, pool: Any, conn: Any) -> None:
         self._store = store
@@ -121,17 +120,24 @@ class _PgHold(Hold):
     async def add(self, key: str) -> None:
         self.pending.append(key)
 
-    async def write(self, statement: str, params: tuple[Any, ...], *, unlock: bool = False) -> None:
-        """``statement``, after the pending keys' locks (and before letting
-        every key go, with ``unlock``), in one pipeline."""
+    async def insert(self, columns: str, params: tuple[Any, ...]) -> None:
+        """Insert a task row, locking the pending keys in the same statement
+        (one round trip: each costs a scheduling of the server's process)."""
         keys, self.pending = self.pending, []
-        async with self._store.failing(), self.conn.pipeline():
-            for key in keys:
-                await self.conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id(self._store.scope, key),))
+        marks = ", ".join(["%s"] * len(params))
+        async with self._store.failing():
+            await self.conn.execute(
+                f"INSERT INTO vmp_tasks ({columns}) SELECT {marks}"  # noqa: S608 - our own column names and placeholders
+                " FROM (SELECT count(pg_try_advisory_lock(k)) FROM unnest(%s::bigint[]) AS k) AS locked",
+                (*params, [lock_id(self._store.scope, key) for key in keys]),
+            )
+
+    async def end(self, statement: str, params: tuple[Any, ...]) -> None:
+        """``statement`` (a task's end), then every key let go."""
+        async with self._store.failing():
             await self.conn.execute(statement, params)
-            if unlock:
-                await self.conn.execute("SELECT pg_advisory_unlock_all()")
-        self.unlocked = unlock
+            await self.conn.execute("SELECT pg_advisory_unlock_all()")
+        self.unlocked = True
 
     async def release(self) -> None:
         if self._released:
@@ -357,14 +363,12 @@ class PostgresStore(StateStore):
 
     async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
         task_id = PREFIX + uuid.uuid4().hex
-        statement = "INSERT INTO vmp_tasks (id, kind, subject, owner) VALUES (%s, %s, %s, %s)"
         params = (task_id, kind, subject, self.replica)
-        async with self.failing():
-            if isinstance(hold, _PgHold):  # the connection the operation holds: no second one
-                await hold.write(statement, params)
-            else:
-                async with self.pool.connection() as conn:
-                    await conn.execute(statement, params)
+        if isinstance(hold, _PgHold):  # the connection the operation holds: no second one
+            await hold.insert("id, kind, subject, owner", params)
+            return task_id
+        async with self.failing(), self.pool.connection() as conn:
+            await conn.execute("INSERT INTO vmp_tasks (id, kind, subject, owner) VALUES (%s, %s, %s, %s)", params)
         return task_id
 
     async def _write_end(self, task_id: str, error: str, kind: str, subject: str, hold: Hold | None = None) -> None:
@@ -374,8 +378,8 @@ class PostgresStore(StateStore):
             " ON CONFLICT (id) DO UPDATE SET finished = excluded.finished, error = excluded.error"
         )
         params = (task_id, kind, subject, self.replica, error)
-        if isinstance(hold, _PgHold):  # written, then the locks let go, in one round trip
-            await hold.write(statement, params, unlock=True)
+        if isinstance(hold, _PgHold):  # written, then the locks let go
+            await hold.end(statement, params)
             return
         async with self.pool.connection() as conn:
             await conn.execute(statement, params)
