@@ -133,10 +133,11 @@ class _PgHold(Hold):
             )
 
     async def end(self, statement: str, params: tuple[Any, ...]) -> None:
-        """``statement`` (a task's end), then every key let go."""
+        """``statement`` (a task's end, returning a row), then every key let
+        go, in one statement (a replica that takes a key in the instant
+        before it commits finds the task still running; its callers poll)."""
         async with self._store.failing():
-            await self.conn.execute(statement, params)
-            await self.conn.execute("SELECT pg_advisory_unlock_all()")
+            await self.conn.execute(f"WITH ended AS ({statement} RETURNING 1) SELECT pg_advisory_unlock_all() FROM ended", params)  # noqa: S608 - our own statement
         self.unlocked = True
 
     async def release(self) -> None:
