@@ -154,11 +154,17 @@ def test_unreachable_database_refuses_the_start_without_its_password(cli: Callab
     assert "sw0rdfish-secret" not in done.stderr
 
 
-def test_state_url_is_a_secret_and_must_be_postgresql(cli: Callable[..., Any]) -> None:
+def test_state_url_is_a_secret_and_must_be_postgresql(cli: Callable[..., Any], tmp_path: Path) -> None:
     shown = cli("--backend", "sim", "config", env={"VM_PROVIDER_SERVER_STATE_URL": "postgresql://u:pw-123@db/state"})
     assert shown.returncode == 0, shown.stderr
     assert 'state_url = "********"' in shown.stdout
     assert "pw-123" not in shown.stdout + shown.stderr
+    secret = tmp_path / "state-url"  # a mounted Secret
+    secret.write_text("postgresql://u:pw-123@db/state\n")
+    from_file = cli("--backend", "sim", "config", env={"VM_PROVIDER_SERVER_STATE_URL_FILE": str(secret)})
+    assert from_file.returncode == 0, from_file.stderr
+    assert 'state_url = "********"' in from_file.stdout
+    assert "pw-123" not in from_file.stdout
     wrong = cli("--backend", "sim", "config", env={"VM_PROVIDER_SERVER_STATE_URL": "mysql://u:pw-123@db/state"})
     assert wrong.returncode == 2
     assert "state_url: has scheme 'mysql': give a postgresql://... URL" in wrong.stderr

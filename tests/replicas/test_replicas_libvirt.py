@@ -81,13 +81,15 @@ def image(tmp_path: Path) -> Iterator[GatedImage]:
 
 
 @pytest.fixture
-def libvirt_settings() -> dict[str, Any]:
+def libvirt_settings(tmp_path: Path) -> dict[str, Any]:
     uri = libvirtd_uri()
     try:
         libvirt.open(uri).close()
     except libvirt.libvirtError as exc:
         pytest.skip(f"needs the test bed's libvirtd (testbed/libvirtd.sh start): {exc}")
-    return {"uri": uri}
+    downloads = tmp_path / "downloads"  # what a killed replica leaves there goes with the test
+    downloads.mkdir()
+    return {"uri": uri, "download_dir": str(downloads)}
 
 
 @pytest.fixture
