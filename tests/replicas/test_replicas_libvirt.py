@@ -185,3 +185,26 @@ def test_killed_replica_its_task_interrupted_within_the_lease_and_the_vm_free(
     deleted = b.stub.Delete(pb.DeleteRequest(id=vm_name), timeout=10)
     wait_task(b.stub, deleted.task if deleted.HasField("task") else None, timeout=30)
     assert time.monotonic() - started < 5
+
+
+def test_twenty_creates_of_one_name_over_two_replicas_make_one_domain(
+    replicas: Callable[..., Any], database: str, libvirt_settings: dict[str, Any], vm_name: str
+) -> None:
+    a, b = start_pair(replicas, libvirt_settings, database)
+    request = pb.CreateRequest(
+        name=vm_name, class_json=json.dumps({"CPU": 1, "MemoryMiB": 128}), disks_json=json.dumps([{"SizeGiB": 1}])
+    )
+
+    def create(i: int) -> pb.CreateResponse:
+        return (a if i % 2 else b).stub.Create(request, timeout=60)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(create, range(20)))
+    for i, r in enumerate(answers):
+        wait_task((b if i % 2 else a).stub, r.task if r.HasField("task") else None, timeout=60)
+    assert len({r.id for r in answers}) == 1
+    conn = libvirt.open(libvirtd_uri())
+    try:
+        assert [d.name() for d in conn.listAllDomains() if d.name() == vm_name] == [vm_name]
+    finally:
+        conn.close()
