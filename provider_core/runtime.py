@@ -6,7 +6,8 @@ nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
 another, so that long tasks never starve Describe or health. Mutating
 operations on one VM are serialised with per-VM locks (held until their
-background work ends); different VMs proceed in parallel. Operations the
+background work ends), across processes too where the state store shares
+them (:mod:`provider_core.state`); different VMs proceed in parallel. Operations the
 table marks ``owned`` change a VM only when the backend says it made it
 (:meth:`Backend.owns <provider_core.backend.Backend.owns>`), unless the
 server's ``manage_foreign_vms`` is on.
