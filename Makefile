@@ -27,24 +27,28 @@ testbed: setup
 	bash testbed/install.sh
 	bash testbed/build-guest.sh >/dev/null
 	bash testbed/libvirtd.sh start
+	bash testbed/postgres.sh start
 
-# Stops the test bed's own daemon and its guests (not the machine's).
+# Stops the test bed's own daemons and guests (not the machine's).
 testbed-stop:
 	bash testbed/libvirtd.sh stop
+	bash testbed/postgres.sh stop
 
 # ... and deletes everything it kept (its pool, domains, logs).
 testbed-purge:
 	bash testbed/libvirtd.sh purge
+	bash testbed/postgres.sh purge
 
 # The container image tests/test_image.py runs (podman, runc and debootstrap
 # installed; the base made from Debian's packages when no registry answers).
 image:
 	bash tools/build-image.sh --setup-host --local-base
 
-# The real-daemon tests read the test bed daemon's URI from VMP_LIBVIRTD_URI;
+# The real-daemon tests read the test bed daemon's URI from VMP_LIBVIRTD_URI
+# and the test bed PostgreSQL's URL from VMP_POSTGRES_URL;
 # the image tests fail, rather than skip, without the image.
 test: testbed image
-	VMP_LIBVIRTD_URI="$$(bash testbed/libvirtd.sh uri)" VMP_REQUIRE_IMAGE=1 $(BIN)/pytest $(ARGS)
+	VMP_LIBVIRTD_URI="$$(bash testbed/libvirtd.sh uri)" VMP_POSTGRES_URL="$$(bash testbed/postgres.sh url)" VMP_REQUIRE_IMAGE=1 $(BIN)/pytest $(ARGS)
 
 # The suite without the real libvirt daemon (its tests skip, saying why).
 test-fast: setup

@@ -92,6 +92,23 @@ class ServerSettings(BaseModel):
     state_dir: Path | None = Field(
         None, description="where task records are kept (default: ~/.local/state/vm-provider/BACKEND-HASH)"
     )
+    state_url: SecretStr | None = Field(
+        None,
+        description="postgresql://USER:PASSWORD@HOST:PORT/DB: task records and per-VM locks shared by every replica"
+        " naming the same database (default: a SQLite file in state_dir, for one process)",
+    )
+    state_lease: float = Field(
+        15.0,
+        gt=0,
+        le=30,
+        description="with state_url: seconds after a replica's last heartbeat that its running tasks are reported interrupted",
+    )
+    state_pool_size: int = Field(
+        40,
+        ge=2,
+        le=1000,
+        description="with state_url: most connections to the database at once; each running mutation or task holds one",
+    )
     workers: int = Field(64, ge=1, le=1024, description="threads for backend calls")
     task_workers: int = Field(32, ge=1, le=1024, description="threads for background tasks")
     health_interval: float = Field(5.0, gt=0, description="seconds between backend liveness checks")
@@ -138,6 +155,20 @@ class ServerSettings(BaseModel):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty: an empty token would turn authentication off; give the token, or drop the setting")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        scheme = value.get_secret_value().strip().partition("://")[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"has scheme {scheme!r}: give a postgresql://... URL, or drop the setting for the local SQLite file"
+                if "://" in value.get_secret_value()
+                else "is no URL: give postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            )
         return value
 
     @field_validator("allowed_sans")

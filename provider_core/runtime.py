@@ -6,7 +6,8 @@ nothing of protobuf. Backend methods block, so they
 run in worker threads: requests in one pool, background task work in
 another, so that long tasks never starve Describe or health. Mutating
 operations on one VM are serialised with per-VM locks (held until their
-background work ends); different VMs proceed in parallel. Operations the
+background work ends), across processes too where the state store shares
+them (:mod:`provider_core.state`); different VMs proceed in parallel. Operations the
 table marks ``owned`` change a VM only when the backend says it made it
 (:meth:`Backend.owns <provider_core.backend.Backend.owns>`), unless the
 server's ``manage_foreign_vms`` is on.
@@ -15,11 +16,14 @@ server's ``manage_foreign_vms`` is on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -33,8 +37,9 @@ from .errors import CapabilityMissing, FailedPrecondition, Internal, InvalidArgu
 from .models import Request, TaskState
 from .operations import TASK_STATUS, Operation
 from .specs import invalid
+from .state import Hold, LocalStore, StateStore
 from .status import internal_error
-from .tasks import PREFIX, TaskRegistry
+from .tasks import PREFIX
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -89,8 +94,19 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+@dataclass
+class Held:
+    """The locks one mutation holds: in this process (:class:`KeyedLocks`
+    keys) and, where the state store shares them, across processes."""
+
+    local: list[str]
+    shared: Hold | None = None
+
+
 class Runtime:
-    """Runs one backend on behalf of the gRPC service."""
+    """Runs one backend on behalf of the gRPC service. ``store`` keeps the
+    task records and holds the per-VM locks across processes (default: a
+    :class:`~provider_core.state.LocalStore` in ``state_dir``)."""
 
     def __init__(
         self,
@@ -98,6 +114,7 @@ class Runtime:
         name: str,
         *,
         state_dir: Path | None = None,
+        store: StateStore | None = None,
         workers: int = 64,
         task_workers: int = 32,
         health_interval: float = 5.0,
@@ -107,7 +124,7 @@ class Runtime:
         self.name = name
         self.declared = backend.declared()
         self.offer: Offer | None = None  # what the endpoint offers, known once connected
-        self.tasks = TaskRegistry(state_dir / "tasks.sqlite3" if state_dir else None)
+        self.store = store if store is not None else LocalStore(state_dir / "tasks.sqlite3" if state_dir else None)
         self._calls = WorkerPool(workers, f"{name}-call")
         self._work = WorkerPool(task_workers, f"{name}-task")
         self._locks = KeyedLocks()
@@ -116,6 +133,8 @@ class Runtime:
         self.manage_foreign_vms = manage_foreign_vms
         self.connected = False
         self._on_health: list[Callable[[bool], None]] = []
+        self._settling: set[asyncio.Task[None]] = set()
+        self.store.on_health(lambda _: self._tell_health())
 
     # -- threads --------------------------------------------------------------
 
@@ -129,14 +148,23 @@ class Runtime:
     # -- health and life cycle -------------------------------------------------
 
     def on_health(self, callback: Callable[[bool], None]) -> None:
+        """``callback(serving)`` on each change of :attr:`serving`."""
         self._on_health.append(callback)
+
+    @property
+    def serving(self) -> bool:
+        """The backend is connected and the state store answers."""
+        return self.connected and self.store.healthy
+
+    def _tell_health(self) -> None:
+        for cb in self._on_health:
+            cb(self.serving)
 
     def _set_connected(self, value: bool) -> None:
         if value != self.connected:
             log.info("backend %s is %s", self.name, "connected" if value else "unreachable")
         self.connected = value
-        for cb in self._on_health:
-            cb(value)
+        self._tell_health()
 
     async def connect(self) -> bool:
         try:
@@ -215,8 +243,10 @@ class Runtime:
         stuck = self._calls.busy + self._work.busy
         if stuck:
             log.warning("abandoning %d backend call(s) still running after the grace period", stuck)
+        if self._settling:
+            await asyncio.wait(self._settling)
         await asyncio.get_running_loop().run_in_executor(None, self.backend.close)
-        self.tasks.close()
+        await self.store.close()
 
     # -- the machinery of mutating operations ----------------------------------
 
@@ -246,7 +276,12 @@ class Runtime:
         started = time.monotonic()
         new_key = None if new_vm is None else await self._key(new_vm, timeout)
         keys = [*[k for k in (None if vm is None else await self._key(vm, timeout), new_key) if k is not None], *names]
-        held = await self._locks.acquire(keys)
+        held = Held(await self._locks.acquire(keys))
+        try:
+            held.shared = await self.store.hold(sorted(set(keys)))
+        except BaseException:
+            self._locks.release(held.local)
+            raise
         if timeout is not None:  # waiting for the lock used part of the caller's deadline
             timeout -= time.monotonic() - started
         lock_key = self.backend.lock_key
@@ -269,19 +304,18 @@ class Runtime:
             call.add_done_callback(settle)
             raise
         except NotFound:
-            self._locks.release(held)
+            await self._release(held)
             if missing_ok:
                 return cast(T, None), ""  # only asked for by operations whose value is None
             raise
         except BaseException:
-            self._locks.release(held)
+            await self._release(held)
             raise
         if outcome.work is None:
-            self._locks.release(held)
+            await self._release(held)
             return outcome.value, outcome.native_task
-        if made is not None and new_key is not None:
-            self._locks.alias(made, new_key)
-        task_id, job = self._track(kind, keys, outcome, held, missing_ok)
+        await self._claim(held, made, new_key)
+        task_id, job = await self._track(kind, keys, outcome, held, missing_ok)
         if wait:
             budget = None if timeout is None else timeout - 2.0
             if budget is None or budget > 0:
@@ -293,13 +327,37 @@ class Runtime:
                     return value, ""
         return outcome.value, task_id
 
-    def _track(
-        self, kind: str, keys: list[str], outcome: Outcome[T], held: list[str], missing_ok: bool
+    async def _release(self, held: Held) -> None:
+        self._locks.release(held.local)
+        if held.shared is not None:
+            await held.shared.release()
+
+    async def _claim(self, held: Held, made: str | None, new_key: str | None) -> None:
+        """Lock a new VM's id as its name is locked, while its work runs: in
+        this process by alias, across processes by holding it too."""
+        if made is None or new_key is None:
+            return
+        self._locks.alias(made, new_key)
+        if held.shared is not None and made != new_key:
+            await held.shared.add(made)
+
+    async def _track(
+        self, kind: str, keys: list[str], outcome: Outcome[T], held: Held, missing_ok: bool
     ) -> tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]:
-        """Run an outcome's work as a task; it releases ``held`` when done."""
-        task_id = self.tasks.start(kind, ",".join(keys))
-        job = asyncio.create_task(self._background(task_id, kind, outcome, held, missing_ok))
+        """Run an outcome's work as a task; it releases ``held`` when done.
+        The task's record is stored before its id is returned; when the
+        store cannot take it, the work runs on all the same (its end is
+        recorded) and the caller hears UNAVAILABLE."""
+        subject = ",".join(keys)
+        try:
+            task_id = await self.store.start(kind, subject, held.shared)
+            unrecorded: Unavailable | None = None
+        except Unavailable as exc:
+            task_id, unrecorded = PREFIX + uuid.uuid4().hex, exc
+        job = asyncio.create_task(self._background(task_id, outcome, held, kind=kind, subject=subject, missing_ok=missing_ok))
         self._running[task_id] = job
+        if unrecorded is not None:
+            raise unrecorded
         return task_id, job
 
     def _settle(
@@ -308,41 +366,57 @@ class Runtime:
         *,
         kind: str,
         keys: list[str],
-        held: list[str],
+        held: Held,
         missing_ok: bool,
         new_key: str | None,
     ) -> None:
         """Finish a mutation whose caller went away once the backend returned."""
+        job = asyncio.ensure_future(self._settled(call, kind=kind, keys=keys, held=held, missing_ok=missing_ok, new_key=new_key))
+        self._settling.add(job)
+        job.add_done_callback(self._settling.discard)
+
+    async def _settled(
+        self,
+        call: asyncio.Future[tuple[Outcome[T], str | None]],
+        *,
+        kind: str,
+        keys: list[str],
+        held: Held,
+        missing_ok: bool,
+        new_key: str | None,
+    ) -> None:
         if call.cancelled() or call.exception() is not None or call.result()[0].work is None:
-            self._locks.release(held)
+            await self._release(held)
             return
         outcome, made = call.result()
-        if made is not None and new_key is not None:
-            self._locks.alias(made, new_key)
-        self._track(kind, keys, outcome, held, missing_ok)
+        await self._claim(held, made, new_key)
+        with contextlib.suppress(Unavailable):  # nobody waits for the answer
+            await self._track(kind, keys, outcome, held, missing_ok)
 
     async def _background(
-        self, task_id: str, kind: str, outcome: Outcome[T], held: list[str], missing_ok: bool
+        self, task_id: str, outcome: Outcome[T], held: Held, *, kind: str, subject: str, missing_ok: bool
     ) -> tuple[T, ProviderError | None]:
         assert outcome.work is not None
         value = outcome.value
         failure: ProviderError | None = None
         try:
-            result = await self._work.run(contextvars.copy_context().run, outcome.work)
-            if result is not None:
-                value = result
-        except NotFound as exc:
-            if not missing_ok:
+            try:
+                result = await self._work.run(contextvars.copy_context().run, outcome.work)
+                if result is not None:
+                    value = result
+            except NotFound as exc:
+                if not missing_ok:
+                    failure = exc
+            except ProviderError as exc:
                 failure = exc
-        except ProviderError as exc:
-            failure = exc
-        except Exception as exc:  # noqa: BLE001 - a task's failure is reported, never raised
-            failure = Internal(internal_error(exc, f"task {kind}"))
+            except Exception as exc:  # noqa: BLE001 - a task's failure is reported, never raised
+                failure = Internal(internal_error(exc, f"task {kind}"))
+            error = "" if failure is None else (str(failure) or type(failure).__name__)
+            # Recorded before the VM is let go: whoever locks it next finds the task ended.
+            await self.store.finish(task_id, error, kind=kind, subject=subject, hold=held.shared)
         finally:
-            self._locks.release(held)
+            await self._release(held)
             self._running.pop(task_id, None)
-        error = "" if failure is None else (str(failure) or type(failure).__name__)
-        self.tasks.finish(task_id, error)
         if error:
             log.info("task %s (%s) failed: %s", task_id, kind, error)
         return value, failure
@@ -447,7 +521,7 @@ class Runtime:
         if not task_id:  # clients treat an absent task as finished
             return TaskState(done=True)
         if task_id.startswith(PREFIX):
-            state = self.tasks.get(task_id)
+            state = await self.store.get(task_id)
             if state is None:
                 raise NotFound(f"task {task_id!r} not found")
             return state

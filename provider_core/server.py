@@ -16,13 +16,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from . import urls
 from .auth import BearerTokenInterceptor
 from .backend import Backend
-from .config import INSECURE_ENV, ServerSettings, default_state_dir, endpoint
+from .config import INSECURE_ENV, ServerSettings, default_state_dir, endpoint, endpoint_id
 from .errors import ConfigError
 from .health_http import HealthHTTP
 from .listening import Credentials, bind, check_address, security, split_listen, tls_files
 from .pb import provider_pb2
 from .runtime import Runtime
 from .service import ProviderService, add_to_server
+from .state import LocalStore, StateStore
 from .status import GuardedRegistrar
 from .tasks import StateDir
 from .tls_proxy import TlsFront
@@ -78,11 +79,29 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # grpc s
         self._closing.set()
 
 
+def state_store(backend: Backend, name: str, settings: ServerSettings) -> tuple[StateDir | None, StateStore]:
+    """The state store ``settings`` choose: PostgreSQL for ``state_url``,
+    else a SQLite file in the state directory, taken (and returned) here."""
+    if settings.state_url is not None:
+        from .state_pg import PostgresStore
+
+        return None, PostgresStore(
+            settings.state_url.get_secret_value().strip(),
+            scope=f"{name}-{endpoint_id(backend.settings)}",
+            lease=settings.state_lease,
+            pool_size=settings.state_pool_size,
+        )
+    state = StateDir.open(settings.state_dir or default_state_dir(name, backend.settings))
+    return state, LocalStore(state.path / "tasks.sqlite3")
+
+
 class ProviderServer:
     """A configured, running provider: call :meth:`start`, then :meth:`stop`.
 
     Built, it holds its state directory's lock and its port: a second
     provider on either refuses to start (ConfigError naming what is taken).
+    With ``state_url`` its state is in PostgreSQL, shared with every replica
+    naming the same database, and no state directory is taken.
     """
 
     def __init__(self, backend: Backend, name: str, settings: ServerSettings) -> None:
@@ -92,12 +111,12 @@ class ProviderServer:
         self.tls = tls_files(settings)  # checks the TLS files before anything is taken
         creds = Credentials(self.tls, settings.tls_min_version) if self.tls else None
         self.front: TlsFront | None = None
-        self.state = StateDir.open(settings.state_dir or default_state_dir(name, backend.settings))
+        self.state, store = state_store(backend, name, settings)
         try:
             self.runtime = Runtime(
                 backend,
                 name,
-                state_dir=self.state.path,
+                store=store,
                 workers=settings.workers,
                 task_workers=settings.task_workers,
                 health_interval=settings.health_interval,
@@ -135,7 +154,8 @@ class ProviderServer:
             if self.front is not None:
                 self.front.sock.close()
                 self.front.remove()
-            self.state.release()
+            if self.state is not None:
+                self.state.release()
             raise
         self._monitor: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
@@ -156,6 +176,8 @@ class ProviderServer:
             return "draining: the provider is stopping"
         if not self.runtime.connected:
             return f"backend {self.runtime.name} is not connected"
+        if not self.runtime.store.healthy:
+            return "the state database is unreachable"
         return None
 
     def _health_changed(self, serving: bool) -> None:
@@ -166,6 +188,7 @@ class ProviderServer:
 
     async def start(self) -> None:
         self._health_changed(False)
+        await self.runtime.store.open()
         if self.http is not None:
             await self.http.start()
         await self.server.start()
@@ -183,7 +206,7 @@ class ProviderServer:
             security(self.settings, self.tls),
             self.runtime.name,
             where,
-            self.state.path,
+            self.runtime.store.describe(),
             loop,
             probes,
         )
@@ -227,7 +250,8 @@ class ProviderServer:
         await self.runtime.drain(max(0.0, end - loop.time()))
         if self.http is not None:
             await self.http.stop()
-        self.state.release()
+        if self.state is not None:
+            self.state.release()
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM or SIGINT, then drain; a second signal cuts

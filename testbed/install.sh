@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages the libvirt test bed needs (Debian 12, as root).
+# Install the Debian packages the test bed needs (libvirt, PostgreSQL) (Debian 12, as root).
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
 
@@ -37,6 +37,8 @@ PACKAGES=(
     # libvirt disk pools on loop devices: libvirt partitions them with parted
     # (backends/libvirt/tests/test_libvirtd_storage.py)
     parted
+    # the shared state store of several replicas (testbed/postgres.sh)
+    postgresql
 )
 
 missing=()

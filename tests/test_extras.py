@@ -132,3 +132,16 @@ def test_the_server_and_the_kit_need_no_transfer_extra() -> None:
         "provider_core.cli, provider_core.server, provider_core.conformance.session", "requests", "boto3", "botocore"
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_state_url_without_the_postgres_extra_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys\nsys.modules['psycopg'] = None\nsys.modules['psycopg_pool'] = None\n"
+        "from provider_core.cli import main\nsys.exit(main(['--backend', 'memory', '--listen', '127.0.0.1:0']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VM_PROVIDER_")}
+    env.update(XDG_STATE_HOME=str(tmp_path), VM_PROVIDER_SERVER_STATE_URL="postgresql://u:pw-1234@127.0.0.1:9/state")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "state_url needs PostgreSQL's client: pip install 'vm-provider[postgres]'" in proc.stderr
+    assert "pw-1234" not in proc.stderr

@@ -260,6 +260,8 @@ assert shutil.which("gcc") is None and shutil.which("cc") is None, "a compiler s
 boto3.client("s3", region_name="us-east-1")
 boto3.client("sts", region_name="us-east-1")
 libvirt.open("test:///default").close()
+import psycopg, psycopg_pool  # state_url: Debian's libpq5 behind psycopg
+assert psycopg.pq.__impl__ == "python" and psycopg.pq.version() >= 150000, psycopg.pq.version()
 print("ok")
 """
     flags = ["--rm", "--network=host", *POD_FLAGS]

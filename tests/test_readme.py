@@ -32,7 +32,7 @@ def test_readme_demo_runs_against_a_live_server(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out.startswith("On ")
 
 
-@pytest.mark.parametrize("doc", ["configuration.md", "running.md"])
+@pytest.mark.parametrize("doc", ["configuration.md", "running.md", "replicas.md"])
 def test_docs_toml_samples_load(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "secret"
     secret.write_text("s3cr3t-value\n")

@@ -45,3 +45,32 @@ def libvirtd_pid() -> int | None:
         return int((sock.parent.parent / "libvirtd.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+POSTGRES_ENV = "VMP_POSTGRES_URL"
+POSTGRES_SCRIPT = SCRIPT.parent / "postgres.sh"
+
+
+@cache
+def postgres_url() -> str:
+    """The URL of the test bed's PostgreSQL (``testbed/postgres.sh``): from
+    ``$VMP_POSTGRES_URL`` (``make test`` sets it), else from the script.
+    Tests make a database of their own in it (:func:`fresh_database`)."""
+    url = os.environ.get(POSTGRES_ENV, "").strip()
+    if url:
+        return url
+    done = subprocess.run(["bash", str(POSTGRES_SCRIPT), "url"], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def database_url(url: str, name: str) -> str:
+    """``url`` with its database replaced by ``name``."""
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{name}").geturl()
+
+
+def postgres_instance(directory: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``postgres.sh`` for a private
+    instance kept in ``directory`` (a test that stops its own database)."""
+    env = {**os.environ, "VMP_TESTBED_PG_DIR": str(directory), "VMP_TESTBED_PG_PORT": str(port)}
+    return ["bash", str(POSTGRES_SCRIPT)], env
