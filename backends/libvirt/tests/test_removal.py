@@ -1,16 +1,15 @@
 """Delete's order and its undefine flags, on libvirt's test driver.
 
 The definition goes before the volumes, so a daemon that will not undefine
-leaves the VM whole; undefine flags an older daemon (or an older
-libvirt-python) does not know are dropped one at a time.
+leaves the VM whole; undefine flags an older daemon does not know are
+dropped one at a time. An older libvirt-python, lacking the newer flags
+altogether, is test_older_libvirt.py's.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 import libvirt
@@ -82,19 +81,3 @@ def test_flags_an_older_daemon_refuses_are_dropped_newest_first(
     assert tried == [removal.UNDEFINE_ALL, removal.UNDEFINE_ALL & ~libvirt.VIR_DOMAIN_UNDEFINE_TPM]
     assert tried[-1] & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
     assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
-
-
-def test_an_older_libvirt_python_without_the_tpm_flag_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """libvirt-python builds its constants from the libvirt it was built
-    against; before 8.9 there is no VIR_DOMAIN_UNDEFINE_TPM."""
-    tpm = libvirt.VIR_DOMAIN_UNDEFINE_TPM
-    monkeypatch.delattr(libvirt, "VIR_DOMAIN_UNDEFINE_TPM")
-    try:
-        older: Any = importlib.reload(removal)
-        assert tpm not in older.NEWER_UNDEFINE_FLAGS
-        assert not older.UNDEFINE_ALL & tpm
-        assert older.UNDEFINE_ALL & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    finally:
-        monkeypatch.undo()
-        importlib.reload(removal)
-    assert removal.UNDEFINE_ALL & tpm
