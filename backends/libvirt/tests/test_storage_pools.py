@@ -42,7 +42,7 @@ def vol(name: str) -> str:
         ("logical", ("raw",), False, False, True, True, True),
         ("disk", ("raw",), False, False, True, True, True),
         ("zfs", ("raw",), True, False, True, False, True),
-        ("rbd", ("raw",), True, True, False, True, True),
+        ("rbd", ("raw",), True, True, False, False, True),
         ("gluster", ("raw",), False, False, False, False, False),
         ("iscsi", ("raw",), False, False, True, False, False),
     ],
@@ -284,13 +284,17 @@ def test_an_image_url_is_refused_where_no_upload_goes(harness: ProviderHarness) 
     assert "cannot write volume data" in (err.details() or "")
 
 
-def test_zfs_cannot_copy_a_template(harness: ProviderHarness) -> None:
-    name = define_pool(harness, "zfs")
+@pytest.mark.parametrize("kind", ["zfs", "rbd"])
+def test_no_template_is_copied_where_libvirt_makes_no_copy(harness: ProviderHarness, kind: str) -> None:
+    """zfs has no createXMLFrom; RBD's clones the target pool's image of the
+    source's name (rbd_clone2), never the source's data: both refuse."""
+    name = define_pool(harness, kind)
     err = create(harness, "copied", name, image_json=json.dumps({"Path": "/vmpt-pool/base.qcow2"}))
     assert isinstance(err, grpc.RpcError)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "cannot copy volumes" in (err.details() or "")
-    assert "zfs pool" in (err.details() or "")
+    assert f"{kind} pool" in (err.details() or "")
+    assert not any(v.startswith(f"{name}/copied") for v in volume_names(harness))
 
 
 def test_a_logical_pool_gets_raw_thick_disks(harness: ProviderHarness) -> None:
