@@ -340,7 +340,7 @@ def at_path(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None
 def pool_of_directory(conn: libvirt.virConnect, directory: str) -> libvirt.virStoragePool | None:
     """The active pool whose target directory is ``directory``, or None."""
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-        target = parse_xml(pool.XMLDesc(0)).findtext("target/path") or ""
+        target = pool_info(pool).target
         if target and posixpath.normpath(target) == directory:
             return pool
     return None
