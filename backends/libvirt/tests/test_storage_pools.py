@@ -344,3 +344,25 @@ def test_validate_says_where_seeds_go(test_uri: str) -> None:
         report = harness.stub.Validate(pb.ValidateRequest())
         assert not report.ok
         assert "setting 'seed_pool'" in report.message
+
+
+def test_a_linked_clone_of_a_vm_on_block_volumes_is_refused_whatever_the_datastore(harness: ProviderHarness) -> None:
+    """The source of a linked clone goes on with a qcow2 overlay in its own
+    disks' pool: on a logical pool that would be an LVM snapshot read as
+    qcow2. A file-pool Datastore for the clone does not change that."""
+    lvm = define_pool(harness, "logical")
+    done = create(harness, "onlvm", lvm, disks_json=json.dumps([{"SizeGiB": 1}]))
+    assert isinstance(done, pb.CreateResponse)
+    harness.wait(done.task)
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    before_xml = conn.lookupByUUIDString(done.id).XMLDesc(0)
+    before = volume_names(harness)
+    request = pb.CloneRequest(
+        source_vm_id=done.id, target_name="lnk", linked=True, placement_json=json.dumps({"Datastore": "default"})
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        harness.wait(harness.stub.Clone(request).task)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "logical pool" in (err.value.details() or "")
+    assert volume_names(harness) == before
+    assert conn.lookupByUUIDString(done.id).XMLDesc(0) == before_xml
