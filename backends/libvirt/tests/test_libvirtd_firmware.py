@@ -192,6 +192,19 @@ def test_secure_boot_on_a_machine_type_without_a_secure_loader_is_unimplemented(
     assert not real_host.stub.Describe(pb.DescribeRequest(id=real_host.name("pc-secure"))).exists
 
 
+def test_uefi_on_a_machine_type_without_uefi_firmware_is_unimplemented(real_host: Any) -> None:
+    """QEMU's ISA-only machine (``isapc``) has no UEFI firmware in this
+    host's domain capabilities: a host limit, refused before anything is made."""
+    fields = real_host.guest_class(Firmware="UEFI")
+    fields["ExtraConfig"]["libvirt.machine"] = "isapc"
+    with pytest.raises(grpc.RpcError) as info:
+        real_host.create("isa-uefi", class_json=fields)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "class_json.Firmware" in str(info.value.details())
+    assert "no UEFI firmware for machine type 'isapc'" in str(info.value.details())
+    assert not real_host.stub.Describe(pb.DescribeRequest(id=real_host.name("isa-uefi"))).exists
+
+
 def test_a_clone_of_a_uefi_vm_gets_its_own_variable_store(real_host: Any) -> None:
     """A definition may name its NVRAM file (written by hand, or by a libvirt
     that stores the auto-selected firmware in it; 9.0 fills it in only at
