@@ -81,3 +81,28 @@ def test_flags_an_older_daemon_refuses_are_dropped_newest_first(
     assert tried == [removal.UNDEFINE_ALL, removal.UNDEFINE_ALL & ~libvirt.VIR_DOMAIN_UNDEFINE_TPM]
     assert tried[-1] & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
     assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
+
+
+def test_a_volume_that_will_not_go_leaves_the_others_going(
+    harness: ProviderHarness, make_vm: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the undefine, each volume is removed on its own: one the daemon
+    refuses to delete is reported (the task fails), the others still go."""
+    disks = [{"SizeGiB": 1, "Name": "data"}, {"SizeGiB": 1, "Name": "logs"}]
+    vm_id = make_vm("stuck", disks_json=disks, user_data=b"#cloud-config\n")
+    paths = volumes(harness, vm_id)
+    assert len(paths) == 3  # data (the boot disk), logs, the seed
+    stuck = paths[0]
+    real = libvirt.virStorageVol.delete
+
+    def busy(self: libvirt.virStorageVol, flags: int = 0) -> int:
+        if self.path() == stuck:
+            raise refusal(libvirt.VIR_ERR_OPERATION_FAILED, "cannot delete: device or resource busy")
+        return int(real(self, flags))
+
+    monkeypatch.setattr(libvirt.virStorageVol, "delete", busy)
+    with pytest.raises(grpc.RpcError) as err:
+        harness.wait(harness.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    assert "device or resource busy" in (err.value.details() or "")
+    assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
+    assert [p for p in paths if exists(harness, p)] == [stuck]

@@ -23,16 +23,19 @@ disk stays. Which disks stayed, and why, is logged.
 The definition goes before the volumes: a definition the daemon will not
 drop (an older daemon refusing a flag is retried without it) leaves the VM
 whole, never defined without its disks. A volume that fails to go after
-that is logged by name and left (a repeated Delete finds no VM: the core
-turns its NotFound into success). Snapshot metadata, managed save images,
+that is logged by name and left while the others still go, and Delete
+reports the failure (a repeated Delete finds no VM: the core turns its
+NotFound into success). Snapshot metadata, managed save images,
 NVRAM and TPM state go with the definition.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -109,16 +112,33 @@ def undefine(dom: libvirt.virDomain) -> None:
 
 
 def delete_volumes(session: Session, mark: Mark) -> None:
-    """Delete the volumes the mark lists; shared bases only when unused."""
-    owned = [v for v in mark.volumes if v.role != "base"]
-    for ref in owned:
-        vol = _volume(session, ref)
-        if vol is not None:
-            storage.delete(vol)
+    """Delete the volumes the mark lists; shared bases only when unused.
+    A volume that fails to go is logged by name and the others still go;
+    the first failure is raised at the end."""
+    failures: list[libvirt.libvirtError] = []
+
+    def attempt(ref: VolumeRef, remove: Callable[[], None]) -> None:
+        try:
+            remove()
+        except libvirt.libvirtError as exc:
+            log.warning("could not remove volume %s/%s: %s", ref.pool, ref.name, exc.get_error_message())
+            failures.append(exc)
+
+    for ref in mark.volumes:
+        if ref.role != "base":
+            attempt(ref, functools.partial(_delete_ref, session, ref))
     chains = BackingChains(session.conn())
     for ref in mark.volumes:
         if ref.role == "base":
-            delete_base_if_unused(session, ref, chains)
+            attempt(ref, functools.partial(delete_base_if_unused, session, ref, chains))
+    if failures:
+        raise failures[0]
+
+
+def _delete_ref(session: Session, ref: VolumeRef) -> None:
+    vol = _volume(session, ref)
+    if vol is not None:
+        storage.delete(vol)
 
 
 #: Pool types whose volumes only this host uses; other pools (netfs,
