@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from vm_provider_libvirt import marks
+from vm_provider_libvirt import marks, removal
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
@@ -150,3 +150,28 @@ def test_clone_refusals(harness: ProviderHarness, source: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Clone(pb.CloneRequest(source_vm_id=source, target_name="foreign-vm"))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_a_base_stays_under_a_disk_whose_chain_leaves_the_pools(harness: ProviderHarness, source: str) -> None:
+    """A snapshot made by hand (``virsh snapshot-create --disk-only``) puts a
+    qcow2 overlay, unknown to any pool, on top of the source's disk: the
+    chain beneath it cannot be read from libvirt's volumes, so the base it
+    may still reach stays when the other linked clone goes."""
+    target = clone(harness, source, "link-1", linked=True)
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    dom = harness.backend.session.lookup(source)  # type: ignore[attr-defined]
+    root = ET.fromstring(dom.XMLDesc(0))
+    vda = next(d for d in root.findall("devices/disk") if d.find("target").get("dev") == "vda")  # type: ignore[union-attr]
+    vda.find("source").set("file", "/elsewhere/src-vda.snap1")  # type: ignore[union-attr]
+    conn.defineXML(ET.tostring(root, encoding="unicode"))
+    harness.stub.Delete(pb.DeleteRequest(id=target))
+    assert "src-vda.qcow2" in pool_volumes(harness), "a base the source may still read was deleted"
+
+
+def test_a_base_deep_in_a_long_chain_stays(harness: ProviderHarness, source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain deeper than the layers followed is taken to reach the base."""
+    target = clone(harness, source, "link-1", linked=True)
+    clone(harness, source, "link-2", linked=True)
+    monkeypatch.setattr(removal.BackingChains, "MAX_DEPTH", 1)  # the source's disks are now 3 layers deep
+    harness.stub.Delete(pb.DeleteRequest(id=target))
+    assert {"src-vda.qcow2", "src-data.qcow2"} <= pool_volumes(harness)

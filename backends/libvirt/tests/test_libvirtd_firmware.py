@@ -179,17 +179,34 @@ def test_the_secure_boot_xml_of_libvirt_7_2_to_8_5_selects_secure_firmware(ovmf:
         conn.close()
 
 
-def test_secure_boot_on_a_machine_type_without_a_secure_loader_is_unimplemented(real_host: Any) -> None:
-    """QEMU's i440fx machine (``pc``) offers no SMM-backed Secure Boot
-    loader in this host's domain capabilities: refused before anything is made."""
-    fields = real_host.guest_class(Firmware="UEFI", SecurityProfile={"SecureBoot": True})
-    fields["ExtraConfig"]["libvirt.machine"] = "pc"
+@pytest.mark.parametrize(
+    ("name", "machine", "wanted", "field", "said"),
+    [
+        # QEMU's i440fx machine offers no SMM-backed Secure Boot loader here.
+        (
+            "pc-secure",
+            "pc",
+            {"SecureBoot": True},
+            "class_json.SecurityProfile.SecureBoot",
+            "no Secure Boot UEFI firmware for machine type 'pc",
+        ),
+        # QEMU's ISA-only machine has no UEFI firmware at all here.
+        ("isa-uefi", "isapc", {}, "class_json.Firmware", "no UEFI firmware for machine type 'isapc'"),
+    ],
+)
+def test_firmware_a_machine_type_lacks_is_unimplemented(
+    real_host: Any, name: str, machine: str, wanted: dict[str, bool], field: str, said: str
+) -> None:
+    """What the host's domain capabilities list no firmware for, for that
+    machine type, is a host limit: refused before anything is made."""
+    fields = real_host.guest_class(Firmware="UEFI", **({"SecurityProfile": wanted} if wanted else {}))
+    fields["ExtraConfig"]["libvirt.machine"] = machine
     with pytest.raises(grpc.RpcError) as info:
-        real_host.create("pc-secure", class_json=fields)
+        real_host.create(name, class_json=fields)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "class_json.SecurityProfile.SecureBoot" in str(info.value.details())
-    assert "no Secure Boot UEFI firmware for machine type 'pc" in str(info.value.details())
-    assert not real_host.stub.Describe(pb.DescribeRequest(id=real_host.name("pc-secure"))).exists
+    assert field in str(info.value.details())
+    assert said in str(info.value.details())
+    assert not real_host.stub.Describe(pb.DescribeRequest(id=real_host.name(name))).exists
 
 
 def test_a_clone_of_a_uefi_vm_gets_its_own_variable_store(real_host: Any) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import libvirt
 import pytest
 from vm_provider_libvirt import domxml
 
@@ -65,6 +66,23 @@ def test_a_bridge_the_host_cannot_describe_is_open_vswitch_only_with_a_vlan(
     harness: ProviderHarness, make_vm: Callable[..., str]
 ) -> None:
     vm_id = make_vm("unknown", networks_json=[{"Bridge": "brx"}, {"Bridge": "brx", "VLAN": 5}])
+    assert [virtualport(n) for n in interfaces(harness, vm_id)] == ["", "openvswitch"]
+
+
+def test_a_bridge_the_interface_driver_fails_on_is_one_the_host_cannot_describe(
+    harness: ProviderHarness, make_vm: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interface driver that fails (or is not installed) makes no VM fail:
+    the bridge is taken as one the host cannot describe."""
+
+    def failing(self: libvirt.virConnect, name: str) -> libvirt.virInterface:
+        exc = libvirt.libvirtError("internal error: failed to query udev")
+        code, domain, level = libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_INTERFACE, libvirt.VIR_ERR_ERROR
+        exc.err = (code, domain, "failed to query udev", level, None, None, None, 0, 0)
+        raise exc
+
+    monkeypatch.setattr(libvirt.virConnect, "interfaceLookupByName", failing)
+    vm_id = make_vm("blind", networks_json=[{"Bridge": "ovsbr2"}, {"Bridge": "br0", "VLAN": 5}])
     assert [virtualport(n) for n in interfaces(harness, vm_id)] == ["", "openvswitch"]
 
 

@@ -1,16 +1,15 @@
 """Delete's order and its undefine flags, on libvirt's test driver.
 
 The definition goes before the volumes, so a daemon that will not undefine
-leaves the VM whole; undefine flags an older daemon (or an older
-libvirt-python) does not know are dropped one at a time.
+leaves the VM whole; undefine flags an older daemon does not know are
+dropped one at a time. An older libvirt-python, lacking the newer flags
+altogether, is test_older_libvirt.py's.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 import libvirt
@@ -84,17 +83,26 @@ def test_flags_an_older_daemon_refuses_are_dropped_newest_first(
     assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
 
 
-def test_an_older_libvirt_python_without_the_tpm_flag_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """libvirt-python builds its constants from the libvirt it was built
-    against; before 8.9 there is no VIR_DOMAIN_UNDEFINE_TPM."""
-    tpm = libvirt.VIR_DOMAIN_UNDEFINE_TPM
-    monkeypatch.delattr(libvirt, "VIR_DOMAIN_UNDEFINE_TPM")
-    try:
-        older: Any = importlib.reload(removal)
-        assert tpm not in older.NEWER_UNDEFINE_FLAGS
-        assert not older.UNDEFINE_ALL & tpm
-        assert older.UNDEFINE_ALL & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    finally:
-        monkeypatch.undo()
-        importlib.reload(removal)
-    assert removal.UNDEFINE_ALL & tpm
+def test_a_volume_that_will_not_go_leaves_the_others_going(
+    harness: ProviderHarness, make_vm: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the undefine, each volume is removed on its own: one the daemon
+    refuses to delete is reported (the task fails), the others still go."""
+    disks = [{"SizeGiB": 1, "Name": "data"}, {"SizeGiB": 1, "Name": "logs"}]
+    vm_id = make_vm("stuck", disks_json=disks, user_data=b"#cloud-config\n")
+    paths = volumes(harness, vm_id)
+    assert len(paths) == 3  # data (the boot disk), logs, the seed
+    stuck = paths[0]
+    real = libvirt.virStorageVol.delete
+
+    def busy(self: libvirt.virStorageVol, flags: int = 0) -> int:
+        if self.path() == stuck:
+            raise refusal(libvirt.VIR_ERR_OPERATION_FAILED, "cannot delete: device or resource busy")
+        return int(real(self, flags))
+
+    monkeypatch.setattr(libvirt.virStorageVol, "delete", busy)
+    with pytest.raises(grpc.RpcError) as err:
+        harness.wait(harness.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    assert "device or resource busy" in (err.value.details() or "")
+    assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
+    assert [p for p in paths if exists(harness, p)] == [stuck]

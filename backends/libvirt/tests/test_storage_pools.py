@@ -42,7 +42,7 @@ def vol(name: str) -> str:
         ("logical", ("raw",), False, False, True, True, True),
         ("disk", ("raw",), False, False, True, True, True),
         ("zfs", ("raw",), True, False, True, False, True),
-        ("rbd", ("raw",), True, True, False, True, True),
+        ("rbd", ("raw",), True, True, False, False, True),
         ("gluster", ("raw",), False, False, False, False, False),
         ("iscsi", ("raw",), False, False, True, False, False),
     ],
@@ -284,13 +284,17 @@ def test_an_image_url_is_refused_where_no_upload_goes(harness: ProviderHarness) 
     assert "cannot write volume data" in (err.details() or "")
 
 
-def test_zfs_cannot_copy_a_template(harness: ProviderHarness) -> None:
-    name = define_pool(harness, "zfs")
+@pytest.mark.parametrize("kind", ["zfs", "rbd"])
+def test_no_template_is_copied_where_libvirt_makes_no_copy(harness: ProviderHarness, kind: str) -> None:
+    """zfs has no createXMLFrom; RBD's clones the target pool's image of the
+    source's name (rbd_clone2), never the source's data: both refuse."""
+    name = define_pool(harness, kind)
     err = create(harness, "copied", name, image_json=json.dumps({"Path": "/vmpt-pool/base.qcow2"}))
     assert isinstance(err, grpc.RpcError)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "cannot copy volumes" in (err.details() or "")
-    assert "zfs pool" in (err.details() or "")
+    assert f"{kind} pool" in (err.details() or "")
+    assert not any(v.startswith(f"{name}/copied") for v in volume_names(harness))
 
 
 def test_a_logical_pool_gets_raw_thick_disks(harness: ProviderHarness) -> None:
@@ -340,3 +344,25 @@ def test_validate_says_where_seeds_go(test_uri: str) -> None:
         report = harness.stub.Validate(pb.ValidateRequest())
         assert not report.ok
         assert "setting 'seed_pool'" in report.message
+
+
+def test_a_linked_clone_of_a_vm_on_block_volumes_is_refused_whatever_the_datastore(harness: ProviderHarness) -> None:
+    """The source of a linked clone goes on with a qcow2 overlay in its own
+    disks' pool: on a logical pool that would be an LVM snapshot read as
+    qcow2. A file-pool Datastore for the clone does not change that."""
+    lvm = define_pool(harness, "logical")
+    done = create(harness, "onlvm", lvm, disks_json=json.dumps([{"SizeGiB": 1}]))
+    assert isinstance(done, pb.CreateResponse)
+    harness.wait(done.task)
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    before_xml = conn.lookupByUUIDString(done.id).XMLDesc(0)
+    before = volume_names(harness)
+    request = pb.CloneRequest(
+        source_vm_id=done.id, target_name="lnk", linked=True, placement_json=json.dumps({"Datastore": "default"})
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        harness.wait(harness.stub.Clone(request).task)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "logical pool" in (err.value.details() or "")
+    assert volume_names(harness) == before
+    assert conn.lookupByUUIDString(done.id).XMLDesc(0) == before_xml

@@ -209,12 +209,18 @@ def _plan_disks(session: Session, spec: CloneSpec, root: ET.Element, mark: Mark)
         if vol is None:
             raise FailedPrecondition(f"disk {target} ({path}) is not a volume in a libvirt storage pool; it cannot be cloned")
         info = storage.describe(vol)
-        pool = datastore or vol.storagePoolLookupByVolume()
+        src_pool = vol.storagePoolLookupByVolume()
+        pool = datastore or src_pool
         facts = storage.pool_info(pool)
-        if spec.linked and not facts.kind.files:
-            raise FailedPrecondition(
-                f"pool {pool.name()!r} cannot hold qcow2 overlays (a libvirt {facts.type} pool): clone in full"
-            )
+        if spec.linked:
+            # The clone's overlay goes into ``pool``, the source's new one
+            # into its disk's own pool: both must hold qcow2 files.
+            for holder, held in ((pool, facts), (src_pool, storage.pool_info(src_pool))):
+                if not held.kind.files:
+                    raise FailedPrecondition(
+                        f"disk {target}: pool {holder.name()!r} cannot hold qcow2 overlays "
+                        f"(a libvirt {held.type} pool): clone in full"
+                    )
         facts.need(f"cloning disk {target}", "create" if spec.linked else "copy", "names")
         ext = "qcow2" if facts.kind.files else "img"
         ref = next((v for v in mark.volumes if v.target == target), None)

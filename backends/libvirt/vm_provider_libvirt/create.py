@@ -177,7 +177,10 @@ def firmware(session: Session, vm_class: VMClass, machine: str) -> FirmwarePlan:
     host = session.host()
     offer = uefi(session.conn(), host, session.domain_type(), machine)
     if offer is not None and not offer.efi:
-        raise InvalidArgument.field("class_json.Firmware", "UEFI is not available on this host (no OVMF firmware for libvirt)")
+        raise Unimplemented(
+            f"class_json.Firmware: this host offers no UEFI firmware for machine type {machine or 'default'!r} "
+            "(domain capabilities list no efi firmware; install OVMF, or use a q35 machine)"
+        )
     features, loader_secure = uefi_selection(host.libvirt_version, secure)
     if secure:
         field = "class_json.SecurityProfile.SecureBoot"

@@ -18,8 +18,9 @@ setting ``openvswitch_bridges`` is OVS; else libvirt's interface API is
 asked: a Linux bridge is listed as ``<interface type='bridge'>``, an OVS
 bridge device (kernel device type ``openvswitch``) as ``type='ethernet'``,
 and a name listed as anything but a bridge can only work as an OVS bridge.
-A bridge the interface API cannot see (none there, or a daemon in another
-network namespace than its udev) is taken to be OVS only with a VLAN, as
+A bridge the interface API cannot see (none there, no interface driver or
+a failing one, or a daemon in another network namespace than its udev) is
+taken to be OVS only with a VLAN, as
 a Linux bridge cannot tag; a VLAN on a known Linux bridge is refused
 (INVALID_ARGUMENT): name the bridge of that VLAN (``br0.10``) instead and
 leave VLAN at 0.
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -56,6 +58,8 @@ from .domxml import NicPlan
 from .domxml import parse as parse_xml
 from .readcache import Leases
 from .session import Session
+
+log = logging.getLogger(__name__)
 
 VLAN_FORWARD_MODES = frozenset({"hostdev", "passthrough", "private", "vepa"})
 #: Draws of a new MAC before giving up (each clashes with a probability of
@@ -107,10 +111,15 @@ def bridge_kind(session: Session, name: str) -> str:
     if name in session.settings.openvswitch_bridges:
         return "openvswitch"
     conn = session.conn()
-    with errors.ignoring(errors.is_missing_interface, errors.is_unsupported):
+    try:
         root = parse_xml(conn.interfaceLookupByName(name).XMLDesc(0))
-        return "linux" if root.get("type") == "bridge" else "openvswitch"
-    return ""
+    except libvirt.libvirtError as exc:
+        # No such interface, no interface driver (a daemon built or installed
+        # without it), or one that failed: the host cannot say.
+        if not errors.is_missing_interface(exc):
+            log.info("libvirt's interface API cannot tell what bridge %r is: %s", name, exc.get_error_message())
+        return ""
+    return "linux" if root.get("type") == "bridge" else "openvswitch"
 
 
 def _bridge_openvswitch(session: Session, name: str, vlan: int, field: str) -> bool:

@@ -41,6 +41,7 @@ from provider_core.specs import Firmware, VMClass
 
 from . import domxml, errors, marks, power, storage
 from .create import resources
+from .host import version_text
 from .marks import Mark, VolumeRef
 from .session import Session
 
@@ -265,7 +266,7 @@ def _grow(
     capacity_flag = getattr(libvirt, "VIR_DOMAIN_BLOCK_RESIZE_CAPACITY", None)
     daemon = session.host().libvirt_version
     if capacity_flag is None or daemon < BLOCK_RESIZE_CAPACITY_SINCE:
-        missing = "libvirt-python" if capacity_flag is None else f"the libvirt daemon ({_version(daemon)})"
+        missing = "libvirt-python" if capacity_flag is None else f"the libvirt daemon ({version_text(daemon)})"
         plan.needs.append(
             f"{field}: growing block disk {target} of a running VM needs VIR_DOMAIN_BLOCK_RESIZE_CAPACITY "
             f"(libvirt >= 10.0), which {missing} lacks: power the VM off to grow it"
@@ -281,10 +282,6 @@ def _grow(
 
 #: libvirt version (major * 1e6 + minor * 1e3) that added VIR_DOMAIN_BLOCK_RESIZE_CAPACITY.
 BLOCK_RESIZE_CAPACITY_SINCE = 10_000_000
-
-
-def _version(number: int) -> str:
-    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
 def _mark(dom: libvirt.virDomain, mark: Mark, tags: tuple[str, ...], cpu_plugged: bool, running: bool) -> Change | None:

@@ -23,16 +23,19 @@ disk stays. Which disks stayed, and why, is logged.
 The definition goes before the volumes: a definition the daemon will not
 drop (an older daemon refusing a flag is retried without it) leaves the VM
 whole, never defined without its disks. A volume that fails to go after
-that is logged by name and left (a repeated Delete finds no VM: the core
-turns its NotFound into success). Snapshot metadata, managed save images,
+that is logged by name and left while the others still go, and Delete
+reports the failure (a repeated Delete finds no VM: the core turns its
+NotFound into success). Snapshot metadata, managed save images,
 NVRAM and TPM state go with the definition.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -109,16 +112,33 @@ def undefine(dom: libvirt.virDomain) -> None:
 
 
 def delete_volumes(session: Session, mark: Mark) -> None:
-    """Delete the volumes the mark lists; shared bases only when unused."""
-    owned = [v for v in mark.volumes if v.role != "base"]
-    for ref in owned:
-        vol = _volume(session, ref)
-        if vol is not None:
-            storage.delete(vol)
+    """Delete the volumes the mark lists; shared bases only when unused.
+    A volume that fails to go is logged by name and the others still go;
+    the first failure is raised at the end."""
+    failures: list[libvirt.libvirtError] = []
+
+    def attempt(ref: VolumeRef, remove: Callable[[], None]) -> None:
+        try:
+            remove()
+        except libvirt.libvirtError as exc:
+            log.warning("could not remove volume %s/%s: %s", ref.pool, ref.name, exc.get_error_message())
+            failures.append(exc)
+
+    for ref in mark.volumes:
+        if ref.role != "base":
+            attempt(ref, functools.partial(_delete_ref, session, ref))
     chains = BackingChains(session.conn())
     for ref in mark.volumes:
         if ref.role == "base":
-            delete_base_if_unused(session, ref, chains)
+            attempt(ref, functools.partial(delete_base_if_unused, session, ref, chains))
+    if failures:
+        raise failures[0]
+
+
+def _delete_ref(session: Session, ref: VolumeRef) -> None:
+    vol = _volume(session, ref)
+    if vol is not None:
+        storage.delete(vol)
 
 
 #: Pool types whose volumes only this host uses; other pools (netfs,
@@ -387,7 +407,7 @@ def delete_base_if_unused(session: Session, ref: VolumeRef, chains: BackingChain
         log.warning("keeping base volume %s/%s: its users could not be told (%s)", ref.pool, ref.name, exc.get_error_message())
         return
     if user:
-        log.debug("keeping base volume %s/%s: %s is backed by it", ref.pool, ref.name, user)
+        log.info("keeping base volume %s/%s: %s is backed by it", ref.pool, ref.name, user)
         return
     storage.delete(vol)
 
@@ -397,65 +417,85 @@ class BackingChains:
     from each domain's XML and, layer by layer, from the XML of the volumes
     in those chains (each read once): which domain a base volume still
     backs, without reading every volume of its pool. A volume backed by the
-    base that no domain uses (an overlay made by hand) is out of its sight."""
+    base that no domain uses (an overlay made by hand) is out of its sight.
 
-    #: Layers followed before a chain is taken to loop.
+    Where a chain cannot be followed to its end, the base is taken to be in
+    use: a layer in an image format (qcow2, ...) that is no pool volume (an
+    overlay made by ``virsh snapshot-create --disk-only``, a file outside
+    any pool) unless the domain's XML says where its chain goes, or a chain
+    deeper than :attr:`MAX_DEPTH` layers."""
+
+    #: Layers followed before the rest of a chain is taken to reach the base.
     MAX_DEPTH = 64
 
     def __init__(self, conn: libvirt.virConnect) -> None:
         self.conn = conn
-        self._disks: list[tuple[str, str]] | None = None
-        self._backing: dict[str, str] = {}
+        self._disks: list[tuple[str, str, bool]] | None = None
+        self._backing: dict[str, tuple[str, bool] | None] = {}
 
     def user_of(self, path: str) -> str:
-        """``domain 'name'`` whose disk ``path`` backs (or is), or ""."""
-        for name, disk in self._domain_disks():
-            layer = disk
+        """``domain 'name'`` whose disk ``path`` backs (or is), or may back;
+        "" when surely none."""
+        for name, disk, open_end in self._domain_disks():
+            layer, more = disk, open_end
             for _ in range(self.MAX_DEPTH):
-                if not layer:
-                    break
                 if layer == path:
                     return f"domain {name!r}"
-                layer = self._backing_of(layer)
+                nxt = self._backing_of(layer)
+                if nxt is None:  # no pool volume: its chain is out of sight
+                    if more:
+                        return f"domain {name!r} (maybe: its disk {layer} is no pool volume, its backing chain unknown)"
+                    break
+                layer, more = nxt
+                if not layer:
+                    break
+            else:
+                return f"domain {name!r} (maybe: its disk {disk} has more than {self.MAX_DEPTH} layers)"
         return ""
 
-    def _domain_disks(self) -> list[tuple[str, str]]:
-        """(domain name, disk path) of every disk of every domain; a disk
+    def _domain_disks(self) -> list[tuple[str, str, bool]]:
+        """(domain name, path of the last layer its XML shows, whether that
+        layer may have a backing file) of every disk of every domain; a disk
         given as ``<source pool volume>`` by its volume's path."""
         if self._disks is None:
-            disks: list[tuple[str, str]] = []
+            disks: list[tuple[str, str, bool]] = []
             for dom in self.conn.listAllDomains(0):
                 with errors.ignoring(errors.is_missing_domain):  # undefined since the listing
                     name = dom.name()
                     for el in domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).findall("devices/disk"):
-                        path = self._disk_path(el)
-                        if path:
-                            disks.append((name, path))
+                        layers, open_end = _chain(el)
+                        for i, (kind, source) in enumerate(layers):
+                            path = self._layer_path(kind, source)
+                            if path:
+                                disks.append((name, path, open_end and i == len(layers) - 1))
             self._disks = disks
         return self._disks
 
-    def _disk_path(self, el: ET.Element) -> str:
-        source = el.find("source")
-        if source is None:
-            return ""
-        if el.get("type") == "volume":
+    def _layer_path(self, kind: str, source: ET.Element) -> str:
+        if kind == "volume":
             pool = None
             with errors.ignoring(errors.is_missing_pool):
                 pool = self.conn.storagePoolLookupByName(source.get("pool", ""))
             vol = storage.lookup(pool, source.get("volume", "")) if pool is not None and pool.isActive() else None
             return str(vol.path()) if vol is not None else ""
-        return _source_path(el.get("type", "file"), source)
+        return _source_path(kind, source)
 
-    def _backing_of(self, path: str) -> str:
-        """The backing file of the volume at ``path``; "" for none, or for
-        a path that is no pool volume."""
+    def _backing_of(self, path: str) -> tuple[str, bool] | None:
+        """The backing file of the volume at ``path`` and whether it may
+        have one in turn ("" for none); None for a path that is no pool
+        volume."""
         if path not in self._backing:
             vol = storage.at_path(self.conn, path)
-            backing = ""
+            found: tuple[str, bool] | None = None
             if vol is not None:
+                found = ("", False)
                 with errors.ignoring(errors.is_missing_volume):  # deleted meanwhile
-                    backing = domxml.parse(vol.XMLDesc(0)).findtext("backingStore/path") or ""
-            self._backing[path] = backing
+                    store = domxml.parse(vol.XMLDesc(0)).find("backingStore")
+                    if store is not None:
+                        fmt = store.find("format")
+                        form = fmt.get("type", "") if fmt is not None else ""
+                        found = (store.findtext("path") or "", form != "raw")
+            self._backing[path] = found
         return self._backing[path]
 
 

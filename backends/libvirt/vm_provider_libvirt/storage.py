@@ -21,7 +21,9 @@ type can do is what libvirt's storage backend of that type implements
   that never grows: libvirt's formatstorage); zfs cannot copy volumes;
 - network pools (rbd, gluster) hold volumes QEMU opens over the network,
   attached as ``<disk type='network'>`` with the pool's hosts and auth; RBD
-  holds raw only and takes no uploads; libvirt cannot make Gluster volumes;
+  holds raw only and takes no uploads, and libvirt's copy there is none (it
+  clones the same-named image of the target pool, copy-on-write); libvirt
+  cannot make Gluster volumes;
 - iscsi, iscsi-direct, scsi, mpath hold LUNs made outside libvirt: their
   volumes attach (block), but no volume can be made there.
 
@@ -98,7 +100,10 @@ POOL_KINDS: dict[str, PoolKind] = {
     "logical": PoolKind(create=True, copy=True, upload=True),
     "disk": PoolKind(create=True, copy=True, upload=True, names=False),
     "zfs": PoolKind(create=True, upload=True, sparse=True),
-    "rbd": PoolKind(images=True, create=True, copy=True, resize=True, sparse=True),
+    # RBD's createXMLFrom is no copy: it clones (rbd_clone2, copy-on-write on
+    # a protected snapshot) the image of the source volume's *name* in the
+    # target pool, whatever pool the source is in (storage_backend_rbd.c).
+    "rbd": PoolKind(images=True, create=True, resize=True, sparse=True),
     "gluster": PoolKind(images=True),
     "iscsi": _LUNS,
     "scsi": _LUNS,
@@ -335,7 +340,7 @@ def at_path(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None
 def pool_of_directory(conn: libvirt.virConnect, directory: str) -> libvirt.virStoragePool | None:
     """The active pool whose target directory is ``directory``, or None."""
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-        target = parse_xml(pool.XMLDesc(0)).findtext("target/path") or ""
+        target = pool_info(pool).target
         if target and posixpath.normpath(target) == directory:
             return pool
     return None
