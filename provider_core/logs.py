@@ -5,6 +5,11 @@ when launched by VirtRigaud) choose the level and the shape. Text is
 ``TIME LEVEL LOGGER: MESSAGE``; JSON is one object per line with ``time``
 (ISO 8601, UTC), ``level``, ``logger``, ``message`` and, when there is
 one, ``exception`` (the traceback's text), written by python-json-logger.
+A line logged while serving a call (in a backend's worker thread and the
+call's background task too) carries the call's request id
+(:mod:`provider_core.calls`): ``[request_id=…]`` before the message in
+text, ``request_id`` in JSON; access lines add their fields to the JSON
+object.
 
 What goes into a message is the caller's business: secrets are never
 passed to a logger, and URLs are logged through
@@ -18,6 +23,8 @@ import sys
 from typing import Literal
 
 from pythonjsonlogger.json import JsonFormatter
+
+from . import calls
 
 LogFormat = Literal["text", "json"]
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,6 +41,31 @@ def level_name(value: str) -> str:
     return level
 
 
+class CallFilter(logging.Filter):
+    """Gives each record the request id of the call it was logged in (or none)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = calls.current()
+        if call is not None and not hasattr(record, "request_id"):
+            record.request_id = call.request_id
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT`, with ``[request_id=…]`` before the message of a call's lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        if request_id is None:
+            return super().formatMessage(record)
+        line = super().formatMessage(record)
+        cut = len(line) - len(record.message)
+        return f"{line[:cut]}[request_id={request_id}] {line[cut:]}"
+
+
 def formatter(fmt: LogFormat) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter(
@@ -42,7 +74,7 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
             timestamp="time",
             json_ensure_ascii=False,
         )
-    return logging.Formatter(TEXT)
+    return TextFormatter()
 
 
 _handler: logging.Handler | None = None
@@ -58,6 +90,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     root = logging.getLogger()
     if _handler is None and not root.handlers:
         _handler = logging.StreamHandler(sys.stderr)
+        _handler.addFilter(CallFilter())
         root.addHandler(_handler)
     if _handler is not None and _handler in root.handlers:
         _handler.setFormatter(formatter(fmt))

@@ -20,6 +20,8 @@ from .config import INSECURE_ENV, ServerSettings, default_state_dir, endpoint
 from .errors import ConfigError
 from .health_http import HealthHTTP
 from .listening import Credentials, bind, check_address, security, split_listen, tls_files
+from .metrics import Metrics, NoMetrics
+from .observer import Observer
 from .pb import provider_pb2
 from .runtime import Runtime
 from .service import ProviderService, add_to_server
@@ -93,6 +95,7 @@ class ProviderServer:
         creds = Credentials(self.tls, settings.tls_min_version) if self.tls else None
         self.front: TlsFront | None = None
         self.state = StateDir.open(settings.state_dir or default_state_dir(name, backend.settings))
+        self.metrics = Metrics(name) if settings.metrics else NoMetrics()
         try:
             self.runtime = Runtime(
                 backend,
@@ -102,6 +105,7 @@ class ProviderServer:
                 task_workers=settings.task_workers,
                 health_interval=settings.health_interval,
                 manage_foreign_vms=settings.manage_foreign_vms,
+                metrics=self.metrics,
             )
             self.endpoint = endpoint(backend.settings)
             check_sans = self.tls is not None and bool(settings.allowed_sans)
@@ -110,7 +114,8 @@ class ProviderServer:
             # grpc shares a port with other processes unless told not to: two
             # providers would then split the clients between them, each with its own state.
             options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
-            self.server = grpc.aio.server(interceptors=[self.auth] if self.auth else [], options=options)
+            interceptors = [Observer(self.metrics, settings.access_log), *([self.auth] if self.auth else [])]
+            self.server = grpc.aio.server(interceptors=interceptors, options=options)
             add_to_server(ProviderService(self.runtime, detailed_power=settings.power_states == "detailed"), self.server)
             self.health = HealthServicer()
             guarded = GuardedRegistrar(self.server)
@@ -130,7 +135,9 @@ class ProviderServer:
             except RuntimeError as exc:
                 raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from None
             self._draining = False
-            self.http = HealthHTTP(settings.health_port, self._not_ready) if settings.health_port is not None else None
+            self.http = None
+            if settings.health_port is not None:
+                self.http = HealthHTTP(settings.health_port, self._not_ready, self.metrics)
         except BaseException:
             if self.front is not None:
                 self.front.sock.close()

@@ -63,6 +63,13 @@ def code_for(exc: errors.ProviderError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def code_name(exc: BaseException) -> str:
+    """The name of the status code ``exc`` is answered with (INTERNAL for
+    anything outside the error tree)."""
+    code = code_for(exc) if isinstance(exc, errors.ProviderError) else grpc.StatusCode.INTERNAL
+    return str(code.name)
+
+
 def _pack(message: Any) -> any_pb2.Any:
     detail = any_pb2.Any()
     detail.Pack(message)

@@ -1,0 +1,135 @@
+"""Request ids, metrics and the access log of every gRPC call.
+
+:class:`Observer` is the server's first interceptor, so it sees every
+call of every service, refused ones included. For each call it makes the
+call's record (:mod:`provider_core.calls`: the request id, later the VM
+and the task). When the call is answered it counts it by method and
+status code (:mod:`provider_core.metrics`) and logs one access line:
+method, peer, code, duration, task id, VM id and request id, on the
+logger ``provider_core.access`` (health checks at DEBUG, the rest at
+INFO; ``[server] access_log = false`` leaves it out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from .calls import Call, enter, request_id
+from .metrics import NoMetrics
+from .tls_proxy import client_peer
+
+log = logging.getLogger("provider_core.access")
+QUIET = ("grpc.health.v1.Health",)
+"""Services whose access lines are DEBUG: probes would drown the log."""
+_CACHED = 256
+"""How many wrapped handlers are kept: one per method registered."""
+
+
+def _code(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    return str(code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name)
+
+
+class Observer(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
+    """Request ids, metrics and the access log of every call."""
+
+    def __init__(self, metrics: NoMetrics, access_log: bool = True) -> None:
+        self.metrics = metrics
+        self.access_log = access_log
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
+            return None
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            wrapped = self._wrap(handler, details.method)
+            if len(self._wrapped) < _CACHED:  # registered methods come back as the same handler
+                self._wrapped[handler] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+        behaviour = getattr(handler, kind)
+        begin, end = self._begin, self._end
+        level = logging.DEBUG if service in QUIET else logging.INFO
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def each(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call, started = begin(service, method, context)
+                cancelled = False
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    end(call, started, cancelled, context, level)
+
+            observed: Any = each
+        else:
+
+            async def once(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call, started = begin(service, method, context)
+                cancelled = False
+                try:
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    end(call, started, cancelled, context, level)
+
+            observed = once
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        return make(observed, handler.request_deserializer, handler.response_serializer)
+
+    def _begin(self, service: str, method: str, context: grpc.aio.ServicerContext) -> tuple[Call, float]:
+        call = Call(service, method, request_id(context.invocation_metadata()))
+        enter(call)
+        self.metrics.rpc_started(service, method)
+        return call, time.perf_counter()
+
+    def _end(self, call: Call, started: float, cancelled: bool, context: grpc.aio.ServicerContext, level: int) -> None:
+        seconds = time.perf_counter() - started
+        code = "CANCELLED" if cancelled else _code(context)
+        self.metrics.rpc_finished(call.service, call.method, code, seconds)
+        if self.access_log and log.isEnabledFor(level):
+            peer = client_peer(context.peer())
+            log.log(
+                level,
+                "%s %s in %.1f ms from %s vm=%s task=%s",
+                call.method,
+                code,
+                seconds * 1000,
+                peer,
+                call.vm or "-",
+                call.task or "-",
+                extra={
+                    "method": f"/{call.service}/{call.method}",
+                    "peer": peer,
+                    "code": code,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "vm_id": call.vm,
+                    "task_id": call.task,
+                },
+            )
+
+
+__all__ = ["Observer"]
