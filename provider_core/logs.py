@@ -14,6 +14,10 @@ object.
 What goes into a message is the caller's business: secrets are never
 passed to a logger, and URLs are logged through
 :func:`provider_core.urls.redact`; the format changes nothing there.
+Libraries' DEBUG lines are held to the same rule: urllib3's request lines
+lose their query strings (signed URLs carry their signature there), and
+botocore, boto3 and s3transfer, whose DEBUG lines print signed requests
+and credentials, log at INFO at most.
 """
 
 from __future__ import annotations
@@ -77,6 +81,22 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
     return TextFormatter()
 
 
+class QueryRedactor(logging.Filter):
+    """Drops the query string from the request targets urllib3 logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "?" in a for a in record.args):
+            record.args = tuple(
+                f"{a.partition('?')[0]}?<redacted>" if isinstance(a, str) and "?" in a else a for a in record.args
+            )
+        return True
+
+
+REDACTED = {"urllib3.connectionpool": QueryRedactor()}
+"""Libraries' loggers whose lines are redacted, and how."""
+AT_MOST_INFO = ("botocore", "boto3", "s3transfer")
+"""Libraries' loggers whose DEBUG lines print secrets."""
+
 _handler: logging.Handler | None = None
 
 
@@ -95,3 +115,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     if _handler is not None and _handler in root.handlers:
         _handler.setFormatter(formatter(fmt))
     root.setLevel(level_name(level))
+    for name, redactor in REDACTED.items():
+        logging.getLogger(name).addFilter(redactor)  # once: the same filter is not added twice
+    for name in AT_MOST_INFO:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
