@@ -1,7 +1,10 @@
 """Request ids, metrics and the access log of every gRPC call.
 
-:class:`Observer` is the server's first interceptor, so it sees every
-call of every service, refused ones included. For each call it makes the
+:class:`Observer` wraps every method of every service the server
+registers, outside the checks of who may call (:mod:`provider_core.auth`),
+so refused calls count too (:class:`~provider_core.status.GuardedRegistrar`
+applies it; methods no service has are seen only when those checks are on).
+For each call it makes the
 call's record (:mod:`provider_core.calls`: the request id, later the VM
 and the task). When the call is answered it counts it by method and
 status code (:mod:`provider_core.metrics`) and logs one access line:
@@ -16,7 +19,6 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,8 +30,6 @@ from .tls_proxy import client_peer
 log = logging.getLogger("provider_core.access")
 QUIET = ("grpc.health.v1.Health",)
 """Services whose access lines are DEBUG: probes would drown the log."""
-_CACHED = 256
-"""How many wrapped handlers are kept: one per method registered."""
 
 
 def _code(context: grpc.aio.ServicerContext) -> str:
@@ -39,30 +39,15 @@ def _code(context: grpc.aio.ServicerContext) -> str:
     return str(code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name)
 
 
-class Observer(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
+class Observer:
     """Request ids, metrics and the access log of every call."""
 
     def __init__(self, metrics: NoMetrics, access_log: bool = True) -> None:
         self.metrics = metrics
         self.access_log = access_log
-        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
-            return None
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            wrapped = self._wrap(handler, details.method)
-            if len(self._wrapped) < _CACHED:  # registered methods come back as the same handler
-                self._wrapped[handler] = wrapped
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        """``handler`` of ``full_method``, observed."""
         service, _, method = full_method.lstrip("/").rpartition("/")
         kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
         behaviour = getattr(handler, kind)

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import urls
-from .auth import BearerTokenInterceptor
+from .auth import CallGuard, UnknownMethods
 from .backend import Backend
 from .config import INSECURE_ENV, ServerSettings, default_state_dir, endpoint
 from .errors import ConfigError
@@ -110,18 +110,20 @@ class ProviderServer:
             self.endpoint = endpoint(backend.settings)
             check_sans = self.tls is not None and bool(settings.allowed_sans)
             token = settings.auth_token.get_secret_value() if settings.auth_token else None
-            self.auth = BearerTokenInterceptor(token, check_sans=check_sans) if token or check_sans else None
+            self.auth = CallGuard(token, check_sans=check_sans) if token or check_sans else None
             # grpc shares a port with other processes unless told not to: two
             # providers would then split the clients between them, each with its own state.
             options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
-            interceptors = [Observer(self.metrics, settings.access_log), *([self.auth] if self.auth else [])]
-            self.server = grpc.aio.server(interceptors=interceptors, options=options)
-            add_to_server(ProviderService(self.runtime, detailed_power=settings.power_states == "detailed"), self.server)
+            self.server = grpc.aio.server(options=options)
+            wrappers = [*([self.auth.wrap] if self.auth else []), Observer(self.metrics, settings.access_log).wrap]
+            guarded = GuardedRegistrar(self.server, wrappers)
+            add_to_server(ProviderService(self.runtime, detailed_power=settings.power_states == "detailed"), guarded)
             self.health = HealthServicer()
-            guarded = GuardedRegistrar(self.server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
+            if self.auth is not None:  # after every service: methods none of them has
+                guarded.add_generic_rpc_handlers((UnknownMethods(),))
             check_address(settings.listen, settings.reuse_port)
             self.port: int
             try:

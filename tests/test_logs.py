@@ -73,7 +73,7 @@ def test_a_full_run_logs_each_call_with_its_request_id_and_no_secret(
             f"?X-Amz-Signature={SECRETS['signature']}&X-Amz-Credential={SECRETS['credential']}"
         )
         served = serve(config=config(fakepve, fakepve_cafile))
-        port = served.wait_for(r'"message": "serving provider\.v1\.Provider on 127\.0\.0\.1:(\d+) ')[1]
+        port = served.wait_for(r'"message":"serving provider\.v1\.Provider on 127\.0\.0\.1:(\d+) ')[1]
         served.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.ProviderStub(served.channel)
         auth = ("authorization", f"Bearer {SECRETS['bearer']}")
