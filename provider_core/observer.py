@@ -16,12 +16,14 @@ INFO; ``[server] access_log = false`` leaves it out).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool  # type: ignore[import-untyped]
 
 from .calls import Call, enter, request_id
 from .metrics import NoMetrics
@@ -39,6 +41,21 @@ def _code(context: grpc.aio.ServicerContext) -> str:
     return str(code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name)
 
 
+UNKNOWN = ("", "unknown")
+"""The metrics labels of a method no service defines: a client cannot
+grow the metrics by calling made-up names (the access line names it)."""
+
+
+def _labels(service: str, method: str) -> tuple[str, str]:
+    """``(service, method)`` if a service registered in protobuf's default
+    pool defines it (every service the server runs), else :data:`UNKNOWN`."""
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(method)
+    except KeyError:
+        return UNKNOWN
+    return (service, method) if found is not None else UNKNOWN
+
+
 class Observer:
     """Request ids, metrics and the access log of every call."""
 
@@ -51,12 +68,13 @@ class Observer:
         service, _, method = full_method.lstrip("/").rpartition("/")
         kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
         behaviour = getattr(handler, kind)
-        begin, end = self._begin, self._end
+        labels = _labels(service, method)
         level = logging.DEBUG if service in QUIET else logging.INFO
+        begin, end = functools.partial(self._begin, service, method, labels), functools.partial(self._end, labels, level)
         if inspect.isasyncgenfunction(behaviour):
 
             async def each(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call, started = begin(service, method, context)
+                call, started = begin(context)
                 cancelled = False
                 try:
                     async for response in behaviour(request, context):
@@ -65,13 +83,13 @@ class Observer:
                     cancelled = True
                     raise
                 finally:
-                    end(call, started, cancelled, context, level)
+                    end(call, started, cancelled=cancelled, context=context)
 
             observed: Any = each
         else:
 
             async def once(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call, started = begin(service, method, context)
+                call, started = begin(context)
                 cancelled = False
                 try:
                     return await behaviour(request, context)
@@ -79,22 +97,31 @@ class Observer:
                     cancelled = True
                     raise
                 finally:
-                    end(call, started, cancelled, context, level)
+                    end(call, started, cancelled=cancelled, context=context)
 
             observed = once
         make = getattr(grpc, f"{kind}_rpc_method_handler")
         return make(observed, handler.request_deserializer, handler.response_serializer)
 
-    def _begin(self, service: str, method: str, context: grpc.aio.ServicerContext) -> tuple[Call, float]:
+    def _begin(self, service: str, method: str, labels: tuple[str, str], context: grpc.aio.ServicerContext) -> tuple[Call, float]:
         call = Call(service, method, request_id(context.invocation_metadata()))
         enter(call)
-        self.metrics.rpc_started(service, method)
+        self.metrics.rpc_started(*labels)
         return call, time.perf_counter()
 
-    def _end(self, call: Call, started: float, cancelled: bool, context: grpc.aio.ServicerContext, level: int) -> None:
+    def _end(
+        self,
+        labels: tuple[str, str],
+        level: int,
+        call: Call,
+        started: float,
+        *,
+        cancelled: bool,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         seconds = time.perf_counter() - started
         code = "CANCELLED" if cancelled else _code(context)
-        self.metrics.rpc_finished(call.service, call.method, code, seconds)
+        self.metrics.rpc_finished(*labels, code, seconds)
         if self.access_log and log.isEnabledFor(level):
             peer = client_peer(context.peer())
             log.log(

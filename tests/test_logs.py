@@ -158,3 +158,31 @@ def test_text_lines_name_the_request_id(serve: Callable[..., Any]) -> None:
     served.proc.send_signal(signal.SIGTERM)
     assert served.exit_status() == 0
     assert "forged" not in served.text
+
+
+def test_lines_are_written_in_batches_in_order_warnings_at_once() -> None:
+    import io
+    import logging
+
+    from provider_core.logs import BatchingHandler
+
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, interval=0.2)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("test_logs.batching")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log.info("one")
+        log.info("two")
+        assert stream.getvalue() == ""  # not yet: the next batch
+        log.warning("three")
+        assert stream.getvalue() == "INFO one\nINFO two\nWARNING three\n"
+        log.info("four")
+        deadline = time.monotonic() + 5
+        while not stream.getvalue().endswith("INFO four\n"):
+            assert time.monotonic() < deadline, "an INFO line was never written"
+            time.sleep(0.05)
+    finally:
+        log.removeHandler(handler)

@@ -4,6 +4,7 @@ calls made, code by code."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.request
@@ -159,8 +160,13 @@ def test_refused_calls_are_counted_and_reachability_follows_the_backend(tmp_path
             h.stub.ListVMs(pb.ListVMsRequest(), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         h.stub.ListVMs(pb.ListVMsRequest(), metadata=[("authorization", "Bearer s3cret")], timeout=10)
+        assert h.channel is not None
+        for n in range(3):  # names made up by a client: one series, whatever they are
+            with pytest.raises(grpc.RpcError) as unknown:
+                h.channel.unary_unary(f"/made.up.Service{n}/Nope")(b"", timeout=10)
+            assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
         answered = by(scrape(h), "vm_provider_rpcs_total", "method", "code")
-        assert answered == {("ListVMs", "UNAUTHENTICATED"): 1.0, ("ListVMs", "OK"): 1.0}
+        assert answered == {("ListVMs", "UNAUTHENTICATED"): 1.0, ("ListVMs", "OK"): 1.0, ("unknown", "UNAUTHENTICATED"): 3.0}
         assert scrape(h)["vm_provider_hypervisor_reachable", frozenset()] == 1
         down.write_text("")
         deadline = time.monotonic() + 10
@@ -181,3 +187,25 @@ def test_metrics_off_serve_no_metrics_page() -> None:
         assert missing.value.code == 404
         with opener.open(f"http://127.0.0.1:{h.server.http.port}/healthz", timeout=5) as response:
             assert response.status == 200
+
+
+def test_the_docs_list_every_metric_and_their_queries_use_only_those() -> None:
+    """docs/running.md's table names each vm_provider_ metric the server
+    exports, with its type; every name its PromQL samples use is one of them."""
+    from pathlib import Path
+
+    from provider_core.metrics import Metrics
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "running.md").read_text()
+    section = doc.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| `(vm_provider_\w+)` \| (\w+) \|", section, flags=re.M))
+    exported = {}
+    for family in Metrics("memory").registry.collect():  # type: ignore[union-attr]
+        if family.name.startswith("vm_provider_"):
+            exported[family.name + ("_total" if family.type == "counter" else "")] = family.type
+    assert documented == exported
+    queries = "".join(re.findall(r"```promql\n(.*?)```", section, flags=re.S))
+    used = set(re.findall(r"\bvm_provider_\w+", queries))
+    assert used, "no PromQL samples"
+    series = {n + s for n, t in exported.items() for s in (("_bucket", "_count", "_sum") if t == "histogram" else ("",))}
+    assert used <= series, used - series
