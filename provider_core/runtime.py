@@ -128,7 +128,7 @@ class Runtime:
         hypervisor call ``operation`` (by default ``fn``'s name)."""
         ctx = contextvars.copy_context()
         ctx.run(deadline.set_remaining, timeout)
-        timed = self.metrics.timed(operation or fn.__name__, fn, code_name)
+        timed = self.metrics.timed(operation or getattr(fn, "__name__", "call"), fn, code_name)
         return await self._calls.run(ctx.run, timed, *args)
 
     # -- health and life cycle -------------------------------------------------
