@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from .status import behaviour_of, with_behaviour
 from .tls_proxy import client, client_peer
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ class CallGuard:
         if not token and not self._check_sans:
             return handler
         check = functools.partial(self._check, method, token)
-        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
-        behaviour = getattr(handler, kind)
+        kind, behaviour = behaviour_of(handler)
         if inspect.isasyncgenfunction(behaviour):
 
             async def each(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -101,8 +101,7 @@ class CallGuard:
                 return await behaviour(request, context)
 
             checked = call
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        return make(checked, handler.request_deserializer, handler.response_serializer)
+        return with_behaviour(handler, kind, checked)
 
     async def _check(self, method: str, token: bool, context: grpc.aio.ServicerContext) -> None:
         """Abort the call PERMISSION_DENIED if its connection is marked

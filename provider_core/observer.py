@@ -27,6 +27,7 @@ from google.protobuf import descriptor_pool  # type: ignore[import-untyped]
 
 from .calls import Call, enter, request_id
 from .metrics import NoMetrics
+from .status import behaviour_of, with_behaviour
 from .tls_proxy import client_peer
 
 log = logging.getLogger("provider_core.access")
@@ -66,8 +67,7 @@ class Observer:
     def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         """``handler`` of ``full_method``, observed."""
         service, _, method = full_method.lstrip("/").rpartition("/")
-        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
-        behaviour = getattr(handler, kind)
+        kind, behaviour = behaviour_of(handler)
         labels = _labels(service, method)
         level = logging.DEBUG if service in QUIET else logging.INFO
         begin, end = functools.partial(self._begin, service, method, labels), functools.partial(self._end, labels, level)
@@ -100,8 +100,7 @@ class Observer:
                     end(call, started, cancelled=cancelled, context=context)
 
             observed = once
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        return make(observed, handler.request_deserializer, handler.response_serializer)
+        return with_behaviour(handler, kind, observed)
 
     def _begin(self, service: str, method: str, labels: tuple[str, str], context: grpc.aio.ServicerContext) -> tuple[Call, float]:
         call = Call(service, method, request_id(context.invocation_metadata()))

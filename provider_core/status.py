@@ -217,6 +217,18 @@ Wrapper = Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
 """Wraps a method's handler (given the method's full name) in more per-call work."""
 
 
+def behaviour_of(handler: grpc.RpcMethodHandler) -> tuple[str, Callable[..., Any]]:
+    """A handler's kind (``unary_unary``, ``unary_stream``...) and behaviour, for a :data:`Wrapper`."""
+    kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+    return kind, getattr(handler, kind)
+
+
+def with_behaviour(handler: grpc.RpcMethodHandler, kind: str, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """``handler`` of ``kind`` with another behaviour (the same codecs)."""
+    make = getattr(grpc, f"{kind}_rpc_method_handler")
+    return make(behaviour, handler.request_deserializer, handler.response_serializer)
+
+
 class _GuardedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
     def __init__(self, inner: grpc.GenericRpcHandler, registrar: GuardedRegistrar) -> None:
         self._inner = inner
