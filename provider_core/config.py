@@ -129,8 +129,13 @@ class ServerSettings(BaseModel):
     log_level: str = Field("INFO", description="debug, info, warn (warning), error or critical")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one object per line")
     health_port: int | None = Field(
-        None, ge=0, le=65535, description="serve HTTP /healthz and /readyz on this port, all interfaces (off when unset)"
+        None,
+        ge=0,
+        le=65535,
+        description="serve HTTP /healthz, /readyz and /metrics on this port, all interfaces (off when unset)",
     )
+    metrics: bool = Field(True, description="keep Prometheus metrics and serve them at /metrics on the health port")
+    access_log: bool = Field(True, description="log one line per call: method, peer, code, duration, task, VM, request id")
     credentials_dir: Path | None = Field(
         None, description="a directory of one file per credential (a mounted Secret); fills the backend's credential_keys"
     )

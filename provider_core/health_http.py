@@ -3,7 +3,9 @@
 ``GET /healthz`` answers 200 while the process lives: the answer comes
 from the event loop that serves gRPC, so a stuck loop fails it.
 ``GET /readyz`` answers 200 while the backend is connected and the server
-is not draining, else 503 saying which. Served by aiohttp on the serving
+is not draining, else 503 saying which. ``GET /metrics`` answers the
+Prometheus metrics (:mod:`provider_core.metrics`) unless they are off
+(``[server] metrics = false``). Served by aiohttp on the serving
 event loop, on all interfaces (IPv6 and IPv4 on one port where the host
 has IPv6).
 """
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .errors import ConfigError
+from .metrics import NoMetrics, exposition
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +55,19 @@ def bind(port: int) -> socket.socket:
 
 
 class HealthHTTP:
-    """``/healthz`` and ``/readyz`` on a bound socket; ``not_ready()`` says
-    why the provider is not ready, or None when it is."""
+    """``/healthz``, ``/readyz`` and ``/metrics`` on a bound socket;
+    ``not_ready()`` says why the provider is not ready, or None when it is."""
 
-    def __init__(self, port: int, not_ready: Callable[[], str | None]) -> None:
+    def __init__(self, port: int, not_ready: Callable[[], str | None], metrics: NoMetrics | None = None) -> None:
         self.sock = bind(port)
         self.port: int = self.sock.getsockname()[1]
         self._not_ready = not_ready
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        self._metrics = metrics
+        if metrics is not None and metrics.registry is not None:
+            app.router.add_get("/metrics", self._scrape)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -72,6 +78,11 @@ class HealthHTTP:
         if why is None:
             return web.Response(text="ready\n")
         return web.Response(status=503, text=f"not ready: {why}\n")
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        body, content_type = exposition(self._metrics, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def start(self) -> None:
         await self._runner.setup()

@@ -57,7 +57,8 @@ class Operation:
     mutates: bool = False
     """Runs under locks and may leave background work tracked as a task."""
     vm: str = ""
-    """The request field naming (by id or name) the VM whose lock it holds (mutations)."""
+    """The request field naming (by id or name) the VM it acts on: the access
+    log's VM; a mutation holds its lock."""
     owned: bool = False
     """It changes the VM ``vm`` names, which must be one this provider made
     (:meth:`Backend.owns <provider_core.backend.Backend.owns>`) unless the
@@ -86,7 +87,7 @@ class Operation:
 
 VALIDATE = Operation("Validate", NoArguments, "validate")
 CREATE = Operation("Create", CreateSpec, "create", mutates=True, new_vm="name")
-DESCRIBE = Operation("Describe", VMRef, "describe", missing_ok=True)
+DESCRIBE = Operation("Describe", VMRef, "describe", vm="id", missing_ok=True)
 LIST_VMS = Operation("ListVMs", NoArguments, "list_vms")
 POWER = Operation("Power", PowerRequest, "power", mutates=True, vm="id", owned=True)
 DELETE = Operation("Delete", VMRef, "delete", mutates=True, vm="id", owned=True, missing_ok=True)
@@ -135,7 +136,7 @@ IMAGE_PREPARE = Operation(
     mutates=True,
     names=("image:{storage_hint}/{target_name}",),
 )
-GET_DISK_INFO = Operation("GetDiskInfo", DiskRef, "disk_info", Capability.DISK_INFO)
+GET_DISK_INFO = Operation("GetDiskInfo", DiskRef, "disk_info", Capability.DISK_INFO, vm="vm_id")
 EXPORT_DISK = Operation(
     "ExportDisk",
     ExportSpec,

@@ -29,16 +29,17 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from . import deadline, urls
+from . import calls, deadline, urls
 from .backend import Backend, Outcome
 from .capabilities import REFINES, Offer
 from .config import env_prefix
 from .errors import CapabilityMissing, FailedPrecondition, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
+from .metrics import NoMetrics
 from .models import Request, TaskState
 from .operations import TASK_STATUS, Operation
 from .specs import invalid
 from .state import Hold, LocalStore, StateStore
-from .status import internal_error
+from .status import code_name, internal_error
 from .tasks import PREFIX
 from .workers import WorkerPool
 
@@ -119,8 +120,10 @@ class Runtime:
         task_workers: int = 32,
         health_interval: float = 5.0,
         manage_foreign_vms: bool = False,
+        metrics: NoMetrics | None = None,
     ) -> None:
         self.backend = backend
+        self.metrics = metrics or NoMetrics()
         self.name = name
         self.declared = backend.declared()
         self.offer: Offer | None = None  # what the endpoint offers, known once connected
@@ -138,12 +141,14 @@ class Runtime:
 
     # -- threads --------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None, operation: str = "") -> T:
         """Run a blocking backend call in a worker thread with the caller's
-        deadline visible through provider_core.deadline."""
+        deadline visible through provider_core.deadline, timed as the
+        hypervisor call ``operation`` (by default ``fn``'s name)."""
         ctx = contextvars.copy_context()
         ctx.run(deadline.set_remaining, timeout)
-        return await self._calls.run(ctx.run, fn, *args)
+        timed = self.metrics.timed(operation or getattr(fn, "__name__", "call"), fn, code_name)
+        return await self._calls.run(ctx.run, timed, *args)
 
     # -- health and life cycle -------------------------------------------------
 
@@ -164,6 +169,7 @@ class Runtime:
         if value != self.connected:
             log.info("backend %s is %s", self.name, "connected" if value else "unreachable")
         self.connected = value
+        self.metrics.reachable(value)
         self._tell_health()
 
     async def connect(self) -> bool:
@@ -252,7 +258,7 @@ class Runtime:
 
     async def _mutate(
         self,
-        kind: str,
+        op: Operation,
         fn: Callable[..., Outcome[T]],
         *args: Any,
         vm: str | None = None,
@@ -294,13 +300,13 @@ class Runtime:
             made = lock_key(str(outcome.value)) if new_key is not None and outcome.work is not None else None
             return outcome, made
 
-        call = asyncio.ensure_future(self._call(change, *args, timeout=timeout))
+        call = asyncio.ensure_future(self._call(change, *args, timeout=timeout, operation=op.method))
         try:
             outcome, made = await asyncio.shield(call)
         except asyncio.CancelledError:
             # The caller went away, the backend still runs the operation: the
             # VM stays locked until it has finished, and its work still runs.
-            settle = functools.partial(self._settle, kind=kind, keys=keys, held=held, missing_ok=missing_ok, new_key=new_key)
+            settle = functools.partial(self._settle, op=op, keys=keys, held=held, missing_ok=missing_ok, new_key=new_key)
             call.add_done_callback(settle)
             raise
         except NotFound:
@@ -315,7 +321,7 @@ class Runtime:
             await self._release(held)
             return outcome.value, outcome.native_task
         await self._claim(held, made, new_key)
-        task_id, job = await self._track(kind, keys, outcome, held, missing_ok)
+        task_id, job = await self._track(op, keys, outcome, held, missing_ok)
         if wait:
             budget = None if timeout is None else timeout - 2.0
             if budget is None or budget > 0:
@@ -342,7 +348,7 @@ class Runtime:
             await held.shared.add(made)
 
     async def _track(
-        self, kind: str, keys: list[str], outcome: Outcome[T], held: Held, missing_ok: bool
+        self, op: Operation, keys: list[str], outcome: Outcome[T], held: Held, missing_ok: bool
     ) -> tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]:
         """Run an outcome's work as a task; it releases ``held`` when done.
         The task's record is stored before its id is returned; when the
@@ -350,11 +356,12 @@ class Runtime:
         recorded) and the caller hears UNAVAILABLE."""
         subject = ",".join(keys)
         try:
-            task_id = await self.store.start(kind, subject, held.shared)
+            task_id = await self.store.start(op.kind, subject, held.shared)
             unrecorded: Unavailable | None = None
         except Unavailable as exc:
             task_id, unrecorded = PREFIX + uuid.uuid4().hex, exc
-        job = asyncio.create_task(self._background(task_id, outcome, held, kind=kind, subject=subject, missing_ok=missing_ok))
+        self.metrics.task_started(op.kind)
+        job = asyncio.create_task(self._background(task_id, op, outcome, held, subject=subject, missing_ok=missing_ok))
         self._running[task_id] = job
         if unrecorded is not None:
             raise unrecorded
@@ -364,14 +371,14 @@ class Runtime:
         self,
         call: asyncio.Future[tuple[Outcome[T], str | None]],
         *,
-        kind: str,
+        op: Operation,
         keys: list[str],
         held: Held,
         missing_ok: bool,
         new_key: str | None,
     ) -> None:
         """Finish a mutation whose caller went away once the backend returned."""
-        job = asyncio.ensure_future(self._settled(call, kind=kind, keys=keys, held=held, missing_ok=missing_ok, new_key=new_key))
+        job = asyncio.ensure_future(self._settled(call, op=op, keys=keys, held=held, missing_ok=missing_ok, new_key=new_key))
         self._settling.add(job)
         job.add_done_callback(self._settling.discard)
 
@@ -379,7 +386,7 @@ class Runtime:
         self,
         call: asyncio.Future[tuple[Outcome[T], str | None]],
         *,
-        kind: str,
+        op: Operation,
         keys: list[str],
         held: Held,
         missing_ok: bool,
@@ -391,17 +398,18 @@ class Runtime:
         outcome, made = call.result()
         await self._claim(held, made, new_key)
         with contextlib.suppress(Unavailable):  # nobody waits for the answer
-            await self._track(kind, keys, outcome, held, missing_ok)
+            await self._track(op, keys, outcome, held, missing_ok)
 
     async def _background(
-        self, task_id: str, outcome: Outcome[T], held: Held, *, kind: str, subject: str, missing_ok: bool
+        self, task_id: str, op: Operation, outcome: Outcome[T], held: Held, *, subject: str, missing_ok: bool
     ) -> tuple[T, ProviderError | None]:
         assert outcome.work is not None
         value = outcome.value
         failure: ProviderError | None = None
+        work = self.metrics.timed(f"{op.method}_work", outcome.work, code_name)
         try:
             try:
-                result = await self._work.run(contextvars.copy_context().run, outcome.work)
+                result = await self._work.run(contextvars.copy_context().run, work)
                 if result is not None:
                     value = result
             except NotFound as exc:
@@ -410,15 +418,16 @@ class Runtime:
             except ProviderError as exc:
                 failure = exc
             except Exception as exc:  # noqa: BLE001 - a task's failure is reported, never raised
-                failure = Internal(internal_error(exc, f"task {kind}"))
+                failure = Internal(internal_error(exc, f"task {op.kind}"))
             error = "" if failure is None else (str(failure) or type(failure).__name__)
             # Recorded before the VM is let go: whoever locks it next finds the task ended.
-            await self.store.finish(task_id, error, kind=kind, subject=subject, hold=held.shared)
+            self.metrics.task_finished(op.kind, failed=bool(error))
+            await self.store.finish(task_id, error, kind=op.kind, subject=subject, hold=held.shared)
         finally:
             await self._release(held)
             self._running.pop(task_id, None)
         if error:
-            log.info("task %s (%s) failed: %s", task_id, kind, error)
+            log.info("task %s (%s) failed: %s", task_id, op.kind, error)
         return value, failure
 
     # -- operations ------------------------------------------------------------
@@ -460,13 +469,14 @@ class Runtime:
         task of the core's)."""
         if op is TASK_STATUS:  # the core's own tasks, or the backend's native ones
             (task_id,) = spec.args()
+            calls.note(task=task_id)
             return await self.task_status(task_id, timeout), ""
         fn = getattr(self.backend, op.method)
         if (op.owned or op.copies) and not self.manage_foreign_vms:
             fn = self._own_only(fn, getattr(spec, op.vm), copy=op.copies)
         if not op.mutates:
             try:
-                return await self._call(fn, *spec.args(), timeout=timeout), ""
+                return await self._call(fn, *spec.args(), timeout=timeout, operation=op.method), ""
             except NotFound:
                 if op.missing_ok:
                     return None, ""
@@ -475,7 +485,7 @@ class Runtime:
         new_vm = getattr(spec, op.new_vm) if op.new_vm else None
         names = tuple(key.format_map(dict(spec)) for key in op.names)
         return await self._mutate(
-            op.kind,
+            op,
             fn,
             *spec.args(),
             vm=vm,
@@ -508,8 +518,19 @@ class Runtime:
         return guarded
 
     async def call(self, op: Operation, fields: Mapping[str, Any], timeout: float | None) -> tuple[Any, str]:
-        """:meth:`request`, then :meth:`run`: what the servicer does for each RPC."""
-        return await self.run(op, self.request(op, fields), timeout)
+        """:meth:`request`, then :meth:`run`: what the servicer does for each
+        RPC. The VM and the task it answers go to the call's record
+        (:mod:`provider_core.calls`), for the access log."""
+        named = op.vm or op.new_vm
+        if named:  # as the caller named it: a request refused names it too
+            calls.note(vm=str(fields.get(named, "")))
+        spec = self.request(op, fields)
+        value, task = await self.run(op, spec, timeout)
+        if op.new_vm and value is not None:
+            calls.note(vm=str(value))
+        if task:
+            calls.note(task=task)
+        return value, task
 
     async def _key(self, vm_id: str, timeout: float | None) -> str:
         """The lock key of a VM: its id, or the backend's one name for it."""

@@ -14,12 +14,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import urls
-from .auth import BearerTokenInterceptor
+from .auth import CallGuard, UnknownMethods
 from .backend import Backend
 from .config import INSECURE_ENV, ServerSettings, default_state_dir, endpoint, endpoint_id
 from .errors import ConfigError
 from .health_http import HealthHTTP
 from .listening import Credentials, bind, check_address, security, split_listen, tls_files
+from .metrics import Metrics, NoMetrics
+from .observer import Observer
 from .pb import provider_pb2
 from .runtime import Runtime
 from .service import ProviderService, add_to_server
@@ -112,6 +114,7 @@ class ProviderServer:
         creds = Credentials(self.tls, settings.tls_min_version) if self.tls else None
         self.front: TlsFront | None = None
         self.state, store = state_store(backend, name, settings)
+        self.metrics = Metrics(name) if settings.metrics else NoMetrics()
         try:
             self.runtime = Runtime(
                 backend,
@@ -121,21 +124,18 @@ class ProviderServer:
                 task_workers=settings.task_workers,
                 health_interval=settings.health_interval,
                 manage_foreign_vms=settings.manage_foreign_vms,
+                metrics=self.metrics,
             )
             self.endpoint = endpoint(backend.settings)
             check_sans = self.tls is not None and bool(settings.allowed_sans)
             token = settings.auth_token.get_secret_value() if settings.auth_token else None
-            self.auth = BearerTokenInterceptor(token, check_sans=check_sans) if token or check_sans else None
+            self.auth = CallGuard(token, check_sans=check_sans) if token or check_sans else None
             # grpc shares a port with other processes unless told not to: two
             # providers would then split the clients between them, each with its own state.
             options = [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
-            self.server = grpc.aio.server(interceptors=[self.auth] if self.auth else [], options=options)
-            add_to_server(ProviderService(self.runtime, detailed_power=settings.power_states == "detailed"), self.server)
+            self.server = grpc.aio.server(options=options)
             self.health = HealthServicer()
-            guarded = GuardedRegistrar(self.server)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
-            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
+            self._add_services(settings)
             check_address(settings.listen, settings.reuse_port)
             self.port: int
             try:
@@ -149,7 +149,9 @@ class ProviderServer:
             except RuntimeError as exc:
                 raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from None
             self._draining = False
-            self.http = HealthHTTP(settings.health_port, self._not_ready) if settings.health_port is not None else None
+            self.http = None
+            if settings.health_port is not None:
+                self.http = HealthHTTP(settings.health_port, self._not_ready, self.metrics)
         except BaseException:
             if self.front is not None:
                 self.front.sock.close()
@@ -160,6 +162,18 @@ class ProviderServer:
         self._monitor: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self.runtime.on_health(self._health_changed)
+
+    def _add_services(self, settings: ServerSettings) -> None:
+        """Register the provider, health and reflection services, each
+        method wrapped by the call guard (when one is set) and the observer."""
+        wrappers = [*([self.auth.wrap] if self.auth else []), Observer(self.metrics, settings.access_log).wrap]
+        guarded = GuardedRegistrar(self.server, wrappers)
+        add_to_server(ProviderService(self.runtime, detailed_power=settings.power_states == "detailed"), guarded)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
+        if self.auth is not None:  # after every service: methods none of them has
+            guarded.add_generic_rpc_handlers((UnknownMethods(),))
 
     @property
     def address(self) -> str:

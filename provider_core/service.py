@@ -226,6 +226,6 @@ class ProviderService(pb_grpc.ProviderServicer):
         return pb.TaskStatusResponse(done=state.done, error=state.error)
 
 
-def add_to_server(service: ProviderService, server: grpc.aio.Server) -> None:
+def add_to_server(service: ProviderService, registrar: GuardedRegistrar) -> None:
     """Register ``service`` through the one registration wrapper."""
-    pb_grpc.add_ProviderServicer_to_server(service, GuardedRegistrar(server))  # type: ignore[no-untyped-call]
+    pb_grpc.add_ProviderServicer_to_server(service, registrar)  # type: ignore[no-untyped-call]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -61,6 +61,13 @@ def code_for(exc: errors.ProviderError) -> grpc.StatusCode:
         if cls in STATUS_CODES:
             return STATUS_CODES[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def code_name(exc: BaseException) -> str:
+    """The name of the status code ``exc`` is answered with (INTERNAL for
+    anything outside the error tree)."""
+    code = code_for(exc) if isinstance(exc, errors.ProviderError) else grpc.StatusCode.INTERNAL
+    return str(code.name)
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -206,27 +213,55 @@ def _same_style(inner: Callable[..., Any], prepare: Callable[[Any, Any], Awaitab
     return writer
 
 
+Wrapper = Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
+"""Wraps a method's handler (given the method's full name) in more per-call work."""
+
+
+def behaviour_of(handler: grpc.RpcMethodHandler) -> tuple[str, Callable[..., Any]]:
+    """A handler's kind (``unary_unary``, ``unary_stream``...) and behaviour, for a :data:`Wrapper`."""
+    kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+    return kind, getattr(handler, kind)
+
+
+def with_behaviour(handler: grpc.RpcMethodHandler, kind: str, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """``handler`` of ``kind`` with another behaviour (the same codecs)."""
+    make = getattr(grpc, f"{kind}_rpc_method_handler")
+    return make(behaviour, handler.request_deserializer, handler.response_serializer)
+
+
 class _GuardedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc ships no type hints
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, registrar: GuardedRegistrar) -> None:
         self._inner = inner
+        self._registrar = registrar
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(details)
-        return None if handler is None else _guard_handler(handler, details.method)
+        return None if handler is None else self._registrar.guard(handler, details.method)
 
 
 class GuardedRegistrar:
     """Stands in for a grpc.aio server when a generated
     ``add_*Servicer_to_server`` registers a service: every method of it
     answers corrupt requests INVALID_ARGUMENT and its errors through the
-    table. The server registers each of its services through one."""
+    table, inside the ``wrappers``, innermost first (who may call, then
+    metrics and the access log: :mod:`provider_core.auth`,
+    :mod:`provider_core.observer`). The server registers each of its
+    services through one. Per-call work lives here rather than in grpc.aio
+    interceptors, which cost about 90 µs of CPU per call by being there."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[Wrapper] = ()) -> None:
         self._server = server
+        self._wrappers = tuple(wrappers)
+
+    def guard(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        handler = _guard_handler(handler, method)
+        for wrap in self._wrappers:
+            handler = wrap(handler, method)
+        return handler
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h, self) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        guarded = {k: _guard_handler(v, f"/{service}/{k}") for k, v in handlers.items()}
+        guarded = {k: self.guard(v, f"/{service}/{k}") for k, v in handlers.items()}
         self._server.add_registered_method_handlers(service, guarded)

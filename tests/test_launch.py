@@ -197,7 +197,7 @@ def test_json_logs_are_one_object_a_line_with_exceptions(serve: Callable[..., An
     env = launched(PROVIDER_TYPE="memory", LOG_FORMAT="json", VM_PROVIDER_MEMORY_FAIL_CONNECT_FILE=str(crash))
     del env["PROVIDER_ENDPOINT"]
     served = serve("--port=0", "--health-port=0", env=env)
-    found = served.wait_for(r'"message": "serving provider\.v1\.Provider on .*; health http on \S+:(\d+)"')
+    found = served.wait_for(r'"message":"serving provider\.v1\.Provider on .*; health http on [^\s"]+:(\d+)"')
     until(int(found[1]), "/healthz", 200)
     served.proc.send_signal(signal.SIGTERM)
     assert served.exit_status() == 0
