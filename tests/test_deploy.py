@@ -488,9 +488,9 @@ def fenced(lang: str) -> list[str]:
 def test_the_pages_commands_name_what_deploy_holds() -> None:
     commands = [line for block in fenced("sh") for line in block.splitlines()]
     applied = {line.split()[-1].removeprefix("deploy/") for line in commands if line.startswith("kubectl apply -k ")}
-    assert applied == {"examples/proxmox", "examples/virtrigaud"}
+    assert applied == {"examples/proxmox", "examples/replicas", "examples/virtrigaud"}
     assert applied <= set(KUSTOMIZATIONS)
-    for d in ("examples/proxmox", "examples/virtrigaud", "alerts"):
+    for d in ("examples/proxmox", "examples/replicas", "examples/virtrigaud", "alerts"):
         assert f"`kubectl apply -k deploy/{d}`" in DOC.read_text() or f"kubectl apply -k deploy/{d}" in commands
     (rollout,) = [line for line in commands if "rollout status" in line]
     deployment = one("examples/proxmox", "Deployment")["metadata"]
