@@ -5,9 +5,9 @@ last (``_seconds``), counters end in ``_total``. One :class:`Metrics` per
 server, on a registry of its own (two servers in one process count apart):
 
 ============================================== ========= ===================================================
-``vm_provider_rpcs_total``                     counter   calls answered, by ``service``, ``method``, ``code``
-``vm_provider_rpc_duration_seconds``           histogram time to answer, by ``service``, ``method``, ``code``
-``vm_provider_rpcs_in_flight``                 gauge     calls being served, by ``service``, ``method``
+``vm_provider_rpcs_total``                     counter   calls answered, by ``grpc_service``, ``method``, ``code``
+``vm_provider_rpc_duration_seconds``           histogram time to answer, by ``grpc_service``, ``method``, ``code``
+``vm_provider_rpcs_in_flight``                 gauge     calls being served, by ``grpc_service``, ``method``
 ``vm_provider_tasks_running``                  gauge     background tasks running, by ``kind``
 ``vm_provider_tasks_finished_total``           counter   background tasks ended (failed or not), by ``kind``
 ``vm_provider_tasks_failed_total``             counter   background tasks ended with an error, by ``kind``
@@ -16,6 +16,12 @@ server, on a registry of its own (two servers in one process count apart):
 ``vm_provider_hypervisor_reachable``           gauge     1 while the backend is connected, else 0
 ``vm_provider_build_info``                     gauge     1, with ``version`` and ``backend``
 ============================================== ========= ===================================================
+
+No label is named as a target label Prometheus adds itself (Kubernetes
+service discovery adds ``service``, ``namespace``, ``pod``, ``container``,
+``endpoint``; every scrape ``job`` and ``instance``): a clash would rename
+the provider's label to ``exported_<name>``. So the gRPC service is
+``grpc_service``, as go-grpc-prometheus names it.
 
 A hypervisor ``operation`` is the backend method the core calls
 (``describe``, ``create``, ``ping``...); the background work an operation
@@ -104,7 +110,7 @@ class Metrics(NoMetrics):
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        rpc = ("service", "method")
+        rpc = ("grpc_service", "method")
         self._rpcs = Counter("vm_provider_rpcs", "gRPC calls answered", (*rpc, "code"), registry=registry)
         self._rpc_seconds = Histogram(
             "vm_provider_rpc_duration_seconds",

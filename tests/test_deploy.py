@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import urllib.error
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,13 @@ import pydantic
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
+from prometheus_client.parser import text_string_to_metric_families
 from vmp_testplugins.deploy import DEPLOY, KUBECTL, container, environment, one, pod, render
 
 from provider_core import plugins
 from provider_core.config import ServerSettings
+from provider_core.pb import provider_pb2 as pb
+from provider_core.testing import ProviderHarness
 
 # The oldest Kubernetes VirtRigaud supports (its README: 1.25+) and the
 # newest whose schemas kubernetes-validate 1.37 ships; docs/deploying.md says so.
@@ -57,7 +60,7 @@ CUSTOM: dict[str, type[pydantic.BaseModel]] = {"ServiceMonitor": ServiceMonitor,
 
 
 def test_every_directory_with_manifests_is_a_kustomization() -> None:
-    assert KUSTOMIZATIONS == ["alerts", "examples/proxmox", "examples/virtrigaud", "policies", "provider"]
+    assert KUSTOMIZATIONS == ["alerts", "examples/proxmox", "examples/replicas", "examples/virtrigaud", "policies", "provider"]
     listed = {
         str((k / r).resolve().relative_to(DEPLOY))
         for k in (DEPLOY / d for d in KUSTOMIZATIONS)
@@ -65,7 +68,8 @@ def test_every_directory_with_manifests_is_a_kustomization() -> None:
     }
     files = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml")}
     files -= {f"{d}/kustomization.yaml" for d in KUSTOMIZATIONS}
-    files -= {"policies/kustomizeconfig.yaml", "examples/proxmox/provider.yaml"}  # configuration and a patch
+    # configuration and patches
+    files -= {"policies/kustomizeconfig.yaml", "examples/proxmox/provider.yaml", "examples/replicas/replicas.yaml"}
     assert files <= listed, f"not in any kustomization: {files - listed}"
 
 
@@ -110,7 +114,7 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and selector.items() <= labels.items()
 
 
-@pytest.mark.parametrize("kustomization", ["provider", "examples/proxmox"])
+@pytest.mark.parametrize("kustomization", ["provider", "examples/proxmox", "examples/replicas"])
 def test_selectors_select_the_providers_pods(kustomization: str) -> None:
     deployment, service = one(kustomization, "Deployment"), one(kustomization, "Service")
     pods = deployment["spec"]["template"]["metadata"]["labels"]
@@ -245,22 +249,43 @@ def test_the_example_secrets_hold_what_the_provider_reads() -> None:
     assert set(tls["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
 
 
-def test_the_provider_accepts_the_pods_settings(cli: Any, pki: Any, tmp_path: Path) -> None:
+def secret_files(kustomization: str, pki: Any, root: Path) -> dict[str, Path]:
+    """The Deployment's Secret mounts, written under ``root`` as the kubelet
+    writes them (the TLS Secret from ``pki``): mount path -> directory."""
+    secrets = {d["metadata"]["name"]: d for d in render(kustomization) if d["kind"] == "Secret"}
+    volumes = {v["name"]: secrets[v["secret"]["secretName"]] for v in pod(kustomization)["volumes"] if "secret" in v}
+    found: dict[str, Path] = {}
+    for mount in container(kustomization)["volumeMounts"]:
+        if mount["name"] not in volumes:
+            continue
+        secret = volumes[mount["name"]]
+        directory = found[mount["mountPath"]] = root / mount["name"]
+        directory.mkdir()
+        if secret["type"] == "kubernetes.io/tls":
+            for name, source in (("tls.crt", pki.server_cert), ("tls.key", pki.server_key), ("ca.crt", pki.ca)):
+                (directory / name).write_bytes(source.read_bytes())
+        else:
+            for key, value in secret["stringData"].items():
+                (directory / key).write_text(value)
+    return found
+
+
+@pytest.mark.parametrize("kustomization", ["examples/proxmox", "examples/replicas"])
+def test_the_provider_accepts_the_pods_settings(kustomization: str, cli: Any, pki: Any, tmp_path: Path) -> None:
     """``vm-provider config`` with the pod's variables and the example
-    credentials (a misspelt VM_PROVIDER_* variable stops the start)."""
-    env = environment("examples/proxmox")
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    for d in render("examples/proxmox"):
-        if d["kind"] == "Secret" and d["type"] == "Opaque":
-            for key, value in d["stringData"].items():
-                (credentials / key).write_text(value)
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    for name, source in (("tls.crt", pki.server_cert), ("tls.key", pki.server_key), ("ca.crt", pki.ca)):
-        (tls / name).write_bytes(source.read_bytes())
-    env |= {"VM_PROVIDER_SERVER_CREDENTIALS_DIR": str(credentials), "VM_PROVIDER_SERVER_TLS_DIR": str(tls)}
-    shown = cli("config", *container("examples/proxmox")["args"], env=env)
+    Secrets where the pod mounts them (a misspelt VM_PROVIDER_* variable or
+    a missing file stops the start)."""
+    mounts = secret_files(kustomization, pki, tmp_path)
+    env = environment(kustomization)
+    for name, value in env.items():  # variables naming a file in a mounted Secret
+        for path, directory in mounts.items():
+            if value.startswith(path + "/"):
+                env[name] = str(directory / value.removeprefix(path + "/"))
+    env |= {
+        "VM_PROVIDER_SERVER_CREDENTIALS_DIR": str(mounts["/etc/virtrigaud/credentials"]),
+        "VM_PROVIDER_SERVER_TLS_DIR": str(mounts["/etc/virtrigaud/tls"]),
+    }
+    shown = cli("config", *container(kustomization)["args"], env=env)
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout
     assert 'backend = "proxmox"' in out
@@ -270,6 +295,75 @@ def test_the_provider_accepts_the_pods_settings(cli: Any, pki: Any, tmp_path: Pa
     assert 'log_format = "json"' in out
     assert '"virtrigaud-manager"' in out
     assert env["PROVIDER_NAME"] == "pve-lab"
+    (shown_url,) = [line for line in out.splitlines() if line.lstrip("# ").startswith("state_url")]
+    if kustomization == "examples/replicas":
+        assert shown_url.startswith('state_url = "********"'), shown_url
+        assert "VM_PROVIDER_SERVER_STATE_URL_FILE=" in shown_url
+        assert "CHANGE-ME" not in out
+    else:
+        assert "not set" in shown_url
+
+
+# -- several replicas --------------------------------------------------------------------
+
+
+def state_url(kustomization: str) -> str | None:
+    """Where the pod's state_url comes from: a Secret's key as
+    ``secret/<name>/<key>``, or None when the pod has none."""
+    c = container(kustomization)
+    env = {e["name"]: e for e in c["env"]}
+    assert "VM_PROVIDER_SERVER_STATE_URL" not in env or "valueFrom" in env["VM_PROVIDER_SERVER_STATE_URL"], (
+        "the state URL holds a password: from a Secret, never a literal"
+    )
+    if "VM_PROVIDER_SERVER_STATE_URL" in env:
+        ref = env["VM_PROVIDER_SERVER_STATE_URL"]["valueFrom"]["secretKeyRef"]
+        return f"secret/{ref['name']}/{ref['key']}"
+    if "VM_PROVIDER_SERVER_STATE_URL_FILE" not in env:
+        return None
+    path = Path(env["VM_PROVIDER_SERVER_STATE_URL_FILE"]["value"])
+    volumes = {v["name"]: v for v in pod(kustomization)["volumes"]}
+    (mount,) = [m for m in c["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    return f"secret/{volumes[mount['name']]['secret']['secretName']}/{path.name}"
+
+
+@pytest.mark.parametrize("kustomization", ["provider", "examples/proxmox", "examples/replicas"])
+def test_several_replicas_only_with_a_shared_state(kustomization: str) -> None:
+    """Replicas each with a state directory of their own answer NOT_FOUND
+    for each other's tasks and run one VM's operations at once
+    (docs/replicas.md): more than one replica, or pods overlapping in a
+    rolling update, only where state_url names a shared database."""
+    spec = one(kustomization, "Deployment")["spec"]
+    if state_url(kustomization) is None:
+        assert spec["replicas"] == 1
+        assert spec["strategy"] == {"type": "Recreate"}
+    else:
+        assert spec["replicas"] > 1
+        assert spec["strategy"]["type"] == "RollingUpdate"
+
+
+def test_the_replicas_example_shares_its_state_and_keeps_one_serving() -> None:
+    kustomization = "examples/replicas"
+    source = state_url(kustomization)
+    assert source is not None
+    _, name, key = source.split("/")
+    secrets = {d["metadata"]["name"]: d for d in render(kustomization) if d["kind"] == "Secret"}
+    assert secrets[name]["stringData"][key].startswith("postgresql://")
+    (volume,) = [v for v in pod(kustomization)["volumes"] if v.get("secret", {}).get("secretName") == name]
+    assert volume["secret"]["defaultMode"] & 0o040
+    assert not volume["secret"]["defaultMode"] & 0o007
+    # A rolling update and a drain (the PodDisruptionBudget) each leave one replica serving.
+    deployment = one(kustomization, "Deployment")
+    replicas, rolling = deployment["spec"]["replicas"], deployment["spec"]["strategy"]["rollingUpdate"]
+    budget = one(kustomization, "PodDisruptionBudget")["spec"]
+    assert budget == {"minAvailable": 1, "selector": budget["selector"]}
+    assert replicas - rolling["maxUnavailable"] >= budget["minAvailable"] >= 1
+    assert one("provider", "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1  # one replica: drains never block
+    # Spread over nodes, counting this provider's pods alone.
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    (spread,) = pod(kustomization)["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert selects(spread["labelSelector"]["matchLabels"], pods)
 
 
 # -- alerts ------------------------------------------------------------------------------
@@ -314,20 +408,72 @@ def served_series(text: str) -> set[str]:
     return found
 
 
-def test_the_alerts_name_only_metrics_the_provider_serves(serve: Any) -> None:
-    served = serve("--backend", "sim", "--listen", "127.0.0.1:0", "--health-port=0")
-    port = int(served.started()["health_port"])
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-            f"http://127.0.0.1:{port}/metrics", timeout=10
-        ) as reply:
-            text = reply.read().decode()
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            pytest.skip("this build serves no /metrics on the health port")
-        raise
+def scraped_after_a_run() -> str:
+    """/metrics of a provider (the memory backend) after calls that leave a
+    sample in every family: a Create and its task, a Describe the
+    hypervisor answers NOT_FOUND."""
+    with ProviderHarness.for_backend("memory", {"background": True}, health_port=0) as h:
+        task = h.stub.Create(pb.CreateRequest(name="web-0"), timeout=10).task
+        assert not h.stub.Describe(pb.DescribeRequest(id="nobody"), timeout=10).exists
+        deadline = time.monotonic() + 10
+        while not h.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=10).done:
+            assert time.monotonic() < deadline, "the Create's task never ended"
+            time.sleep(0.02)
+        assert h.server is not None
+        assert h.server.http is not None
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{h.server.http.port}/metrics", timeout=10) as reply:
+            return str(reply.read().decode())
+
+
+def label_names(text: str) -> dict[str, set[str]]:
+    """Each series' label names, from its samples."""
+    found: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+def labels_used(expr: str) -> tuple[dict[str, set[str]], set[str]]:
+    """The labels an expression's selectors match, by series name, and
+    those its aggregations group by (or without)."""
+    selected: dict[str, set[str]] = {}
+    grouped: set[str] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            selected.setdefault(node.name, set()).update(m.name for m in node.matchers.matchers)
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            grouped.update(node.modifier.labels)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return selected, grouped
+
+
+# What Prometheus adds to every target of a ServiceMonitor (Kubernetes
+# service discovery and the scrape): a metric's own label of one of these
+# names would be renamed exported_<name>, and queries by it would miss.
+TARGET_LABELS = {"namespace", "service", "pod", "container", "endpoint", "job", "instance"}
+
+
+@pytest.mark.needs_test_plugins
+def test_the_alerts_name_only_metrics_and_labels_the_provider_serves() -> None:
+    text = scraped_after_a_run()
     wanted = {n for r in alert_rules() for n in metric_names(r["expr"]) if n.startswith("vm_provider_")}
     assert wanted <= served_series(text), f"not served: {wanted - served_series(text)}"
+    labels = {n: ls for n, ls in label_names(text).items() if n.startswith("vm_provider_")}
+    assert {"grpc_service", "method", "code", "kind", "operation"} <= set().union(*labels.values())
+    for name, names in labels.items():
+        assert not names & TARGET_LABELS, f"{name}: {names & TARGET_LABELS} clash with Prometheus' target labels"
+    for rule in alert_rules():
+        selected, grouped = labels_used(rule["expr"])
+        selected = {n: matched for n, matched in selected.items() if n in labels}
+        for name, matched in selected.items():
+            assert matched <= labels[name], f"{rule['alert']}: {name} has no {matched - labels[name]}"
+        known = TARGET_LABELS.union(*(labels[n] for n in selected))
+        assert grouped <= known, f"{rule['alert']}: by {grouped - known}"
 
 
 # -- docs/deploying.md --------------------------------------------------------------------
@@ -342,9 +488,9 @@ def fenced(lang: str) -> list[str]:
 def test_the_pages_commands_name_what_deploy_holds() -> None:
     commands = [line for block in fenced("sh") for line in block.splitlines()]
     applied = {line.split()[-1].removeprefix("deploy/") for line in commands if line.startswith("kubectl apply -k ")}
-    assert applied == {"examples/proxmox", "examples/virtrigaud"}
+    assert applied == {"examples/proxmox", "examples/replicas", "examples/virtrigaud"}
     assert applied <= set(KUSTOMIZATIONS)
-    for d in ("examples/proxmox", "examples/virtrigaud", "alerts"):
+    for d in ("examples/proxmox", "examples/replicas", "examples/virtrigaud", "alerts"):
         assert f"`kubectl apply -k deploy/{d}`" in DOC.read_text() or f"kubectl apply -k deploy/{d}" in commands
     (rollout,) = [line for line in commands if "rollout status" in line]
     deployment = one("examples/proxmox", "Deployment")["metadata"]

@@ -101,12 +101,12 @@ def test_counts_match_the_calls_made(memory: ProviderHarness) -> None:
     call("GetCapabilities", pb.GetCapabilitiesRequest())
 
     samples = scrape(memory)
-    answered = by(samples, "vm_provider_rpcs_total", "service", "method", "code")
+    answered = by(samples, "vm_provider_rpcs_total", "grpc_service", "method", "code")
     assert answered == {(SERVICE, m, c): float(n) for (m, c), n in call.answered.items()}
     assert ("Create", "INVALID_ARGUMENT") in call.answered
     assert ("Reconfigure", "UNIMPLEMENTED") in call.answered
     assert ("Describe", "UNAVAILABLE") in call.answered
-    timed = by(samples, "vm_provider_rpc_duration_seconds_count", "service", "method", "code")
+    timed = by(samples, "vm_provider_rpc_duration_seconds_count", "grpc_service", "method", "code")
     assert timed == answered
     slowest = by(samples, "vm_provider_rpc_duration_seconds_bucket", "method", "code", "le")
     assert slowest["Create", "OK", "+Inf"] == 3
