@@ -366,3 +366,42 @@ def test_a_linked_clone_of_a_vm_on_block_volumes_is_refused_whatever_the_datasto
     assert "logical pool" in (err.value.details() or "")
     assert volume_names(harness) == before
     assert conn.lookupByUUIDString(done.id).XMLDesc(0) == before_xml
+
+
+# -- copies ------------------------------------------------------------------------------------
+
+
+class _Unreadable:
+    """A pool whose new copies cannot be read back: libvirt makes the copy
+    (the test driver's real ``createXMLFrom``), then the first read of it
+    fails as a daemon's would (fault injection; deleting it is real)."""
+
+    def __init__(self, pool: libvirt.virStoragePool) -> None:
+        self.pool = pool
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.pool, name)
+
+    def createXMLFrom(self, xml: str, source: libvirt.virStorageVol, flags: int) -> object:
+        made = self.pool.createXMLFrom(xml, source, flags)
+
+        class Vol:
+            def __getattr__(self, name: str) -> object:
+                return getattr(made, name)
+
+            def XMLDesc(self, flags: int = 0) -> str:
+                raise libvirt.libvirtError("the volume could not be read")
+
+        return Vol()
+
+
+def test_a_copy_that_cannot_be_read_back_is_deleted(harness: ProviderHarness) -> None:
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    pool = conn.storagePoolLookupByName("default")
+    source = storage.create_blank(pool, "template.img", 2**20, "raw")
+    try:
+        with pytest.raises(libvirt.libvirtError, match="could not be read"):
+            storage.copy(_Unreadable(pool), "copy.img", source, "raw")  # type: ignore[arg-type]
+        assert storage.lookup(pool, "copy.img") is None
+    finally:
+        storage.delete(source)

@@ -417,26 +417,21 @@ def copy(
     """A full, independent copy of ``source`` (flattened: no backing file)
     in ``fmt`` (raw where the pool holds nothing else), made at
     ``capacity`` when that is larger: a pool that cannot resize volumes
-    (logical, disk) gets it at its final size up front."""
+    (logical, disk) gets it at its final size up front. A copy that
+    cannot be read back or grown is deleted again."""
     info = pool_info(pool)
     src = describe(source)
     size = max(capacity, src.capacity)
     vol = pool.createXMLFrom(volume_xml(info, name, size, info.volume_format(fmt)), source, 0)
-    if describe(vol).capacity < size:
-        if not info.kind.resize:
-            delete(vol)
-            info.need(f"growing the copy {name!r} to {size} bytes", "resize")
-        grow(vol, size)
-    return vol
-
-
-def grow(vol: libvirt.virStorageVol, capacity: int) -> None:
-    """Resize a volume just made; delete it when that fails."""
     try:
-        vol.resize(capacity, 0)
+        if describe(vol).capacity < size:
+            info.need(f"growing the copy {name!r} to {size} bytes", "resize")
+            vol.resize(size, 0)
     except BaseException:
-        delete(vol)
+        with errors.best_effort(f"remove the copy {name!r}"):
+            delete(vol)
         raise
+    return vol
 
 
 def delete(vol: libvirt.virStorageVol) -> None:
