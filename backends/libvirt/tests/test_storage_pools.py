@@ -368,7 +368,40 @@ def test_a_linked_clone_of_a_vm_on_block_volumes_is_refused_whatever_the_datasto
     assert conn.lookupByUUIDString(done.id).XMLDesc(0) == before_xml
 
 
-# -- copies ------------------------------------------------------------------------------------
+# -- records of which image a volume holds ------------------------------------------------------
+
+SHA = "ab" * 32
+
+
+def test_a_source_record_vouches_for_its_volume_until_it_is_deleted(harness: ProviderHarness) -> None:
+    """A volume recorded as holding an image is returned for that image's
+    checksum without reading its bytes (the test driver keeps none: hashing
+    them would fail); another checksum finds no record; deleting the volume
+    drops its record, and a logical pool gets one as well."""
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    data = harness.backend.data  # type: ignore[attr-defined]
+    for pool in (conn.storagePoolLookupByName("default"), conn.storagePoolLookupByName(define_pool(harness, "logical"))):
+        before = {v.name() for v in pool.listAllVolumes(0)}
+        vol = storage.create_blank(pool, "stored.img", 2**20, "raw")
+        assert storage.record_source(pool, "stored.img", "sha256", SHA)
+        assert storage.has_source(pool, "stored.img", "sha256", SHA)
+        assert not storage.has_source(pool, "stored.img", "sha256", "cd" * 32)
+        assert not storage.has_source(pool, "other.img", "sha256", SHA)
+        assert data._existing(pool, "stored.img", SHA, "sha256").name() == "stored.img"
+        assert storage.record_source(pool, "stored.img", "sha512", "ef" * 64)  # a new record replaces the old
+        assert not storage.has_source(pool, "stored.img", "sha256", SHA)
+        storage.delete(vol)
+        assert {v.name() for v in pool.listAllVolumes(0)} == before
+
+
+def test_a_disk_pool_records_no_source(harness: ProviderHarness) -> None:
+    """A disk pool names volumes after their partitions: no record is made
+    there (a retried download is then judged by the volume's bytes)."""
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    pool = conn.storagePoolLookupByName(define_pool(harness, "disk"))
+    before = {v.name() for v in pool.listAllVolumes(0)}
+    assert not storage.record_source(pool, "sda1", "sha256", SHA)
+    assert {v.name() for v in pool.listAllVolumes(0)} == before
 
 
 class _Unreadable:
