@@ -316,3 +316,38 @@ def test_a_checksummed_image_fetched_again_returns_its_converted_or_grown_volume
         if made is not None:
             storage.delete(made)
     assert not storage.has_source(pool, name, "sha256", checksum), "deleting the volume drops its record"
+
+
+def test_a_second_vm_from_a_checksummed_vmdk_url_shares_its_cached_copy(real_host: Any, sink: HttpSink) -> None:
+    """Create from a checksummed vmdk URL caches it as qcow2
+    (``vmp-image-<sha>``); a second VM from the same URL overlays the same
+    cached copy, downloaded once. Deleting the VMs keeps the cache;
+    deleting it drops its record."""
+    conn = real_host.harness.backend.session.conn()
+    pool = conn.storagePoolLookupByName("default")
+    base = pool.storageVolLookupByName(real_host.base)
+    sink.root.mkdir(parents=True, exist_ok=True)
+    image = sink.root / "cloud.vmdk"
+    images.convert(Path(base.path()), image, "vmdk", src_fmt="qcow2")
+    checksum = hashlib.sha256(image.read_bytes()).hexdigest()
+    cached = f"vmp-image-{checksum[:16]}"
+    image_json = {"URL": sink.url(image.name), "Format": "vmdk", "Checksum": checksum}
+    ids: list[str] = []
+    try:
+        for i in range(2):
+            ids.append(real_host.create(f"vmdk-{i}", image_json=image_json))
+        assert [r.method for r in sink.requests] == ["GET"], "downloaded once"
+        backing = set()
+        for vm_id in ids:
+            dom = conn.lookupByUUIDString(vm_id)
+            vda = next(d for d in domxml.disks(ET.fromstring(dom.XMLDesc(0))) if d.target == "vda")
+            backing.add(storage.describe(conn.storageVolLookupByPath(vda.path)).backing_path)
+        assert backing == {pool.storageVolLookupByName(cached).path()}
+        assert storage.has_source(pool, cached, "sha256", checksum)
+    finally:
+        for vm_id in ids:
+            real_host.harness.stub.Delete(pb.DeleteRequest(id=vm_id))
+        kept = storage.lookup(pool, cached)
+        if kept is not None:
+            storage.delete(kept)
+    assert not storage.has_source(pool, cached, "sha256", checksum)
