@@ -24,6 +24,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from vm_provider_libvirt import storage
 from vmp_testplugins.testbed import libvirtd_socket, libvirtd_uri
 
 from provider_core.pb import provider_pb2 as pb
@@ -194,7 +195,7 @@ class RealHost:
                 pool.refresh(0)
                 for vol in pool.listAllVolumes(0):
                     if vol.name().startswith(prefix):
-                        vol.delete(0)
+                        storage.delete(vol)  # with the record of its source
         finally:
             conn.close()
 

@@ -18,11 +18,16 @@ device-mapper, so no LVM).
 - ImportDisk of a qcow2 image into the pool stores it converted to raw
   (a partition holds raw data only), its content unchanged.
 
+A checksummed image downloaded again into the same volume of the dir pool
+(a retry, Create's cached copy) gets the volume that holds it, converted
+(vmdk to qcow2) or grown, through the record of its source.
+
 Everything made is removed: domains, partitions, the pool, the loop device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import time
@@ -40,6 +45,7 @@ from vm_provider_libvirt.domxml import DomainDisk, DomainPlan
 from vm_provider_libvirt.marks import Mark
 from vmp_testplugins.testbed import libvirtd_uri
 
+from provider_core import AlreadyExists
 from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
 from provider_core.specs import VMImage
@@ -271,3 +277,77 @@ def test_a_url_image_for_a_bigger_root_disk_goes_into_a_block_pool_at_its_size(
         check=False,
     )
     assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+@pytest.mark.parametrize("fmt", ["vmdk", "raw"])
+def test_a_checksummed_image_fetched_again_returns_its_converted_or_grown_volume(
+    real_host: Any, sink: HttpSink, fmt: str
+) -> None:
+    """A second download of the same checksummed image into the same volume
+    (a retried ImportDisk or ImagePrepare, Create's cached copy
+    ``vmp-image-<sha>``) returns the volume, though its bytes no longer hash
+    to the image's checksum: a vmdk is stored as qcow2, a raw image grown to
+    the disk's size. The same name for another image is still refused."""
+    session = real_host.harness.backend.session
+    conn = session.conn()
+    pool = conn.storagePoolLookupByName("default")
+    base = pool.storageVolLookupByName(real_host.base)
+    sink.root.mkdir(parents=True, exist_ok=True)
+    image = sink.root / f"cloud.{fmt}"
+    images.convert(Path(base.path()), image, fmt, src_fmt="qcow2")
+    checksum = hashlib.sha256(image.read_bytes()).hexdigest()
+    spec = VMImage.model_validate({"URL": sink.url(image.name), "Format": fmt, "Checksum": checksum})
+    size = storage.describe(base).capacity + 32 * MIB
+    name = real_host.name(f"fetched-{fmt}")
+    data = real_host.harness.backend.data
+    try:
+        first = data.fetch_image(spec, pool, name, size)
+        assert storage.describe(first).format == ("qcow2" if fmt == "vmdk" else "raw")
+        again = data.fetch_image(spec, pool, name, size)
+        assert again.path() == first.path()
+        (sink.root / "other.raw").write_bytes(b"\1" * MIB)
+        foreign = VMImage.model_validate(
+            {"URL": sink.url("other.raw"), "Format": "raw", "Checksum": hashlib.sha256(b"\1" * MIB).hexdigest()}
+        )
+        with pytest.raises(AlreadyExists):
+            data.fetch_image(foreign, pool, name, size)
+    finally:
+        made = storage.lookup(pool, name)
+        if made is not None:
+            storage.delete(made)
+    assert not storage.has_source(pool, name, "sha256", checksum), "deleting the volume drops its record"
+
+
+def test_a_second_vm_from_a_checksummed_vmdk_url_shares_its_cached_copy(real_host: Any, sink: HttpSink) -> None:
+    """Create from a checksummed vmdk URL caches it as qcow2
+    (``vmp-image-<sha>``); a second VM from the same URL overlays the same
+    cached copy, downloaded once. Deleting the VMs keeps the cache;
+    deleting it drops its record."""
+    conn = real_host.harness.backend.session.conn()
+    pool = conn.storagePoolLookupByName("default")
+    base = pool.storageVolLookupByName(real_host.base)
+    sink.root.mkdir(parents=True, exist_ok=True)
+    image = sink.root / "cloud.vmdk"
+    images.convert(Path(base.path()), image, "vmdk", src_fmt="qcow2")
+    checksum = hashlib.sha256(image.read_bytes()).hexdigest()
+    cached = f"vmp-image-{checksum[:16]}"
+    image_json = {"URL": sink.url(image.name), "Format": "vmdk", "Checksum": checksum}
+    ids: list[str] = []
+    try:
+        for i in range(2):
+            ids.append(real_host.create(f"vmdk-{i}", image_json=image_json))
+        assert [r.method for r in sink.requests] == ["GET"], "downloaded once"
+        backing = set()
+        for vm_id in ids:
+            dom = conn.lookupByUUIDString(vm_id)
+            vda = next(d for d in domxml.disks(ET.fromstring(dom.XMLDesc(0))) if d.target == "vda")
+            backing.add(storage.describe(conn.storageVolLookupByPath(vda.path)).backing_path)
+        assert backing == {pool.storageVolLookupByName(cached).path()}
+        assert storage.has_source(pool, cached, "sha256", checksum)
+    finally:
+        for vm_id in ids:
+            real_host.harness.stub.Delete(pb.DeleteRequest(id=vm_id))
+        kept = storage.lookup(pool, cached)
+        if kept is not None:
+            storage.delete(kept)
+    assert not storage.has_source(pool, cached, "sha256", checksum)

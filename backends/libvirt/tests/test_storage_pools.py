@@ -366,3 +366,75 @@ def test_a_linked_clone_of_a_vm_on_block_volumes_is_refused_whatever_the_datasto
     assert "logical pool" in (err.value.details() or "")
     assert volume_names(harness) == before
     assert conn.lookupByUUIDString(done.id).XMLDesc(0) == before_xml
+
+
+# -- records of which image a volume holds ------------------------------------------------------
+
+SHA = "ab" * 32
+
+
+def test_a_source_record_vouches_for_its_volume_until_it_is_deleted(harness: ProviderHarness) -> None:
+    """A volume recorded as holding an image is returned for that image's
+    checksum without reading its bytes (the test driver keeps none: hashing
+    them would fail); another checksum finds no record; deleting the volume
+    drops its record, and a logical pool gets one as well."""
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    data = harness.backend.data  # type: ignore[attr-defined]
+    for pool in (conn.storagePoolLookupByName("default"), conn.storagePoolLookupByName(define_pool(harness, "logical"))):
+        before = {v.name() for v in pool.listAllVolumes(0)}
+        vol = storage.create_blank(pool, "stored.img", 2**20, "raw")
+        assert storage.record_source(pool, "stored.img", "sha256", SHA)
+        assert storage.has_source(pool, "stored.img", "sha256", SHA)
+        assert not storage.has_source(pool, "stored.img", "sha256", "cd" * 32)
+        assert not storage.has_source(pool, "other.img", "sha256", SHA)
+        assert data._existing(pool, "stored.img", SHA, "sha256").name() == "stored.img"
+        assert storage.record_source(pool, "stored.img", "sha512", "ef" * 64)  # a new record replaces the old
+        assert not storage.has_source(pool, "stored.img", "sha256", SHA)
+        storage.delete(vol)
+        assert {v.name() for v in pool.listAllVolumes(0)} == before
+
+
+def test_a_disk_pool_records_no_source(harness: ProviderHarness) -> None:
+    """A disk pool names volumes after their partitions: no record is made
+    there (a retried download is then judged by the volume's bytes)."""
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    pool = conn.storagePoolLookupByName(define_pool(harness, "disk"))
+    before = {v.name() for v in pool.listAllVolumes(0)}
+    assert not storage.record_source(pool, "sda1", "sha256", SHA)
+    assert {v.name() for v in pool.listAllVolumes(0)} == before
+
+
+class _Unreadable:
+    """A pool whose new copies cannot be read back: libvirt makes the copy
+    (the test driver's real ``createXMLFrom``), then the first read of it
+    fails as a daemon's would (fault injection; deleting it is real)."""
+
+    def __init__(self, pool: libvirt.virStoragePool) -> None:
+        self.pool = pool
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.pool, name)
+
+    def createXMLFrom(self, xml: str, source: libvirt.virStorageVol, flags: int) -> object:
+        made = self.pool.createXMLFrom(xml, source, flags)
+
+        class Vol:
+            def __getattr__(self, name: str) -> object:
+                return getattr(made, name)
+
+            def XMLDesc(self, flags: int = 0) -> str:
+                raise libvirt.libvirtError("the volume could not be read")
+
+        return Vol()
+
+
+def test_a_copy_that_cannot_be_read_back_is_deleted(harness: ProviderHarness) -> None:
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    pool = conn.storagePoolLookupByName("default")
+    source = storage.create_blank(pool, "template.img", 2**20, "raw")
+    try:
+        with pytest.raises(libvirt.libvirtError, match="could not be read"):
+            storage.copy(_Unreadable(pool), "copy.img", source, "raw")  # type: ignore[arg-type]
+        assert storage.lookup(pool, "copy.img") is None
+    finally:
+        storage.delete(source)

@@ -22,10 +22,13 @@ are always written with ``vol.upload`` streams, preserving holes
 (:mod:`.streams`).
 
 Idempotency: when the target volume exists, ImagePrepare and image
-downloads return it if its bytes match the image's checksum (or when the
+downloads return it if it holds the image of its checksum (or when the
 image names none); ImportDisk returns it only when ``verify_checksum``
-holds and its bytes match. Otherwise AlreadyExists. Digests of local
-volumes are remembered while their size and mtime stay the same.
+holds and it holds that image. Otherwise AlreadyExists. A volume holds the
+image when :func:`storage.record_source` recorded so once it was complete
+(its bytes differ from the image's when it was converted or grown), else
+when its bytes match. Digests of local volumes are remembered while their
+size and mtime stay the same.
 
 An export writes ``<destination>.sha256`` beside the disk (not for
 presigned URLs with a query string), since a client whose export outlived
@@ -190,7 +193,7 @@ class DiskTransfers:
             with self._scratch(f".{spec.format}") as file:
                 with file.open("wb") as f:
                     got = transfer.download(spec, f, settings=self._transfer_settings(), expected=expected)
-                vol = self._store(file, spec.format, pool, name)
+                vol = self._store(file, spec.format, pool, name, source=("sha256", got.sha256))
             return self._import_result(disk_id, vol, got.sha256)
 
         return Outcome.later(ImportResult(disk_id=disk_id), work)
@@ -223,7 +226,7 @@ class DiskTransfers:
                     url_field="image_json.URL",
                     checksum_field="image_json.Checksum",
                 )
-            return self._store(file, fmt, pool, name, capacity)
+            return self._store(file, fmt, pool, name, capacity, source=(algorithm, image.checksum))
 
     # -- finding disks and volumes ------------------------------------------------
 
@@ -320,14 +323,19 @@ class DiskTransfers:
     def _existing(
         self, pool: libvirt.virStoragePool, name: str, checksum: str, algorithm: str, *, unverified: str = ""
     ) -> libvirt.virStorageVol | None:
-        """The volume ``name`` if it exists and matches ``checksum``;
-        AlreadyExists when its bytes differ, or, with no checksum to compare,
-        when ``unverified`` says why that is not enough."""
+        """The volume ``name`` if it exists and holds the image of
+        ``checksum``: recorded so when it was stored
+        (:func:`storage.record_source`; its bytes differ from the image's
+        once converted or grown), or its bytes match. AlreadyExists when
+        neither holds, or, with no checksum to compare, when ``unverified``
+        says why that is not enough."""
         vol = storage.lookup(pool, name)
         if vol is None:
             return None
         if not checksum and unverified:
             raise AlreadyExists(f"volume {name!r} exists in pool {pool.name()!r}; {unverified}")
+        if checksum and storage.has_source(pool, name, algorithm, checksum):
+            return vol
         if checksum and self._digest(vol, algorithm) != checksum:
             raise AlreadyExists(f"volume {name!r} exists in pool {pool.name()!r} with other content")
         return vol
@@ -337,12 +345,23 @@ class DiskTransfers:
 
     # -- bytes in and out of the pool ------------------------------------------------
 
-    def _store(self, file: Path, fmt: str, pool: libvirt.virStoragePool, name: str, capacity: int = 0) -> libvirt.virStorageVol:
+    def _store(
+        self,
+        file: Path,
+        fmt: str,
+        pool: libvirt.virStoragePool,
+        name: str,
+        capacity: int = 0,
+        *,
+        source: tuple[str, str] = ("", ""),
+    ) -> libvirt.virStorageVol:
         """Verify a downloaded image and upload it into a new volume of at
         least ``capacity`` bytes, in a format the pool holds: a vmdk becomes
         qcow2 on a file pool, anything but raw becomes raw on a pool that
         holds raw only (logical, zfs, disk, ...), so that what the volume
-        holds is what its disk will be read as."""
+        holds is what its disk will be read as. ``source`` (algorithm,
+        checksum of the downloaded file) is recorded once the volume is
+        complete (:func:`storage.record_source`)."""
         meta = images.inspect(file, fmt)
         fmt = str(meta["format"])
         if fmt != "raw":
@@ -361,7 +380,16 @@ class DiskTransfers:
                 log.info("converting the %s image to %s for pool %s (a %s pool)", fmt, wanted, pool.name(), facts.type)
                 images.convert(file, converted, wanted, src_fmt=fmt, force_share=False)
                 file, fmt = converted, wanted
-            return self._upload_volume(file, fmt, int(meta["virtual-size"]), pool, name, capacity=capacity)
+            vol = self._upload_volume(file, fmt, int(meta["virtual-size"]), pool, name, capacity=capacity)
+        algorithm, checksum = source
+        if checksum:
+            try:
+                storage.record_source(pool, name, algorithm, checksum)
+            except BaseException:
+                with errors.best_effort(f"remove volume {name!r} after its source could not be recorded"):
+                    storage.delete(vol)
+                raise
+        return vol
 
     def _upload_volume(
         self, file: Path, fmt: str, image_size: int, pool: libvirt.virStoragePool, name: str, *, capacity: int = 0
@@ -371,6 +399,7 @@ class DiskTransfers:
         volume is made at its final size (the upload fills its start); a
         qcow2 image carries its own size, so that volume is grown after."""
         facts = storage.pool_info(pool)
+        storage.forget_source(pool, name)  # a stale record must not vouch for a half-written volume
         made_at = max(capacity, image_size, file.stat().st_size) if fmt == "raw" else image_size
         xml = storage.volume_xml(facts, name, made_at, fmt)
         vol = _new_volume(pool, name, lambda: pool.createXML(xml, 0))

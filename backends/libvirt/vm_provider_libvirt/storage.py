@@ -1,7 +1,8 @@
 """Storage pools and volumes: what a pool can do, how a volume attaches to
 a domain, and making, finding and deleting volumes.
 
-Their bytes go in and out through :mod:`.streams`.
+Their bytes go in and out through :mod:`.streams`. Which downloaded image
+a volume holds is recorded beside it (:func:`record_source`).
 
 :class:`PoolInfo` is the one place that reads a pool (its XML: type,
 target, source hosts, name and auth) and answers what it can hold and do;
@@ -33,6 +34,7 @@ except where noted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import xml.etree.ElementTree as ET
@@ -417,29 +419,76 @@ def copy(
     """A full, independent copy of ``source`` (flattened: no backing file)
     in ``fmt`` (raw where the pool holds nothing else), made at
     ``capacity`` when that is larger: a pool that cannot resize volumes
-    (logical, disk) gets it at its final size up front."""
+    (logical, disk) gets it at its final size up front. A copy that
+    cannot be read back or grown is deleted again."""
     info = pool_info(pool)
     src = describe(source)
     size = max(capacity, src.capacity)
     vol = pool.createXMLFrom(volume_xml(info, name, size, info.volume_format(fmt)), source, 0)
-    if describe(vol).capacity < size:
-        if not info.kind.resize:
-            delete(vol)
+    try:
+        if describe(vol).capacity < size:
             info.need(f"growing the copy {name!r} to {size} bytes", "resize")
-        grow(vol, size)
+            vol.resize(size, 0)
+    except BaseException:
+        with errors.best_effort(f"remove the copy {name!r}"):
+            delete(vol)
+        raise
     return vol
 
 
-def grow(vol: libvirt.virStorageVol, capacity: int) -> None:
-    """Resize a volume just made; delete it when that fails."""
-    try:
-        vol.resize(capacity, 0)
-    except BaseException:
-        delete(vol)
-        raise
-
-
 def delete(vol: libvirt.virStorageVol) -> None:
-    """Delete a volume; one already gone is fine."""
+    """Delete a volume, and the record of its source (:func:`record_source`);
+    one already gone is fine."""
     with errors.ignoring(errors.is_missing_volume):
+        pool = vol.storagePoolLookupByVolume()
+        name = vol.name()
         vol.delete(0)
+        with errors.best_effort(f"drop the source record of volume {name!r}"):
+            forget_source(pool, name)
+
+
+# -- which image a volume was stored from ------------------------------------------------
+
+#: Names of source records start with this (see :func:`record_source`).
+SOURCE_RECORD = "vmp-source-"
+
+
+def _record_prefix(name: str) -> str:
+    return f"{SOURCE_RECORD}{hashlib.sha256(name.encode()).hexdigest()[:24]}-"
+
+
+def _record_name(name: str, algorithm: str, checksum: str) -> str:
+    return _record_prefix(name) + hashlib.sha256(f"{algorithm}:{checksum}".encode()).hexdigest()[:24]
+
+
+def record_source(pool: libvirt.virStoragePool, name: str, algorithm: str, checksum: str) -> bool:
+    """Record that volume ``name`` holds, complete, the image whose
+    ``algorithm`` digest is ``checksum``, though its bytes may differ from
+    the image's (converted to qcow2 or raw, grown): a volume
+    ``vmp-source-<sha256(name)[:24]>-<sha256(algorithm:checksum)[:24]>``
+    beside it (empty in a file pool, 1 MiB elsewhere). Call it only once
+    the volume's data is complete: making a volume is atomic, so a
+    half-written volume is never recorded. Any older record of that name is
+    dropped. False where the pool cannot make a
+    volume of the name asked for (a disk pool): nothing is recorded there."""
+    info = pool_info(pool)
+    if info.lacks("create", "names"):
+        return False
+    forget_source(pool, name)
+    pool.createXML(volume_xml(info, _record_name(name, algorithm, checksum), 0 if info.kind.files else 2**20, "raw"), 0)
+    return True
+
+
+def has_source(pool: libvirt.virStoragePool, name: str, algorithm: str, checksum: str) -> bool:
+    """Whether volume ``name`` was recorded as holding that image
+    (:func:`record_source`)."""
+    return lookup(pool, _record_name(name, algorithm, checksum)) is not None
+
+
+def forget_source(pool: libvirt.virStoragePool, name: str) -> None:
+    """Drop the record of volume ``name``'s source (one pool listing)."""
+    prefix = _record_prefix(name)
+    for record in pool.listAllVolumes(0):
+        if record.name().startswith(prefix):
+            with errors.ignoring(errors.is_missing_volume):
+                record.delete(0)
