@@ -144,12 +144,20 @@ class _PgHold(Hold):
         if self._released:
             return
         self._released = True
+        unlocked = self.unlocked
         try:
-            if not self.unlocked:
+            if not unlocked:
                 await self.conn.execute("SELECT pg_advisory_unlock_all()")
+                unlocked = True
         except psycopg.Error:
-            await self.conn.close()  # its session's locks end with it
-        await self._pool.putconn(self.conn)
+            pass
+        finally:
+            # Whatever stopped the unlock (an error, a cancellation), the
+            # connection goes back to the pool, closed when its locks may
+            # still be held: its session's locks end with it.
+            if not unlocked:
+                await self.conn.close()
+            await self._pool.putconn(self.conn)
 
 
 class PostgresStore(StateStore):
