@@ -288,3 +288,31 @@ def test_the_nodes_own_error_is_reported(dp: Any, pve: Any, node: PveNode, claim
     assert "dd on node pve1" in message
     assert "Is a directory" in message
     assert not (node.root / "cloud/import/blocked.raw").exists()
+
+
+def test_an_image_that_reads_other_files_of_the_node_is_refused(dp: Any, pve: Any, node: PveNode, claims: Path) -> None:
+    """A qcow2 with a backing file or an external data file, or a vmdk whose
+    extent is another file, would hand a VM made from it the bytes of a file
+    of the node (another VM's disk): refused, and nothing stays."""
+    victim = make_disk(node, pve)
+    backed = claims / "mig/backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(victim), "-F", "qcow2", str(backed)], check=True)
+    external = claims / "mig/external.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={victim}", str(external), "64M"], check=True)
+    flat = claims / "mig/flat.vmdk"
+    flat.write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+        f'RW 131072 FLAT "{victim}" 0\n'
+        'ddb.adapterType = "ide"\n'
+    )
+    for name, fmt, said in [
+        ("backed.qcow2", "qcow2", "backing file"),
+        ("external.qcow2", "qcow2", "data file"),
+        ("flat.vmdk", "vmdk", "extent"),
+    ]:
+        code, message = fails(lambda name=name, fmt=fmt: import_(dp, f"pvc://mig/{name}", "stolen", fmt, backend_type="pvc"))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+        assert "source_url" in message
+        assert said in message
+    imports = node.root / "cloud/import"
+    assert not imports.exists() or list(imports.iterdir()) == []
