@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,11 @@ from typing import Any
 import grpc
 import pytest
 from pvenode import PveNode
+from vm_provider_proxmox.node import NodeShell
+from vm_provider_proxmox.settings import ProxmoxSettings
 from vmp_testplugins.sshd import keygen, sshd_unavailable
 
+from provider_core import Unavailable
 from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
 
@@ -316,3 +320,13 @@ def test_an_image_that_reads_other_files_of_the_node_is_refused(dp: Any, pve: An
         assert said in message
     imports = node.root / "cloud/import"
     assert not imports.exists() or list(imports.iterdir()) == []
+
+
+def test_a_command_that_never_exits_fails_within_the_timeout(settings: dict[str, Any], node: PveNode) -> None:
+    """A command on the node that closed its output but does not exit is
+    not waited for longer than task_timeout_seconds."""
+    shell = NodeShell(ProxmoxSettings(**{**settings, **node.settings(), "task_timeout_seconds": 1}))
+    started = time.monotonic()
+    with shell.session("pve1") as session, pytest.raises(Unavailable, match="did not exit within 1s"):
+        session.status(["sh", "-c", "exec >&- 2>&-; sleep 6"])
+    assert time.monotonic() - started < 5
