@@ -34,6 +34,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, Unavailable
 from .models import TaskState
@@ -88,12 +89,20 @@ RETENTION = 7 * 86400.0
 
 
 def redacted(text: str, url: str) -> str:
-    """``text`` without the URL, its password or its user name."""
-    parts = psycopg.conninfo.conninfo_to_dict(url) if psycopg is not None else {}
+    """``text`` without the URL or its password, as written in the URL or
+    as libpq reads it (never raises: ``url`` may be one libpq refuses, and
+    its error quotes the part it could not parse)."""
+    secrets: set[str] = set()
+    with contextlib.suppress(ValueError):
+        written = urlsplit(url).password
+        if written:
+            secrets |= {written, unquote(written)}
+    if psycopg is not None:
+        with contextlib.suppress(psycopg.Error):
+            secrets.add(str(psycopg.conninfo.conninfo_to_dict(url).get("password") or ""))
     text = text.replace(url, redact(url))
-    for secret in (parts.get("password"),):
-        if secret:
-            text = text.replace(str(secret), "***")
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
