@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -211,14 +211,32 @@ class PostgresStore(StateStore):
         connection (it backs off between reconnection attempts, up to
         minutes) is replaced by a fresh one."""
         try:
-            async with self.pool.connection(timeout=1.0) as conn:
-                await conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout):
+            await self._within(self._probe())
+        except (psycopg.Error, PoolTimeout, TimeoutError):
             old, self.pool = self.pool, self._new_pool()
             await self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
             job = asyncio.ensure_future(old.close(timeout=CALL_TIMEOUT))  # connections held out close as they come back
             self._closing.add(job)
             job.add_done_callback(self._closing.discard)
+
+    async def _probe(self) -> None:
+        async with self.pool.connection(timeout=1.0) as conn:
+            await conn.execute("SELECT 1")
+
+    async def _within(self, work: Coroutine[Any, Any, None]) -> None:
+        """``work``, or TimeoutError after :attr:`_beat_timeout`. Work that
+        does not end in time is cancelled but not waited for: psycopg then
+        asks the server to cancel its query, which a silent server never
+        answers."""
+        job = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({job}, timeout=self._beat_timeout)
+        if job in done:
+            return job.result()
+        job.cancel()
+        self._closing.add(job)
+        job.add_done_callback(self._closing.discard)
+        job.add_done_callback(lambda j: j.cancelled() or j.exception())  # ends unheard of
+        raise TimeoutError
 
     def describe(self) -> str:
         return redact(self.url)
@@ -339,7 +357,8 @@ class PostgresStore(StateStore):
             )
         except BaseException:
             await conn.close()
-            self._beat_conn = None
+            if self._beat_conn is conn:
+                self._beat_conn = None
             raise
 
     async def _flush(self) -> None:
@@ -347,16 +366,26 @@ class PostgresStore(StateStore):
             await self._write_end(task_id, error, kind, subject)
             self._unsaved.pop(task_id, None)
 
+    @property
+    def _beat_timeout(self) -> float:
+        """Seconds a heartbeat waits for the database: a database that goes
+        silent (a partition, a hung host) answers no error, ever."""
+        return min(CALL_TIMEOUT, max(1.0, self.lease / 3))
+
     async def _heartbeat(self) -> None:
         """Beat every third of the lease (every second while unreachable)."""
         while True:
             await asyncio.sleep(self.lease / 3 if self.healthy else min(1.0, self.lease / 3))
             try:
-                await self._beat()
+                await self._within(self._beat())
                 if not self.healthy:
                     await self._recover()
             except (psycopg.Error, PoolTimeout) as exc:
                 self._failed(self._why(exc))
+                continue
+            except TimeoutError:
+                self._beat_conn = None  # left to the beat that waits on it
+                self._failed(f"no answer within {self._beat_timeout:g}s")
                 continue
             self._set_healthy(True)
             with contextlib.suppress(psycopg.Error, PoolTimeout):  # kept for the next beat

@@ -4,6 +4,9 @@ in this process, on a database of the test's own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -42,3 +45,72 @@ async def test_a_release_cancelled_midway_still_lets_the_lock_go_and_returns_the
             await each.release()
     finally:
         await store.close()
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 to the database that can go silent: while
+    ``frozen`` it passes nothing on and closes nothing (a partition, a
+    database host that hangs), as no refusal or reset would tell."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.frozen = asyncio.Event()
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def freeze(self) -> None:
+        self.thawed.clear()
+
+    def thaw(self) -> None:
+        self.thawed.set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                await self.thawed.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.thawed.wait()
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+
+
+async def test_a_database_that_goes_silent_turns_health_off_and_back_on(database: str) -> None:
+    parts = urlsplit(database)
+    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await relay.start()
+    url = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}").geturl()
+    store = PostgresStore(url, scope=SCOPE, lease=1.5, pool_size=3)
+    await store.open()
+    try:
+        assert store.healthy
+        relay.freeze()
+        deadline = time.monotonic() + 10
+        while store.healthy:
+            assert time.monotonic() < deadline, "health stayed SERVING with the database silent"
+            await asyncio.sleep(0.1)
+        relay.thaw()
+        deadline = time.monotonic() + 20
+        while not store.healthy:
+            assert time.monotonic() < deadline, "health did not come back with the database"
+            await asyncio.sleep(0.1)
+    finally:
+        relay.thaw()
+        await store.close()
+        await relay.close()
