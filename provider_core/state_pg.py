@@ -195,6 +195,27 @@ class PostgresStore(StateStore):
         self._unsaved: dict[str, tuple[str, str, str]] = {}
         """Ends of tasks not written yet: id -> (error, kind, subject)."""
 
+    def _connection_options(self) -> dict[str, Any]:
+        """libpq parameters of every connection. TCP keepalives both ways,
+        within the lease: the server ends the session of a replica whose
+        node vanished (no FIN, no RST), and so frees its VMs' locks, within
+        about ``lease`` seconds rather than the system's default two hours
+        (``tcp_keepalives_*`` are settings any session may set); the
+        replica notices a vanished server as soon. The URL's own
+        ``options`` are kept, after ours (they win)."""
+        idle, interval = max(1, int(self.lease / 3)), max(1, int(self.lease / 6))
+        ours = f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count=3"
+        given = psycopg.conninfo.conninfo_to_dict(self.url).get("options")
+        return {
+            "connect_timeout": int(CONNECT_TIMEOUT),
+            "application_name": "vm-provider",
+            "keepalives": 1,
+            "keepalives_idle": idle,
+            "keepalives_interval": interval,
+            "keepalives_count": 3,
+            "options": f"{ours} {given}" if given else ours,
+        }
+
     def _new_pool(self) -> Any:
         return AsyncConnectionPool(
             self.url,
@@ -202,7 +223,7 @@ class PostgresStore(StateStore):
             max_size=self._pool_size,
             open=False,
             timeout=CALL_TIMEOUT,
-            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT), "application_name": "vm-provider"},
+            kwargs={"autocommit": True, **self._connection_options()},
             name="vm-provider-state",
         )
 
@@ -332,9 +353,7 @@ class PostgresStore(StateStore):
         records, on a connection of its own: a pool busy with long tasks
         never delays it."""
         if self._beat_conn is None or self._beat_conn.closed:
-            self._beat_conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT), application_name="vm-provider"
-            )
+            self._beat_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **self._connection_options())
         conn = self._beat_conn
         try:
             await conn.execute(

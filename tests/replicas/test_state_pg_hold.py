@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from provider_core.state_pg import PostgresStore, lock_id
+from provider_core.state_pg import PostgresStore, _PgHold, lock_id
 
 SCOPE = "test:///hold"
 
@@ -114,3 +114,23 @@ async def test_a_database_that_goes_silent_turns_health_off_and_back_on(database
         relay.thaw()
         await store.close()
         await relay.close()
+
+
+async def test_the_server_ends_a_vanished_replicas_sessions_within_the_lease(database: str) -> None:
+    """A replica whose node vanishes sends no FIN: its sessions, and so its
+    VMs' locks, end when the server's TCP keepalives give up. Each session
+    sets them within the lease; options of the URL's own are kept."""
+    url = f"{database}?options=-c%20statement_timeout%3D7000"
+    store = PostgresStore(url, scope=SCOPE, lease=6.0, pool_size=2)
+    await store.open()
+    try:
+        hold = await store.hold(["vm-k"])
+        assert isinstance(hold, _PgHold)
+        cur = await hold.conn.execute(
+            "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'),"
+            " current_setting('tcp_keepalives_count'), current_setting('statement_timeout')"
+        )
+        assert await cur.fetchone() == ("2", "1", "3", "7s")
+        await hold.release()
+    finally:
+        await store.close()
