@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
@@ -344,6 +345,16 @@ class PostgresStore(StateStore):
                 await conn.execute("DELETE FROM vmp_replicas WHERE id = %s", (self.replica,))
         if self._beat_conn is not None:
             await self._beat_conn.close()
+        # What still runs in the background (a pool check, old pools closing,
+        # waits given up on a silent database) ends here, not after the loop.
+        # Cancelled again while psycopg, cancelled, asks a silent server to
+        # cancel its query (which waits for that server).
+        left = {job for job in (self._checking, *self._closing) if job is not None and not job.done()}
+        until = time.monotonic() + CALL_TIMEOUT
+        while left and time.monotonic() < until:
+            for job in left:
+                job.cancel()
+            _, left = await asyncio.wait(left, timeout=0.2)
         await self.pool.close()
 
     # -- heartbeat -------------------------------------------------------------

@@ -134,3 +134,26 @@ async def test_the_server_ends_a_vanished_replicas_sessions_within_the_lease(dat
         await hold.release()
     finally:
         await store.close()
+
+
+async def test_closing_while_the_database_is_silent_leaves_no_task_behind(database: str) -> None:
+    parts = urlsplit(database)
+    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await relay.start()
+    url = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}").geturl()
+    store = PostgresStore(url, scope=SCOPE, lease=1.5, pool_size=2)
+    await store.open()
+    try:
+        relay.freeze()
+        deadline = time.monotonic() + 10
+        while store.healthy:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await store.close()
+        assert time.monotonic() - started < 10
+        left = [t for t in asyncio.all_tasks() if not t.done() and t.get_coro().cr_code.co_filename.endswith("state_pg.py")]
+        assert left == []
+    finally:
+        relay.thaw()
+        await relay.close()
