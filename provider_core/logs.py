@@ -125,7 +125,10 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]  # the s
             self.handleError(record)
             return
         if record.levelno >= logging.WARNING:
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - as above: a failed write never reaches the caller
+                self.handleError(record)
         elif self._writer is None:
             self._writer = threading.Thread(target=self._write_every_interval, name="log-writer", daemon=True)
             self._writer.start()
@@ -138,9 +141,15 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]  # the s
             super().flush()
 
     def _write_every_interval(self) -> None:
+        """Write the batch every interval; a failed write (a full
+        non-blocking pipe, say) loses that batch, reported as logging
+        reports a failed line, and the next batches are still written."""
         while True:
             time.sleep(self.interval)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the thread must outlive one failed write
+                self.handleError(logging.makeLogRecord({"msg": "a batch of log lines"}))
 
 
 _handler: logging.Handler | None = None

@@ -31,9 +31,11 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, Unavailable
 from .models import TaskState
@@ -88,12 +90,20 @@ RETENTION = 7 * 86400.0
 
 
 def redacted(text: str, url: str) -> str:
-    """``text`` without the URL, its password or its user name."""
-    parts = psycopg.conninfo.conninfo_to_dict(url) if psycopg is not None else {}
+    """``text`` without the URL or its password, as written in the URL or
+    as libpq reads it (never raises: ``url`` may be one libpq refuses, and
+    its error quotes the part it could not parse)."""
+    secrets: set[str] = set()
+    with contextlib.suppress(ValueError):
+        written = urlsplit(url).password
+        if written:
+            secrets |= {written, unquote(written)}
+    if psycopg is not None:
+        with contextlib.suppress(psycopg.Error):
+            secrets.add(str(psycopg.conninfo.conninfo_to_dict(url).get("password") or ""))
     text = text.replace(url, redact(url))
-    for secret in (parts.get("password"),):
-        if secret:
-            text = text.replace(str(secret), "***")
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
@@ -144,12 +154,20 @@ class _PgHold(Hold):
         if self._released:
             return
         self._released = True
+        unlocked = self.unlocked
         try:
-            if not self.unlocked:
+            if not unlocked:
                 await self.conn.execute("SELECT pg_advisory_unlock_all()")
+                unlocked = True
         except psycopg.Error:
-            await self.conn.close()  # its session's locks end with it
-        await self._pool.putconn(self.conn)
+            pass
+        finally:
+            # Whatever stopped the unlock (an error, a cancellation), the
+            # connection goes back to the pool, closed when its locks may
+            # still be held: its session's locks end with it.
+            if not unlocked:
+                await self.conn.close()
+            await self._pool.putconn(self.conn)
 
 
 class PostgresStore(StateStore):
@@ -178,6 +196,27 @@ class PostgresStore(StateStore):
         self._unsaved: dict[str, tuple[str, str, str]] = {}
         """Ends of tasks not written yet: id -> (error, kind, subject)."""
 
+    def _connection_options(self) -> dict[str, Any]:
+        """libpq parameters of every connection. TCP keepalives both ways,
+        within the lease: the server ends the session of a replica whose
+        node vanished (no FIN, no RST), and so frees its VMs' locks, within
+        about ``lease`` seconds rather than the system's default two hours
+        (``tcp_keepalives_*`` are settings any session may set); the
+        replica notices a vanished server as soon. The URL's own
+        ``options`` are kept, after ours (they win)."""
+        idle, interval = max(1, int(self.lease / 3)), max(1, int(self.lease / 6))
+        ours = f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count=3"
+        given = psycopg.conninfo.conninfo_to_dict(self.url).get("options")
+        return {
+            "connect_timeout": int(CONNECT_TIMEOUT),
+            "application_name": "vm-provider",
+            "keepalives": 1,
+            "keepalives_idle": idle,
+            "keepalives_interval": interval,
+            "keepalives_count": 3,
+            "options": f"{ours} {given}" if given else ours,
+        }
+
     def _new_pool(self) -> Any:
         return AsyncConnectionPool(
             self.url,
@@ -185,7 +224,7 @@ class PostgresStore(StateStore):
             max_size=self._pool_size,
             open=False,
             timeout=CALL_TIMEOUT,
-            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT), "application_name": "vm-provider"},
+            kwargs={"autocommit": True, **self._connection_options()},
             name="vm-provider-state",
         )
 
@@ -194,14 +233,32 @@ class PostgresStore(StateStore):
         connection (it backs off between reconnection attempts, up to
         minutes) is replaced by a fresh one."""
         try:
-            async with self.pool.connection(timeout=1.0) as conn:
-                await conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout):
+            await self._within(self._probe())
+        except (psycopg.Error, PoolTimeout, TimeoutError):
             old, self.pool = self.pool, self._new_pool()
             await self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
             job = asyncio.ensure_future(old.close(timeout=CALL_TIMEOUT))  # connections held out close as they come back
             self._closing.add(job)
             job.add_done_callback(self._closing.discard)
+
+    async def _probe(self) -> None:
+        async with self.pool.connection(timeout=1.0) as conn:
+            await conn.execute("SELECT 1")
+
+    async def _within(self, work: Coroutine[Any, Any, None]) -> None:
+        """``work``, or TimeoutError after :attr:`_beat_timeout`. Work that
+        does not end in time is cancelled but not waited for: psycopg then
+        asks the server to cancel its query, which a silent server never
+        answers."""
+        job = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({job}, timeout=self._beat_timeout)
+        if job in done:
+            return job.result()
+        job.cancel()
+        self._closing.add(job)
+        job.add_done_callback(self._closing.discard)
+        job.add_done_callback(lambda j: j.cancelled() or j.exception())  # ends unheard of
+        raise TimeoutError
 
     def describe(self) -> str:
         return redact(self.url)
@@ -288,6 +345,16 @@ class PostgresStore(StateStore):
                 await conn.execute("DELETE FROM vmp_replicas WHERE id = %s", (self.replica,))
         if self._beat_conn is not None:
             await self._beat_conn.close()
+        # What still runs in the background (a pool check, old pools closing,
+        # waits given up on a silent database) ends here, not after the loop.
+        # Cancelled again while psycopg, cancelled, asks a silent server to
+        # cancel its query (which waits for that server).
+        left = {job for job in (self._checking, *self._closing) if job is not None and not job.done()}
+        until = time.monotonic() + CALL_TIMEOUT
+        while left and time.monotonic() < until:
+            for job in left:
+                job.cancel()
+            _, left = await asyncio.wait(left, timeout=0.2)
         await self.pool.close()
 
     # -- heartbeat -------------------------------------------------------------
@@ -297,9 +364,7 @@ class PostgresStore(StateStore):
         records, on a connection of its own: a pool busy with long tasks
         never delays it."""
         if self._beat_conn is None or self._beat_conn.closed:
-            self._beat_conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT), application_name="vm-provider"
-            )
+            self._beat_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **self._connection_options())
         conn = self._beat_conn
         try:
             await conn.execute(
@@ -322,7 +387,8 @@ class PostgresStore(StateStore):
             )
         except BaseException:
             await conn.close()
-            self._beat_conn = None
+            if self._beat_conn is conn:
+                self._beat_conn = None
             raise
 
     async def _flush(self) -> None:
@@ -330,16 +396,26 @@ class PostgresStore(StateStore):
             await self._write_end(task_id, error, kind, subject)
             self._unsaved.pop(task_id, None)
 
+    @property
+    def _beat_timeout(self) -> float:
+        """Seconds a heartbeat waits for the database: a database that goes
+        silent (a partition, a hung host) answers no error, ever."""
+        return min(CALL_TIMEOUT, max(1.0, self.lease / 3))
+
     async def _heartbeat(self) -> None:
         """Beat every third of the lease (every second while unreachable)."""
         while True:
             await asyncio.sleep(self.lease / 3 if self.healthy else min(1.0, self.lease / 3))
             try:
-                await self._beat()
+                await self._within(self._beat())
                 if not self.healthy:
                     await self._recover()
             except (psycopg.Error, PoolTimeout) as exc:
                 self._failed(self._why(exc))
+                continue
+            except TimeoutError:
+                self._beat_conn = None  # left to the beat that waits on it
+                self._failed(f"no answer within {self._beat_timeout:g}s")
                 continue
             self._set_healthy(True)
             with contextlib.suppress(psycopg.Error, PoolTimeout):  # kept for the next beat

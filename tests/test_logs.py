@@ -186,3 +186,44 @@ def test_lines_are_written_in_batches_in_order_warnings_at_once() -> None:
             time.sleep(0.05)
     finally:
         log.removeHandler(handler)
+
+
+def test_a_failed_write_neither_stops_the_batches_nor_reaches_the_caller() -> None:
+    """A write to standard error that fails once (a full non-blocking pipe)
+    is reported the way logging reports it; the lines after it are still
+    written, and the logging call never raises."""
+    import io
+    import logging
+
+    from provider_core.logs import BatchingHandler
+
+    class Flaky(io.StringIO):
+        failures = 2
+
+        def write(self, s: str) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            return super().write(s)
+
+    stream = Flaky()
+    handler = BatchingHandler(stream, interval=0.05)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    reported: list[logging.LogRecord | None] = []
+    handler.handleError = reported.append  # type: ignore[method-assign]  # logging's report, to count here
+    log = logging.getLogger("test_logs.flaky")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log.warning("lost at once")  # written in the caller's thread: the failure stays in the handler
+        log.info("lost in the batch")
+        time.sleep(0.3)
+        log.info("kept")
+        deadline = time.monotonic() + 5
+        while "INFO kept\n" not in stream.getvalue():
+            assert time.monotonic() < deadline, "the batches stopped after a failed write"
+            time.sleep(0.05)
+        assert len(reported) == 2
+    finally:
+        log.removeHandler(handler)

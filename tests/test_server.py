@@ -202,6 +202,23 @@ def test_a_missing_or_wrong_token_is_unauthenticated(guarded: ProviderHarness, m
     assert sum(guarded.backend.calls.values()) == 0  # type: ignore[attr-defined]
 
 
+def test_no_method_answers_without_the_token(guarded: ProviderHarness) -> None:
+    """Every method of the provider service, whatever its shape, and a
+    method no service has: UNAUTHENTICATED before anything else runs."""
+    service = pb.DESCRIPTOR.services_by_name["Provider"]
+    paths = [f"/{service.full_name}/{m.name}" for m in service.methods] + [f"/{service.full_name}/NoSuchMethod"]
+    for path in paths:
+        method = service.methods_by_name.get(path.rsplit("/", 1)[1])
+        streams = (method.client_streaming, method.server_streaming) if method else (False, False)
+        kind = ("stream_" if streams[0] else "unary_") + ("stream" if streams[1] else "unary")
+        call = getattr(guarded.channel, kind)(path)
+        request: Any = iter([b""]) if streams[0] else b""
+        with pytest.raises(grpc.RpcError) as info:
+            list(call(request, timeout=5)) if streams[1] else call(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+    assert sum(guarded.backend.calls.values()) == 0  # type: ignore[attr-defined]
+
+
 def test_the_right_token_works(guarded: ProviderHarness) -> None:
     auth = [("authorization", f"Bearer {TOKEN}")]
     guarded.stub.Create(pb.CreateRequest(name="vm"), metadata=auth)

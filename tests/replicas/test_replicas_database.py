@@ -154,6 +154,16 @@ def test_unreachable_database_refuses_the_start_without_its_password(cli: Callab
     assert "sw0rdfish-secret" not in done.stderr
 
 
+def test_a_malformed_state_url_refuses_the_start_without_its_password(cli: Callable[..., Any]) -> None:
+    """libpq's parser quotes what it could not parse, the password too."""
+    for url in ("postgresql://vmp:sw0rd%zzfish@127.0.0.1/state", "postgresql://vmp:sw0rdfish@127.0.0.1/state?bogus=1"):
+        done = cli("--backend", "sim", "--listen", "127.0.0.1:0", env={"VM_PROVIDER_SERVER_STATE_URL": url})
+        assert done.returncode == 2, done.stderr
+        assert "state_url is not a valid PostgreSQL URL" in done.stderr, done.stderr
+        assert "sw0rd" not in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_state_url_is_a_secret_and_must_be_postgresql(cli: Callable[..., Any], tmp_path: Path) -> None:
     shown = cli("--backend", "sim", "config", env={"VM_PROVIDER_SERVER_STATE_URL": "postgresql://u:pw-123@db/state"})
     assert shown.returncode == 0, shown.stderr

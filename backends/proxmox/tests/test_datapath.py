@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,11 @@ from typing import Any
 import grpc
 import pytest
 from pvenode import PveNode
+from vm_provider_proxmox.node import NodeShell
+from vm_provider_proxmox.settings import ProxmoxSettings
 from vmp_testplugins.sshd import keygen, sshd_unavailable
 
+from provider_core import Unavailable
 from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
 
@@ -288,3 +292,41 @@ def test_the_nodes_own_error_is_reported(dp: Any, pve: Any, node: PveNode, claim
     assert "dd on node pve1" in message
     assert "Is a directory" in message
     assert not (node.root / "cloud/import/blocked.raw").exists()
+
+
+def test_an_image_that_reads_other_files_of_the_node_is_refused(dp: Any, pve: Any, node: PveNode, claims: Path) -> None:
+    """A qcow2 with a backing file or an external data file, or a vmdk whose
+    extent is another file, would hand a VM made from it the bytes of a file
+    of the node (another VM's disk): refused, and nothing stays."""
+    victim = make_disk(node, pve)
+    backed = claims / "mig/backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(victim), "-F", "qcow2", str(backed)], check=True)
+    external = claims / "mig/external.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={victim}", str(external), "64M"], check=True)
+    flat = claims / "mig/flat.vmdk"
+    flat.write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+        f'RW 131072 FLAT "{victim}" 0\n'
+        'ddb.adapterType = "ide"\n'
+    )
+    for name, fmt, said in [
+        ("backed.qcow2", "qcow2", "backing file"),
+        ("external.qcow2", "qcow2", "data file"),
+        ("flat.vmdk", "vmdk", "extent"),
+    ]:
+        code, message = fails(lambda name=name, fmt=fmt: import_(dp, f"pvc://mig/{name}", "stolen", fmt, backend_type="pvc"))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+        assert "source_url" in message
+        assert said in message
+    imports = node.root / "cloud/import"
+    assert not imports.exists() or list(imports.iterdir()) == []
+
+
+def test_a_command_that_never_exits_fails_within_the_timeout(settings: dict[str, Any], node: PveNode) -> None:
+    """A command on the node that closed its output but does not exit is
+    not waited for longer than task_timeout_seconds."""
+    shell = NodeShell(ProxmoxSettings(**{**settings, **node.settings(), "task_timeout_seconds": 1}))
+    started = time.monotonic()
+    with shell.session("pve1") as session, pytest.raises(Unavailable, match="did not exit within 1s"):
+        session.status(["sh", "-c", "exec >&- 2>&-; sleep 6"])
+    assert time.monotonic() - started < 5

@@ -191,6 +191,22 @@ def test_what_a_running_hotplug_vm_cannot_take(provider: Any, ops_for: Any, sett
     assert (int(config["cores"]), int(config["vcpus"]), int(config["memory"])) == (5, 5, 2100)
 
 
+def test_a_hugepages_vm_grows_by_its_own_dimms(provider: Any, ops_for: Any, settings: dict[str, Any], pve: Any) -> None:
+    """With 1 GiB hugepages qemu-server plugs DIMMs of 1024 MiB above 1024
+    MiB per socket (Memory.pm): 2560 MiB is not reachable online there."""
+    ops = ops_for(provider({**settings, "cpu_memory_hotplug": True}))
+    vm = ops.create("hp-4", class_json={"CPU": 2, "MemoryMiB": 2048})
+    config = pve.vm(int(vm)).config
+    config["hugepages"] = "1024"
+    ops.power(vm, pb.POWER_OP_ON)
+    code, message = ops.fails(lambda: reconfigure(ops, vm, {"Class": {"MemoryMiB": 2560}}))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, message
+    assert "2560 MiB is not reachable online, 2048 or 3072 MiB are" in message
+    apply(ops, vm, {"Class": {"MemoryMiB": 3072}})
+    assert int(config["memory"]) == 3072
+    assert not pve.vm(int(vm)).pending
+
+
 def test_without_hotplug_cpu_and_memory_wait(ops: Any, pve: Any) -> None:
     assert not online(ops)
     vm = ops.create("hp-3", class_json={"CPU": 1, "MemoryMiB": 2048})

@@ -22,7 +22,7 @@ libpve-storage-perl takes disk images there (8.3.6 and later), as
 writes the bytes into a hidden ``.part`` file beside the target on the node;
 the node then verifies them (``sha256sum`` against what was received, and
 ``qemu-img info`` and ``qemu-img check``: the format must be the one asked
-for, the image sound) before renaming it into place. Any failure removes
+for, the image sound and reading no other file of the node) before renaming it into place. Any failure removes
 the ``.part`` file. The volume id is the answer's ``disk_id`` and ``path``:
 Create takes it as image_json ``Path`` and attaches a copy of it to the new
 VM through the API (``import-from``). A target already there is taken when
@@ -145,16 +145,35 @@ def _verify(node: Session, path: str, fmt: str, sha256: str) -> None:
     if on_node != sha256:
         raise FailedPrecondition(f"the file written on {node.where} has sha256 {on_node}, not {sha256} as received")
     try:
-        found = json.loads(node.run(["qemu-img", "info", "--output=json", path])).get("format", "")
+        info = json.loads(node.run(["qemu-img", "info", "--output=json", path]))
     except CommandFailed as exc:
         raise InvalidArgument.field("source_url", f"holds no image qemu-img can open: {exc}") from None
+    found = info.get("format", "")
     if found != fmt:
         raise InvalidArgument.field("format", f"says {fmt}, but the image from source_url is {found or 'unknown'}")
+    elsewhere = _reads_elsewhere(info)
+    if elsewhere:
+        raise InvalidArgument.field("source_url", f"holds a {fmt} image that reads another file of the node ({elsewhere})")
     try:
         node.run(["qemu-img", "check", "-q", "-f", fmt, path])
     except CommandFailed as exc:
         if exc.status not in CHECK_PASSES:
             raise InvalidArgument.field("source_url", f"holds a damaged {fmt} image: {exc}") from None
+
+
+def _reads_elsewhere(info: dict[str, Any]) -> str:
+    """What of an image (``qemu-img info``'s answer) reads another file than
+    itself: a backing file, a qcow2 external data file, a vmdk extent. A VM
+    made from such an image would read that file of the node (another VM's
+    disk, say); "" when none."""
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        return "a backing file"
+    data = (info.get("format-specific") or {}).get("data") or {}
+    if data.get("data-file"):
+        return "an external data file"
+    if any(extent.get("filename") != info.get("filename") for extent in data.get("extents") or ()):
+        return "an extent in another file"
+    return ""
 
 
 def _existing(node: Session, volid: str, path: str, expected: str) -> ImportResult:

@@ -14,7 +14,8 @@ src/PVE/QemuServer/Memory.pm):
   static memory (it needs at least that, and ``numa=1``: "NUMA needs to be
   enabled for memory hotplug", Memory.pm ``config``) and the rest in DIMMs:
   32 of 512 MiB, then 32 of 1024 MiB, doubling every 32 (Memory.pm
-  ``foreach_dimm``). Growth plugs whole DIMMs, so a running VM reaches only
+  ``foreach_dimm``); with ``hugepages=1024`` the static memory is 1024 MiB
+  per socket and the DIMMs start at 1024 MiB. Growth plugs whole DIMMs, so a running VM reaches only
   those sizes. Shrinking unplugs DIMMs, which needs the guest to let go of
   them; the backend does not try it.
 
@@ -76,10 +77,12 @@ def applied_online(key: str, config: dict[str, Any]) -> bool:
     return (key == "vcpus" and cpu_hotplug(config)) or (key == "memory" and memory_hotplug(config))
 
 
-def dimm_sizes(upto: int) -> list[int]:
-    """The memory sizes (MiB) a memory-hotplug VM reaches by plugging DIMMs,
-    up to the first at or above ``upto``."""
-    sizes, size, dimm = [STATIC_MIB], STATIC_MIB, 512
+def dimm_sizes(upto: int, config: Mapping[str, Any]) -> list[int]:
+    """The memory sizes (MiB) a memory-hotplug VM (``config``) reaches by
+    plugging DIMMs, up to the first at or above ``upto``."""
+    gib_pages = str(config.get("hugepages", "")) == "1024"
+    static = STATIC_MIB * (int(config.get("sockets", 1) or 1) if gib_pages else 1)
+    sizes, size, dimm = [static], static, 1024 if gib_pages else 512
     for _ in range(8):
         for _ in range(32):
             if size >= upto:
@@ -176,7 +179,7 @@ def online_refusals(config: Mapping[str, Any], changes: dict[str, Any]) -> dict[
             out["memory"] = "memory hotplug needs the VM created with hotplug=memory and numa=1 (settings cpu_memory_hotplug)"
         elif want < have:
             out["memory"] = f"shrinking memory of a running VM ({have} -> {want} MiB) is not done online; power it off"
-        elif want not in (sizes := dimm_sizes(want)):
+        elif want not in (sizes := dimm_sizes(want, config)):
             below = max(s for s in sizes if s < want)
             out["memory"] = f"memory hotplug adds whole DIMMs: {want} MiB is not reachable online, {below} or {sizes[-1]} MiB are"
     return out

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import paramiko
 
-from provider_core import FailedPrecondition, ProviderError
+from provider_core import FailedPrecondition, ProviderError, Unavailable
 
 from .errors import from_ssh
 from .settings import ProxmoxSettings
@@ -108,6 +108,9 @@ class Session:
         return channel
 
     def _finish(self, channel: paramiko.Channel, argv: list[str], check: bool) -> int:
+        if not channel.status_event.wait(self.timeout):  # recv_exit_status would wait for ever
+            channel.close()
+            raise Unavailable(f"{argv[0]} on {self.where} did not exit within {self.timeout:g}s (task_timeout_seconds)")
         status = int(channel.recv_exit_status())
         err = b""
         while channel.recv_stderr_ready():

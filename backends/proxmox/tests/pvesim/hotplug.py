@@ -10,12 +10,14 @@ holds ``cpu``, ``memory`` when it holds ``memory``):
 - ``memory`` in DIMMs above 1024 MiB of static memory: 32 of 512 MiB, then
   32 of 1024 MiB, doubling (src/PVE/QemuServer/Memory.pm,
   ``qemu_memory_hotplug`` and ``foreach_dimm``), so the VM ends at the
-  first DIMM boundary at or above the asked size. Memory hotplug needs
+  first DIMM boundary at or above the asked size; with ``hugepages=1024``
+  the static memory is 1024 MiB per socket and the DIMMs start at 1024 MiB
+  (the same functions). Memory hotplug needs
   ``numa=1`` (Memory.pm ``config``: a VM without it does not start; here
   its change stays pending).
 
 Left out: the host's maximum memory (from its physical address bits),
-hugepages, custom NUMA nodes, and the guest refusing to unplug.
+custom NUMA nodes, and the guest refusing to unplug.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ def _features(config: dict[str, Any]) -> set[str]:
     return {"network", "disk", "usb"} if value in ("1", "") else set(value.split(",")) - {"0"}
 
 
-def _dimm_boundary(mib: int) -> int:
-    size, dimm = 1024, 512
+def _dimm_boundary(mib: int, config: dict[str, Any]) -> int:
+    gib_pages = str(config.get("hugepages", "")) == "1024"
+    size = 1024 * int(config.get("sockets", 1)) if gib_pages else 1024
+    dimm = 1024 if gib_pages else 512
     for _ in range(8):
         for _ in range(32):
             if size >= mib:
@@ -66,5 +70,5 @@ class Hotplug:
                 vm.config["vcpus"] = vm.pending.pop("vcpus")
         if "memory" in hot and str(vm.config.get("numa", "0")) == "1" and vm.pending.get("memory") is not None:
             asked = int(str(vm.pending.pop("memory")).split("=")[-1])
-            vm.config["memory"] = str(_dimm_boundary(asked))
+            vm.config["memory"] = str(_dimm_boundary(asked, vm.config))
         return self.layer.relay(up)
