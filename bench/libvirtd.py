@@ -1,9 +1,9 @@
 """What the benchmarks on the real libvirt daemon share: the test bed's own
 (``testbed/libvirtd.sh start``), never the machine's ``qemu:///system``.
 
-- The provider as users run it: ``vm-provider --backend libvirt`` in a
-  subprocess, on 127.0.0.1, settings from the environment
-  (:func:`start_provider`).
+- The provider as users run it: ``vm-provider --backend libvirt`` (or
+  another backend) in a subprocess, on 127.0.0.1, settings from the
+  environment (:func:`start_provider`).
 - The bare side: what ListVMs and Describe answer, read with plain
   libvirt-python (:func:`bare_list`, :func:`bare_describe`), and a bare gRPC
   server (grpc's thread pool, in a process of its own) doing
@@ -234,20 +234,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_provider(work: Path, settings: dict[str, str], loopback_urls: bool = False) -> tuple[subprocess.Popen[bytes], str]:
-    """``vm-provider --backend libvirt`` on a free port of 127.0.0.1, with
-    ``settings`` as ``VM_PROVIDER_LIBVIRT_<SETTING>``; returned once its
-    health says SERVING (its libvirt connection is open then).
-    ``loopback_urls``: its plugins.toml allows URLs on 127.0.0.1 (``[server]
-    allow_addresses``), where the benchmarks' HTTP sink listens."""
+def start_provider(
+    work: Path, settings: dict[str, str], loopback_urls: bool = False, backend: str = "libvirt"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``vm-provider --backend <backend>`` on a free port of 127.0.0.1, with
+    ``settings`` as ``VM_PROVIDER_<BACKEND>_<SETTING>`` (libvirt's ``uri``
+    defaults to the test bed's daemon); returned once its health says
+    SERVING (its backend's connection is open then). ``loopback_urls``: its
+    plugins.toml allows URLs on 127.0.0.1 (``[server] allow_addresses``),
+    where the benchmarks' HTTP and S3 servers listen."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "plugins.toml"
     config.write_text('[server]\nallow_addresses = ["loopback"]\n' if loopback_urls else "")
     port = free_port()
     env = {**os.environ, "VM_PROVIDER_SERVER_STATE_DIR": str(work / "state")}
-    env.update({f"VM_PROVIDER_LIBVIRT_{k.upper()}": v for k, v in {"uri": URI, **settings}.items()})
+    table = {"uri": URI, **settings} if backend == "libvirt" else settings
+    env.update({f"VM_PROVIDER_{backend.upper()}_{k.upper()}": v for k, v in table.items()})
     exe = Path(sys.executable).with_name("vm-provider")
-    cmd = [str(exe), "--backend", "libvirt", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+    cmd = [str(exe), "--backend", backend, "--config", str(config), "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, env=env, cwd=work)
     address = f"127.0.0.1:{port}"
     end = time.monotonic() + 60
