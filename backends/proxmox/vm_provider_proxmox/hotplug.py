@@ -32,7 +32,6 @@ from typing import Any
 
 from provider_core.specs import VMClass
 
-from . import vmconfig
 from .settings import ProxmoxSettings
 
 #: Memory a memory-hotplug VM starts with before any DIMM (Memory.pm ``$STATICMEM``).
@@ -59,8 +58,8 @@ def vcpus(config: Mapping[str, Any]) -> int:
 
 def memory_mib(config: Mapping[str, Any]) -> int:
     """``memory`` is ``[current=]<MiB>`` (512 when unset)."""
-    head, opts = vmconfig.parse_options(str(config.get("memory", "512")))
-    return int(opts.get("current") or head)
+    value = str(config.get("memory", "512")).strip()
+    return int(value.removeprefix("current="))
 
 
 def cpu_hotplug(config: Mapping[str, Any]) -> bool:
@@ -128,29 +127,6 @@ def hot_config(
         out["numa"] = (1, f"{origin}.MemoryHotAddEnabled")
     out["hotplug"] = (",".join(hot), origin)
     return out
-
-
-def cpu_change(settings: ProxmoxSettings, config: Mapping[str, Any], cpu: int, origin: str) -> vmconfig.Built:
-    """The keys that give an existing VM (``config``) ``cpu`` vCPUs:
-    ``vcpus`` within its maximum when it has CPU hotplug (beyond it: a new
-    maximum in ``cores``, which needs a restart); else ``cores`` of one
-    socket."""
-    b = vmconfig.Built()
-    if cpu_hotplug(config):
-        if cpu > max_vcpus(config):
-            b.set("cores", plan_cpu(settings, cpu), origin)
-            if int(config.get("sockets", 1) or 1) != 1:
-                b.set("sockets", 1, origin)
-        if cpu != vcpus(config) or "cores" in b.config:
-            b.set("vcpus", cpu, origin)
-        return b
-    if max_vcpus(config) != cpu:
-        b.set("cores", cpu, origin)
-        if int(config.get("sockets", 1) or 1) != 1:
-            b.set("sockets", 1, origin)
-    if config.get("vcpus") and int(config["vcpus"]) != cpu:
-        b.set("vcpus", cpu, origin)
-    return b
 
 
 def online_refusals(config: Mapping[str, Any], changes: dict[str, Any]) -> dict[str, str]:

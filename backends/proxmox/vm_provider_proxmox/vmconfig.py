@@ -191,7 +191,7 @@ def class_config(
     b = Built()
     cores = vm_class.cpu or (settings.default_cores if new else None)
     if cores is not None and current is not None:
-        b.update(hotplug.cpu_change(settings, current, cores, f"{field_name}.CPU"))
+        b.update(cpu_change(settings, current, cores, f"{field_name}.CPU"))
     elif cores is not None:
         b.set("cores", cores, f"{field_name}.CPU")
         if new:
@@ -299,3 +299,26 @@ def same_net(current: str, wanted: str) -> bool:
     if "macaddr" in want and want["macaddr"].lower() != cur.get("macaddr", "").lower():
         return False
     return all(cur.get(k) == want.get(k) for k in ("bridge", "tag"))
+
+
+def cpu_change(settings: ProxmoxSettings, config: Mapping[str, Any], cpu: int, origin: str) -> Built:
+    """The keys that give an existing VM (``config``) ``cpu`` vCPUs:
+    ``vcpus`` within its maximum when it has CPU hotplug (beyond it: a new
+    maximum in ``cores``, which needs a restart); else ``cores`` of one
+    socket."""
+    b = Built()
+    if hotplug.cpu_hotplug(config):
+        if cpu > hotplug.max_vcpus(config):
+            b.set("cores", hotplug.plan_cpu(settings, cpu), origin)
+            if int(config.get("sockets", 1) or 1) != 1:
+                b.set("sockets", 1, origin)
+        if cpu != hotplug.vcpus(config) or "cores" in b.config:
+            b.set("vcpus", cpu, origin)
+        return b
+    if hotplug.max_vcpus(config) != cpu:
+        b.set("cores", cpu, origin)
+        if int(config.get("sockets", 1) or 1) != 1:
+            b.set("sockets", 1, origin)
+    if config.get("vcpus") and int(config["vcpus"]) != cpu:
+        b.set("vcpus", cpu, origin)
+    return b
