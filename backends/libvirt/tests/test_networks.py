@@ -94,22 +94,33 @@ def foreign_with_macs(harness: ProviderHarness, name: str, macs: list[str]) -> N
 
 
 def draws(seed: int, count: int) -> list[str]:
-    random.seed(seed)
-    return [domxml.random_mac() for _ in range(count)]
+    """The first ``count`` MACs ``domxml.random_mac`` draws from a generator seeded with ``seed``."""
+    rng = random.Random(seed)
+    return ["52:54:00:" + ":".join(f"{b:02x}" for b in rng.getrandbits(24).to_bytes(3, "big")) for _ in range(count)]
 
 
-def test_new_macs_avoid_every_mac_on_the_host(harness: ProviderHarness, make_vm: Callable[..., Any]) -> None:
-    first, second, third, fourth = draws(7, 4)
+def drawing(monkeypatch: pytest.MonkeyPatch, macs: list[str]) -> None:
+    """``domxml.random_mac`` draws ``macs`` in order, whatever else in the
+    process draws random numbers meanwhile (request ids do)."""
+    queue = iter(macs)
+    monkeypatch.setattr(domxml, "random_mac", lambda: next(queue))
+
+
+def test_new_macs_avoid_every_mac_on_the_host(
+    harness: ProviderHarness, make_vm: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = draws(7, 6)
+    first, second, third, fourth = drawn[:4]
     # Another domain already has the first two MACs the generator will draw.
     foreign_with_macs(harness, "neighbour", [first, second.upper()])
-    random.seed(7)
+    drawing(monkeypatch, drawn[:4])
     vm_id = make_vm("fresh", networks_json=[{"NetworkName": "default"}, {"NetworkName": "default"}])
     macs = [n.find("mac").get("address") for n in interfaces(harness, vm_id)]  # type: ignore[union-attr]
     assert macs == [third, fourth]
     # A clone's new MACs avoid them all too, its source's included.
     harness.wait(harness.stub.Power(pb.PowerRequest(id=vm_id, op=pb.POWER_OP_OFF)).task)
-    random.seed(7)
+    drawing(monkeypatch, drawn)
     clone = harness.stub.Clone(pb.CloneRequest(source_vm_id=vm_id, target_name="twin"))
     harness.wait(clone.task)
     cloned = [n.find("mac").get("address") for n in interfaces(harness, clone.target_vm_id)]  # type: ignore[union-attr]
-    assert cloned == draws(7, 6)[4:]
+    assert cloned == drawn[4:]
