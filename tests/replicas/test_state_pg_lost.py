@@ -13,7 +13,11 @@ import time
 
 import psycopg
 import pytest
+from vmp_testplugins.memory import MemoryBackend, MemorySettings
 
+from provider_core import operations
+from provider_core.metrics import Metrics
+from provider_core.runtime import Runtime
 from provider_core.state_pg import PostgresStore, _PgHold, lock_id
 
 SCOPE = "test:///lost"
@@ -144,3 +148,50 @@ async def test_a_lock_lost_since_the_last_heartbeat_is_caught_when_the_task_ends
         await hold.release()
     finally:
         await store.close()
+
+
+async def test_through_the_runtime_the_client_learns_of_the_loss(database: str) -> None:
+    """A Create whose background work runs while its VM's lock is lost to
+    another session: the work ends well, its task reports the loss, and the
+    metric counts it."""
+    backend = MemoryBackend(MemorySettings(background=True))
+    store = PostgresStore(database, scope=SCOPE, lease=LEASE, pool_size=4)
+    metrics = Metrics("memory")
+    runtime = Runtime(backend, "memory", store=store, metrics=metrics)
+    await store.open()
+    try:
+        assert await runtime.connect()
+        backend.gate.clear()  # the work waits inside the backend
+        _, task_id = await runtime.call(operations.CREATE, {"name": "slow-d"}, timeout=30)
+        assert task_id
+        await just_beaten(database, store)
+        key = lock_id(SCOPE, "slow-d")
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as other:
+            cur = await other.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+                " AND ((classid::bigint << 32) | objid::bigint) = %s",
+                (key,),
+            )
+            holder = await cur.fetchone()
+            assert holder is not None
+            await other.execute("SELECT pg_terminate_backend(%s, 5000), pg_advisory_lock(%s)", (holder[0], key))
+            deadline = time.monotonic() + 3 * LEASE
+            lost = ("vm_provider_state_locks_lost_total", {"outcome": "taken_by_another"})
+            while metrics.registry is not None and not metrics.registry.get_sample_value(lost[0], lost[1]):
+                assert time.monotonic() < deadline, "the lost lock went unnoticed"
+                await asyncio.sleep(0.1)
+            state = await runtime.task_status(task_id, timeout=5)
+            assert not state.done  # the work still runs: a client told it ended would go on
+            await other.execute("SELECT pg_advisory_unlock_all()")
+        backend.gate.set()
+        deadline = time.monotonic() + 10
+        while not (state := await runtime.task_status(task_id, timeout=5)).done:
+            assert time.monotonic() < deadline, "the task did not end"
+            await asyncio.sleep(0.1)
+        assert "slow-d" in backend.vms  # the work itself went well
+        assert "lock of VM slow-d was lost" in state.error
+        assert metrics.registry is not None
+        assert metrics.registry.get_sample_value("vm_provider_tasks_failed_total", {"kind": "create"}) == 1.0
+    finally:
+        backend.gate.set()
+        await runtime.drain(5.0)  # closes the store
