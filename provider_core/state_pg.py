@@ -502,10 +502,13 @@ class PostgresStore(StateStore):
 
     async def _check_holds(self) -> None:
         """Every hold's locks still held, taken again, or reported lost."""
-        results = await asyncio.gather(*(hold.check() for hold in list(self._holds)), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, (psycopg.Error, PoolTimeout)):
-                raise result
+        holds = list(self._holds)
+        results = await asyncio.gather(*(hold.check() for hold in holds), return_exceptions=True)
+        for hold, result in zip(holds, results, strict=True):
+            # A database error is tried again at the next beat; anything else
+            # is logged, never raised: the heartbeat goes on.
+            if isinstance(result, Exception) and not isinstance(result, (psycopg.Error, PoolTimeout)):
+                log.error("checking the lock of VM %s failed", ", ".join(hold.keys.values()), exc_info=result)
 
     # -- locks -----------------------------------------------------------------
 
