@@ -141,6 +141,8 @@ class Metrics(NoMetrics):
             ("outcome",),
             registry=registry,
         )
+        for outcome in ("retaken", "taken_by_another"):  # served from 0, so that increase() sees the first
+            self._locks_lost.labels(outcome)
         self._calls = Histogram(
             "vm_provider_hypervisor_call_duration_seconds",
             "Time of a backend call into the hypervisor",
