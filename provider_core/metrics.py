@@ -11,6 +11,7 @@ server, on a registry of its own (two servers in one process count apart):
 ``vm_provider_tasks_running``                  gauge     background tasks running, by ``kind``
 ``vm_provider_tasks_finished_total``           counter   background tasks ended (failed or not), by ``kind``
 ``vm_provider_tasks_failed_total``             counter   background tasks ended with an error, by ``kind``
+``vm_provider_state_locks_lost_total``          counter   per-VM locks whose database session ended while held, by ``outcome``
 ``vm_provider_hypervisor_call_duration_seconds`` histogram backend calls into the hypervisor, by ``operation``
 ``vm_provider_hypervisor_errors_total``        counter   those that failed, by ``operation`` and mapped ``code``
 ``vm_provider_hypervisor_reachable``           gauge     1 while the backend is connected, else 0
@@ -22,6 +23,10 @@ service discovery adds ``service``, ``namespace``, ``pod``, ``container``,
 ``endpoint``; every scrape ``job`` and ``instance``): a clash would rename
 the provider's label to ``exported_<name>``. So the gRPC service is
 ``grpc_service``, as go-grpc-prometheus names it.
+
+A lost lock's ``outcome`` is ``retaken`` (nobody took it meanwhile) or
+``taken_by_another`` (another session got it first: its task ends failed;
+see docs/replicas.md).
 
 A hypervisor ``operation`` is the backend method the core calls
 (``describe``, ``create``, ``ping``...); the background work an operation
@@ -97,6 +102,9 @@ class NoMetrics:
     def reachable(self, value: bool) -> None:
         """Whether the backend is connected."""
 
+    def lock_lost(self, retaken: bool) -> None:
+        """A held per-VM lock lost its database session: taken again, or not."""
+
     def timed(self, operation: str, fn: Callable[..., T], code: Callable[[BaseException], str]) -> Callable[..., T]:
         """``fn``, its duration and failures recorded as the hypervisor
         call ``operation`` (``code`` names an exception's status code)."""
@@ -127,6 +135,14 @@ class Metrics(NoMetrics):
         self._tasks_failed = Counter(
             "vm_provider_tasks_failed", "Background tasks ended with an error", ("kind",), registry=registry
         )
+        self._locks_lost = Counter(
+            "vm_provider_state_locks_lost",
+            "Per-VM locks whose database session ended while held, taken again or by another session first",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in ("retaken", "taken_by_another"):  # served from 0, so that increase() sees the first
+            self._locks_lost.labels(outcome)
         self._calls = Histogram(
             "vm_provider_hypervisor_call_duration_seconds",
             "Time of a backend call into the hypervisor",
@@ -172,6 +188,9 @@ class Metrics(NoMetrics):
 
     def reachable(self, value: bool) -> None:
         self._reachable.set(1 if value else 0)
+
+    def lock_lost(self, retaken: bool) -> None:
+        self._child(self._locks_lost, "retaken" if retaken else "taken_by_another").inc()
 
     def timed(self, operation: str, fn: Callable[..., T], code: Callable[[BaseException], str]) -> Callable[..., T]:
         histogram = self._child(self._calls, operation)

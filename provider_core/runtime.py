@@ -33,7 +33,16 @@ from . import calls, deadline, urls
 from .backend import Backend, Outcome
 from .capabilities import REFINES, Offer
 from .config import env_prefix
-from .errors import CapabilityMissing, FailedPrecondition, Internal, InvalidArgument, NotFound, ProviderError, Unavailable
+from .errors import (
+    Aborted,
+    CapabilityMissing,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ProviderError,
+    Unavailable,
+)
 from .metrics import NoMetrics
 from .models import Request, TaskState
 from .operations import TASK_STATUS, Operation
@@ -138,6 +147,7 @@ class Runtime:
         self._on_health: list[Callable[[bool], None]] = []
         self._settling: set[asyncio.Task[None]] = set()
         self.store.on_health(lambda _: self._tell_health())
+        self.store.on_lock_lost(self.metrics.lock_lost)
 
     # -- threads --------------------------------------------------------------
 
@@ -421,8 +431,10 @@ class Runtime:
                 failure = Internal(internal_error(exc, f"task {op.kind}"))
             error = "" if failure is None else (str(failure) or type(failure).__name__)
             # Recorded before the VM is let go: whoever locks it next finds the task ended.
+            recorded = await self.store.finish(task_id, error, kind=op.kind, subject=subject, hold=held.shared)
+            if recorded != error:  # the VM's lock was lost to another operation meanwhile
+                error, failure = recorded, Aborted(recorded)
             self.metrics.task_finished(op.kind, failed=bool(error))
-            await self.store.finish(task_id, error, kind=op.kind, subject=subject, hold=held.shared)
         finally:
             await self._release(held)
             self._running.pop(task_id, None)

@@ -50,9 +50,19 @@ class StateStore:
     def __init__(self) -> None:
         self.healthy = True
         self._on_health: list[Callable[[bool], None]] = []
+        self._on_lock_lost: list[Callable[[bool], None]] = []
 
     def on_health(self, callback: Callable[[bool], None]) -> None:
         self._on_health.append(callback)
+
+    def on_lock_lost(self, callback: Callable[[bool], None]) -> None:
+        """``callback(retaken)`` hears of each held lock whose session ended
+        while its operation ran: taken again (True) or by someone else first."""
+        self._on_lock_lost.append(callback)
+
+    def _lock_lost(self, *, retaken: bool) -> None:
+        for callback in self._on_lock_lost:
+            callback(retaken)
 
     def _set_healthy(self, value: bool, why: str = "") -> None:
         if value == self.healthy:
@@ -87,12 +97,13 @@ class StateStore:
         through it)."""
         raise NotImplementedError
 
-    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> None:
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> str:
         """Record a task's end (``error`` empty: success); ``kind`` and
         ``subject`` make the record if its start never reached the store;
         ``hold`` is what the task holds, let go once the end is recorded
         (a store may do both at once). Never raises: an end the store
-        cannot take now is kept and written later."""
+        cannot take now is kept and written later. Returns the error
+        recorded: ``error``, or more (a lock lost while the task ran)."""
         raise NotImplementedError
 
     async def get(self, task_id: str) -> TaskState | None:
@@ -117,8 +128,9 @@ class LocalStore(StateStore):
     async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
         return self.registry.start(kind, subject)
 
-    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> None:
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> str:
         self.registry.finish(task_id, error)
+        return error
 
     async def get(self, task_id: str) -> TaskState | None:
         return self.registry.get(task_id)

@@ -16,6 +16,10 @@ Per-VM locks are session-level advisory locks (``pg_advisory_lock``) on a
 64-bit hash of the VM's lock key and the endpoint, taken on a pooled
 connection held for as long as the operation and its background work
 run: when a replica dies its sessions end and its locks go with them.
+A session can also end under a live replica (a database restart, a cut
+connection), its locks silently freed: each heartbeat checks the holds'
+connections, takes lost locks again on a new one, and fails the task of a
+lock another session took first (:meth:`_PgHold.check`).
 
 When the database cannot be reached, calls that need it raise Unavailable
 and ``healthy`` turns false until a heartbeat gets through again; a task's
@@ -117,15 +121,29 @@ def lock_id(scope: str, key: str) -> int:
 class _PgHold(Hold):
     """Advisory locks on one connection. Keys added are locked with the
     task's record (:meth:`insert`); a key someone else holds already is not
-    waited for (a new VM's id: nobody else can know it yet)."""
+    waited for (a new VM's id: nobody else can know it yet).
 
-    def __init__(self, store: PostgresStore, pool: Any, conn: Any) -> None:
+    The store checks every hold at each heartbeat (:meth:`check`): a
+    session that ended (a database restart, a cut connection) has lost its
+    locks without a word, so they are taken again on a new connection, and
+    a lock another session took meanwhile marks the hold :attr:`lost`."""
+
+    def __init__(self, store: PostgresStore, pool: Any, conn: Any, keys: Sequence[str]) -> None:
         self._store = store
         self._pool = pool
         self.conn = conn
         self.pending: list[str] = []
         self.unlocked = False
         self._released = False
+        self.keys = {lock_id(store.scope, key): key for key in keys}
+        """The keys held, by advisory lock number."""
+        self.missing: list[int] = []
+        """Lock numbers not held since a session ended, taken again at each heartbeat."""
+        self.sessions = {conn.info.backend_pid}
+        """The server processes of this hold's connections, past ones included."""
+        self.task_id = ""
+        self.lost = ""
+        """Why the task cannot be trusted: another session took a lock of its VM."""
 
     async def add(self, key: str) -> None:
         self.pending.append(key)
@@ -134,12 +152,14 @@ class _PgHold(Hold):
         """Insert a task row, locking the pending keys in the same statement
         (one round trip: each costs a scheduling of the server's process)."""
         keys, self.pending = self.pending, []
+        ids = [lock_id(self._store.scope, key) for key in keys]
+        self.keys.update(zip(ids, keys, strict=True))
         marks = ", ".join(["%s"] * len(params))
         async with self._store.failing():
             await self.conn.execute(
                 f"INSERT INTO vmp_tasks ({columns}) SELECT {marks}"  # noqa: S608 - our own column names and placeholders
                 " FROM (SELECT count(pg_try_advisory_lock(k)) FROM unnest(%s::bigint[]) AS k) AS locked",
-                (*params, [lock_id(self._store.scope, key) for key in keys]),
+                (*params, ids),
             )
 
     async def end(self, statement: str, params: tuple[Any, ...]) -> None:
@@ -150,10 +170,65 @@ class _PgHold(Hold):
             await self.conn.execute(f"WITH ended AS ({statement} RETURNING 1) SELECT pg_advisory_unlock_all() FROM ended", params)  # noqa: S608 - our own statement
         self.unlocked = True
 
+    async def check(self) -> None:
+        """Whether the locks are still held: their connection answers. When
+        it does not, its session (and so every lock it held) may be gone:
+        the locks are taken again, without waiting, on a new connection. A
+        lock held by a session of someone else's marks the hold lost (an
+        ERROR, counted); one still held by this hold's own old session (a
+        server that has not noticed the cut yet) is tried again at the next
+        heartbeat, as is any lock not got."""
+        if self._released or self.unlocked:
+            return
+        try:
+            await self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            await self._reconnect()
+        if not self.missing:
+            return
+        cur = await self.conn.execute(
+            "SELECT k, pg_try_advisory_lock(k), array(SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory'"
+            " AND l.objsubid = 1 AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = k)"
+            " FROM unnest(%s::bigint[]) AS k",
+            (self.missing,),
+        )
+        rows = await cur.fetchall()
+        self.missing = [k for k, got, _ in rows if not got]
+        taken = sorted(self.keys[k] for k, got, pids in rows if not got and set(pids) - self.sessions)
+        task = self.task_id or "none yet"
+        if taken and not self.lost:
+            self.lost = (
+                f"the lock of VM {', '.join(taken)} was lost while this task ran (its database session ended)"
+                " and another replica took it: two operations may have changed the VM at once; check its state"
+            )
+            log.error("lock of VM %s lost: another session took it while task %s ran", ", ".join(taken), task)
+            self._store._lock_lost(retaken=False)
+        elif not self.missing and not self.lost:
+            keys = ", ".join(self.keys.values())
+            log.warning("lock of VM %s taken again after its database session ended (task %s)", keys, task)
+            self._store._lock_lost(retaken=True)
+
+    async def _reconnect(self) -> None:
+        """The hold's connection for a new one of the store's current pool;
+        every lock is missing."""
+        old, old_pool = self.conn, self._pool
+        await old.close()
+        pool = self._store.pool
+        new = await pool.getconn()
+        if self._released:  # let go meanwhile: the old connection is release's
+            await pool.putconn(new)
+            return
+        self.conn, self._pool = new, pool
+        self.sessions.add(new.info.backend_pid)
+        self.missing = list(self.keys)
+        log.warning("the database session holding the lock of VM %s ended; taking it again", ", ".join(self.keys.values()))
+        await old_pool.putconn(old)
+
     async def release(self) -> None:
         if self._released:
             return
         self._released = True
+        self._store._holds.discard(self)
         unlocked = self.unlocked
         try:
             if not unlocked:
@@ -195,6 +270,8 @@ class PostgresStore(StateStore):
         self._closing: set[asyncio.Future[None]] = set()
         self._unsaved: dict[str, tuple[str, str, str]] = {}
         """Ends of tasks not written yet: id -> (error, kind, subject)."""
+        self._holds: set[_PgHold] = set()
+        """Holds not released yet, checked at each heartbeat."""
 
     def _connection_options(self) -> dict[str, Any]:
         """libpq parameters of every connection. TCP keepalives both ways,
@@ -420,6 +497,18 @@ class PostgresStore(StateStore):
             self._set_healthy(True)
             with contextlib.suppress(psycopg.Error, PoolTimeout):  # kept for the next beat
                 await self._flush()
+            with contextlib.suppress(psycopg.Error, PoolTimeout, TimeoutError):  # checked again at the next beat
+                await self._within(self._check_holds())
+
+    async def _check_holds(self) -> None:
+        """Every hold's locks still held, taken again, or reported lost."""
+        holds = list(self._holds)
+        results = await asyncio.gather(*(hold.check() for hold in holds), return_exceptions=True)
+        for hold, result in zip(holds, results, strict=True):
+            # A database error is tried again at the next beat; anything else
+            # is logged, never raised: the heartbeat goes on.
+            if isinstance(result, Exception) and not isinstance(result, (psycopg.Error, PoolTimeout)):
+                log.error("checking the lock of VM %s failed", ", ".join(hold.keys.values()), exc_info=result)
 
     # -- locks -----------------------------------------------------------------
 
@@ -434,7 +523,9 @@ class PostgresStore(StateStore):
                 await conn.close()  # a lock it may have got ends with the session
                 await pool.putconn(conn)
                 raise
-        return _PgHold(self, pool, conn)
+        hold = _PgHold(self, pool, conn, keys)
+        self._holds.add(hold)
+        return hold
 
     # -- task records ----------------------------------------------------------
 
@@ -442,6 +533,7 @@ class PostgresStore(StateStore):
         task_id = PREFIX + uuid.uuid4().hex
         params = (task_id, kind, subject, self.replica)
         if isinstance(hold, _PgHold):  # the connection the operation holds: no second one
+            hold.task_id = task_id
             await hold.insert("id, kind, subject, owner", params)
             return task_id
         async with self.failing(), self.pool.connection() as conn:
@@ -461,13 +553,26 @@ class PostgresStore(StateStore):
         async with self.pool.connection() as conn:
             await conn.execute(statement, params)
 
-    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> None:
-        try:
-            await self._write_end(task_id, error, kind, subject, hold)
-        except (psycopg.Error, PoolTimeout, Unavailable) as exc:
-            self._unsaved[task_id] = (error, kind, subject)
-            self._failed(self._why(exc))
-            log.warning("task %s ended; its record is written once the state database answers again", task_id)
+    async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> str:
+        for last in (False, True):
+            if isinstance(hold, _PgHold) and hold.lost and hold.lost not in error:
+                error = f"{error}; {hold.lost}" if error else hold.lost
+            try:
+                await self._write_end(task_id, error, kind, subject, hold)
+                return error
+            except (psycopg.Error, PoolTimeout, Unavailable) as exc:
+                failure = exc
+            if last or not isinstance(hold, _PgHold):
+                break
+            # The hold's session may have ended under the work since the last
+            # heartbeat: its locks are checked (taken again, or lost) before
+            # the end is written on the hold's connection again.
+            with contextlib.suppress(psycopg.Error, PoolTimeout, TimeoutError):
+                await self._within(hold.check())
+        self._unsaved[task_id] = (error, kind, subject)
+        self._failed(self._why(failure))
+        log.warning("task %s ended; its record is written once the state database answers again", task_id)
+        return error
 
     async def get(self, task_id: str) -> TaskState | None:
         if task_id in self._unsaved:
