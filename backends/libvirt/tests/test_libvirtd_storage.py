@@ -351,3 +351,27 @@ def test_a_second_vm_from_a_checksummed_vmdk_url_shares_its_cached_copy(real_hos
         if kept is not None:
             storage.delete(kept)
     assert not storage.has_source(pool, cached, "sha256", checksum)
+
+
+def test_a_download_that_finds_its_volume_taken_keeps_the_record_of_the_one_that_took_it(real_host: Any, tmp_path: Path) -> None:
+    """Two downloads of one image into one volume (two Creates from the same
+    checksummed URL) both find no volume and download; the first stores and
+    records it. The second, refused since the volume appeared meanwhile,
+    leaves that record alone: without it, the stored (converted) volume
+    would be refused as other content ever after."""
+    conn = real_host.harness.backend.session.conn()
+    data = real_host.harness.backend.data
+    pool = conn.storagePoolLookupByName("default")
+    name = real_host.name("taken")
+    checksum = "ab" * 32
+    vol = storage.create_blank(pool, name, MIB, "raw")  # the first download's, complete
+    try:
+        assert storage.record_source(pool, name, "sha256", checksum)
+        image = tmp_path / "image.raw"
+        image.write_bytes(b"\0" * MIB)
+        with pytest.raises(AlreadyExists, match="meanwhile"):
+            data._upload_volume(image, "raw", MIB, pool, name)
+        assert storage.has_source(pool, name, "sha256", checksum)
+    finally:
+        storage.delete(vol)
+    assert not storage.has_source(pool, name, "sha256", checksum)

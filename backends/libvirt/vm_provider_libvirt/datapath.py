@@ -399,7 +399,6 @@ class DiskTransfers:
         volume is made at its final size (the upload fills its start); a
         qcow2 image carries its own size, so that volume is grown after."""
         facts = storage.pool_info(pool)
-        storage.forget_source(pool, name)  # a stale record must not vouch for a half-written volume
         made_at = max(capacity, image_size, file.stat().st_size) if fmt == "raw" else image_size
         xml = storage.volume_xml(facts, name, made_at, fmt)
         vol = _new_volume(pool, name, lambda: pool.createXML(xml, 0))
@@ -491,12 +490,22 @@ class DiskTransfers:
 
 def _new_volume(pool: libvirt.virStoragePool, name: str, create: Callable[[], libvirt.virStorageVol]) -> libvirt.virStorageVol:
     """``create()`` a volume; AlreadyExists when one of its name appeared
-    since it was looked for."""
+    since it was looked for. A record of the name's source left behind by a
+    volume deleted outside the provider is dropped once the new volume is
+    ours, so that it does not vouch for it; never before: the volume that
+    appeared meanwhile (a concurrent download of the same image) keeps its
+    record."""
     vol: libvirt.virStorageVol | None = None
     with errors.ignoring(errors.is_volume_taken):
         vol = create()
     if vol is None:
         raise AlreadyExists(f"volume {name!r} appeared in pool {pool.name()!r} meanwhile")
+    try:
+        storage.forget_source(pool, name)
+    except BaseException:
+        with errors.best_effort(f"remove volume {name!r} whose stale source record could not be dropped"):
+            storage.delete(vol)
+        raise
     return vol
 
 
