@@ -54,7 +54,6 @@ EXPORT = "/exports/migration"
 TOKEN_ID = "vmp@pve!migrate"
 TOKEN_SECRET = "migrate-t0ken"
 S3_SECRET = "s3-migration-secret"
-MiB = 1 << 20
 
 
 def doc_client() -> dict[str, Any]:
@@ -66,11 +65,8 @@ def doc_client() -> dict[str, Any]:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def same_content(a: str | Path, b: str | Path) -> bool:
