@@ -40,11 +40,8 @@ from provider_core.pb import provider_pb2_grpc as pb_grpc
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def by_hand(source: str, work: Path, url: str, tuned: bool) -> tuple[float, str]:

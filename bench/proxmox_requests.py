@@ -40,6 +40,9 @@ from fakepve.certs import make_cert  # type: ignore[import-untyped]
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "proxmox" / "tests"))
+from pvesim import add_second_node_and_shared_dir
+
 TOKEN_ID = "bench@pve!provider"
 TOKEN_SECRET = "bench-secret"
 SIZES = (10, 500, 10_000)
@@ -73,15 +76,7 @@ class Simulator:
 
 
 def populate(pve: Any, count: int) -> None:
-    pve.add_node("pve2")
-    pve.storages["cloud"] = {
-        "type": "dir",
-        "path": "/mnt/pve/cloud",
-        "content": "images,iso,import,snippets",
-        "active": 1,
-        "files": set(),
-        "shared": 1,
-    }
+    add_second_node_and_shared_dir(pve)
     pve.add_vm(9000, "tmpl", template=True, config={"scsi0": "local-lvm:base-9000-disk-0,size=2G", "tags": "vm-provider"})
     for i in range(count):
         vmid = 1000 + i

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import re
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 import libvirt
 import pytest
 from vmp_testplugins.sshd import sshd_unavailable
-from vmp_testplugins.testbed import libvirtd_uri
+from vmp_testplugins.testbed import libvirtd_uri, load_libvirt_layer
 
 from provider_core import urls
 from provider_core.conformance.servers import S3Server
@@ -43,7 +42,7 @@ from provider_core.testing import ProviderHarness
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "proxmox" / "tests"))  # pvesim, pvenode
 from pvenode import PveNode
-from pvesim import Serving, make_pki
+from pvesim import Serving, add_second_node_and_shared_dir, make_pki
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,20 +54,6 @@ EXPORT = "/exports/migration"
 TOKEN_ID = "vmp@pve!migrate"
 TOKEN_SECRET = "migrate-t0ken"
 S3_SECRET = "s3-migration-secret"
-MiB = 1 << 20
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    """A backend's test layer, imported by path under its own name."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def doc_client() -> dict[str, Any]:
@@ -80,11 +65,8 @@ def doc_client() -> dict[str, Any]:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def same_content(a: str | Path, b: str | Path) -> bool:
@@ -178,7 +160,7 @@ class Staging:
 @pytest.fixture(scope="module")
 def libvirt_layer() -> ModuleType:
     """The libvirt backend's test layer, once its daemon is known to serve."""
-    layer = _load("libvirt_test_layer", REPO / "backends" / "libvirt" / "tests" / "conftest.py")
+    layer = load_libvirt_layer()
     reason = layer.libvirtd_unavailable()
     if reason:
         pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
@@ -234,15 +216,7 @@ def proxmox_side(tmp_path_factory: pytest.TempPathFactory, staging: Staging) -> 
     try:
         pve = served.pve
         pve.apitokens[TOKEN_ID] = TOKEN_SECRET
-        pve.add_node("pve2")
-        pve.storages["cloud"] = {
-            "type": "dir",
-            "path": "/mnt/pve/cloud",
-            "content": "images,iso,import,snippets",
-            "active": 1,
-            "files": set(),
-            "shared": 1,
-        }
+        add_second_node_and_shared_dir(pve)
         NodeFiles(served.cluster, node, "cloud")
         node.start()
         settings = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -76,5 +77,27 @@ def test_kit_passes_libvirt_on_a_real_daemon(run_kit: Any) -> None:
     problem = daemon_problem()
     if problem:
         pytest.skip(f"needs a real libvirtd: {problem}")
-    results = run_kit("libvirt", {"uri": libvirtd_uri()}, {"graceful_timeout": 3})
+    prefix = f"cft{secrets.token_hex(3)}-"
+    try:
+        results = run_kit("libvirt", {"uri": libvirtd_uri()}, {"graceful_timeout": 3, "name_prefix": prefix})
+    finally:
+        remove_volumes(prefix)
     assert {r.check.name: r.detail for r in results if r.status != PASS} == {}
+
+
+def remove_volumes(prefix: str) -> None:
+    """Remove the volumes the kit's ImagePrepare and ImportDisk checks left
+    in the daemon's pool (no RPC deletes them; its VMs it deletes itself),
+    with the records of their sources."""
+    import libvirt
+    from vm_provider_libvirt import storage
+
+    conn = libvirt.open(libvirtd_uri())
+    try:
+        pool = conn.storagePoolLookupByName("default")
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            if vol.name().startswith(prefix):
+                storage.delete(vol)
+    finally:
+        conn.close()

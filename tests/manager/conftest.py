@@ -8,20 +8,18 @@ circuit-breaker rule is checked after each one."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
 import libvirt
 import pytest
 from proxmoxer import ProxmoxAPI
-from vmp_testplugins.testbed import libvirtd_uri
+from vmp_testplugins.testbed import libvirtd_uri, load_libvirt_layer
 
 from provider_core.conformance.servers import HttpSink
 from provider_core.pb import provider_pb2 as pb
@@ -33,19 +31,6 @@ import manager_payloads as mp
 from manager_client import Breaker, Manager, dial
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    """A backend's test layer, imported by path under its own name."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class Endpoint:
@@ -250,7 +235,7 @@ def _proxmox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 
 
 def _libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
-    layer = _load("libvirt_test_layer", REPO / "backends" / "libvirt" / "tests" / "conftest.py")
+    layer = load_libvirt_layer()
     reason = layer.libvirtd_unavailable()
     if reason:
         pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")

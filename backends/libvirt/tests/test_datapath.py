@@ -188,11 +188,8 @@ def _qemu_io(path: str, fmt: str, *commands: str) -> None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _same_content(a: str | Path, b: str | Path) -> bool:

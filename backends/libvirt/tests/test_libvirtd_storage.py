@@ -34,6 +34,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,52 @@ def test_a_second_vm_from_a_checksummed_vmdk_url_shares_its_cached_copy(real_hos
         if kept is not None:
             storage.delete(kept)
     assert not storage.has_source(pool, cached, "sha256", checksum)
+
+
+def test_a_download_that_finds_its_volume_taken_keeps_the_record_of_the_one_that_took_it(real_host: Any, tmp_path: Path) -> None:
+    """Two downloads of one image into one volume (two Creates from the same
+    checksummed URL) both find no volume and download; the first stores and
+    records it. The second, refused since the volume appeared meanwhile,
+    leaves that record alone: without it, the stored (converted) volume
+    would be refused as other content ever after."""
+    conn = real_host.harness.backend.session.conn()
+    data = real_host.harness.backend.data
+    pool = conn.storagePoolLookupByName("default")
+    name = real_host.name("taken")
+    checksum = "ab" * 32
+    vol = storage.create_blank(pool, name, MIB, "raw")  # the first download's, complete
+    try:
+        assert storage.record_source(pool, name, "sha256", checksum)
+        image = tmp_path / "image.raw"
+        image.write_bytes(b"\0" * MIB)
+        with pytest.raises(AlreadyExists, match="meanwhile"):
+            data._upload_volume(image, "raw", MIB, pool, name)
+        assert storage.has_source(pool, name, "sha256", checksum)
+    finally:
+        storage.delete(vol)
+    assert not storage.has_source(pool, name, "sha256", checksum)
+
+
+def test_two_downloads_of_one_image_into_one_volume_at_once_share_it(real_host: Any, sink: HttpSink) -> None:
+    """Two Creates from one checksummed vmdk URL at once fetch it into the
+    same cached volume: the second waits for the first and gets its
+    converted volume; the image is downloaded once."""
+    pool = real_host.harness.backend.session.conn().storagePoolLookupByName("default")
+    base = pool.storageVolLookupByName(real_host.base)
+    sink.root.mkdir(parents=True, exist_ok=True)
+    image = sink.root / "cloud.vmdk"
+    images.convert(Path(base.path()), image, "vmdk", src_fmt="qcow2")
+    checksum = hashlib.sha256(image.read_bytes()).hexdigest()
+    spec = VMImage.model_validate({"URL": sink.url(image.name), "Format": "vmdk", "Checksum": checksum})
+    name = real_host.name("at-once")
+    data = real_host.harness.backend.data
+    sink.delay = 0.5  # both start before either has stored it
+    try:
+        with ThreadPoolExecutor(2) as pool_of_two:
+            got = list(pool_of_two.map(lambda _: data.fetch_image(spec, pool, name).path(), range(2)))
+        assert got[0] == got[1] == pool.storageVolLookupByName(name).path()
+        assert [r.method for r in sink.requests] == ["GET"], "downloaded once"
+    finally:
+        made = storage.lookup(pool, name)
+        if made is not None:
+            storage.delete(made)

@@ -19,6 +19,7 @@ from vm_provider_libvirt.domxml import DomainDisk, DomainPlan
 from vm_provider_libvirt.marks import Mark
 
 from provider_core.pb import provider_pb2 as pb
+from provider_core.specs import VMImage
 from provider_core.testing import ProviderHarness
 
 DATA = Path(__file__).parent / "data" / "storage"
@@ -392,6 +393,30 @@ def test_a_source_record_vouches_for_its_volume_until_it_is_deleted(harness: Pro
         assert not storage.has_source(pool, "stored.img", "sha256", SHA)
         storage.delete(vol)
         assert {v.name() for v in pool.listAllVolumes(0)} == before
+
+
+def test_a_stale_source_record_does_not_vouch_for_a_new_volume_of_its_name(harness: ProviderHarness) -> None:
+    """A record outlives its volume when that is deleted outside the
+    provider; a new volume made under the name (here ImagePrepare's copy of
+    a pool volume) drops it."""
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    data = harness.backend.data  # type: ignore[attr-defined]
+    pool = conn.storagePoolLookupByName("default")
+    source = storage.create_blank(pool, "template.img", 2**20, "raw")
+    gone = storage.create_blank(pool, "prepared.img", 2**20, "raw")
+    try:
+        assert storage.record_source(pool, "prepared.img", "sha256", SHA)
+        gone.delete(0)  # as virsh vol-delete does: the record stays
+        assert storage.has_source(pool, "prepared.img", "sha256", SHA)
+        image = VMImage.model_validate({"Path": "default/template.img", "Checksum": "", "Format": "raw"})
+        data._copy_volume(source, pool, "prepared.img", image)
+        assert storage.lookup(pool, "prepared.img") is not None
+        assert not storage.has_source(pool, "prepared.img", "sha256", SHA)
+    finally:
+        for name in ("prepared.img", "template.img"):
+            made = storage.lookup(pool, name)
+            if made is not None:
+                storage.delete(made)
 
 
 def test_a_disk_pool_records_no_source(harness: ProviderHarness) -> None:

@@ -59,7 +59,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,6 +93,10 @@ log = logging.getLogger(__name__)
 #: Digests of local volumes already read, by (path, size, mtime, algorithm).
 _digests: dict[tuple[str, int, int, str], str] = {}
 _digests_lock = threading.Lock()
+
+#: Downloads into one volume, by (pool UUID, volume name): the lock and its users.
+_stores: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
+_stores_lock = threading.Lock()
 
 #: Backing layers followed when checking that an image can be read here.
 MAX_CHAIN = 64
@@ -181,19 +185,20 @@ class DiskTransfers:
         expected = spec.expected_checksum if spec.verify_checksum else ""
 
         def work() -> ImportResult:
-            vol = self._existing(
-                pool,
-                name,
-                expected,
-                "sha256",
-                unverified="to accept it when it matches, set verify_checksum and expected_checksum",
-            )
-            if vol is not None:
-                return self._import_result(disk_id, vol, expected)
-            with self._scratch(f".{spec.format}") as file:
-                with file.open("wb") as f:
-                    got = transfer.download(spec, f, settings=self._transfer_settings(), expected=expected)
-                vol = self._store(file, spec.format, pool, name, source=("sha256", got.sha256))
+            with _one_store(pool, name):
+                vol = self._existing(
+                    pool,
+                    name,
+                    expected,
+                    "sha256",
+                    unverified="to accept it when it matches, set verify_checksum and expected_checksum",
+                )
+                if vol is not None:
+                    return self._import_result(disk_id, vol, expected)
+                with self._scratch(f".{spec.format}") as file:
+                    with file.open("wb") as f:
+                        got = transfer.download(spec, f, settings=self._transfer_settings(), expected=expected)
+                    vol = self._store(file, spec.format, pool, name, source=("sha256", got.sha256))
             return self._import_result(disk_id, vol, got.sha256)
 
         return Outcome.later(ImportResult(disk_id=disk_id), work)
@@ -203,13 +208,18 @@ class DiskTransfers:
         ``image.checksum`` and the image; return the volume, of ``capacity``
         bytes when that is more than the image's size.
 
-        Idempotent: an existing volume of that name is returned when its
-        bytes match the checksum (or when the image has none); otherwise
-        AlreadyExists. InvalidArgument (``image_json.Checksum``) when the
+        Idempotent: an existing volume of that name is returned when it
+        holds the image of the checksum (or when the image has none);
+        otherwise AlreadyExists. Downloads into one volume take turns
+        (:func:`_one_store`). InvalidArgument (``image_json.Checksum``) when the
         download does not match.
         """
         if not image.url:
             raise InvalidArgument.field("image_json.URL", "is empty")
+        with _one_store(pool, name):
+            return self._fetch_image(image, pool, name, capacity)
+
+    def _fetch_image(self, image: VMImage, pool: libvirt.virStoragePool, name: str, capacity: int) -> libvirt.virStorageVol:
         algorithm = image.checksum_type.value
         vol = self._existing(pool, name, image.checksum, algorithm)
         if vol is not None:
@@ -399,7 +409,6 @@ class DiskTransfers:
         volume is made at its final size (the upload fills its start); a
         qcow2 image carries its own size, so that volume is grown after."""
         facts = storage.pool_info(pool)
-        storage.forget_source(pool, name)  # a stale record must not vouch for a half-written volume
         made_at = max(capacity, image_size, file.stat().st_size) if fmt == "raw" else image_size
         xml = storage.volume_xml(facts, name, made_at, fmt)
         vol = _new_volume(pool, name, lambda: pool.createXML(xml, 0))
@@ -489,14 +498,46 @@ class DiskTransfers:
         )
 
 
+@contextlib.contextmanager
+def _one_store(pool: libvirt.virStoragePool, name: str) -> Iterator[None]:
+    """One download into volume ``name`` of ``pool`` at a time in this
+    process: a second one of the same image (two Creates from one
+    checksummed URL) waits for the first, then finds its volume complete
+    and recorded instead of taken meanwhile or half-written."""
+    key = (pool.UUIDString(), name)
+    with _stores_lock:
+        lock, users = _stores.get(key, (threading.Lock(), 0))
+        _stores[key] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _stores_lock:
+            lock, users = _stores[key]
+            if users == 1:
+                del _stores[key]
+            else:
+                _stores[key] = (lock, users - 1)
+
+
 def _new_volume(pool: libvirt.virStoragePool, name: str, create: Callable[[], libvirt.virStorageVol]) -> libvirt.virStorageVol:
     """``create()`` a volume; AlreadyExists when one of its name appeared
-    since it was looked for."""
+    since it was looked for. A record of the name's source left behind by a
+    volume deleted outside the provider is dropped once the new volume is
+    ours, so that it does not vouch for it; never before: the volume that
+    appeared meanwhile (a concurrent download of the same image) keeps its
+    record."""
     vol: libvirt.virStorageVol | None = None
     with errors.ignoring(errors.is_volume_taken):
         vol = create()
     if vol is None:
         raise AlreadyExists(f"volume {name!r} appeared in pool {pool.name()!r} meanwhile")
+    try:
+        storage.forget_source(pool, name)
+    except BaseException:
+        with errors.best_effort(f"remove volume {name!r} whose stale source record could not be dropped"):
+            storage.delete(vol)
+        raise
     return vol
 
 

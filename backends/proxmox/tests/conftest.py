@@ -32,7 +32,7 @@ from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
 
 sys.path.insert(0, str(Path(__file__).parent))  # the test layer, pvesim (tests are imported by path)
-from pvesim import RealCluster, Serving, make_pki
+from pvesim import RealCluster, Serving, add_second_node_and_shared_dir, make_pki
 
 TOKEN_ID = "vmp@pve!ci"
 TOKEN_SECRET = "5ecret-t0ken-value"
@@ -81,15 +81,7 @@ def serving(request: pytest.FixtureRequest, pki: tuple[str, str]) -> Iterator[Se
 def pve(serving: Serving) -> Any:
     fakepve = serving.pve
     fakepve.apitokens[TOKEN_ID] = TOKEN_SECRET
-    fakepve.add_node("pve2")
-    fakepve.storages["cloud"] = {
-        "type": "dir",
-        "path": "/mnt/pve/cloud",
-        "content": "images,iso,import,snippets",
-        "active": 1,
-        "files": set(),
-        "shared": 1,
-    }
+    add_second_node_and_shared_dir(fakepve)
     return fakepve
 
 

@@ -9,14 +9,36 @@ a plain ``pytest`` after ``libvirtd.sh start`` finds the same daemon.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import parse_qs, urlsplit
 
 ENV = "VMP_LIBVIRTD_URI"
 SCRIPT = Path(__file__).resolve().parents[3] / "testbed" / "libvirtd.sh"
+
+
+LIBVIRT_LAYER = Path(__file__).resolve().parents[3] / "backends" / "libvirt" / "tests" / "conftest.py"
+
+
+def load_libvirt_layer() -> ModuleType:
+    """The libvirt backend's test layer (``RealHost``, ``guest_cache``,
+    ``libvirtd_unavailable``, ...), for tests outside its folder: its
+    conftest imported once by path, as ``libvirt_test_layer``."""
+    name = "libvirt_test_layer"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, LIBVIRT_LAYER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @cache

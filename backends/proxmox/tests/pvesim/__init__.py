@@ -27,6 +27,6 @@ class and cites the Proxmox source it reproduces:
 """
 
 from .cluster import RealCluster
-from .serving import Serving, make_pki
+from .serving import Serving, add_second_node_and_shared_dir, make_pki
 
-__all__ = ["RealCluster", "Serving", "make_pki"]
+__all__ = ["RealCluster", "Serving", "add_second_node_and_shared_dir", "make_pki"]

@@ -67,3 +67,18 @@ class Serving:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(TIMEOUT)
+
+
+def add_second_node_and_shared_dir(pve: Any) -> None:
+    """The layout the tests and benchmarks share, on top of fakepve's node
+    pve1 and its storages: a second node ``pve2``, and ``cloud``, a directory
+    storage shared by both holding images, ISOs, imports and snippets."""
+    pve.add_node("pve2")
+    pve.storages["cloud"] = {
+        "type": "dir",
+        "path": "/mnt/pve/cloud",
+        "content": "images,iso,import,snippets",
+        "active": 1,
+        "files": set(),
+        "shared": 1,
+    }
