@@ -23,6 +23,7 @@ import grpc
 import libvirt
 import pytest
 from vm_provider_libvirt import images, storage
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core import urls
@@ -52,7 +53,7 @@ def guest() -> Path:
     """The test bed's guest files (vmlinuz, initrd.img, disk.qcow2)."""
     out = subprocess.run(["bash", str(REPO / "testbed/build-guest.sh")], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        pytest.skip(f"testbed/build-guest.sh failed: {out.stderr.strip()[-300:]}")
+        skip_missing(f"testbed/build-guest.sh failed: {out.stderr.strip()[-300:]}")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
