@@ -13,6 +13,7 @@ import hashlib
 import logging
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -615,6 +616,29 @@ def test_the_test_driver_offers_no_data_path() -> None:
             code, details = _code(call)
             assert code == grpc.StatusCode.UNIMPLEMENTED, details
             assert f"capability {capability!r}" in details
+
+
+def test_downloads_take_turns_per_endpoint_not_across_endpoints() -> None:
+    """The lock that makes downloads into one volume take turns belongs to
+    a backend instance: a second endpoint served by the same process (or a
+    test's) does not wait for the first one's download."""
+    key = ("a-pool-uuid", "golden.qcow2")
+    with (
+        ProviderHarness.for_backend("libvirt", {"uri": "test:///default"}) as one,
+        ProviderHarness.for_backend("libvirt", {"uri": "test:///default"}) as two,
+    ):
+        first, second = one.backend.data.stores, two.backend.data.stores  # type: ignore[attr-defined]
+
+        def download_elsewhere() -> None:
+            with second.hold(key):
+                pass
+
+        with first.hold(key):
+            elsewhere = threading.Thread(target=download_elsewhere)
+            elsewhere.start()
+            elsewhere.join(10)
+            assert not elsewhere.is_alive(), "the other endpoint waited for this one's download"
+            assert first.users(key) == 1
 
 
 @pytest.mark.libvirtd
