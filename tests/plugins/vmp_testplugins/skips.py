@@ -8,10 +8,10 @@ is missing. With ``VMP_REQUIRE_TESTBED=1`` (``make test`` sets it, and so
 CI) the same test fails, naming it: a broken test bed cannot pass as a
 green run of skips.
 
-Every such site skips through :func:`skip_missing` (or gives a skip mark the reason
-:func:`missing` makes), whose reason starts with :data:`PREFIX`, and the
-hooks below, registered as a pytest plugin by this distribution's entry
-point, turn exactly those skips into failures. Skips for anything else (a
+Every such site skips through :func:`skip_missing` (or gives a skip mark
+the reason :func:`missing` makes), whose reason starts with
+:data:`PREFIX`; the hooks below, registered as a pytest plugin by this
+distribution's entry point, turn exactly those skips into failures. Skips for anything else (a
 deliberate ``VMP_NO_LIBVIRTD=1``, a library version's behaviour, the
 machine's own name resolution) are plain ``pytest.skip`` and stay skips.
 """
