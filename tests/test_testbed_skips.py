@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = ["pytester"]
+# Each inner session runs in a process of its own: an in-process run
+# unloads the modules it imported, and later tests would meet second copies
+# of them (requests then refuses its own cookie jars).
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +78,7 @@ def lacking(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_without_the_variable_a_missing_part_skips_saying_what(lacking: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VMP_REQUIRE_TESTBED", raising=False)
-    result = lacking.runpytest("-rs", "-p", "no:cacheprovider")
+    result = lacking.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, skipped=7)
     for what in ("the daemon does not answer", "no loop device", "qemu-img is not installed", "the container image is not built"):
         result.stdout.fnmatch_lines([f"SKIPPED * test bed part missing: {what}"])
@@ -84,13 +87,13 @@ def test_without_the_variable_a_missing_part_skips_saying_what(lacking: pytest.P
 @pytest.mark.parametrize("value", ["0", ""])
 def test_only_the_value_1_requires_the_test_bed(lacking: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("VMP_REQUIRE_TESTBED", value)
-    lacking.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1, skipped=7)
+    lacking.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1, skipped=7)
 
 
 def test_with_the_variable_each_missing_part_fails_naming_it(lacking: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMP_REQUIRE_TESTBED", "1")
     # (a module that fails to be collected would otherwise stop the run there)
-    result = lacking.runpytest("-rfEs", "-p", "no:cacheprovider", "--continue-on-collection-errors")
+    result = lacking.runpytest_subprocess("-rfEs", "-p", "no:cacheprovider", "--continue-on-collection-errors")
     # a skip in a test's call fails it; in its setup (fixture, mark) or collection, errs
     result.assert_outcomes(passed=1, skipped=1, failed=2, errors=4)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
