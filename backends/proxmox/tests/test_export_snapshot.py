@@ -11,6 +11,8 @@ for a running one). The tests play that part on the file itself."""
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,33 @@ def test_the_disks_are_those_the_snapshot_has(dp: Any, pve: Any, node: PveNode, 
     assert "scsi1" in message
     export(dp, "pvc://mig/d.qcow2", snapshot_id=snapshot, disk_id="scsi0", backend_type="pvc")
     assert same_content(claims / "mig/d.qcow2", disk)
+
+
+def test_an_export_right_after_snapshot_create_waits_for_the_snapshot(dp: Any, pve: Any, node: PveNode, claims: Path) -> None:
+    """VirtRigaud moves on to ExportDisk without waiting for SnapshotCreate's
+    task. While Proxmox takes a snapshot the VM is locked (``snapshot``) and
+    the snapshot is ``prepare`` (the test plays that, and the file's part):
+    the export waits for the lock, then reads the complete snapshot."""
+    disk = make_vm(node, pve, running=True)
+    as_proxmox_would(disk, "mig")
+    vm = pve.vm(100)
+    vm.snapshots["mig"] = {"scsi0": vm.config["scsi0"], "memory": "512", "snapstate": "prepare", "snaptime": 1}
+    vm.lock = vm.config["lock"] = "snapshot"
+
+    def taken() -> None:
+        vm.snapshots["mig"].pop("snapstate")
+        vm.lock = None
+        vm.config.pop("lock")
+
+    timer = threading.Timer(1.5, taken)
+    timer.start()
+    try:
+        started = time.monotonic()
+        export(dp, "pvc://mig/w.qcow2", snapshot_id="mig", backend_type="pvc")
+    finally:
+        timer.join()
+    assert time.monotonic() - started >= 1.5
+    assert same_content(claims / "mig/w.qcow2", disk)
 
 
 def test_an_unknown_snapshot_is_not_found(dp: Any, pve: Any, node: PveNode) -> None:
