@@ -236,10 +236,11 @@ def test_where_a_storage_keeps_a_volume_at_a_snapshot(how: str, fmt: str, path: 
         ({"type": "rbd", "krbd": 1}, "ceph:vm-100-disk-0", "type rbd"),
         ({"type": "dir"}, "cloud:100/vm-100-disk-0.raw", "a raw volume on storage 'cloud' of type dir"),
         ({"type": "lvm"}, "vg:vm-100-disk-0", "type lvm"),
+        (None, "hidden:vm-100-disk-0", "needs Datastore.Audit or Datastore.AllocateSpace on /storage/hidden"),
     ],
 )
 def test_storages_read_at_a_snapshot_only_where_pve_storage_says_how(
-    entry: dict[str, Any], volume: str, said: str, dp: Any, pve: Any
+    entry: dict[str, Any] | None, volume: str, said: str, dp: Any, pve: Any
 ) -> None:
     """Where a snapshot must be made visible on the node first (krbd maps
     it; a raw file on a directory has none; LVM activates it), the export
@@ -247,7 +248,8 @@ def test_storages_read_at_a_snapshot_only_where_pve_storage_says_how(
     from provider_core import FailedPrecondition
 
     storage = volume.split(":", maxsplit=1)[0]
-    pve.storages[storage] = {**entry, "active": 1, "content": "images", "files": set()}
+    if entry is not None:  # else a storage the token may not see
+        pve.storages[storage] = {**entry, "active": 1, "content": "images", "files": set()}
     pve.add_vm(100, "web", config={"scsi0": f"{volume},size=8G", "tags": OWNER})
     pve.vm(100).snapshots["s1"] = {"scsi0": f"{volume},size=8G", "snaptime": 1}
     backend = dp.backend

@@ -102,7 +102,12 @@ def resolve(cluster: Cluster, ref: VmState, disk_id: str, snapshot_id: str) -> S
     if not drive.storage:
         raise FailedPrecondition(f"disk {drive.key} of VM {ref.vmid} is no storage's volume ({drive.volume}): {AT_SNAPSHOT}")
     listed: list[dict[str, Any]] = client.get("storage") or []  # reading one storage's entry needs Datastore.Allocate
-    storage = next((e for e in listed if e.get("storage") == drive.storage), {})
+    storage = next((e for e in listed if e.get("storage") == drive.storage), None)
+    if storage is None:
+        raise FailedPrecondition(
+            f"storage {drive.storage!r} of disk {drive.key} is not in the storage list: reading a snapshot needs its type,"
+            f" which needs Datastore.Audit or Datastore.AllocateSpace on /storage/{drive.storage}"
+        )
     kind = str(storage.get("type", ""))
     fmt = volume_format(drive.volume, kind)
     how = _how(kind, fmt, storage)
