@@ -22,8 +22,7 @@ node, claims, dp = test_datapath.node, test_datapath.claims, test_datapath.dp
 
 def holders(h: Any, key: str) -> int:
     """How many calls hold or wait for the runtime's lock on ``key``."""
-    entry = h.server.runtime._locks._locks.get(key)
-    return int(entry[1]) if entry else 0
+    return int(h.server.runtime._locks.users(key))
 
 
 def test_an_image_is_locked_by_the_storage_it_goes_to(dp: Any) -> None:
