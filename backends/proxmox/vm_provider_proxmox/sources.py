@@ -11,17 +11,13 @@ snapshots (pve-storage's ``path($volid, $snapname)`` and qemu-server's
 path`` gives for the volume and the storage's configuration
 (its entry in ``GET /storage``):
 
-===============================  ======  ==========================================
-storage                          format  the volume at snapshot ``S``
-===============================  ======  ==========================================
-dir, nfs, cifs, btrfs, glusterfs  qcow2   the same file, ``qemu-img -l snapshot.name=S``
-                                          (an internal qcow2 snapshot)
-dir, nfs, cifs with               qcow2   the file ``snap-S-<name>`` beside the volume
-``snapshot-as-volume-chain``              (the chain's layer S and what is below it)
-btrfs                             raw     ``<dir>@S/disk.raw``, the read-only
-                                          subvolume snapshot
-rbd without ``krbd``              raw     ``rbd:<pool>/<image>@S:<options>``
-===============================  ======  ==========================================
+- qcow2 on dir, nfs, cifs, btrfs, glusterfs: the same file, with
+  ``qemu-img -l snapshot.name=S`` (an internal qcow2 snapshot);
+- qcow2 on dir, nfs, cifs with ``snapshot-as-volume-chain``: the file
+  ``snap-S-<name>`` beside the volume (the chain's layer S, over those
+  below it);
+- raw on btrfs: ``<dir>@S/disk.raw``, the read-only subvolume snapshot;
+- rbd without ``krbd``: ``rbd:<pool>/<image>@S:<options>``.
 
 Other storages keep a snapshot where it must first be made visible on the
 node (LVM-thin: activating the snapshot's logical volume; ZFS: the zvol
