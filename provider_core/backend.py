@@ -234,7 +234,13 @@ class Backend(ABC):
         it. Override when a VM answers to several ids (libvirt: UUID and
         name), so that calls naming it differently still wait for each other.
         Must be cheap, and return ``vm_id`` itself for a VM it cannot find
-        (never raise NotFound: the operation reports that). Default: ``vm_id``."""
+        (never raise NotFound: the operation reports that). Default: ``vm_id``.
+
+        The names of images an operation writes (ImagePrepare, ImportDisk:
+        ``image:<storage_hint>/<target_name>``) pass through it too: a
+        backend whose empty storage hint means a default storage names that
+        storage, so that a call naming it and one naming none wait for each
+        other. Return any other name unchanged."""
         return vm_id
 
     def owns(self, vm_id: str) -> bool:

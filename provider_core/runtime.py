@@ -560,7 +560,7 @@ class Runtime:
                 raise
         vm = getattr(spec, op.vm) if op.vm else None
         new_vm = getattr(spec, op.new_vm) if op.new_vm else None
-        names = tuple(key.format_map(dict(spec)) for key in op.names)
+        names = tuple([await self._key(key.format_map(dict(spec)), timeout) for key in op.names])
         return await self._mutate(
             op,
             fn,
@@ -610,7 +610,8 @@ class Runtime:
         return value, task
 
     async def _key(self, vm_id: str, timeout: float | None) -> str:
-        """The lock key of a VM: its id, or the backend's one name for it."""
+        """The lock key of a VM or an image: its id or name, or the
+        backend's one name for it."""
         if type(self.backend).lock_key is Backend.lock_key:
             return vm_id  # no hop to a worker for the default
         return await self._call(self.backend.lock_key, vm_id, timeout=timeout)

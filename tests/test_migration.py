@@ -6,7 +6,8 @@ with QEMU (the test bed's own), one on the Proxmox API simulator (fakepve
 behind the test layer pvesim) with the nodes' shell played by a real sshd
 (``pvenode``: qemu-img and a ``pvesm`` stand-in over directory storages).
 A VM's disk goes libvirt -> staging -> Proxmox (ImportDisk, then Create on
-it), and that VM's disk Proxmox -> staging -> libvirt (ImportDisk, Create);
+it), and that VM's disk, at a migration snapshot as VirtRigaud takes by
+default, Proxmox -> staging -> libvirt (ImportDisk, Create);
 staging is a local S3 server (moto), a migration claim (pvc) or an NFS
 export (nfs), the same directory mounted into both providers. Checksums
 are compared at every hop and content with ``qemu-img compare``.
@@ -43,6 +44,7 @@ from provider_core.testing import ProviderHarness
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "proxmox" / "tests"))  # pvesim, pvenode
 from pvenode import PveNode
 from pvesim import Serving, add_second_node_and_shared_dir, make_pki
+from vm_provider_proxmox.vmconfig import data_disks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +84,12 @@ class NodeFiles:
       (pve-storage PVE/Storage/Plugin.pm ``list_volumes``);
     - a create task's ``import-from`` converts the import file onto the new
       disk (qemu-server PVE/API2/Qemu.pm ``create_disks`` ->
-      PVE/QemuServer/ImportDisk.pm ``do_import``: ``qemu-img convert``).
+      PVE/QemuServer/ImportDisk.pm ``do_import``: ``qemu-img convert``);
+    - a snapshot of a VM makes an internal snapshot of that name in each of
+      its qcow2 files, and deleting the snapshot removes it (pve-storage
+      PVE/Storage/Plugin.pm ``volume_snapshot`` and
+      ``volume_snapshot_delete``: ``qemu-img snapshot -c`` and ``-d``, for a
+      stopped VM as the migration's is).
     """
 
     def __init__(self, layer: Any, node: PveNode, storage: str) -> None:
@@ -91,6 +98,8 @@ class NodeFiles:
         self.storage = storage
         layer.route("GET", rf"/nodes/(?P<node>[^/]+)/storage/{storage}/content", self.scan)
         layer.route("POST", r"/nodes/(?P<node>[^/]+)/qemu", self.create)
+        layer.route("POST", r"/nodes/(?P<node>[^/]+)/qemu/(?P<vmid>\d+)/snapshot", self.snapshot)
+        layer.route("DELETE", r"/nodes/(?P<node>[^/]+)/qemu/(?P<vmid>\d+)/snapshot/(?P<snap>[^/]+)", self.unsnapshot)
 
     async def scan(self, call: Any, m: re.Match[str]) -> None:
         folder = self.node.root / self.storage / "import"
@@ -122,6 +131,22 @@ class NodeFiles:
             argv = ["qemu-img", "convert", "-O", fmt, str(self.node.path(source)), str(target)]
             await asyncio.to_thread(subprocess.run, argv, check=True, capture_output=True)
         return self.layer.relay(up)
+
+    def qcow2_files(self, vmid: int) -> list[Path]:
+        vm = self.layer.pve.vm(vmid)
+        disks = data_disks(vm.config) if vm is not None else []
+        return [self.node.path(d.volume) for d in disks if d.storage == self.storage and d.volume.endswith(".qcow2")]
+
+    async def snapshot(self, call: Any, m: re.Match[str]) -> Any:
+        vmid, name = int(m["vmid"]), call.params["snapname"]
+        for disk in self.qcow2_files(vmid):
+            await asyncio.to_thread(subprocess.run, ["qemu-img", "snapshot", "-c", name, str(disk)], check=True)
+        return self.layer.relay(await self.layer.forward(call))
+
+    async def unsnapshot(self, call: Any, m: re.Match[str]) -> Any:
+        for disk in self.qcow2_files(int(m["vmid"])):
+            await asyncio.to_thread(subprocess.run, ["qemu-img", "snapshot", "-d", m["snap"], str(disk)], check=True)
+        return self.layer.relay(await self.layer.forward(call))
 
 
 class Staging:
@@ -204,8 +229,8 @@ def libvirt_side(libvirt_layer: ModuleType, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def proxmox_side(tmp_path_factory: pytest.TempPathFactory, staging: Staging) -> Iterator[tuple[ProviderHarness, PveNode]]:
-    """A provider on the simulator, its nodes' shell over SSH; VM disks and
-    imports on the directory storage ``cloud``."""
+    """A provider on the simulator, its nodes' shell over SSH; VM disks (qcow2)
+    and imports on the directory storage ``cloud``."""
     skip_without_sshd()
     served = Serving(*make_pki(str(tmp_path_factory.mktemp("pvesim-pki"))))
     node = PveNode(tmp_path_factory.mktemp("pve-node"))
@@ -213,6 +238,7 @@ def proxmox_side(tmp_path_factory: pytest.TempPathFactory, staging: Staging) -> 
         pve = served.pve
         pve.apitokens[TOKEN_ID] = TOKEN_SECRET
         add_second_node_and_shared_dir(pve)
+        pve.storages["cloud"]["format"] = "qcow2"  # VM disks in qcow2 by default: Proxmox snapshots them on a directory
         NodeFiles(served.cluster, node, "cloud")
         node.start()
         settings = {
@@ -266,9 +292,15 @@ def test_libvirt_to_proxmox_and_back(
     assert on_proxmox.startswith(f"cloud:{there}/vm-{there}-disk-"), on_proxmox
     assert same_content(original, node.path(on_proxmox))
 
-    # Proxmox -> staging -> libvirt (the Proxmox backend exports a disk as it is now)
+    # Proxmox -> staging -> libvirt (a snapshot of the disk, as VirtRigaud's migration does by default)
     url, how = staging.request(kind, f"{kind}-back")
-    back, returned = migrate(px.stub, lv.stub, there, url, lv.name(f"back-{kind}"), snapshot=False, **how)
+    back, returned = migrate(px.stub, lv.stub, there, url, lv.name(f"back-{kind}"), **how)
+    left = px.stub.GetDiskInfo(pb.GetDiskInfoRequest(vm_id=there), timeout=30).snapshots
+    assert list(left) == []  # the migration's snapshot is gone, from the VM and from its qcow2 file
+    listed = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", str(node.path(on_proxmox))], capture_output=True, check=True
+    )
+    assert b'"snapshots"' not in listed.stdout
     staged = staging.fetch(kind, url, tmp_path / "back.qcow2")
     assert sha256(staged) == returned
     assert same_content(original, staged)

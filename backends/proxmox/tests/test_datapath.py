@@ -234,7 +234,7 @@ def test_requests_refused_before_any_transfer(dp: Any, pve: Any, node: PveNode) 
     make_disk(node, pve)
     for kw, field in [
         ({"fmt": "raw", "compress": True}, "compress"),
-        ({"snapshot_id": "before"}, "snapshot_id"),
+        ({"snapshot_id": "before"}, "no snapshot 'before'"),
         ({"disk_id": "scsi7"}, "scsi7"),
     ]:
         code, message = fails(lambda kw=kw: export(dp, "pvc://mig/y.qcow2", backend_type="pvc", **kw))

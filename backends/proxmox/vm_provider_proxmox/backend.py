@@ -114,6 +114,18 @@ class ProxmoxBackend(Backend):
             return offer.without(Capability.IMAGE_PREPARE)
         return offer
 
+    def lock_key(self, vm_id: str) -> str:
+        """A VM's VMID as given. An image (``image:<storage
+        hint>/<target name>``) by the storage it goes to: an empty hint is
+        ``import_storage``'s, so that ImportDisk or ImagePrepare naming that
+        storage and one naming none write the same file one after the
+        other."""
+        kind, _, rest = vm_id.partition(":")
+        hint, slash, target = rest.partition("/")
+        if kind != "image" or not slash:
+            return vm_id
+        return f"image:{images.storage_of(self.settings, hint)}/{target}"
+
     def ping(self) -> None:
         self.client.get("version")
 

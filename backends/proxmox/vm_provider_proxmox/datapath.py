@@ -9,9 +9,12 @@ offered: the node holds no S3 or HTTP credentials of the client's, and
 handing them to a root shell on the node is not something the provider
 does.
 
-Export: ``pvesm path`` names the volume's file or device on the VM's node;
-``qemu-img convert`` writes the asked format there (``-c`` when compressed;
-``-U`` while the VM runs, a crash-consistent copy) into ``node_tmp_dir``;
+Export: the disk as it is now or at a snapshot (:mod:`.sources`: which
+volume, and how it reads at the snapshot); ``pvesm path`` names the
+volume's file or device on the VM's node; ``qemu-img convert`` writes the
+asked format there (``-c`` when compressed; ``-U`` while the VM runs: a
+crash-consistent copy of a disk as it is now, or the snapshot, which the
+running VM does not change) into ``node_tmp_dir``;
 ``cat`` streams it to the provider, which uploads it; the converted file is
 removed in every case.
 
@@ -50,7 +53,7 @@ from provider_core import (
     transfer,
 )
 
-from . import disks, images, placement
+from . import images, placement, sources
 from .inventory import Cluster
 from .node import CommandFailed, NodeShell, Session
 from .versions import IMPORT_IMAGES
@@ -69,21 +72,20 @@ CHECK_PASSES = (3, 63)
 def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome[ExportResult]:
     if spec.compress and spec.format not in COMPRESSIBLE:
         raise InvalidArgument.field("compress", f"qemu-img compresses {' and '.join(COMPRESSIBLE)} only, not {spec.format}")
-    if spec.snapshot_id:
-        raise InvalidArgument.field("snapshot_id", "the Proxmox data path exports a disk as it is now, not at a snapshot")
     ref = cluster.state(spec.vm_id)
-    drive = disks.drive_of(cluster.client.get(f"{ref.path}/config"), spec.disk_id)
+    source = sources.resolve(cluster, ref, spec.disk_id, spec.snapshot_id)
+    drive = source.drive
     export_id = f"export-{uuid.uuid4().hex[:16]}"
     running = ref.running
 
     def work() -> ExportResult:
         with shell.session(ref.node) as node:
-            source = node.run(["pvesm", "path", drive.volume]).strip()
+            path = node.run(["pvesm", "path", drive.volume]).strip()
             tmp = node.run(["mktemp", "-p", cluster.settings.node_tmp_dir, f"vmp-{export_id}-XXXXXX"]).strip()
             try:
                 argv = ["qemu-img", "convert", "-O", spec.format, *(["-c"] if spec.compress else [])]
                 argv += ["-U"] if running else []
-                node.run([*argv, source, tmp])
+                node.run([*argv, *source.args(path), tmp])
                 size = int(node.run(["stat", "-c", "%s", tmp]).strip())
                 with node.reading(["cat", tmp]) as stream:
                     sent = transfer.upload(stream, spec, size=size)

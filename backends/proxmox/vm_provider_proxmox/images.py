@@ -72,8 +72,14 @@ class ImageFile:
         return self.content == "iso"
 
 
+def storage_of(settings: ProxmoxSettings, hint: str) -> str:
+    """The storage a request's hint names: the hint, else ``import_storage``
+    ("" when neither is set)."""
+    return hint or settings.import_storage
+
+
 def import_storage(settings: ProxmoxSettings, hint: str) -> str:
-    storage = hint or settings.import_storage
+    storage = storage_of(settings, hint)
     if not storage:
         raise FailedPrecondition(
             "images by URL need a file storage with 'import' (disk images) or 'iso' content: "

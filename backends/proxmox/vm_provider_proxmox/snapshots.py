@@ -60,12 +60,18 @@ def create(cluster: Cluster, spec: SnapshotSpec) -> Outcome[str]:
     return Outcome.native(name, cluster.client.post(f"{ref.path}/snapshot", **params))
 
 
-def _existing(cluster: Cluster, vm_id: str, snapshot_id: str) -> tuple[VmState, dict[str, Any]]:
-    ref = cluster.state(vm_id)
+def find(cluster: Cluster, ref: VmRef | VmState, snapshot_id: str) -> dict[str, Any]:
+    """The VM's snapshot of that name (its entry in the snapshot list);
+    NotFound when it has none."""
     snap = listing(cluster, ref).get(snapshot_id)
     if snap is None:
         raise NotFound(f"VM {ref.vmid} has no snapshot {snapshot_id!r}")
-    return ref, snap
+    return snap
+
+
+def _existing(cluster: Cluster, vm_id: str, snapshot_id: str) -> tuple[VmState, dict[str, Any]]:
+    ref = cluster.state(vm_id)
+    return ref, find(cluster, ref, snapshot_id)
 
 
 def revert(cluster: Cluster, vm_id: str, snapshot_id: str) -> Outcome[None]:

@@ -1,0 +1,142 @@
+"""What ExportDisk converts: a disk of the VM as it is now, or as one of its
+snapshots holds it.
+
+A disk as it is now is its volume in the VM's config, read from where
+``pvesm path`` puts it. A snapshot must be in the VM's snapshot list
+(NOT_FOUND otherwise) and complete (no ``snapstate``); its disks are those
+of the snapshot's config (a disk added since is not in it, one removed since
+still is). Proxmox reads a volume at a snapshot the way its storage keeps
+snapshots (pve-storage's ``path($volid, $snapname)`` and qemu-server's
+``qemu_img_convert``), and so does the provider, from the path ``pvesm
+path`` gives for the volume and the storage's configuration
+(its entry in ``GET /storage``):
+
+- qcow2 on dir, nfs, cifs, btrfs, glusterfs: the same file, with
+  ``qemu-img -l snapshot.name=S`` (an internal qcow2 snapshot);
+- qcow2 on dir, nfs, cifs with ``snapshot-as-volume-chain``: the file
+  ``snap-S-<name>`` beside the volume (the chain's layer S, over those
+  below it);
+- raw on btrfs: ``<dir>@S/disk.raw``, the read-only subvolume snapshot;
+- rbd without ``krbd``: ``rbd:<pool>/<image>@S:<options>``.
+
+Other storages keep a snapshot where it must first be made visible on the
+node (LVM-thin: activating the snapshot's logical volume; ZFS: the zvol
+snapshot's device, ``snapdev``; RBD with ``krbd``: mapping the snapshot),
+which changes the node's state for the export's sake; the provider does
+not do that through the node's shell, and refuses them with
+FAILED_PRECONDITION: export with the VM stopped and without a snapshot.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from provider_core import FailedPrecondition, NotFound
+
+from . import disks, snapshots
+from .inventory import Cluster, VmState
+from .vmconfig import Drive
+
+#: Storage types keeping disk images as files of a directory (pve-storage's
+#: Plugin.pm filesystem_path): qcow2 snapshots are internal to the file.
+FILE_STORAGES = ("dir", "nfs", "cifs", "btrfs", "glusterfs")
+#: File storages that may keep qcow2 snapshots as a chain of files instead.
+CHAIN_STORAGES = ("dir", "nfs", "cifs")
+#: Volume formats by file name extension; block storages hold raw volumes.
+FORMATS = ("raw", "qcow2", "vmdk")
+
+AT_SNAPSHOT = "export with the VM stopped and without a snapshot (VMMigration: createSnapshot false)"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A disk to convert: its drive, and how its volume reads at the
+    snapshot (``how``: "" for the volume as it is now)."""
+
+    drive: Drive
+    snapshot: str = ""
+    how: str = ""
+    format: str = ""
+
+    def args(self, path: str) -> list[str]:
+        """``qemu-img convert``'s source arguments, from the path ``pvesm
+        path`` gives for the volume."""
+        snap = self.snapshot
+        fmt = ["-f", self.format] if self.format else []
+        if self.how == "internal":
+            return [*fmt, "-l", f"snapshot.name={snap}", path]
+        if self.how == "chain":
+            folder, name = posixpath.split(path)
+            return [*fmt, posixpath.join(folder, f"snap-{snap}-{name}")]
+        if self.how == "btrfs":  # <dir>/disk.raw -> <dir>@S/disk.raw
+            folder, name = posixpath.split(path)
+            return [*fmt, posixpath.join(f"{folder}@{snap}", name)]
+        if self.how == "rbd":  # rbd:<pool>/<image>[:options] -> rbd:<pool>/<image>@S[:options]
+            image, colon, options = path.removeprefix("rbd:").partition(":")
+            return [*fmt, f"rbd:{image}@{snap}{colon}{options}"]
+        return [*fmt, path]
+
+
+def resolve(cluster: Cluster, ref: VmState, disk_id: str, snapshot_id: str) -> Source:
+    """The disk ``disk_id`` (empty: the boot disk) of the VM now, or at
+    ``snapshot_id``."""
+    client = cluster.client
+    if not snapshot_id:
+        return Source(disks.drive_of(client.get(f"{ref.path}/config"), disk_id))
+    snap = snapshots.find(cluster, ref, snapshot_id)
+    if snap.get("snapstate"):
+        raise FailedPrecondition(
+            f"snapshot {snapshot_id!r} of VM {ref.vmid} is incomplete (snapstate {snap['snapstate']}); delete it and take another"
+        )
+    config: dict[str, Any] = client.get(f"{ref.path}/snapshot/{snapshot_id}/config")
+    try:
+        drive = disks.drive_of(config, disk_id)
+    except NotFound as exc:
+        raise NotFound(f"snapshot {snapshot_id!r} of VM {ref.vmid}: {exc.message}") from None
+    if not drive.storage:
+        raise FailedPrecondition(f"disk {drive.key} of VM {ref.vmid} is no storage's volume ({drive.volume}): {AT_SNAPSHOT}")
+    listed: list[dict[str, Any]] = client.get("storage") or []  # reading one storage's entry needs Datastore.Allocate
+    storage = next((e for e in listed if e.get("storage") == drive.storage), None)
+    if storage is None:
+        raise FailedPrecondition(
+            f"storage {drive.storage!r} of disk {drive.key} is not in the storage list: reading a snapshot needs its type,"
+            f" which needs Datastore.Audit or Datastore.AllocateSpace on /storage/{drive.storage}"
+        )
+    kind = str(storage.get("type", ""))
+    fmt = volume_format(drive.volume, kind)
+    how = _how(kind, fmt, storage)
+    if not how:
+        what = f"a {fmt} volume" if fmt else "a volume"
+        raise FailedPrecondition(
+            f"disk {drive.key} of VM {ref.vmid} is {what} on storage {drive.storage!r} of type {kind or 'unknown'},"
+            f" whose snapshots the provider cannot read from the node's shell: {AT_SNAPSHOT}"
+        )
+    return Source(drive, snapshot_id, how, fmt)
+
+
+def volume_format(volume: str, kind: str) -> str:
+    """The format of a volume as pve-storage's ``parse_volname`` has it:
+    a file's name extension, raw on block storages; "" when unknown."""
+    if kind in FILE_STORAGES:
+        ext = posixpath.splitext(volume)[1].lstrip(".")
+        return ext if ext in FORMATS else ""
+    return "raw" if kind in ("rbd", "lvm", "lvmthin", "zfspool", "zfs", "iscsi", "iscsidirect") else ""
+
+
+def _how(kind: str, fmt: str, storage: dict[str, Any]) -> str:
+    if kind in FILE_STORAGES and fmt == "qcow2":
+        return "chain" if kind in CHAIN_STORAGES and _true(storage.get("snapshot-as-volume-chain")) else "internal"
+    if kind == "btrfs" and fmt == "raw":
+        return "btrfs"
+    if kind == "rbd" and not _true(storage.get("krbd")):
+        return "rbd"
+    return ""
+
+
+def _true(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+__all__ = ["Source", "resolve", "volume_format"]
