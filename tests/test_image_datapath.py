@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import paramiko
 import pytest
+import yaml
 from vmp_testplugins.container import Container, Containers, image_missing, podman, readable
 from vmp_testplugins.sshd import sshd_unavailable
 
@@ -53,10 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "proxm
 from pvenode import PveNode
 from pvesim import add_second_node_and_shared_dir
 
+ROOT = Path(__file__).resolve().parents[1]
+
 _why = image_missing() or sshd_unavailable() or None
 if _why and os.environ.get("VMP_REQUIRE_IMAGE") == "1":
     raise RuntimeError(f"VMP_REQUIRE_IMAGE=1 but {_why}")
-pytestmark = [pytest.mark.skipif(_why is not None, reason=_why or ""), pytest.mark.slow]
+needs_image = pytest.mark.skipif(_why is not None, reason=_why or "")
 
 TOKEN_ID = "vmp@pve!imagessh"
 TOKEN_SECRET = "1mage-ssh-t0ken-secret"
@@ -134,19 +139,46 @@ def make_disk(node: PveNode, pve: Any) -> Path:
     return disk
 
 
+def documented() -> tuple[dict[str, str], dict[str, str]]:
+    """docs/deploying.md's credentials Secret with the data path (its
+    stringData) and the variables it adds to the container."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    section = text.split("\n## Proxmox: the nodes' data path in a pod\n", 1)[1].split("\n## ", 1)[0]
+    secret, env = (yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, flags=re.S))
+    assert secret["kind"] == "Secret"
+    return secret["stringData"], {e["name"]: e["value"] for e in env}
+
+
+def test_the_pages_secret_and_variables_are_well_formed() -> None:
+    """What the page shows parses as the provider reads it: a known_hosts
+    file paramiko loads, SSH_HOSTS as JSON mapping node names to addresses."""
+    secret, env = documented()
+    hosts = paramiko.HostKeys()
+    for line in secret["known_hosts"].splitlines():
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        assert entry is not None, line
+        hosts.add(entry.hostnames[0], entry.key.get_name(), entry.key)
+    addresses = json.loads(env["VM_PROVIDER_PROXMOX_SSH_HOSTS"])
+    assert set(addresses) == {"pve1", "pve2"}
+    assert all(hosts.lookup(a) for a in addresses.values())
+
+
 def provider(
     start: Containers, pve: Any, cafile: str, node: PveNode, tmp_path: Path, pod: Pod, claims: Path, key_mode: int | None = None
 ) -> Container:
     """The image serving Proxmox with the node data path, its login and SSH
-    files in the credentials Secret, laid out for ``pod`` (the key of
-    ``key_mode`` if given)."""
-    secret = {
+    files in the credentials Secret as docs/deploying.md shows it (this
+    test bed's values in its keys), laid out for ``pod`` (the key of
+    ``key_mode`` if given); the page's variables, with this bed's values."""
+    shown, variables = documented()
+    ours = {
         "token_id": TOKEN_ID,
         "token_secret": TOKEN_SECRET + "\n",
         "ssh-privatekey": node.sshd.client_key.read_text(),
         "known_hosts": node.sshd.known_hosts("known_hosts").read_text(),
     }
-    creds = readable(tmp_path / "credentials", secret, pod.secret_mode, pod.fs_group)
+    assert set(shown) == set(ours), "the page's Secret has other keys than this test fills"
+    creds = readable(tmp_path / "credentials", ours, pod.secret_mode, pod.fs_group)
     if key_mode is not None:
         (creds / "ssh-privatekey").chmod(key_mode)
     ca = readable(tmp_path / "pve-ca", {"ca.crt": Path(cafile).read_text()})
@@ -154,10 +186,12 @@ def provider(
         "VM_PROVIDER_PROXMOX_CA_FILE": "/etc/pve-ca/ca.crt",
         "VM_PROVIDER_PROXMOX_IMPORT_STORAGE": "cloud",
         "VM_PROVIDER_PROXMOX_SSH_PORT": str(node.sshd.port),
-        "VM_PROVIDER_PROXMOX_SSH_HOSTS": json.dumps({"pve1": "127.0.0.1", "pve2": "127.0.0.1"}),
         "VM_PROVIDER_PROXMOX_NODE_TMP_DIR": str(node.tmp),
         "VM_PROVIDER_SERVER_ALLOW_ADDRESSES": '["loopback"]',  # moto's S3 on 127.0.0.1
     }
+    assert set(variables) == {"VM_PROVIDER_PROXMOX_SSH_HOSTS"}
+    nodes = json.loads(variables["VM_PROVIDER_PROXMOX_SSH_HOSTS"])
+    env["VM_PROVIDER_PROXMOX_SSH_HOSTS"] = json.dumps(dict.fromkeys(nodes, "127.0.0.1"))  # every node is this host
     claim = claims / CLAIM  # writable by the pod's group: the setgid directory fsGroup makes of a volume
     os.chown(claim, 0, pod.claim_group)
     claim.chmod(0o2770)
@@ -190,6 +224,8 @@ def written_under_tmp(c: Container) -> list[str]:
 FIND_FILES = "import os\nfor d, _, fs in os.walk('/tmp'):\n    for f in fs: print(os.path.join(d, f))"
 
 
+@needs_image
+@pytest.mark.slow
 @pytest.mark.parametrize("pod", PODS.values(), ids=PODS.keys())
 def test_export_and_import_through_the_node(
     start: Containers, pve: Any, fakepve_cafile: str, node: PveNode, claims: Path, tmp_path: Path, pod: Pod
@@ -273,6 +309,8 @@ def test_export_and_import_through_the_node(
     assert node.sshd.logins() >= 4  # Validate (two nodes), exports and imports
 
 
+@needs_image
+@pytest.mark.slow
 def test_a_key_the_pod_cannot_read_is_named(
     start: Containers, pve: Any, fakepve_cafile: str, node: PveNode, claims: Path, tmp_path: Path
 ) -> None:
