@@ -323,7 +323,7 @@ def test_a_key_the_pod_cannot_read_is_named(
     c = provider(start, pve, fakepve_cafile, node, tmp_path, pod, claims, key_mode=0o400)
     report = c.stub.Validate(pb.ValidateRequest(), timeout=60)
     assert not report.ok
-    assert f"{CREDENTIALS}/ssh-privatekey" in report.message
+    assert report.message.count(f"{CREDENTIALS}/ssh-privatekey") == 1, report.message  # once, not once per node
     assert "UID 65532" in report.message
     with pytest.raises(grpc.RpcError) as info:
         c.stub.ExportDisk(
