@@ -70,7 +70,6 @@ BUCKET = "vmp-image-moves"
 CLAIM = "mig"
 VOLID = "cloud:100/vm-100-disk-0.qcow2"
 CREDENTIALS = "/etc/virtrigaud/credentials"
-MiB = 1 << 20
 
 
 @dataclass(frozen=True)
