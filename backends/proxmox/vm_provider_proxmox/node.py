@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shlex
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import paramiko
@@ -58,6 +61,8 @@ class NodeShell:
         s = self.settings
         if s.ssh_key_file is None or s.ssh_known_hosts_file is None:
             raise FailedPrecondition("the node data path needs ssh_key_file and ssh_known_hosts_file")
+        for setting, path in (("ssh_key_file", s.ssh_key_file), ("ssh_known_hosts_file", s.ssh_known_hosts_file)):
+            _check_readable(setting, path)
         host = s.ssh_hosts.get(node, node)
         where = f"node {node} ({host}:{s.ssh_port})"
         client = paramiko.SSHClient()
@@ -182,6 +187,32 @@ class Session:
             channel.close()
             raise
         self._finish(channel, argv, check=True)
+
+
+def _check_readable(setting: str, path: Path) -> None:
+    """Refuse, before any connection, a file of the data path this process
+    cannot read. In a pod this is a Secret's file of root with mode 0400
+    (or 0600) while the provider runs as another UID (65532, or whatever
+    UID OpenShift assigns) and the pod has no fsGroup giving it the file's
+    group: the operator's files must change, so FAILED_PRECONDITION naming
+    the file, its mode and owner, and who the process is."""
+    try:
+        with path.open("rb"):
+            pass
+    except PermissionError:
+        groups = ",".join(str(g) for g in sorted({os.getgid(), *os.getgroups()}))
+        try:
+            st = path.stat()
+            what = f"it is mode {stat.S_IMODE(st.st_mode):04o} of {st.st_uid}:{st.st_gid}"
+        except OSError:
+            what = "its directory cannot be searched"
+        raise FailedPrecondition(
+            f"{setting} {path} cannot be read by UID {os.getuid()} (groups {groups}): {what}; give the pod "
+            "the file's group (with an fsGroup the kubelet makes a Secret's files 0440 of it) or keep the "
+            "Secret's default mode (0644)"
+        ) from None
+    except OSError as exc:
+        raise FailedPrecondition(f"{setting} {path}: cannot read it: {exc.strerror}") from None
 
 
 def _end_input(channel: paramiko.Channel) -> None:

@@ -248,7 +248,9 @@ def _ssh(cluster: Cluster, version: tuple[int, int], ok_lines: list[str], proble
             with shell.session(name) as node:
                 node.run(["sh", "-c", "command -v pvesm qemu-img"])
         except ProviderError as exc:
-            problems.append(f"disk data path: {exc}")
+            problem = f"disk data path: {exc}"
+            if problem not in problems:  # an unreadable key file is the same for every node: said once
+                problems.append(problem)
             continue
         reached.append(name)
     if reached:
