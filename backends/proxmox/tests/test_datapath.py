@@ -17,7 +17,7 @@ import pytest
 from pvenode import PveNode
 from vm_provider_proxmox.node import NodeShell
 from vm_provider_proxmox.settings import ProxmoxSettings
-from vmp_testplugins.sshd import keygen, sshd_unavailable
+from vmp_testplugins.sshd import keygen, skip_without_sshd
 
 from provider_core import Unavailable
 from provider_core.conformance.servers import HttpSink, S3Server
@@ -30,9 +30,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[PveNode]:
-    reason = sshd_unavailable()
-    if reason:
-        pytest.skip(f"needs an OpenSSH server: {reason}")
+    skip_without_sshd()
     n = PveNode(tmp_path / "node")
     n.start()
     try:
