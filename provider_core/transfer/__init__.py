@@ -83,6 +83,7 @@ from ._common import (
     LocalIOError,
     TransferSettings,
     UploadResult,
+    http_error,
     source_size,
 )
 from ._remote import PRESIGN_SECONDS, Part, Pinned, PresignedUpload, pin, presigned_download, presigned_upload
@@ -277,6 +278,7 @@ __all__ = [
     "UploadResult",
     "download",
     "download_to",
+    "http_error",
     "pin",
     "presigned_download",
     "presigned_upload",
