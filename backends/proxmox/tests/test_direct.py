@@ -22,10 +22,13 @@ import grpc
 import pytest
 from pvenode import PveNode
 from test_datapath import BUCKET, export, fails, import_, make_disk, same_content, sha256
+from vm_provider_proxmox import direct
+from vm_provider_proxmox.settings import ProxmoxSettings
 from vmp_testplugins.sshd import sshd_unavailable
 
 from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
+from provider_core.transfer import Pinned
 
 WRAPPER = """#!/bin/sh
 # curl, recording how it is called; exits 7 once the count in %(fail)s is used up
@@ -223,3 +226,23 @@ def test_direct_refused_where_the_node_cannot_serve_it(
     assert "offered: relay" in message
     assert node.calls == ""
     assert node.sshd.logins() == 0
+
+
+def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
+    """The config the node's curl reads: the URL (quoted in curl's syntax),
+    only the checked address, no redirects (no ``location``), http(s) only,
+    no proxy, the limits."""
+    url = 'https://s3.example.com/b/k?X-Amz-Signature=ab"c\\d'
+    pinned = Pinned(url, "s3.example.com", 443, "2001:db8::5")
+    got = direct._config(pinned, ProxmoxSettings(**{**settings, "task_timeout_seconds": 600})).decode()
+    lines = got.splitlines()
+    assert lines[:5] == [
+        'url = "https://s3.example.com/b/k?X-Amz-Signature=ab\\"c\\\\d"',
+        'resolve = "s3.example.com:443:[2001:db8::5]"',
+        'proto = "=http,https"',
+        'noproxy = "*"',
+        "silent",
+    ]
+    assert 'speed-time = "600"' in lines
+    assert 'write-out = "\\nvmp-status=%{http_code}\\n"' in lines
+    assert not [line for line in lines if line.startswith(("location", "proxy", "netrc", "config"))]

@@ -157,10 +157,10 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
 
 def _config(target: Pinned, settings: ProxmoxSettings, **extra: str | list[str]) -> bytes:
     """curl's config (``-K``): the URL, pinned, and the limits."""
-    address = f"[{target.address}]" if ":" in target.address else target.address
+    host, address = (f"[{a}]" if ":" in a else a for a in (target.host, target.address))
     options: dict[str, str | list[str] | None] = {
         "url": target.url,
-        "resolve": f"{target.host}:{target.port}:{address}",
+        "resolve": f"{host}:{target.port}:{address}",
         "proto": "=http,https",
         "noproxy": "*",
         "silent": None,
