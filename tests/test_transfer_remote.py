@@ -125,7 +125,8 @@ def test_presigned_download(s3_url: str, s3: Any) -> None:
 
 def test_pin_holds_urls_to_the_policy(s3_url: str) -> None:
     pinned = transfer.pin("http://localhost:8080/disk.qcow2?X-Amz-Signature=abc")
-    assert (pinned.host, pinned.port, pinned.address) == ("localhost", 8080, "127.0.0.1")
+    assert (pinned.host, pinned.port) == ("localhost", 8080)
+    assert pinned.address in urls.check_host("localhost", 8080)
     assert pinned.shown == "http://localhost:8080/disk.qcow2?<redacted>"
     assert transfer.pin("https://127.0.0.1/x").port == 443
     with pytest.raises(errors.InvalidArgument, match="source_url: must be an http or https URL"):

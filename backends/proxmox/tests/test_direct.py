@@ -219,6 +219,9 @@ def test_direct_refused_where_the_node_cannot_serve_it(
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "would hand the URL's credentials to the node" in message
+    code, message = fails(lambda: export(dp, "http://user:pw@127.0.0.1:9/x.qcow2", transfer_mode="direct"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "would hand the URL's credentials to the node" in message
     relay_only = provider({**settings, **node.settings()})
     code, message = fails(lambda: export(relay_only, "http://127.0.0.1:9/x.qcow2", transfer_mode="direct"))
     assert code is grpc.StatusCode.INVALID_ARGUMENT

@@ -8,7 +8,7 @@ multipart upload, signs one short-lived URL per part just before the node
 sends it, and completes the upload, or aborts it on any failure, so that no
 object and no parts stay; an import gets a presigned GetObject URL. An
 http(s) URL is the client's own (presigned by the client, say): direct
-refuses one that needs the request's credentials (or carries a password),
+refuses one that needs the request's credentials (or carries user-info),
 which would have to be handed over.
 
 What the node runs, and what it never sees:
@@ -83,7 +83,7 @@ def check(spec: ExportSpec | ImportSpec) -> None:
             f"direct is not possible with {spec.backend_type}: the staging directory is mounted into the provider, "
             "not on the node; use relay (or auto)",
         )
-    if spec.backend_type == "" and (spec.credentials or urlsplit(url).password is not None):
+    if spec.backend_type == "" and (spec.credentials or urlsplit(url).username is not None):
         raise InvalidArgument.field(
             "transfer_mode",
             "direct would hand the URL's credentials to the node; give a presigned URL without credentials, or use relay",
