@@ -34,9 +34,12 @@ WRAPPER = """#!/bin/sh
 # curl, recording how it is called; exits 7 once the count in %(fail)s is used up
 { printf 'argv:'; printf ' %%s' "$@"; printf '\\nparent: '; tr '\\000' ' ' < /proc/$PPID/cmdline; printf '\\n'; } >> %(log)s
 if [ -e %(fail)s ]; then
+    exec 9< %(fail)s
+    flock 9  # parts are sent side by side: count one at a time
     n=$(cat %(fail)s)
     if [ "$n" -le 0 ]; then echo "curl: (7) Failed to connect to the object store" >&2; exit 7; fi
     echo $((n - 1)) > %(fail)s
+    exec 9<&-
 fi
 exec %(curl)s "$@"
 """
