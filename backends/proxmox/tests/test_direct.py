@@ -120,9 +120,12 @@ def test_direct_is_offered_only_when_configured(provider: Any, settings: dict[st
     assert list(caps.supported_transfer_modes) == ["relay", "direct"]
 
 
-def test_export_to_s3_and_import_back_directly(dp: Any, pve: Any, node: Node, s3: S3Server, tmp_path: Path) -> None:
+def test_export_to_s3_and_import_back_directly(
+    dp: Any, pve: Any, node: Node, s3: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A 64 MiB raw image goes up in 8 parts of 8 MiB from the node; the
     relay path's export of the same disk has the same checksum."""
+    caplog.set_level("DEBUG")
     disk = make_disk(node, pve)
     relayed = export(dp, f"s3://{BUCKET}/relayed.raw", "raw", credentials=creds(s3), transfer_mode="relay")
     assert node.calls == ""
@@ -151,6 +154,9 @@ def test_export_to_s3_and_import_back_directly(dp: Any, pve: Any, node: Node, s3
     assert sha256(node.path(back.disk_id)) == resp.checksum
     assert sorted(p.name for p in node.path(back.disk_id).parent.iterdir()) == ["back.raw"]
     no_secrets_on_the_node(node, node.sshd.log.read_text())
+    ours = [r.getMessage() for r in caplog.records if r.name.split(".")[0] not in ("werkzeug", "moto")]  # not the S3 server's
+    assert [m for m in ours if "sent 67108864 bytes directly" in m]
+    assert not [m for m in ours if "X-Amz-Signature" in m or "direct-s3-secret" in m]
 
 
 def test_export_to_an_http_put_url_and_import_from_it(dp: Any, pve: Any, node: Node, tmp_path: Path) -> None:
