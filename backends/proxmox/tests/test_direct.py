@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +261,41 @@ def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
     assert 'speed-time = "600"' in lines
     assert 'write-out = "\\nvmp-status=%{http_code}\\n"' in lines
     assert not [line for line in lines if line.startswith(("location", "proxy", "netrc", "config"))]
+
+
+class Trickle(BaseHTTPRequestHandler):
+    """Serves a raw image slowly: 64 KiB a second for 4 seconds."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(4 * 64 * 1024))
+        self.end_headers()
+        for _ in range(4):
+            time.sleep(1)
+            self.wfile.write(b"\x5a" * 64 * 1024)
+            self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_long_download_keeps_the_node_channel_alive(
+    provider: Any, settings: dict[str, Any], pve: Any, node: Node, tmp_path: Path
+) -> None:
+    """A download longer than task_timeout_seconds (the longest silence of a
+    command on the node) goes on while bytes flow: curl's progress meter
+    speaks every second."""
+    configured = {**settings, **node.settings(), "direct_transfers": True, "task_timeout_seconds": 2}
+    h = provider(configured, pvc_root=tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow.raw"
+        started = time.monotonic()
+        got = import_(h, url, "slow", "raw", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started > 4
+    assert got.actual_size_bytes == 4 * 64 * 1024
+    assert node.path(got.disk_id).read_bytes() == b"\x5a" * 4 * 64 * 1024

@@ -28,7 +28,9 @@ What the node runs, and what it never sees:
   ``dd`` and piped into curl with its Content-Length, a few parts at a time;
   curl reports each part's ETag, which the provider completes the upload
   with. An http(s) destination gets the whole file in one PUT.
-- Import: curl writes into the hidden ``.part`` file, which is then hashed
+- Import: curl writes into the hidden ``.part`` file (its progress meter
+  the only output, which keeps the SSH channel from falling silent for
+  ``task_timeout_seconds`` while a large image arrives), which is then hashed
   (checked against ``expected_checksum`` when given) and verified like a
   relayed one before it is renamed into place.
 
@@ -128,7 +130,7 @@ def _put(node: Session, target: Pinned, path: str, part: transfer.Part, *, setti
         "output": "/dev/null",
     }
     argv = ["sh", "-c", PUT_RANGE, "sh", path, str(part.offset), str(part.length)]
-    out = _curl(node, argv, _config(target, settings, **upload), what)
+    out = _curl(node, argv, _config(target, settings, upload), what)
     found = _ETAG.findall(out)
     return found[-1] if found else ""
 
@@ -143,7 +145,7 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
     else:
         source = transfer.pin(spec.source_url, url_field="source_url")
     what = f"download from {transfer.redact(spec.source_url)} to {node.where}"
-    _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings), what)
+    _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings, meter=True), what)
     size = int(node.run(["stat", "-c", "%s", part]).strip())
     sha256 = node.run(["sha256sum", part]).split()[0]
     if expected and sha256 != expected:
@@ -155,22 +157,25 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
     return DownloadResult(size, sha256, sha256)
 
 
-def _config(target: Pinned, settings: ProxmoxSettings, **extra: str | list[str]) -> bytes:
-    """curl's config (``-K``): the URL, pinned, and the limits."""
+def _config(
+    target: Pinned, settings: ProxmoxSettings, extra: dict[str, str | list[str]] | None = None, *, meter: bool = False
+) -> bytes:
+    """curl's config (``-K``): the URL, pinned, the limits, and ``extra``;
+    ``meter``: with the progress meter (once a second)."""
     host, address = (f"[{a}]" if ":" in a else a for a in (target.host, target.address))
     options: dict[str, str | list[str] | None] = {
         "url": target.url,
         "resolve": f"{host}:{target.port}:{address}",
         "proto": "=http,https",
         "noproxy": "*",
-        "silent": None,
+        **({} if meter else {"silent": None}),
         "show-error": None,
         "fail": None,
         "connect-timeout": f"{settings.request_timeout:g}",
         "speed-limit": "1",
         "speed-time": str(max(1, int(settings.task_timeout_seconds))),
         "write-out": "\nvmp-status=%{http_code}\n",
-        **extra,
+        **(extra or {}),
     }
     lines = []
     for name, value in options.items():
