@@ -299,3 +299,32 @@ def test_a_long_download_keeps_the_node_channel_alive(
     assert time.monotonic() - started > 4
     assert got.actual_size_bytes == 4 * 64 * 1024
     assert node.path(got.disk_id).read_bytes() == b"\x5a" * 4 * 64 * 1024
+
+
+class Moved(BaseHTTPRequestHandler):
+    """Sends every request elsewhere."""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_redirect_is_not_followed(dp: Any, pve: Any, node: Node) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/moved.raw"
+        code, message = fails(lambda: import_(dp, url, "moved", "raw", transfer_mode="direct"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+    assert "HTTP 302" in message
+    assert "redirects are not followed" in message
+    imports = node.root / "cloud/import"
+    assert not imports.exists() or list(imports.iterdir()) == []

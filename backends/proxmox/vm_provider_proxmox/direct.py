@@ -18,7 +18,8 @@ What the node runs, and what it never sees:
   errors name it redacted.
 - The provider resolves the URL's host and holds every address to its URL
   policy (:func:`provider_core.transfer.pin`); curl connects to that address
-  only (``--resolve``), follows no redirect, speaks http and https only,
+  only (``--resolve``), follows no redirect (one is an error naming its
+  HTTP status), speaks http and https only,
   and ignores proxies and ``~/.curlrc``. It gives up after
   ``request_timeout`` seconds connecting and when slower than 1 byte/s for
   ``task_timeout_seconds``; TLS is verified against the node's own CA
@@ -202,9 +203,12 @@ def _curl(node: Session, argv: list[str], config: bytes, what: str) -> str:
     if not found:
         raise Unavailable(f"{what}: the node reported no result")
     status = int(found[-1])
+    http = _STATUS.findall(out)
+    code = int(http[-1]) if http else 0
     if status != 0:
-        http = _STATUS.findall(out)
         said = [line for line in out.splitlines() if line.startswith("curl: (")]
         detail = _QUERY.sub("?<redacted>", said[-1])[:300] if said else ""
-        raise from_curl(status, int(http[-1]) if http else 0, what, detail)
+        raise from_curl(status, code, what, detail)
+    if not 200 <= code < 300:  # a redirect: curl does not follow it
+        raise transfer.http_error(code, f"{what} (redirects are not followed)")
     return out
