@@ -48,11 +48,11 @@ image:
 # and the test bed PostgreSQL's URL from VMP_POSTGRES_URL;
 # the image tests fail, rather than skip, without the image.
 test: testbed image
-	VMP_LIBVIRTD_URI="$$(bash testbed/libvirtd.sh uri)" VMP_POSTGRES_URL="$$(bash testbed/postgres.sh url)" VMP_REQUIRE_IMAGE=1 $(BIN)/pytest $(ARGS)
+	VMP_LIBVIRTD_URI="$$(bash testbed/libvirtd.sh uri)" VMP_POSTGRES_URL="$$(bash testbed/postgres.sh url)" VMP_REQUIRE_TESTBED=1 $(BIN)/pytest $(ARGS)
 
 # The suite without the real libvirt daemon (its tests skip, saying why).
 test-fast: setup
-	VMP_NO_LIBVIRTD=1 $(BIN)/pytest $(ARGS)
+	VMP_NO_LIBVIRTD=1 VMP_REQUIRE_TESTBED=0 $(BIN)/pytest $(ARGS)
 
 proto: setup
 	$(BIN)/python tools/gen_proto.py

@@ -18,7 +18,8 @@ The checks wrap each method's handler when it is registered
 work does, rather than in a grpc.aio interceptor: with grpcio 1.85 any
 server interceptor costs about 90 µs of CPU per call (a fifth of a
 Describe), whatever it does. Methods the server does not know are
-answered by :class:`UnknownMethods` through the same checks.
+answered by :class:`UnknownMethods` through the same checks (and counted
+and logged as every call is, :mod:`provider_core.observer`).
 """
 
 from __future__ import annotations

@@ -3,14 +3,17 @@
 :class:`Observer` wraps every method of every service the server
 registers, outside the checks of who may call (:mod:`provider_core.auth`),
 so refused calls count too (:class:`~provider_core.status.GuardedRegistrar`
-applies it; methods no service has are seen only when those checks are on).
-For each call it makes the
+applies it), and methods no service has (answered UNIMPLEMENTED by
+:class:`~provider_core.auth.UnknownMethods`, counted with the method label
+``unknown``). For each call it makes the
 call's record (:mod:`provider_core.calls`: the request id, later the VM
 and the task). When the call is answered it counts it by method and
 status code (:mod:`provider_core.metrics`) and logs one access line:
 method, peer, code, duration, task id, VM id and request id, on the
 logger ``provider_core.access`` (health checks at DEBUG, the rest at
-INFO; ``[server] access_log = false`` leaves it out).
+INFO; ``[server] access_log = false`` leaves it out). A call gRPC cancels
+while it is served ends DEADLINE_EXCEEDED when its deadline had passed,
+else CANCELLED (the client gave up, or the server stopped).
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ def _code(context: grpc.aio.ServicerContext) -> str:
     if code is None:
         return "OK"
     return str(code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name)
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> str:
+    """The code of a call gRPC cancelled while it was served: its deadline
+    had passed (gRPC cancels a call then, and the client sees
+    DEADLINE_EXCEEDED), or not."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 UNKNOWN = ("", "unknown")
@@ -119,7 +130,7 @@ class Observer:
         context: grpc.aio.ServicerContext,
     ) -> None:
         seconds = time.perf_counter() - started
-        code = "CANCELLED" if cancelled else _code(context)
+        code = _cancelled_code(context) if cancelled else _code(context)
         self.metrics.rpc_finished(*labels, code, seconds)
         if self.access_log and log.isEnabledFor(level):
             peer = client_peer(context.peer())

@@ -20,12 +20,13 @@ import contextlib
 import contextvars
 import functools
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -54,8 +55,44 @@ from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+L = TypeVar("L")
 FOREIGN_ENV = env_prefix("server") + "MANAGE_FOREIGN_VMS"
 """The environment variable of the server's ``manage_foreign_vms``."""
+
+
+class _Users(Generic[L]):
+    """Locks by key, each with the count of those holding or waiting for
+    it: made on a key's first use, dropped with its last user."""
+
+    def __init__(self, make: Callable[[], L]) -> None:
+        self._make = make
+        self._locks: dict[Hashable, tuple[L, int]] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._locks
+
+    def join(self, key: Hashable) -> L:
+        """``key``'s lock, with one user more."""
+        lock, users = self._locks[key] if key in self._locks else (self._make(), 0)
+        self._locks[key] = (lock, users + 1)
+        return lock
+
+    def lock(self, key: Hashable) -> L:
+        """``key``'s lock (while it has users)."""
+        return self._locks[key][0]
+
+    def leave(self, key: Hashable) -> bool:
+        """One user of ``key`` less; True when that was the last (its lock is dropped)."""
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+            return True
+        self._locks[key] = (lock, users - 1)
+        return False
+
+    def users(self, key: Hashable) -> int:
+        """How many hold or wait for ``key``'s lock."""
+        return self._locks[key][1] if key in self._locks else 0
 
 
 class KeyedLocks:
@@ -66,7 +103,7 @@ class KeyedLocks:
     it by id waits for the work its creation still runs."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: _Users[asyncio.Lock] = _Users(asyncio.Lock)
         self._aliases: dict[str, str] = {}
 
     def alias(self, key: str, target: str) -> None:
@@ -75,12 +112,15 @@ class KeyedLocks:
         if key != target and target in self._locks:
             self._aliases[key] = target
 
+    def users(self, key: str) -> int:
+        """How many calls hold or wait for ``key``'s lock."""
+        return self._locks.users(self._aliases.get(key, key))
+
     async def acquire(self, keys: Iterable[str]) -> list[str]:
         held: list[str] = []
         try:
             for key in sorted({self._aliases.get(k, k) for k in keys}):  # one global order: no deadlocks
-                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-                self._locks[key] = (lock, users + 1)
+                lock = self._locks.join(key)
                 held.append(key)
                 await lock.acquire()
         except BaseException:
@@ -93,15 +133,40 @@ class KeyedLocks:
 
     def _drop(self, keys: list[str], acquired: list[str]) -> None:
         for key in keys:
-            lock, users = self._locks[key]
             if key in acquired:
-                lock.release()
-            if users == 1:
-                del self._locks[key]
+                self._locks.lock(key).release()
+            if self._locks.leave(key):
                 for alias in [a for a, target in self._aliases.items() if target == key]:
                     del self._aliases[alias]
-            else:
-                self._locks[key] = (lock, users - 1)
+
+
+class KeyedThreadLocks:
+    """The thread-side twin of :class:`KeyedLocks`, for code that runs in
+    worker threads (a backend's): one holder per key at a time, a key's
+    lock made on demand and dropped when unused. Keep one per backend
+    instance, so that two endpoints served in one process never wait for
+    each other."""
+
+    def __init__(self) -> None:
+        self._locks: _Users[threading.Lock] = _Users(threading.Lock)
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, key: Hashable) -> Iterator[None]:
+        """Hold ``key``'s lock for the block, waiting for its holder first."""
+        with self._guard:
+            lock = self._locks.join(key)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                self._locks.leave(key)
+
+    def users(self, key: Hashable) -> int:
+        """How many threads hold or wait for ``key``'s lock."""
+        with self._guard:
+            return self._locks.users(key)
 
 
 @dataclass
@@ -561,4 +626,4 @@ class Runtime:
         return await self._call(self.backend.task_status, task_id, timeout=timeout)
 
 
-__all__ = ["KeyedLocks", "Runtime"]
+__all__ = ["KeyedLocks", "KeyedThreadLocks", "Runtime"]

@@ -172,8 +172,8 @@ class ProviderServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
-        if self.auth is not None:  # after every service: methods none of them has
-            guarded.add_generic_rpc_handlers((UnknownMethods(),))
+        # after every service: methods none of them has, checked, counted and logged as the others
+        guarded.add_generic_rpc_handlers((UnknownMethods(),))
 
     @property
     def address(self) -> str:

@@ -8,6 +8,7 @@ how long anything takes.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from provider_core.pb import provider_pb2 as pb
+from provider_core.runtime import KeyedThreadLocks
 from provider_core.testing import ProviderHarness
 
 pytestmark = pytest.mark.needs_test_plugins
@@ -33,8 +35,7 @@ def _eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> 
 def _waiting_for_lock(h: ProviderHarness, key: str) -> int:
     """How many calls hold or wait for the runtime's lock on ``key``."""
     assert h.server is not None
-    entry = h.server.runtime._locks._locks.get(key)
-    return entry[1] if entry else 0
+    return h.server.runtime._locks.users(key)
 
 
 @pytest.mark.parametrize("operation", ["power", "create", "describe"])
@@ -222,3 +223,40 @@ def test_a_creation_whose_caller_went_away_still_holds_its_new_id(harness: Calla
     assert not h.stub.Describe(pb.DescribeRequest(id="100")).exists
     assert h.server is not None
     assert h.server.runtime._locks._aliases == {}
+
+
+# -- the thread-side twin of the runtime's locks, for backends ------------------------------
+
+
+def test_keyed_thread_locks_serialise_one_key_not_others_and_forget_unused_keys() -> None:
+    locks = KeyedThreadLocks()
+    entered = threading.Event()
+    order: list[str] = []
+
+    def second(key: tuple[str, str], label: str) -> None:
+        with locks.hold(key):
+            order.append(label)
+
+    with locks.hold(("pool", "a.qcow2")):
+        other = threading.Thread(target=second, args=(("pool", "b.qcow2"), "other key"))
+        other.start()
+        other.join(10)
+        assert order == ["other key"], "a lock on another key waited"
+        same = threading.Thread(target=lambda: (entered.set(), second(("pool", "a.qcow2"), "same key")))
+        same.start()
+        assert entered.wait(10)
+        _eventually(lambda: locks.users(("pool", "a.qcow2")) == 2, "the second holder waits")
+        assert order == ["other key"]
+    same.join(10)
+    assert order == ["other key", "same key"]
+    assert locks.users(("pool", "a.qcow2")) == 0
+    assert locks.users(("pool", "b.qcow2")) == 0
+
+
+def test_a_keyed_thread_lock_is_released_when_its_block_raises() -> None:
+    locks = KeyedThreadLocks()
+    with pytest.raises(ValueError, match="failed download"), locks.hold("k"):
+        raise ValueError("failed download")
+    assert locks.users("k") == 0
+    with locks.hold("k"):  # free again
+        assert locks.users("k") == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from vmp_testplugins.skips import skip_missing
 
 from provider_core import plugins
 from provider_core.pb import provider_pb2 as pb
@@ -101,7 +102,7 @@ def drive(address: str) -> None:
 )
 def test_the_served_command_loads_no_test_code(backend: str, table: str, allowed: tuple[str, ...], tmp_path: Path) -> None:
     if backend not in plugins.installed():
-        pytest.skip(f"backend {backend!r} is not installed (make setup installs it)")
+        skip_missing(f"backend {backend!r} is not installed (make setup installs it)")
     modules, log = serve_and_stop(backend, table, tmp_path)
     assert "provider_core.server" in modules
     assert any(among(m, (plugins.load_class(backend).__module__,)) for m in modules), log

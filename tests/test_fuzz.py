@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from vmp_testplugins.skips import missing
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
@@ -132,7 +133,9 @@ RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["Provider"].methods]
 def server(request: pytest.FixtureRequest) -> Iterator[ProviderHarness]:
     table = {"uri": "test:///default"} if request.param == "libvirt" else {}
     if request.param == "libvirt":
-        pytest.importorskip("vm_provider_libvirt", reason="the libvirt backend is not installed")
+        pytest.importorskip(
+            "vm_provider_libvirt", reason=missing("the libvirt backend is not installed (make setup installs it)")
+        )
     with ProviderHarness.for_backend(request.param, table, auth_token=SecretStr(TOKEN)) as h:
         yield h
 

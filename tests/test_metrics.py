@@ -4,6 +4,7 @@ calls made, code by code."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -174,6 +175,49 @@ def test_refused_calls_are_counted_and_reachability_follows_the_backend(tmp_path
             assert time.monotonic() < deadline, "reachable stays 1 with the backend down"
             time.sleep(0.05)
         assert by(scrape(h), "vm_provider_hypervisor_errors_total", "operation", "code")["ping", "UNAVAILABLE"] >= 1
+
+
+def test_calls_of_unknown_methods_are_counted_and_logged_without_auth_too(
+    memory: ProviderHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert memory.channel is not None
+    caplog.set_level(logging.INFO, logger="provider_core.access")
+    for n in range(3):  # names made up by a client: one series, whatever they are
+        with pytest.raises(grpc.RpcError) as unknown:
+            memory.channel.unary_unary(f"/made.up.Service{n}/Nope")(b"", timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert f"/made.up.Service{n}/Nope" in (unknown.value.details() or "")
+    answered = by(scrape(memory), "vm_provider_rpcs_total", "grpc_service", "method", "code")
+    assert answered == {("", "unknown", "UNIMPLEMENTED"): 3.0}
+    lines = [r for r in caplog.records if r.name == "provider_core.access"]
+    assert [(r.method, r.code) for r in lines] == [(f"/made.up.Service{n}/Nope", "UNIMPLEMENTED") for n in range(3)]  # type: ignore[attr-defined]
+
+
+def test_a_call_whose_deadline_passes_while_served_counts_as_deadline_exceeded_one_given_up_as_cancelled(
+    memory: ProviderHarness,
+) -> None:
+    """gRPC cancels a call on the server when its deadline passes: that
+    call is counted as the client saw it, DEADLINE_EXCEEDED; one the client
+    cancels stays CANCELLED."""
+    backend: Any = memory.backend
+    backend.gate.clear()  # Describe of a slow- VM waits inside the backend
+    try:
+        with pytest.raises(grpc.RpcError) as late:
+            memory.stub.Describe(pb.DescribeRequest(id="slow-1"), timeout=0.3)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        given_up = memory.stub.Describe.future(pb.DescribeRequest(id="slow-2"), timeout=30)
+        deadline = time.monotonic() + 10
+        while by(scrape(memory), "vm_provider_rpcs_in_flight", "method").get(("Describe",)) != 1:
+            assert time.monotonic() < deadline, "the second Describe never reached the server"
+            time.sleep(0.02)
+        given_up.cancel()
+        while by(scrape(memory), "vm_provider_rpcs_in_flight", "method").get(("Describe",)) != 0:
+            assert time.monotonic() < deadline, "the cancelled Describe is still served"
+            time.sleep(0.02)
+    finally:
+        backend.gate.set()
+    answered = by(scrape(memory), "vm_provider_rpcs_total", "method", "code")
+    assert answered == {("Describe", "DEADLINE_EXCEEDED"): 1.0, ("Describe", "CANCELLED"): 1.0}
 
 
 def test_metrics_off_serve_no_metrics_page() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from vmp_testplugins.sshd import sshd_unavailable
+from vmp_testplugins.sshd import skip_without_sshd
 from vmp_testplugins.testbed import libvirtd_uri, load_libvirt_layer
 
 from provider_core import urls
@@ -161,9 +161,7 @@ class Staging:
 def libvirt_layer() -> ModuleType:
     """The libvirt backend's test layer, once its daemon is known to serve."""
     layer = load_libvirt_layer()
-    reason = layer.libvirtd_unavailable()
-    if reason:
-        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    layer.skip_without_libvirtd()
     return layer
 
 
@@ -208,9 +206,7 @@ def libvirt_side(libvirt_layer: ModuleType, tmp_path_factory: pytest.TempPathFac
 def proxmox_side(tmp_path_factory: pytest.TempPathFactory, staging: Staging) -> Iterator[tuple[ProviderHarness, PveNode]]:
     """A provider on the simulator, its nodes' shell over SSH; VM disks and
     imports on the directory storage ``cloud``."""
-    reason = sshd_unavailable()
-    if reason:
-        pytest.skip(f"needs an OpenSSH server: {reason}")
+    skip_without_sshd()
     served = Serving(*make_pki(str(tmp_path_factory.mktemp("pvesim-pki"))))
     node = PveNode(tmp_path_factory.mktemp("pve-node"))
     try:

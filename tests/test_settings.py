@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel, Field, SecretStr
+from vmp_testplugins.skips import missing
 
 from provider_core import config
 from provider_core.errors import ConfigError
@@ -281,7 +282,9 @@ def test_config_refuses_what_serve_refuses(cli: Run) -> None:
 
 
 def test_a_whole_model_error_has_no_empty_field_name() -> None:
-    settings = pytest.importorskip("vm_provider_proxmox.settings", reason="the proxmox backend is not installed")
+    settings = pytest.importorskip(
+        "vm_provider_proxmox.settings", reason=missing("the proxmox backend is not installed (make setup installs it)")
+    )
     with pytest.raises(ConfigError) as info:
         config.resolve(settings.ProxmoxSettings, "proxmox", {"endpoint": "https://pve.example.com:8006"}, {})
     assert str(info.value).startswith("invalid settings [backends.proxmox]: no login configured")

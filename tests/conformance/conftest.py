@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vmp_testplugins.skips import skip_missing
 
 from provider_core import plugins
 from provider_core.config import Config
@@ -30,11 +31,11 @@ Command = Callable[..., "subprocess.CompletedProcess[str]"]
 def require_backend(name: str) -> None:
     """Skip, saying why, when the backend ``name`` cannot be loaded."""
     if name not in plugins.installed():
-        pytest.skip(f"backend {name!r} is not installed (make setup installs it)")
+        skip_missing(f"backend {name!r} is not installed (make setup installs it)")
     try:
         plugins.load_class(name)
     except ConfigError as exc:
-        pytest.skip(f"backend {name!r} does not load: {exc}")
+        skip_missing(f"backend {name!r} does not load: {exc}")
 
 
 @pytest.fixture

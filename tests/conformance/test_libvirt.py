@@ -4,7 +4,6 @@ and on a real libvirt daemon running QEMU, where nothing is skipped."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import tomllib
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmp_testplugins.testbed import libvirtd_uri
+from vmp_testplugins.testbed import libvirtd_uri, load_libvirt_layer
 
 from provider_core.conformance.report import FAIL, PASS, SKIP
 
@@ -23,29 +22,6 @@ def documented_test_driver_config() -> dict[str, Any]:
     text = (ROOT / "docs" / "conformance.md").read_text()
     (sample,) = [b for b in re.findall(r"^```toml\n(.*?)^```$", text, flags=re.S | re.M) if "[backends.libvirt]" in b]
     return tomllib.loads(sample)
-
-
-def daemon_problem() -> str:
-    """Why the real daemon cannot be used here ("" when it can)."""
-    if os.environ.get("VMP_NO_LIBVIRTD") == "1":
-        return "VMP_NO_LIBVIRTD=1"
-    try:
-        import libvirt
-    except ImportError:
-        return "libvirt-python is not installed"
-    uri = libvirtd_uri()
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        return f"{uri} does not answer ({exc.get_error_message()}); run: bash testbed/libvirtd.sh start"
-    try:
-        conn.storagePoolLookupByName("default")
-        conn.networkLookupByName("default")
-    except libvirt.libvirtError as exc:
-        return f"the test bed's pool or network is missing ({exc.get_error_message()}); run: bash testbed/libvirtd.sh start"
-    finally:
-        conn.close()
-    return ""
 
 
 def test_kit_passes_libvirt_on_the_test_driver(run_kit: Any) -> None:
@@ -74,9 +50,7 @@ def test_disks_the_test_driver_cannot_grow_are_refused_and_reported_skipped(run_
 @pytest.mark.libvirtd
 @pytest.mark.slow
 def test_kit_passes_libvirt_on_a_real_daemon(run_kit: Any) -> None:
-    problem = daemon_problem()
-    if problem:
-        pytest.skip(f"needs a real libvirtd: {problem}")
+    load_libvirt_layer().skip_without_libvirtd()
     prefix = f"cft{secrets.token_hex(3)}-"
     try:
         results = run_kit("libvirt", {"uri": libvirtd_uri()}, {"graceful_timeout": 3, "name_prefix": prefix})

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from vm_provider_sim import SimBackend
+from vmp_testplugins.skips import skip_missing
 
 from provider_core import cli, plugins, urls
 from provider_core.capabilities import Capability
@@ -45,7 +46,7 @@ HOW = {
 
 def require_backend(name: str) -> None:
     if name not in plugins.installed():
-        pytest.skip(f"backend {name!r} is not installed (make setup installs it)")
+        skip_missing(f"backend {name!r} is not installed (make setup installs it)")
 
 
 def not_offered(cap: str) -> str:

@@ -236,9 +236,7 @@ def _proxmox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 
 def _libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     layer = load_libvirt_layer()
-    reason = layer.libvirtd_unavailable()
-    if reason:
-        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    layer.skip_without_libvirtd()
     served = tmp_path_factory.mktemp("images")
     shutil.copy(layer.guest_cache() / "disk.qcow2", served / "noble.qcow2")
     digest = hashlib.sha256((served / "noble.qcow2").read_bytes()).hexdigest()

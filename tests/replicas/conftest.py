@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import database_url, postgres_url
 
 from provider_core.pb import provider_pb2_grpc as pb_grpc
@@ -33,7 +34,7 @@ def admin_url() -> str:
         with psycopg.connect(url, connect_timeout=3):
             return url
     except (OSError, psycopg.Error, Exception) as exc:
-        pytest.skip(f"needs the test bed's PostgreSQL (bash testbed/postgres.sh start): {type(exc).__name__}")
+        skip_missing(f"needs the test bed's PostgreSQL (bash testbed/postgres.sh start): {type(exc).__name__}")
 
 
 def make_database(admin: str) -> str:

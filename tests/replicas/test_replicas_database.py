@@ -25,6 +25,7 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import postgres_instance
 
 from provider_core.pb import provider_pb2 as pb
@@ -60,13 +61,13 @@ class Postgres:
 @pytest.fixture
 def private_postgres() -> Iterator[Postgres]:
     if shutil.which("runuser") is None or os.geteuid() != 0:
-        pytest.skip("a private PostgreSQL needs root (it runs as the user postgres)")
+        skip_missing("a private PostgreSQL needs root and runuser (it runs as the user postgres)")
     pg = Postgres()
     try:
         pg.run("start")
     except AssertionError as exc:
         pg.close()
-        pytest.skip(f"cannot start a private PostgreSQL (testbed/install.sh installs it): {exc}")
+        skip_missing(f"cannot start a private PostgreSQL (testbed/install.sh installs it): {exc}")
     yield pg
     pg.close()
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.pb import provider_pb2 as pb
@@ -86,7 +87,7 @@ def libvirt_settings(tmp_path: Path) -> dict[str, Any]:
     try:
         libvirt.open(uri).close()
     except libvirt.libvirtError as exc:
-        pytest.skip(f"needs the test bed's libvirtd (testbed/libvirtd.sh start): {exc}")
+        skip_missing(f"needs the test bed's libvirtd (testbed/libvirtd.sh start): {exc}")
     downloads = tmp_path / "downloads"  # what a killed replica leaves there goes with the test
     downloads.mkdir()
     return {"uri": uri, "download_dir": str(downloads)}

@@ -25,6 +25,7 @@ from typing import Any
 import libvirt
 import pytest
 from vm_provider_libvirt import storage
+from vmp_testplugins.skips import missing, skip_missing
 from vmp_testplugins.testbed import libvirtd_socket, libvirtd_uri
 
 from provider_core.pb import provider_pb2 as pb
@@ -86,9 +87,7 @@ TESTBED = REPO / "testbed"
 
 
 def libvirtd_unavailable() -> str:
-    """Why the real-daemon tests cannot run here ("" when they can)."""
-    if os.environ.get("VMP_NO_LIBVIRTD") == "1":
-        return "VMP_NO_LIBVIRTD=1"
+    """Why the test bed's daemon cannot serve the real-daemon tests ("" when it can)."""
     uri = libvirtd_uri()
     try:
         conn = libvirt.open(uri)
@@ -108,15 +107,33 @@ def libvirtd_unavailable() -> str:
     return ""
 
 
+NEEDS_LIBVIRTD = "needs a libvirt daemon with QEMU"
+
+
+def libvirtd_skip_reason() -> str:
+    """Why the real-daemon tests skip here ("" when the daemon serves): a
+    plain skip under ``VMP_NO_LIBVIRTD=1`` (a choice), else a missing part
+    of the test bed (a failure under ``VMP_REQUIRE_TESTBED=1``)."""
+    if os.environ.get("VMP_NO_LIBVIRTD") == "1":
+        return f"{NEEDS_LIBVIRTD}: VMP_NO_LIBVIRTD=1"
+    reason = libvirtd_unavailable()
+    return missing(f"{NEEDS_LIBVIRTD}: {reason}") if reason else ""
+
+
+def skip_without_libvirtd() -> None:
+    """Skip the running test, saying why, unless the test bed's daemon serves."""
+    __tracebackhide__ = True
+    if reason := libvirtd_skip_reason():
+        pytest.skip(reason)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     marked = [item for item in items if item.get_closest_marker("libvirtd")]
     if not marked:
         return
-    reason = libvirtd_unavailable()
-    if reason:
-        skip = pytest.mark.skip(reason=f"needs a libvirt daemon with QEMU: {reason}")
+    if reason := libvirtd_skip_reason():
         for item in marked:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 class RealHost:
@@ -203,18 +220,14 @@ class RealHost:
 @pytest.fixture
 def system_uri() -> str:
     """The test bed's own QEMU daemon, when it serves (else skip)."""
-    reason = libvirtd_unavailable()
-    if reason:
-        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    skip_without_libvirtd()
     return libvirtd_uri()
 
 
 @pytest.fixture(scope="module")
 def real_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHost]:
     """Module-scoped: the test guest in place and a server on the test bed's daemon."""
-    reason = libvirtd_unavailable()
-    if reason:
-        pytest.skip(f"needs a libvirt daemon with QEMU: {reason}")
+    skip_without_libvirtd()
     with real_host_context(tmp_path_factory) as host:
         yield host
 
@@ -291,7 +304,7 @@ class Relay:
 def relay(tmp_path: Path) -> Iterator[Relay]:
     socket = libvirtd_socket()
     if shutil.which("nc") is None or socket is None or not socket.exists():
-        pytest.skip("needs netcat (testbed/install.sh) and the test bed daemon's socket")
+        skip_missing("needs netcat (testbed/install.sh) and the test bed daemon's socket")
     r = Relay(tmp_path, socket)
     try:
         yield r

@@ -12,6 +12,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 from vm_provider_libvirt.cloudinit import build_nocloud_iso, network_config_v2
+from vmp_testplugins.skips import missing
 
 from provider_core.specs import NetworkAttachment
 
@@ -77,7 +78,7 @@ def test_nothing_is_added_to_user_data() -> None:
     assert b"passwd" not in iso
 
 
-@pytest.mark.skipif(shutil.which("isoinfo") is None, reason="isoinfo (genisoimage) is not installed")
+@pytest.mark.skipif(shutil.which("isoinfo") is None, reason=missing("isoinfo (genisoimage, testbed/install.sh) is not installed"))
 def test_linux_tools_see_joliet_and_rock_ridge(tmp_path: Path) -> None:
     iso = tmp_path / "seed.iso"
     iso.write_bytes(build_nocloud_iso(USER_DATA, b"instance-id: a\n", {"version": 2, "ethernets": {}}))

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import grpc
 import libvirt
 import pytest
 from vm_provider_libvirt import images, storage
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core import urls
@@ -52,7 +54,7 @@ def guest() -> Path:
     """The test bed's guest files (vmlinuz, initrd.img, disk.qcow2)."""
     out = subprocess.run(["bash", str(REPO / "testbed/build-guest.sh")], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        pytest.skip(f"testbed/build-guest.sh failed: {out.stderr.strip()[-300:]}")
+        skip_missing(f"testbed/build-guest.sh failed: {out.stderr.strip()[-300:]}")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -614,6 +616,29 @@ def test_the_test_driver_offers_no_data_path() -> None:
             code, details = _code(call)
             assert code == grpc.StatusCode.UNIMPLEMENTED, details
             assert f"capability {capability!r}" in details
+
+
+def test_downloads_take_turns_per_endpoint_not_across_endpoints() -> None:
+    """The lock that makes downloads into one volume take turns belongs to
+    a backend instance: a second endpoint served by the same process (or a
+    test's) does not wait for the first one's download."""
+    key = ("a-pool-uuid", "golden.qcow2")
+    with (
+        ProviderHarness.for_backend("libvirt", {"uri": "test:///default"}) as one,
+        ProviderHarness.for_backend("libvirt", {"uri": "test:///default"}) as two,
+    ):
+        first, second = one.backend.data.stores, two.backend.data.stores  # type: ignore[attr-defined]
+
+        def download_elsewhere() -> None:
+            with second.hold(key):
+                pass
+
+        with first.hold(key):
+            elsewhere = threading.Thread(target=download_elsewhere)
+            elsewhere.start()
+            elsewhere.join(10)
+            assert not elsewhere.is_alive(), "the other endpoint waited for this one's download"
+            assert first.users(key) == 1
 
 
 @pytest.mark.libvirtd

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from vm_provider_libvirt import images
+from vmp_testplugins.skips import missing
 
 from provider_core import errors
 
-pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed (apt install qemu-utils)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("qemu-img") is None, reason=missing("qemu-img is not installed (testbed/install.sh)")
+)
 
 MiB = 1 << 20
 

@@ -19,6 +19,7 @@ import grpc
 import libvirt
 import pytest
 from vm_provider_libvirt import domxml, host, marks
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core.pb import provider_pb2 as pb
@@ -43,7 +44,7 @@ def firmware_features() -> dict[str, set[str]]:
 def ovmf() -> dict[str, set[str]]:
     found = firmware_features()
     if not any("secure-boot" in f for f in found.values()) or not found:
-        pytest.skip("needs OVMF with and without Secure Boot (Debian package ovmf, testbed/install.sh)")
+        skip_missing("needs OVMF with and without Secure Boot (Debian package ovmf, testbed/install.sh)")
     return found
 
 

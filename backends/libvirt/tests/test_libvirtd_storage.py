@@ -44,6 +44,7 @@ import pytest
 from vm_provider_libvirt import cloudinit, domxml, images, storage, streams
 from vm_provider_libvirt.domxml import DomainDisk, DomainPlan
 from vm_provider_libvirt.marks import Mark
+from vmp_testplugins.skips import skip_missing
 from vmp_testplugins.testbed import libvirtd_uri
 
 from provider_core import AlreadyExists
@@ -78,13 +79,13 @@ class BlockPool:
 @pytest.fixture(scope="module")
 def block_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockPool]:
     if shutil.which("losetup") is None or shutil.which("parted") is None:
-        pytest.skip("needs losetup and parted")
+        skip_missing("needs losetup and parted (testbed/install.sh)")
     backing = tmp_path_factory.mktemp("blockpool") / "disk.img"
     with backing.open("wb") as f:
         f.truncate(512 * MIB)
     made = subprocess.run(["losetup", "-f", "--show", "-P", str(backing)], capture_output=True, text=True, check=False)
     if made.returncode:
-        pytest.skip(f"no loop device: {made.stderr.strip()}")
+        skip_missing(f"no loop device: {made.stderr.strip()}")
     device = made.stdout.strip()
     conn = libvirt.open(libvirtd_uri())
     name = f"vmpt-blk-{uuid.uuid4().hex[:6]}"
@@ -99,7 +100,7 @@ def block_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockPool]:
             pool.build(libvirt.VIR_STORAGE_POOL_BUILD_OVERWRITE)
             pool.create(0)
         except libvirt.libvirtError as exc:  # no parted, no partition device nodes (a container)
-            pytest.skip(f"no disk pool on {device}: {exc.get_error_message()}")
+            skip_missing(f"no disk pool on {device}: {exc.get_error_message()}")
         pool.refresh(0)  # the new label's free space
         yield BlockPool(conn, pool, device)
     finally:

@@ -1,4 +1,5 @@
-"""Delete's order and its undefine flags, on libvirt's test driver.
+"""Delete's order, its undefine flags and its pool listings, on libvirt's
+test driver.
 
 The definition goes before the volumes, so a daemon that will not undefine
 leaves the VM whole; undefine flags an older daemon does not know are
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import grpc
 import libvirt
 import pytest
-from vm_provider_libvirt import removal
+from vm_provider_libvirt import removal, storage
 
 from provider_core.pb import provider_pb2 as pb
 from provider_core.testing import ProviderHarness
@@ -106,3 +107,35 @@ def test_a_volume_that_will_not_go_leaves_the_others_going(
     assert "device or resource busy" in (err.value.details() or "")
     assert not harness.stub.Describe(pb.DescribeRequest(id=vm_id)).exists
     assert [p for p in paths if exists(harness, p)] == [stuck]
+
+
+def test_a_delete_lists_the_pool_once_and_drops_every_volumes_source_record(
+    harness: ProviderHarness, make_vm: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three disks and a seed, each recorded as holding an image: Delete
+    drops the four records with one listing of their pool (a listing of a
+    pool of thousands of volumes takes milliseconds), and leaves the record
+    of a volume that is not the VM's."""
+    disks = [{"SizeGiB": 1, "Name": "root"}, {"SizeGiB": 1, "Name": "data"}, {"SizeGiB": 1, "Name": "logs"}]
+    vm_id = make_vm("recorded", disks_json=disks, user_data=b"#cloud-config\n")
+    conn = harness.backend.session.conn()  # type: ignore[attr-defined]
+    vols = [conn.storageVolLookupByPath(p) for p in volumes(harness, vm_id)]
+    assert len(vols) == 4
+    pool = vols[0].storagePoolLookupByVolume()
+    checksum = "ab" * 32
+    for vol in vols:
+        assert storage.record_source(pool, vol.name(), "sha256", checksum)
+    assert storage.record_source(pool, "base.qcow2", "sha256", checksum)  # the template's, not the VM's
+    listed: list[str] = []
+    real = libvirt.virStoragePool.listAllVolumes
+
+    def counted(self: libvirt.virStoragePool, flags: int = 0) -> list[libvirt.virStorageVol]:
+        listed.append(self.name())
+        return list(real(self, flags))
+
+    monkeypatch.setattr(libvirt.virStoragePool, "listAllVolumes", counted)
+    harness.wait(harness.stub.Delete(pb.DeleteRequest(id=vm_id)).task)
+    assert listed == [pool.name()]
+    monkeypatch.undo()
+    assert not any(storage.has_source(pool, vol.name(), "sha256", checksum) for vol in vols)
+    assert storage.has_source(pool, "base.qcow2", "sha256", checksum)

@@ -25,7 +25,8 @@ import grpc
 import pytest
 from vm_provider_libvirt.login import RSA_OVER_LIBSSH2, Login
 from vm_provider_libvirt.settings import LibvirtSettings
-from vmp_testplugins.sshd import PASSPHRASE, SharedSshd, free_port, keygen, sshd_unavailable
+from vmp_testplugins.skips import skip_missing
+from vmp_testplugins.sshd import PASSPHRASE, SharedSshd, free_port, keygen, skip_without_sshd
 from vmp_testplugins.testbed import libvirtd_socket
 
 from provider_core.pb import provider_pb2 as pb
@@ -53,9 +54,7 @@ class Sshd(SharedSshd):
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    reason = sshd_unavailable()
-    if reason:
-        pytest.skip(f"needs an OpenSSH server: {reason}")
+    skip_without_sshd()
     server = Sshd(tmp_path)
     try:
         server.start()
@@ -217,7 +216,7 @@ def test_an_unreadable_key_file_is_one_line_at_start(tmp_path: Path) -> None:
     capability to bypass file permissions) says so in one line, and Validate
     tells the same."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv (util-linux) to drop the file-permission capabilities")
+        skip_missing("needs root and setpriv (util-linux) to drop the file-permission capabilities")
     key = tmp_path / "ssh-privatekey"
     keygen(key)
     os.chown(key, 65532, 65532)

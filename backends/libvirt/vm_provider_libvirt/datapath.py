@@ -59,7 +59,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -81,6 +81,7 @@ from provider_core import (
     Unimplemented,
     transfer,
 )
+from provider_core.runtime import KeyedThreadLocks
 from provider_core.specs import VMImage
 
 from . import connection, errors, images, scratch, storage, streams
@@ -93,10 +94,6 @@ log = logging.getLogger(__name__)
 #: Digests of local volumes already read, by (path, size, mtime, algorithm).
 _digests: dict[tuple[str, int, int, str], str] = {}
 _digests_lock = threading.Lock()
-
-#: Downloads into one volume, by (pool UUID, volume name): the lock and its users.
-_stores: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
-_stores_lock = threading.Lock()
 
 #: Backing layers followed when checking that an image can be read here.
 MAX_CHAIN = 64
@@ -112,6 +109,9 @@ class DiskTransfers:
         self.local_disks: bool | None = None
         """Read disks through their local path (None: when the URI reaches a
         daemon on this host)."""
+        self.stores = KeyedThreadLocks()
+        """Downloads into one volume, by (pool UUID, volume name): one at a
+        time (:meth:`_one_store`)."""
 
     # -- the operations ----------------------------------------------------------
 
@@ -185,7 +185,7 @@ class DiskTransfers:
         expected = spec.expected_checksum if spec.verify_checksum else ""
 
         def work() -> ImportResult:
-            with _one_store(pool, name):
+            with self._one_store(pool, name):
                 vol = self._existing(
                     pool,
                     name,
@@ -211,12 +211,12 @@ class DiskTransfers:
         Idempotent: an existing volume of that name is returned when it
         holds the image of the checksum (or when the image has none);
         otherwise AlreadyExists. Downloads into one volume take turns
-        (:func:`_one_store`). InvalidArgument (``image_json.Checksum``) when the
+        (:meth:`_one_store`). InvalidArgument (``image_json.Checksum``) when the
         download does not match.
         """
         if not image.url:
             raise InvalidArgument.field("image_json.URL", "is empty")
-        with _one_store(pool, name):
+        with self._one_store(pool, name):
             return self._fetch_image(image, pool, name, capacity)
 
     def _fetch_image(self, image: VMImage, pool: libvirt.virStoragePool, name: str, capacity: int) -> libvirt.virStorageVol:
@@ -349,6 +349,13 @@ class DiskTransfers:
         if checksum and self._digest(vol, algorithm) != checksum:
             raise AlreadyExists(f"volume {name!r} exists in pool {pool.name()!r} with other content")
         return vol
+
+    def _one_store(self, pool: libvirt.virStoragePool, name: str) -> contextlib.AbstractContextManager[None]:
+        """One download into volume ``name`` of ``pool`` at a time through
+        this endpoint: a second one of the same image (two Creates from one
+        checksummed URL) waits for the first, then finds its volume complete
+        and recorded instead of taken meanwhile or half-written."""
+        return self.stores.hold((pool.UUIDString(), name))
 
     def _import_result(self, disk_id: str, vol: libvirt.virStorageVol, checksum: str) -> ImportResult:
         return ImportResult(disk_id=disk_id, path=vol.path(), actual_size_bytes=vol.info()[2], checksum=checksum)
@@ -496,28 +503,6 @@ class DiskTransfers:
             s3_access_key_id=s.s3_access_key_id,
             s3_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else "",
         )
-
-
-@contextlib.contextmanager
-def _one_store(pool: libvirt.virStoragePool, name: str) -> Iterator[None]:
-    """One download into volume ``name`` of ``pool`` at a time in this
-    process: a second one of the same image (two Creates from one
-    checksummed URL) waits for the first, then finds its volume complete
-    and recorded instead of taken meanwhile or half-written."""
-    key = (pool.UUIDString(), name)
-    with _stores_lock:
-        lock, users = _stores.get(key, (threading.Lock(), 0))
-        _stores[key] = (lock, users + 1)
-    try:
-        with lock:
-            yield
-    finally:
-        with _stores_lock:
-            lock, users = _stores[key]
-            if users == 1:
-                del _stores[key]
-            else:
-                _stores[key] = (lock, users - 1)
 
 
 def _new_volume(pool: libvirt.virStoragePool, name: str, create: Callable[[], libvirt.virStorageVol]) -> libvirt.virStorageVol:

@@ -114,8 +114,10 @@ def undefine(dom: libvirt.virDomain) -> None:
 def delete_volumes(session: Session, mark: Mark) -> None:
     """Delete the volumes the mark lists; shared bases only when unused.
     A volume that fails to go is logged by name and the others still go;
-    the first failure is raised at the end."""
+    the first failure is raised at the end. Their pool is listed once (for
+    the records of their sources), not once per volume."""
     failures: list[libvirt.libvirtError] = []
+    deleter = storage.Deleter()
 
     def attempt(ref: VolumeRef, remove: Callable[[], None]) -> None:
         try:
@@ -126,19 +128,19 @@ def delete_volumes(session: Session, mark: Mark) -> None:
 
     for ref in mark.volumes:
         if ref.role != "base":
-            attempt(ref, functools.partial(_delete_ref, session, ref))
+            attempt(ref, functools.partial(_delete_ref, session, ref, deleter))
     chains = BackingChains(session.conn())
     for ref in mark.volumes:
         if ref.role == "base":
-            attempt(ref, functools.partial(delete_base_if_unused, session, ref, chains))
+            attempt(ref, functools.partial(delete_base_if_unused, session, ref, chains, deleter))
     if failures:
         raise failures[0]
 
 
-def _delete_ref(session: Session, ref: VolumeRef) -> None:
+def _delete_ref(session: Session, ref: VolumeRef, deleter: storage.Deleter) -> None:
     vol = _volume(session, ref)
     if vol is not None:
-        storage.delete(vol)
+        deleter.delete(vol)
 
 
 #: Pool types whose volumes only this host uses; other pools (netfs,
@@ -165,7 +167,9 @@ def delete_foreign_disks(session: Session, dom: libvirt.virDomain, root: ET.Elem
 
     Cost: one listing of the host's domains with one XML read each (two for
     a running one), one listing of the active pools with one XML read per
-    volume, and one volume lookup per distinct disk or backing path."""
+    volume, one volume lookup per distinct disk or backing path, and one
+    more listing of each pool a removed disk was in (the records of their
+    sources, :class:`~.storage.Deleter`)."""
     resolver = _Resolver(session.conn(), session.is_local())
     kept: list[str] = []
     candidates: list[_Candidate] = []
@@ -187,8 +191,9 @@ def delete_foreign_disks(session: Session, dom: libvirt.virDomain, root: ET.Elem
                     kept.append(f"{c.label} ({used[c.key]})")
                 else:
                     doomed.append(c.vol)
+    deleter = storage.Deleter()
     for vol in doomed:
-        storage.delete(vol)
+        deleter.delete(vol)
     if kept:
         log.info("deleting VM %s, not made by vm-provider: kept its disks %s", dom.name(), "; ".join(kept))
 
@@ -395,7 +400,7 @@ def _label(disk: ET.Element) -> str:
     return f"{dev} {domxml.source_path(disk)}".strip()
 
 
-def delete_base_if_unused(session: Session, ref: VolumeRef, chains: BackingChains) -> None:
+def delete_base_if_unused(session: Session, ref: VolumeRef, chains: BackingChains, deleter: storage.Deleter) -> None:
     """Delete a frozen base of linked clones when no domain's disk is backed
     by it any more (through any number of layers)."""
     vol = _volume(session, ref)
@@ -409,7 +414,7 @@ def delete_base_if_unused(session: Session, ref: VolumeRef, chains: BackingChain
     if user:
         log.info("keeping base volume %s/%s: %s is backed by it", ref.pool, ref.name, user)
         return
-    storage.delete(vol)
+    deleter.delete(vol)
 
 
 class BackingChains:

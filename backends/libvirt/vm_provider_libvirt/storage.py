@@ -438,13 +438,34 @@ def copy(
 
 def delete(vol: libvirt.virStorageVol) -> None:
     """Delete a volume, and the record of its source (:func:`record_source`);
-    one already gone is fine."""
-    with errors.ignoring(errors.is_missing_volume):
-        pool = vol.storagePoolLookupByVolume()
-        name = vol.name()
-        vol.delete(0)
-        with errors.best_effort(f"drop the source record of volume {name!r}"):
-            forget_source(pool, name)
+    one already gone is fine. Several volumes: :class:`Deleter`."""
+    Deleter().delete(vol)
+
+
+class Deleter:
+    """Deletes volumes with the records of their sources
+    (:func:`record_source`), listing a pool's records once, when the first
+    volume is deleted there: a VM's disks, seed and bases cost one pool
+    listing, not one each. A record made after that listing (for a new
+    volume of a deleted one's name) is not among those it drops."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict[str, list[libvirt.virStorageVol]]] = {}
+
+    def delete(self, vol: libvirt.virStorageVol) -> None:
+        """Delete ``vol``, then the record of its source; one already gone is fine."""
+        with errors.ignoring(errors.is_missing_volume):
+            pool = vol.storagePoolLookupByVolume()
+            name = vol.name()
+            vol.delete(0)
+            with errors.best_effort(f"drop the source record of volume {name!r}"):
+                _drop(self._records_in(pool).pop(_record_prefix(name), []))
+
+    def _records_in(self, pool: libvirt.virStoragePool) -> dict[str, list[libvirt.virStorageVol]]:
+        key = pool.UUIDString()
+        if key not in self._records:
+            self._records[key] = _source_records(pool)
+        return self._records[key]
 
 
 # -- which image a volume was stored from ------------------------------------------------
@@ -455,6 +476,9 @@ SOURCE_RECORD = "vmp-source-"
 
 def _record_prefix(name: str) -> str:
     return f"{SOURCE_RECORD}{hashlib.sha256(name.encode()).hexdigest()[:24]}-"
+
+
+_PREFIX_LENGTH = len(_record_prefix(""))
 
 
 def _record_name(name: str, algorithm: str, checksum: str) -> str:
@@ -487,8 +511,21 @@ def has_source(pool: libvirt.virStoragePool, name: str, algorithm: str, checksum
 
 def forget_source(pool: libvirt.virStoragePool, name: str) -> None:
     """Drop the record of volume ``name``'s source (one pool listing)."""
-    prefix = _record_prefix(name)
-    for record in pool.listAllVolumes(0):
-        if record.name().startswith(prefix):
-            with errors.ignoring(errors.is_missing_volume):
-                record.delete(0)
+    _drop(_source_records(pool).get(_record_prefix(name), []))
+
+
+def _source_records(pool: libvirt.virStoragePool) -> dict[str, list[libvirt.virStorageVol]]:
+    """The source records of ``pool`` (one listing), by the prefix their
+    volume's name gives them (:func:`_record_prefix`)."""
+    found: dict[str, list[libvirt.virStorageVol]] = {}
+    for vol in pool.listAllVolumes(0):
+        name = vol.name()
+        if name.startswith(SOURCE_RECORD):
+            found.setdefault(name[:_PREFIX_LENGTH], []).append(vol)
+    return found
+
+
+def _drop(records: list[libvirt.virStorageVol]) -> None:
+    for record in records:
+        with errors.ignoring(errors.is_missing_volume):
+            record.delete(0)
