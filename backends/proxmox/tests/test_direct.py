@@ -27,7 +27,8 @@ from pvenode import PveNode
 from test_datapath import BUCKET, export, fails, import_, make_disk, same_content, sha256
 from vm_provider_proxmox import direct
 from vm_provider_proxmox.settings import ProxmoxSettings
-from vmp_testplugins.sshd import sshd_unavailable
+from vmp_testplugins.skips import skip_missing
+from vmp_testplugins.sshd import skip_without_sshd
 
 from provider_core.conformance.servers import HttpSink, S3Server
 from provider_core.pb import provider_pb2 as pb
@@ -60,12 +61,10 @@ class Node(PveNode):
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    reason = sshd_unavailable()
-    if reason:
-        pytest.skip(f"needs an OpenSSH server: {reason}")
+    skip_without_sshd()
     real = shutil.which("curl")
     if real is None:
-        pytest.skip("needs curl (testbed/install.sh installs it)")
+        skip_missing("curl (testbed/install.sh installs it)")
     n = Node(tmp_path / "node")
     curl = n.bin / "curl"
     curl.write_text(WRAPPER % {"log": n.tmp.parent / "curl.log", "fail": n.tmp.parent / "curl.fail", "curl": real})
