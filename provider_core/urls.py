@@ -247,15 +247,24 @@ def credential_problem(credentials: Iterable[str], scheme: str) -> str:
     return ""
 
 
-def check_host(host: str, port: int | None) -> None:
-    """ValueError unless every address ``host`` resolves to is allowed (call
-    just before connecting; OSError when it does not resolve)."""
+def check_host(host: str, port: int | None) -> list[str]:
+    """The addresses ``host`` resolves to, in the resolver's order, when
+    every one is allowed; ValueError otherwise (call just before connecting;
+    OSError when it does not resolve). Whoever connects for the provider
+    elsewhere (a hypervisor host) is pinned to one of these."""
     address = _literal(host)
     if address is not None:
         check_address(address)
-        return
+        return [address]
+    found: list[str] = []
     for *_, sockaddr in socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP):
-        check_address(str(sockaddr[0]))
+        address = str(sockaddr[0])
+        check_address(address)
+        if address not in found:
+            found.append(address)
+    if not found:
+        raise OSError(f"{host} resolves to no address")
+    return found
 
 
 __all__ = [

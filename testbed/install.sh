@@ -32,6 +32,8 @@ PACKAGES=(
     netcat-openbsd
     # an SSH server for the qemu+ssh tests (backends/libvirt/tests/test_ssh.py)
     openssh-server
+    # what a Proxmox node runs for transfer mode direct (backends/proxmox/tests/test_direct.py)
+    curl
     # UEFI firmware (OVMF) for the firmware tests: descriptors in /usr/share/qemu/firmware
     ovmf
     # libvirt disk pools on loop devices: libvirt partitions them with parted

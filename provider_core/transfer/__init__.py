@@ -31,6 +31,14 @@ and ``storage_options_json`` apply too: for s3, the options' ``endpoint``
 for nfs, its ``export``. Credentials also take VirtRigaud's spellings
 ``accessKeyID``, ``secretAccessKey``, ``sessionToken``.
 
+For a transfer another host makes (a backend's ``direct`` mode), the
+provider keeps the credentials: :func:`presigned_upload` opens an S3 upload
+whose parts that host PUTs to URLs signed one at a time, completed or
+aborted by the provider; :func:`presigned_download` signs a GetObject URL;
+:func:`pin` checks a client's own http(s) URL. Every such URL comes with the
+address the URL policy allowed (:class:`Pinned`): the host connects there
+and follows no redirect.
+
 Other schemes and unknown credential keys raise InvalidArgument. Failures
 map to the core's errors through one table per library (``HTTP_STATUS``,
 ``REQUESTS_ERRORS``, ``S3_CODES``, ``BOTO_ERRORS``): unreachable or 5xx is
@@ -57,15 +65,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from .. import urls
 from ..errors import InvalidArgument
-from ..models import ExportSpec, ImportSpec, StorageOptions
-from ..urls import S3_KEYS, redact
+from ..urls import redact
 from . import _extra, _http, _s3, _staging  # _extra first: without the extra it says what to install
 from ._common import (
     CHUNK,
@@ -77,46 +83,18 @@ from ._common import (
     LocalIOError,
     TransferSettings,
     UploadResult,
+    http_error,
     source_size,
 )
+from ._remote import PRESIGN_SECONDS, Part, Pinned, PresignedUpload, pin, presigned_download, presigned_upload
 from ._urls import check_keys, parse, scrubber, secrets
+from ._where import Target
+from ._where import where as _where
 
 log = logging.getLogger(__name__)
 
 EXTRA = _extra.EXTRA
 """The extra that installs this package's dependencies (requests, boto3)."""
-
-
-Target = str | ExportSpec | ImportSpec
-"""A URL, or the request whose URL, credentials and storage options to use."""
-
-
-@dataclass(frozen=True)
-class _Where:
-    url: str
-    credentials: dict[str, str]
-    options: StorageOptions
-
-    @property
-    def scheme(self) -> str:
-        return urlsplit(self.url).scheme
-
-    def s3_credentials(self) -> dict[str, str]:
-        """The credentials with the s3 options' endpoint and region where the
-        credentials name none."""
-        extra = {"endpoint_url": self.options.endpoint, "region": self.options.region}
-        given = {S3_KEYS.get(k, k) for k in self.credentials}
-        return {**self.credentials, **{k: v for k, v in extra.items() if v and k not in given}}
-
-
-def _where(target: Target, credentials: Mapping[str, str] | None) -> _Where:
-    if isinstance(target, ExportSpec):
-        url, creds, options = target.destination_url, target.credentials, target.storage_options
-    elif isinstance(target, ImportSpec):
-        url, creds, options = target.source_url, target.credentials, target.storage_options
-    else:
-        url, creds, options = target, {}, StorageOptions()
-    return _Where(url, dict(creds if credentials is None else credentials), options)
 
 
 def validate(url: str, credentials: Mapping[str, str] | None = None, *, url_field: str = "destination_url") -> None:
@@ -286,16 +264,24 @@ __all__ = [
     "DIGESTS",
     "EXTRA",
     "HTTP_STATUS",
+    "PRESIGN_SECONDS",
     "REQUESTS_ERRORS",
     "S3_CODES",
     "SCHEMES",
     "STAGING_ERRNO",
     "DownloadResult",
+    "Part",
+    "Pinned",
+    "PresignedUpload",
     "Target",
     "TransferSettings",
     "UploadResult",
     "download",
     "download_to",
+    "http_error",
+    "pin",
+    "presigned_download",
+    "presigned_upload",
     "redact",
     "upload",
     "validate",

@@ -147,6 +147,7 @@ def _cached_client(
         max_pool_connections=max(10, tuning[2] + 1),
         retries={"max_attempts": 3, "mode": "standard"},
         s3={"addressing_style": "path" if endpoint or path_style else "auto"},
+        signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2)
     )
     with _client_lock:  # a boto3 Session is not thread-safe; its clients are
         return boto3.session.Session().client(

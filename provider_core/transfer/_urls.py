@@ -29,12 +29,12 @@ def parse(url: str, url_field: str) -> SplitResult:
     return parts
 
 
-def reach(host: str, port: int | None, what: str) -> None:
+def reach(host: str, port: int | None, what: str) -> str:
     """Just before connecting: every address ``host`` resolves to must be
     one the URL policy allows (InvalidArgument), and it must resolve
-    (Unavailable)."""
+    (Unavailable). Returns the first of them."""
     try:
-        urls.check_host(host, port)
+        return urls.check_host(host, port)[0]
     except ValueError as exc:
         raise InvalidArgument(f"{what}: {exc}") from None
     except OSError:

@@ -50,7 +50,7 @@ class PveNode:
         self.root = tmp / "storages"
         self.tmp = tmp / "node-tmp"
         self.tmp.mkdir(parents=True)
-        bin_dir = tmp / "node-bin"
+        bin_dir = self.bin = tmp / "node-bin"
         bin_dir.mkdir()
         cases = "\n".join(f"    {name}) root={shlex.quote(str(self.root / name))} ;;" for name in storages)
         pvesm = bin_dir / "pvesm"

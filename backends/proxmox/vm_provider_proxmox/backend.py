@@ -18,6 +18,7 @@ something a client could rely on. Disks do grow online (``resize``).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import ClassVar
 
 from provider_core import (
@@ -78,7 +79,7 @@ class ProxmoxBackend(Backend):
     import_formats = datapath.FORMATS
     export_backends = STAGING_BACKENDS
     import_backends = STAGING_BACKENDS
-    transfer_modes = ("relay",)
+    transfer_modes = ("relay", "direct")
 
     def __init__(self, settings: ProxmoxSettings) -> None:
         super().__init__(settings)
@@ -100,7 +101,9 @@ class ProxmoxBackend(Backend):
         """Without RECONFIGURE_ONLINE unless ``cpu_memory_hotplug`` makes new
         VMs for it; without DISK_EXPORT and DISK_IMPORT unless the nodes'
         SSH data path is configured (``ssh_key_file``,
-        ``ssh_known_hosts_file``). Without IMAGE_PREPARE where no node that
+        ``ssh_known_hosts_file``); with transfer mode ``direct`` (after
+        ``relay``: ``auto`` stays relay) only when ``direct_transfers`` says
+        the nodes reach the staging servers themselves. Without IMAGE_PREPARE where no node that
         would download can put disk images into ``import`` content
         (libpve-storage-perl before 8.3.6): ImagePrepare is refused
         (UNIMPLEMENTED) rather than failing later."""
@@ -109,6 +112,8 @@ class ProxmoxBackend(Backend):
             offer = offer.without(Capability.RECONFIGURE_ONLINE)
         if not self.shell.configured:
             offer = offer.without(Capability.DISK_EXPORT, Capability.DISK_IMPORT)
+        elif not self.settings.direct_transfers:
+            offer = replace(offer, transfer_modes=("relay",))
         if self.settings.import_storage and (why := validate.images_impossible(self.cluster)):
             log.warning("not offering image_prepare: %s", why)
             return offer.without(Capability.IMAGE_PREPARE)

@@ -4,10 +4,10 @@ The Proxmox API has no call that streams a disk out of or into a storage,
 so the bytes move over SSH (:mod:`.node`) between the node and the
 provider, which streams them to or from the destination with
 :mod:`provider_core.transfer` (S3 multipart, HTTP PUT or GET, staging
-directories), hashing SHA256 on the way in flat memory. Only ``relay`` is
-offered: the node holds no S3 or HTTP credentials of the client's, and
-handing them to a root shell on the node is not something the provider
-does.
+directories), hashing SHA256 on the way in flat memory (``relay``). With
+``direct_transfers`` the node's curl reaches S3 or the client's http(s) URL
+itself (``direct``, :mod:`.direct`): through URLs the provider presigns,
+so that no credential of the client's reaches a root shell on the node.
 
 Export: the disk as it is now or at a snapshot (:mod:`.sources`: which
 volume, and how it reads at the snapshot); ``pvesm path`` names the
@@ -53,7 +53,7 @@ from provider_core import (
     transfer,
 )
 
-from . import images, placement, sources
+from . import direct, images, placement, sources
 from .inventory import Cluster
 from .node import CommandFailed, NodeShell, Session
 from .versions import IMPORT_IMAGES
@@ -70,6 +70,7 @@ CHECK_PASSES = (3, 63)
 
 
 def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome[ExportResult]:
+    direct.check(spec)
     if spec.compress and spec.format not in COMPRESSIBLE:
         raise InvalidArgument.field("compress", f"qemu-img compresses {' and '.join(COMPRESSIBLE)} only, not {spec.format}")
     ref = cluster.state(spec.vm_id)
@@ -87,8 +88,11 @@ def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome
                 argv += ["-U"] if running else []
                 node.run([*argv, *source.args(path), tmp])
                 size = int(node.run(["stat", "-c", "%s", tmp]).strip())
-                with node.reading(["cat", tmp]) as stream:
-                    sent = transfer.upload(stream, spec, size=size)
+                if spec.transfer_mode == "direct":
+                    sent = direct.upload(node, tmp, size, spec, cluster.settings)
+                else:
+                    with node.reading(["cat", tmp]) as stream:
+                        sent = transfer.upload(stream, spec, size=size)
             finally:
                 node.cleanup(["rm", "-f", tmp])
         log.info("VM %s: %s exported (%d bytes, sha256 %s)", ref.vmid, drive.key, sent.size, sent.sha256)
@@ -98,6 +102,7 @@ def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome
 
 
 def import_disk(cluster: Cluster, shell: NodeShell, spec: ImportSpec) -> Outcome[ImportResult]:
+    direct.check(spec)
     if not NAME_RE.match(spec.target_name):
         raise InvalidArgument.field("target_name", "must be letters, digits, '.', '_' and '-' (a file name on the storage)")
     storage = images.import_storage(cluster.settings, spec.storage_hint)
@@ -116,9 +121,13 @@ def import_disk(cluster: Cluster, shell: NodeShell, spec: ImportSpec) -> Outcome
             part = posixpath.join(folder, f".{name}.part")
             node.run(["mkdir", "-p", folder])
             try:
-                with node.writing(["dd", f"of={part}", "bs=1M", "status=none"]) as sink:
-                    got = transfer.download(spec, sink, expected=expected)
-                _verify(node, part, spec.format, got.sha256)
+                if spec.transfer_mode == "direct":
+                    got = direct.fetch(node, spec, part, expected, cluster.settings)  # hashed there
+                else:
+                    with node.writing(["dd", f"of={part}", "bs=1M", "status=none"]) as sink:
+                        got = transfer.download(spec, sink, expected=expected)
+                    _received(node, part, got.sha256)
+                _verify(node, part, spec.format)
                 node.run(["mv", "-f", part, final])
             except BaseException:
                 node.cleanup(["rm", "-f", part])
@@ -141,11 +150,15 @@ def _holds_import(cluster: Cluster, storage: str, origin: str) -> None:
         raise InvalidArgument.field(origin, why)
 
 
-def _verify(node: Session, path: str, fmt: str, sha256: str) -> None:
-    """The file on the node holds the bytes received, in format ``fmt``, sound."""
+def _received(node: Session, path: str, sha256: str) -> None:
+    """The file on the node holds the bytes the provider sent."""
     on_node = node.run(["sha256sum", path]).split()[0]
     if on_node != sha256:
         raise FailedPrecondition(f"the file written on {node.where} has sha256 {on_node}, not {sha256} as received")
+
+
+def _verify(node: Session, path: str, fmt: str) -> None:
+    """The file on the node is an image in format ``fmt``, sound."""
     try:
         info = json.loads(node.run(["qemu-img", "info", "--output=json", path]))
     except CommandFailed as exc:

@@ -1,6 +1,8 @@
 """The one table from Proxmox VE failures to the core's errors.
 
-Proxmox reports failures in three ways, and all go through :data:`RULES`:
+Proxmox reports failures in three ways, and all go through :data:`RULES`
+(the node's shell has its own rows: :func:`from_ssh` for the connection,
+:data:`CURL_EXITS` for a transfer a node makes itself):
 
 - an HTTP error, which proxmoxer raises as ``ResourceException`` with the
   status code, PVE's message (``content``) and, for 400, the per-parameter
@@ -47,6 +49,7 @@ from provider_core import (
     Unavailable,
     Unimplemented,
 )
+from provider_core.transfer import http_error
 
 #: Parameters whose values must never be echoed back.
 SECRET_PARAMS = frozenset({"cipassword", "password", "token_secret", "new-password"})
@@ -264,3 +267,33 @@ def from_ssh(exc: BaseException, where: str) -> ProviderError:  # noqa: PLR0911 
     if isinstance(exc, paramiko.AuthenticationException):
         return FailedPrecondition(f"SSH login to {where} refused with ssh_key_file")
     return Unavailable(f"SSH connection to {where} failed: {_first_line(exc)[:300]}")
+
+
+#: Exit statuses of curl on a node (a ``direct`` transfer) -> core errors;
+#: 22 (an HTTP error) goes by the HTTP status, others not listed are UNAVAILABLE.
+CURL_EXITS: dict[int, tuple[type[ProviderError], str]] = {
+    5: (Unavailable, "could not resolve a proxy"),
+    6: (Unavailable, "could not resolve the host"),
+    7: (Unavailable, "could not connect (does the node reach it?)"),
+    18: (Unavailable, "the transfer ended early"),
+    23: (FailedPrecondition, "could not write the file on the node"),
+    26: (FailedPrecondition, "could not read the file on the node"),
+    28: (Unavailable, "timed out (connect timeout, or slower than 1 byte/s for task_timeout_seconds)"),
+    35: (FailedPrecondition, "TLS handshake failed"),
+    52: (Unavailable, "the server answered nothing"),
+    55: (Unavailable, "sending failed"),
+    56: (Unavailable, "receiving failed"),
+    60: (FailedPrecondition, "the node does not trust the server's TLS certificate"),
+    77: (FailedPrecondition, "the node's CA certificates cannot be read"),
+    127: (FailedPrecondition, "curl is not installed on the node"),
+}
+
+
+def from_curl(status: int, http_status: int, what: str, detail: str = "") -> ProviderError:
+    """A curl that exited with ``status`` (and, for 22, the answer's HTTP
+    status) during ``what``, which names the URL redacted; ``detail``: curl's
+    own message, without any query string."""
+    if status == 22 and http_status:
+        return http_error(http_status, what)
+    cls, text = CURL_EXITS.get(status, (Unavailable, "failed"))
+    return cls(f"{what}: curl {text} (exit status {status}{'; ' + detail if detail else ''})")

@@ -126,10 +126,14 @@ class Session:
             raise CommandFailed(f"{argv[0]} on {self.where} failed: {text}", status)
         return status
 
-    def run(self, argv: list[str], *, check: bool = True) -> str:
-        """Run a command; its standard output (small: read whole)."""
+    def run(self, argv: list[str], *, check: bool = True, stdin: bytes | None = None) -> str:
+        """Run a command; its standard output (small: read whole). ``stdin``
+        is its whole input: what must not show on its command line."""
         channel = self._exec(argv)
         try:
+            if stdin is not None:
+                channel.sendall(stdin)
+                channel.shutdown_write()
             out = b"".join(iter(lambda: channel.recv(65536), b""))
         except (TimeoutError, paramiko.SSHException, OSError) as exc:
             raise from_ssh(exc, self.where) from None

@@ -115,6 +115,12 @@ class ProxmoxSettings(BackendSettings):
         description="directory on the nodes for an export's converted image",
     )
 
+    direct_transfers: bool = Field(
+        False,
+        description="the nodes reach the object stores and http(s) servers of ExportDisk/ImportDisk themselves, with curl: "
+        "offers transfer_mode direct (presigned URLs; credentials stay in the provider). auto stays relay",
+    )
+
     lock_retry_seconds: float = Field(
         60.0, ge=0, description="how long to retry a locked VM when the caller set no deadline (background tasks)"
     )

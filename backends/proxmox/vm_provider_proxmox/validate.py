@@ -243,15 +243,19 @@ def _ssh(cluster: Cluster, version: tuple[int, int], ok_lines: list[str], proble
         return
     nodes: list[dict[str, Any]] = cluster.client.get("cluster/resources", type="node") or []
     reached = []
+    tools = ["pvesm", "qemu-img", *(["curl"] if cluster.settings.direct_transfers else [])]
     for name in sorted(str(n.get("node")) for n in nodes if n.get("status") == "online"):
         try:
             with shell.session(name) as node:
-                node.run(["sh", "-c", "command -v pvesm qemu-img"])
+                missing = node.run(["sh", "-c", 'for t; do command -v "$t" >/dev/null || echo "$t"; done', "sh", *tools])
         except ProviderError as exc:
             problem = f"disk data path: {exc}"
             if problem not in problems:  # an unreadable key file is the same for every node: said once
                 problems.append(problem)
             continue
+        if missing.split():
+            problems.append(f"disk data path: node {name} lacks {', '.join(missing.split())}")
+            continue
         reached.append(name)
     if reached:
-        ok_lines.append(f"SSH data path (pvesm, qemu-img) on: {', '.join(reached)}")
+        ok_lines.append(f"SSH data path ({', '.join(tools)}) on: {', '.join(reached)}")
