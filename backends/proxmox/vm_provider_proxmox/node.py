@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import shlex
+import socket
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -33,6 +34,11 @@ STDERR_TAIL = 400
 CHUNK = 1 << 20
 #: Seconds a command whose input was cut short gets to exit.
 END_WAIT = 30.0
+#: Ciphers offered first: AES-GCM authenticates while it decrypts, where
+#: paramiko's default (aes128-ctr) adds an HMAC over every packet in
+#: Python; a 300 MiB stream costs about a third less CPU of the provider's.
+#: Every other cipher paramiko offers follows, for nodes without these.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 class CommandFailed(FailedPrecondition):
@@ -75,6 +81,7 @@ class NodeShell:
                 timeout=s.request_timeout,
                 banner_timeout=s.request_timeout,
                 auth_timeout=s.request_timeout,
+                transport_factory=_transport,
             )
         except (paramiko.SSHException, OSError) as exc:
             client.close()
@@ -83,6 +90,19 @@ class NodeShell:
             yield Session(client, node, where, s.task_timeout_seconds)
         finally:
             client.close()
+
+
+def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's transport with :data:`PREFERRED_CIPHERS` first, and
+    without Nagle's delay: each command is a few small messages answered
+    one by one, which otherwise wait ~40 ms for a delayed acknowledgement."""
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = (*(c for c in PREFERRED_CIPHERS if c in offered), *(c for c in offered if c not in PREFERRED_CIPHERS))
+    return transport
 
 
 class Session:
