@@ -27,15 +27,15 @@ CPU seconds are steadier than wall clock under that load). Fixed costs,
 from a disk holding 1 MiB: 0.2-0.26 s through the provider (the first
 export 1.0 s: it builds the S3 client), 0.4-0.6 s by hand (OpenSSH's
 login); the RPC answers when the export ends (nothing polls). Each command on
-the node costs a session and a shell start on the node, ~6 ms with
-Debian's default ``~/.bashrc`` for root; the test bed's node skips this
-machine's own (pyenv init, 0.2-0.6 s a command: an export runs six, by
-hand one, which was most of the gap at a 0.61 ratio). ``qemu-img convert``
-0.2-0.5 s, the same both ways. Streaming: paramiko with aes128-ctr +
-hmac-sha2-256 (its default) used 1.0-1.45 s of the provider's CPU, with
-AES-GCM 0.6-0.9 s, about what the OpenSSH client process uses by hand
-(0.6-0.9 s, any cipher, plus ~0.13 s reading its pipe), so an OpenSSH
-subprocess would not save CPU. The rest is S3: moto's server spends
+the node costs a session and a shell start there, ~6 ms when bash reads no
+``~/.bashrc`` (Debian's default for root adds little). The test bed's node
+skips this machine's own (pyenv init, 0.2-0.6 s a command): an export runs
+six commands, by hand one, and with it the ratio falls to 0.70 (best
+runs; 0.77 by median). ``qemu-img convert``: 0.2-0.5 s, the same both
+ways. Streaming: paramiko with aes128-ctr + hmac-sha2-256 (its default)
+uses 1.0-1.45 s of the provider's CPU, with AES-GCM 0.6-0.9 s, about what
+the OpenSSH client process uses by hand (0.6-0.95 s by cipher, plus
+~0.13 s reading its pipe): an OpenSSH subprocess would not save CPU. The rest is S3: moto's server spends
 2.4-3.6 s of CPU on each upload, boto3 in the uploading process 0.8-1.0 s
 (both ways). With AES-GCM the provider's process uses 1.3-1.6 s of CPU
 for the stream and the upload together, in ~3 s: its threads do not
