@@ -95,18 +95,35 @@ class Hasher:
         self.size += len(data)
         return data
 
-    def read_full(self, n: int) -> bytes:
-        """Up to ``n`` bytes, fewer only at the end (pipes give short reads)."""
-        data = self.read(n)
-        if len(data) in (0, n):
-            return data
-        buf = bytearray(data)
-        while len(buf) < n:
-            more = self.read(n - len(buf))
-            if not more:
-                break
-            buf += more
-        return bytes(buf)
+    def read_full(self, n: int) -> bytearray:
+        """Up to ``n`` bytes, fewer only at the end (pipes give short reads),
+        read into one buffer of that size: no growing copies on the way, and
+        none at the end, so a part in memory is just its bytes."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        with view:
+            while got < n:
+                k = self._read_into(view[got:])
+                if not k:
+                    break
+                self.sha.update(view[got : got + k])
+                got += k
+        self.size += got
+        if got < n:
+            del buf[got:]
+        return buf
+
+    def _read_into(self, view: memoryview) -> int:
+        try:
+            readinto = getattr(self.source, "readinto", None)
+            if readinto is not None:
+                return int(readinto(view) or 0)
+            data = self.source.read(len(view))
+        except OSError as exc:
+            raise LocalIOError(exc) from exc
+        view[: len(data)] = data
+        return len(data)
 
     def __iter__(self) -> Iterator[bytes]:
         while data := self.read(CHUNK):

@@ -179,7 +179,7 @@ def upload(hasher: Hasher, s3: Any, parts: SplitResult, settings: TransferSettin
         return
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
-    def send(number: int, body: bytes) -> dict[str, Any]:
+    def send(number: int, body: bytearray) -> dict[str, Any]:
         resp = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 

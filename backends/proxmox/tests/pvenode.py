@@ -57,7 +57,12 @@ class PveNode:
         pvesm.write_text(PVESM % {"storages": cases})
         pvesm.chmod(0o755)
         (tmp / "sshd").mkdir()
-        self.sshd = SharedSshd(tmp / "sshd", extra_config=f"SetEnv PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin\n")
+        # SHLVL=1: bash, run by sshd for each command, then skips ~/.bashrc as
+        # a nested shell does. A node's root has Debian's short default there;
+        # this machine's root may not (a pyenv init costs 0.2-0.6 s a command,
+        # which would swamp the data path's timing with six commands an export).
+        env = f"PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin SHLVL=1"
+        self.sshd = SharedSshd(tmp / "sshd", extra_config=f"SetEnv {env}\n")
 
     def start(self) -> None:
         self.sshd.start()

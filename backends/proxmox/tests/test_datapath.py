@@ -6,6 +6,7 @@ on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from pvenode import PveNode
 from vm_provider_proxmox.node import NodeShell
 from vm_provider_proxmox.settings import ProxmoxSettings
-from vmp_testplugins.sshd import keygen, skip_without_sshd
+from vmp_testplugins.sshd import SharedSshd, keygen, skip_without_sshd
 
 from provider_core import Unavailable
 from provider_core.conformance.servers import HttpSink, S3Server
@@ -328,3 +329,27 @@ def test_a_command_that_never_exits_fails_within_the_timeout(settings: dict[str,
     with shell.session("pve1") as session, pytest.raises(Unavailable, match="did not exit within 1s"):
         session.status(["sh", "-c", "exec >&- 2>&-; sleep 6"])
     assert time.monotonic() - started < 5
+
+
+def test_streams_use_aes_gcm_where_the_node_offers_it(settings: dict[str, Any], node: PveNode, tmp_path: Path) -> None:
+    """AES-GCM first (no HMAC pass in Python over each packet), and the
+    connection still made with a node whose sshd offers only another cipher."""
+    with NodeShell(ProxmoxSettings(**{**settings, **node.settings()})).session("pve1") as session:
+        transport = session.client.get_transport()
+        assert transport is not None
+        assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert session.run(["echo", "ok"]) == "ok\n"
+    (tmp_path / "ctr").mkdir()
+    old = SharedSshd(tmp_path / "ctr", extra_config="Ciphers aes128-ctr\n")
+    old.start()
+    try:
+        ctr = {**node.settings(), "ssh_port": old.port, "ssh_key_file": str(old.client_key)}
+        ctr["ssh_known_hosts_file"] = str(old.known_hosts("known_hosts"))
+        with NodeShell(ProxmoxSettings(**{**settings, **ctr})).session("pve1") as session:
+            transport = session.client.get_transport()
+            assert transport is not None
+            assert transport.remote_cipher == "aes128-ctr"
+            assert session.run(["echo", "ok"]) == "ok\n"
+    finally:
+        old.stop()

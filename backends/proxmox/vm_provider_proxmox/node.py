@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import shlex
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,11 @@ STDERR_TAIL = 400
 CHUNK = 1 << 20
 #: Seconds a command whose input was cut short gets to exit.
 END_WAIT = 30.0
+#: Ciphers offered first: AES-GCM authenticates while it decrypts, where
+#: paramiko's default (aes128-ctr) adds an HMAC over every packet in
+#: Python; a 300 MiB stream costs about a third less CPU of the provider's.
+#: Every other cipher paramiko offers follows, for nodes without these.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 class CommandFailed(FailedPrecondition):
@@ -80,6 +86,7 @@ class NodeShell:
                 timeout=s.request_timeout,
                 banner_timeout=s.request_timeout,
                 auth_timeout=s.request_timeout,
+                transport_factory=_transport,
             )
         except (paramiko.SSHException, OSError) as exc:
             client.close()
@@ -88,6 +95,19 @@ class NodeShell:
             yield Session(client, node, where, s.task_timeout_seconds)
         finally:
             client.close()
+
+
+def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's transport with :data:`PREFERRED_CIPHERS` first, and
+    without Nagle's delay: each command is a few small messages answered
+    one by one, which otherwise wait ~40 ms for a delayed acknowledgement."""
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = (*(c for c in PREFERRED_CIPHERS if c in offered), *(c for c in offered if c not in PREFERRED_CIPHERS))
+    return transport
 
 
 class Session:
