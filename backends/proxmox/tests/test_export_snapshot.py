@@ -172,6 +172,10 @@ def test_a_storage_whose_snapshots_need_activation_is_refused(
     assert code is grpc.StatusCode.FAILED_PRECONDITION, message
     assert f"a raw volume on storage {storage!r} of type {kind}" in message
     assert "createSnapshot false" in message
+    # ZFS for good: Proxmox copies no volume at a ZFS snapshot (pve-storage,
+    # src/PVE/Storage/ZFSPoolPlugin.pm volume_has_feature: copy has no
+    # 'snap'), and the snapshot's zvol device needs snapdev=visible.
+    assert ("snapdev=visible" in message) is (kind == "zfspool")
     assert node.sshd.logins() == 0
 
 

@@ -25,6 +25,12 @@ snapshot's device, ``snapdev``; RBD with ``krbd``: mapping the snapshot),
 which changes the node's state for the export's sake; the provider does
 not do that through the node's shell, and refuses them with
 FAILED_PRECONDITION: export with the VM stopped and without a snapshot.
+ZFS stays refused for good: Proxmox itself copies no volume at a ZFS
+snapshot (pve-storage's ZFSPoolPlugin and ZFSPlugin ``volume_has_feature``
+offer ``copy`` of the current volume only), ``zfs send`` gives a ZFS
+stream and no disk image, and the device ``/dev/zvol/<pool>/<name>@S``
+exists only while the dataset's ``snapdev`` property is ``visible``, a
+property of the operator's that the provider does not change.
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ CHAIN_STORAGES = ("dir", "nfs", "cifs")
 FORMATS = ("raw", "qcow2", "vmdk")
 
 AT_SNAPSHOT = "export with the VM stopped and without a snapshot (VMMigration: createSnapshot false)"
+ZFS_SNAPSHOTS = (
+    "Proxmox copies no ZFS snapshot itself, and its zvol device appears only with the dataset's property"
+    " snapdev=visible, which the provider does not change"
+)
+#: Why a storage type's snapshots are not read, where more can be said.
+WHY_NOT = dict.fromkeys(("zfspool", "zfs"), ZFS_SNAPSHOTS)
 
 
 @dataclass(frozen=True)
@@ -109,9 +121,10 @@ def resolve(cluster: Cluster, ref: VmState, disk_id: str, snapshot_id: str) -> S
     how = _how(kind, fmt, storage)
     if not how:
         what = f"a {fmt} volume" if fmt else "a volume"
+        why = f" ({WHY_NOT[kind]})" if kind in WHY_NOT else ""
         raise FailedPrecondition(
             f"disk {drive.key} of VM {ref.vmid} is {what} on storage {drive.storage!r} of type {kind or 'unknown'},"
-            f" whose snapshots the provider cannot read from the node's shell: {AT_SNAPSHOT}"
+            f" whose snapshots the provider cannot read from the node's shell{why}: {AT_SNAPSHOT}"
         )
     return Source(drive, snapshot_id, how, fmt)
 
