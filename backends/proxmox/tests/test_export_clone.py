@@ -297,3 +297,42 @@ def test_concurrent_calls_on_the_vm_wait_and_listvms_never_shows_the_clone(
     snapshot_gone = next(i for i, (_, p) in enumerate(order) if p.endswith(f"/snapshot/{snapshot}"))
     assert clone_gone < snapshot_gone
     only_the_vm_is_left(pve, node)
+
+
+def test_a_refused_clone_names_the_privileges_it_needs(dp: Any, pve: Any, node: PveNode, thin: ThinVolumes) -> None:
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "denied")
+    pve.fail("POST", "/nodes/pve1/qemu/100/clone", 403, "Permission check failed (/vms/100, VM.Clone)")
+    code, message = fails(lambda: export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc"))
+    assert code is grpc.StatusCode.PERMISSION_DENIED, message
+    assert "VM.Clone and VM.Audit on /vms/100" in message
+    assert "VM.Allocate on /vms" in message
+    assert "Datastore.AllocateSpace on /storage/local-lvm" in message
+    only_the_vm_is_left(pve, node)
+
+
+def test_a_clone_left_behind_is_logged_and_never_listed(
+    dp: Any,
+    provider: Any,
+    settings: dict[str, Any],
+    pve: Any,
+    node: PveNode,
+    thin: ThinVolumes,
+    claims: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Proxmox refuses to destroy the clone: the export stands, the error
+    log names the clone's VMID, and no provider lists it (its tag)."""
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "stuck")
+    thin.destroy_fails = True
+    export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc")
+    (left,) = [vm for vm in pve.vms if vm.vmid != 100]
+    assert left.name == "vmp-export-100-stuck"
+    assert left.config["tags"] == "vmp-export"
+    assert "Temporary full clone of VM 100 at snapshot stuck" in left.config["description"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(f"temporary clone VM {left.vmid}" in e and "NOT destroyed" in e for e in errors), errors
+    assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
+    other = provider({**settings, **node.settings()})
+    assert [vm.id for vm in other.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
