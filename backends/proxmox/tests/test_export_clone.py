@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 import pytest
 import test_datapath
+from fakepve import TaskError
 from pvenode import PveNode
 from test_datapath import export, fails, same_content, sha256
 from test_export_snapshot import take_snapshot
@@ -336,3 +337,60 @@ def test_a_clone_left_behind_is_logged_and_never_listed(
     assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
     other = provider({**settings, **node.settings()})
     assert [vm.id for vm in other.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
+
+
+class HangingClone:
+    """A clone task that is still copying when the export gives up: the
+    layer answers the clone with a task of its own that runs until it is
+    stopped (``DELETE`` on the task), and then does what qemu-server's
+    ``clone_vm`` does on SIGTERM ("interrupted by signal"): it frees the
+    clone's new volumes and removes its config. fakepve makes the clone
+    first (its own task ends at once)."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.running: dict[str, asyncio.Event] = {}
+        layer.route("POST", r"/nodes/(?P<node>[^/]+)/qemu/(?P<vmid>\d+)/clone", self.clone)
+        layer.route("DELETE", r"/nodes/(?P<node>[^/]+)/tasks/(?P<upid>[^/]+)", self.stop)
+
+    async def clone(self, call: Any, m: re.Match[str]) -> Any:
+        up = await self.layer.forward(call)
+        if up.status != 200:
+            return self.layer.relay(up)
+        pve, newid, stopped = self.layer.pve, int(call.params["newid"]), asyncio.Event()
+
+        async def copying() -> None:
+            await stopped.wait()
+            vm = pve.vm(newid)
+            for d in data_disks(vm.config):
+                pve.storages[d.storage].get("volumes", {}).pop(d.volume.split(":", 1)[1], None)
+            pve.vms.remove(vm)
+            raise TaskError("clone failed: interrupted by signal")
+
+        upid: str = await pve.task(m["node"], "qmclone", m["vmid"], call.user, copying)
+        self.running[upid] = stopped
+        return self.layer.answer(upid)
+
+    async def stop(self, call: Any, m: re.Match[str]) -> Any:
+        stopped = self.running.pop(m["upid"], None)
+        if stopped is None:
+            return None
+        stopped.set()
+        return self.layer.answer(None)
+
+
+@pytest.mark.fakepve(time_scale=0.01)  # tasks run on their own
+def test_a_clone_still_copying_is_stopped_and_removed(
+    provider: Any, settings: dict[str, Any], pve: Any, cluster: Any, node: PveNode, claims: Path
+) -> None:
+    """The export gives up on a clone task still running after
+    task_timeout_seconds: the task is stopped, which removes the clone."""
+    h = provider({**settings, **node.settings(), "task_timeout_seconds": 1}, pvc_root=claims)
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(h, "hangs")
+    hanging = HangingClone(cluster)
+    code, message = fails(lambda: export(h, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc"))
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED, message
+    assert "the temporary full clone" in message
+    assert hanging.running == {}, "the clone task was stopped"
+    only_the_vm_is_left(pve, node)
