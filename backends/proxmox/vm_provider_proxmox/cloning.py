@@ -265,9 +265,11 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
     cluster.remember(vmid, source.node)
     path = cluster.vm_path(vmid, source.node)
     log.info("VM %d: temporary clone %d (%s) started on %s", source.vmid, vmid, params["name"], source.node)
+    copying = upid
     try:
         try:
             tasks.wait(client, upid)
+            copying = ""
         except ProviderError as exc:
             exc.message = (
                 f"the temporary full clone {vmid} of VM {source.vmid} at snapshot {snapshot!r} failed"
@@ -278,17 +280,19 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
         newvm.post_config(cluster, path, {"tags": TEMPORARY_TAG, "protection": 0, "onboot": 0})
         yield path
     finally:
-        _remove(cluster, source, vmid, upid=upid, marker=marker, name=str(params["name"]))
+        _remove(cluster, source, vmid, copying=copying, marker=marker, name=str(params["name"]))
 
 
-def _remove(cluster: Cluster, source: VmState, vmid: int, *, upid: str, marker: newvm.Marker, name: str) -> None:
-    """Destroy a temporary clone (stopping its clone task first if it still
-    copies: qemu-server then removes what it made); never raises. One left
-    behind is logged as an error, and this process goes on hiding it."""
+def _remove(cluster: Cluster, source: VmState, vmid: int, *, copying: str, marker: newvm.Marker, name: str) -> None:
+    """Destroy a temporary clone, stopping its clone task (``copying``, the
+    UPID of one not seen to end) first: qemu-server then removes what it
+    made. Never raises; a clone left behind is logged as an error, and this
+    process goes on hiding it."""
     try:
-        tasks.stop(cluster.client, upid)
+        if copying:
+            tasks.stop(cluster.client, copying)
     except ProviderError as exc:
-        log.warning("the clone task %s of temporary clone VM %d could not be stopped: %s", upid, vmid, exc)
+        log.warning("the clone task %s of temporary clone VM %d could not be stopped: %s", copying, vmid, exc)
     if newvm.discard(cluster, vmid, source.node, marker):
         cluster.temporary.discard(vmid)
         log.info("VM %d: temporary clone %d (%s) destroyed", source.vmid, vmid, name)
