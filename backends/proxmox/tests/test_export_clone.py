@@ -300,15 +300,24 @@ def test_concurrent_calls_on_the_vm_wait_and_listvms_never_shows_the_clone(
     only_the_vm_is_left(pve, node)
 
 
-def test_a_refused_clone_names_the_privileges_it_needs(dp: Any, pve: Any, node: PveNode, thin: ThinVolumes) -> None:
+@pytest.mark.parametrize(
+    ("refused", "privilege"),
+    [("/nodes/pve1/qemu/100/clone", "/vms/100, VM.Clone"), ("/nodes/pve1/qemu/101/config", "/vms/101, VM.Config.Options")],
+)
+def test_a_refused_clone_names_the_privileges_it_needs(
+    dp: Any, pve: Any, node: PveNode, thin: ThinVolumes, refused: str, privilege: str
+) -> None:
+    """Proxmox refuses the clone, or the clone's tag (the clone, VMID 101,
+    is then destroyed again)."""
     make_vm(node, pve, running=False)
     snapshot = take_snapshot(dp, "denied")
-    pve.fail("POST", "/nodes/pve1/qemu/100/clone", 403, "Permission check failed (/vms/100, VM.Clone)")
+    pve.fail("POST", refused, 403, f"Permission check failed ({privilege})")
     code, message = fails(lambda: export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc"))
     assert code is grpc.StatusCode.PERMISSION_DENIED, message
     assert "VM.Clone and VM.Audit on /vms/100" in message
-    assert "VM.Allocate on /vms" in message
+    assert "VM.Allocate and VM.Config.Options on /vms" in message
     assert "Datastore.AllocateSpace on /storage/local-lvm" in message
+    assert privilege in message
     only_the_vm_is_left(pve, node)
 
 

@@ -47,7 +47,8 @@ TEMPORARY_PREFIX = "vmp-export-"
 #: What a full clone at a snapshot needs (qemu-server's clone_vm; the
 #: provider's settings need these for Clone and Delete already).
 CLONE_PRIVILEGES = (
-    "VM.Clone and VM.Audit on /vms/{vmid}, VM.Allocate on /vms (the new VMID), and Datastore.AllocateSpace on /storage/{storage}"
+    "VM.Clone and VM.Audit on /vms/{vmid}, VM.Allocate and VM.Config.Options on /vms (the new VMID: made, tagged,"
+    " destroyed), and Datastore.AllocateSpace on /storage/{storage}"
 )
 
 
@@ -258,8 +259,7 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
     except BaseException as exc:
         cluster.temporary.difference_update(tried)  # nothing was made
         if isinstance(exc, PermissionDenied):
-            needs = CLONE_PRIVILEGES.format(vmid=source.vmid, storage=storage)
-            raise PermissionDenied(f"a temporary full clone at snapshot {snapshot!r} needs {needs}: {exc.message}") from None
+            raise _denied(exc, source, snapshot, storage) from None
         raise
     cluster.temporary.difference_update(tried[:-1])  # the ids other clients took meanwhile
     cluster.remember(vmid, source.node)
@@ -276,11 +276,18 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
                 f" (it copies every disk of the VM onto storage {storage!r}): {exc.message}"
             )
             raise
-        # its own tag only (not the source's ownership tag), and nothing that keeps it or starts it
-        newvm.post_config(cluster, path, {"tags": TEMPORARY_TAG, "protection": 0, "onboot": 0})
+        try:  # its own tag only (not the source's ownership tag), and nothing that keeps it or starts it
+            newvm.post_config(cluster, path, {"tags": TEMPORARY_TAG, "protection": 0, "onboot": 0})
+        except PermissionDenied as exc:
+            raise _denied(exc, source, snapshot, storage) from None
         yield path
     finally:
         _remove(cluster, source, vmid, copying=copying, marker=marker, name=str(params["name"]))
+
+
+def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str) -> PermissionDenied:
+    needs = CLONE_PRIVILEGES.format(vmid=source.vmid, storage=storage)
+    return PermissionDenied(f"a temporary full clone at snapshot {snapshot!r} needs {needs}: {exc.message}")
 
 
 def _remove(cluster: Cluster, source: VmState, vmid: int, *, copying: str, marker: newvm.Marker, name: str) -> None:
