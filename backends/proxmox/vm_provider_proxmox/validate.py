@@ -54,7 +54,7 @@ def needs(cluster: Cluster, version: tuple[int, int]) -> list[Need]:
         Need("/vms", ("VM.Config.Memory",), "Create, Reconfigure"),
         Need("/vms", ("VM.Config.Disk",), "Create, Reconfigure"),
         Need("/vms", ("VM.Config.Network",), "Create, Reconfigure"),
-        Need("/vms", ("VM.Config.Options",), "Create, Reconfigure"),
+        Need("/vms", ("VM.Config.Options",), "Create, Reconfigure, ExportDisk of an LVM-thin or krbd snapshot"),
         Need("/vms", ("VM.Config.HWType",), "Create, HardwareUpgrade"),
         Need("/vms", ("VM.Config.Cloudinit",), "Create, Clone (cloud-init)"),
         Need("/vms", ("VM.Config.CDROM",), "Create (ISO images, cloud-init drive)"),
