@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -252,7 +253,7 @@ def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
     lines = got.splitlines()
     assert lines[:5] == [
         'url = "https://s3.example.com/b/k?X-Amz-Signature=ab\\"c\\\\d"',
-        'resolve = "s3.example.com:443:[2001:db8::5]"',
+        'connect-to = "::[2001:db8::5]:443"',
         'proto = "=http,https"',
         'noproxy = "*"',
         "silent",
@@ -260,6 +261,44 @@ def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
     assert 'speed-time = "600"' in lines
     assert 'write-out = "\\nvmp-status=%{http_code}\\n"' in lines
     assert not [line for line in lines if line.startswith(("location", "proxy", "netrc", "config"))]
+
+
+class Hello(BaseHTTPRequestHandler):
+    """Answers every GET with a short body."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("host", ["vmp-pin.invalid", "VMP-Pin.invalid.", "vmp-pïn.invalid"])
+def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(settings: dict[str, Any], host: str) -> None:
+    """curl reaches the address the provider checked without a lookup of
+    its own (which could answer another address: DNS rebinding), also where
+    curl spells the host otherwise than Python does (an IDN name curl turns
+    into its xn-- form). ``.invalid`` names resolve nowhere: a lookup by
+    curl fails the transfer."""
+    real = shutil.which("curl")
+    if real is None:
+        skip_missing("curl (testbed/install.sh installs it)")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        url = f"http://{host}:{port}/x"
+        pinned = Pinned(url, urlsplit(url).hostname or "", port, "127.0.0.1")
+        config = direct._config(pinned, ProxmoxSettings(**settings))
+        done = subprocess.run([real, "-q", "-K", "-"], input=config, capture_output=True, timeout=60, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(b"hello")
 
 
 class Trickle(BaseHTTPRequestHandler):

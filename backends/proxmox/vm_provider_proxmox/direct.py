@@ -18,7 +18,8 @@ What the node runs, and what it never sees:
   errors name it redacted.
 - The provider resolves the URL's host and holds every address to its URL
   policy (:func:`provider_core.transfer.pin`); curl connects to that address
-  only (``--resolve``), follows no redirect (one is an error naming its
+  only (``--connect-to ::<address>:<port>``, for whatever host: curl looks
+  no name up), follows no redirect (one is an error naming its
   HTTP status), speaks http and https only,
   and ignores proxies and ``~/.curlrc``. It gives up after
   ``request_timeout`` seconds connecting and when slower than 1 byte/s for
@@ -163,10 +164,13 @@ def _config(
 ) -> bytes:
     """curl's config (``-K``): the URL, pinned, the limits, and ``extra``;
     ``meter``: with the progress meter (once a second)."""
-    host, address = (f"[{a}]" if ":" in a else a for a in (target.host, target.address))
+    address = f"[{target.address}]" if ":" in target.address else target.address
     options: dict[str, str | list[str] | None] = {
         "url": target.url,
-        "resolve": f"{host}:{target.port}:{address}",
+        # every host and port (the empty first two fields) to the checked
+        # address: curl looks no name up, however it spells the host
+        # (``--resolve`` would miss an IDN name, which curl turns into xn--)
+        "connect-to": f"::{address}:{target.port}",
         "proto": "=http,https",
         "noproxy": "*",
         **({} if meter else {"silent": None}),
