@@ -251,13 +251,13 @@ def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
     pinned = Pinned(url, "s3.example.com", 443, "2001:db8::5")
     got = direct._config(pinned, ProxmoxSettings(**{**settings, "task_timeout_seconds": 600})).decode()
     lines = got.splitlines()
-    assert lines[:5] == [
+    assert lines[:4] == [
         'url = "https://s3.example.com/b/k?X-Amz-Signature=ab\\"c\\\\d"',
         'connect-to = "::[2001:db8::5]:443"',
         'proto = "=http,https"',
         'noproxy = "*"',
-        "silent",
     ]
+    assert "silent" not in lines  # the progress meter keeps the node's channel alive
     assert 'speed-time = "600"' in lines
     assert 'write-out = "\\nvmp-status=%{http_code}\\n"' in lines
     assert not [line for line in lines if line.startswith(("location", "proxy", "netrc", "config"))]
@@ -337,6 +337,50 @@ def test_a_long_download_keeps_the_node_channel_alive(
     assert time.monotonic() - started > 4
     assert got.actual_size_bytes == 4 * 64 * 1024
     assert node.path(got.disk_id).read_bytes() == b"\x5a" * 4 * 64 * 1024
+
+
+class SlowSink(BaseHTTPRequestHandler):
+    """Takes a PUT's body slowly (256 KiB every quarter second) into
+    ``self.server.got``."""
+
+    def do_PUT(self) -> None:
+        left = int(self.headers["Content-Length"])
+        got = bytearray()
+        while left:
+            time.sleep(0.25)
+            chunk = self.rfile.read(min(left, 256 << 10))
+            got += chunk
+            left -= len(chunk)
+        self.server.got = bytes(got)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_long_upload_keeps_the_node_channel_alive(
+    provider: Any, settings: dict[str, Any], pve: Any, node: Node, tmp_path: Path
+) -> None:
+    """An upload longer than task_timeout_seconds (the longest silence of a
+    command on the node) goes on while bytes flow, as a long download does."""
+    configured = {**settings, **node.settings(), "direct_transfers": True, "task_timeout_seconds": 2}
+    h = provider(configured, pvc_root=tmp_path)
+    disk = make_disk(node, pve)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        resp = export(h, f"http://127.0.0.1:{server.server_address[1]}/slow.qcow2", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started > 4
+    received = tmp_path / "received.qcow2"
+    received.write_bytes(server.got)  # type: ignore[attr-defined]
+    assert resp.checksum == sha256(received)
+    assert same_content(disk, received)
 
 
 class Moved(BaseHTTPRequestHandler):

@@ -25,14 +25,15 @@ What the node runs, and what it never sees:
   ``request_timeout`` seconds connecting and when slower than 1 byte/s for
   ``task_timeout_seconds``; TLS is verified against the node's own CA
   certificates.
+- curl's progress meter (once a second) keeps each command's SSH channel
+  from falling silent for ``task_timeout_seconds`` while a long upload or
+  download goes on.
 - Export: the image ``qemu-img convert`` wrote into ``node_tmp_dir`` (as for
   relay) is hashed there (``sha256sum``), then each part is cut from it by
   ``dd`` and piped into curl with its Content-Length, a few parts at a time;
   curl reports each part's ETag, which the provider completes the upload
   with. An http(s) destination gets the whole file in one PUT.
-- Import: curl writes into the hidden ``.part`` file (its progress meter
-  the only output, which keeps the SSH channel from falling silent for
-  ``task_timeout_seconds`` while a large image arrives), which is then hashed
+- Import: curl writes into the hidden ``.part`` file, which is then hashed
   (checked against ``expected_checksum`` when given) and verified like a
   relayed one before it is renamed into place.
 
@@ -72,7 +73,12 @@ GET_FILE = 'curl -q -K - -o "$1" 2>&1; echo "vmp-exit=$?"'
 _STATUS = re.compile(r"^vmp-status=(\d+)$", re.MULTILINE)
 _EXIT = re.compile(r"^vmp-exit=(\d+)$", re.MULTILINE)
 _QUERY = re.compile(r"\?\S*")
-_ETAG = re.compile(r"^etag:[ \t]*(\S+)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+#: What curl writes once done (``--write-out``), each on a line of its own;
+#: the progress meter's updates end no line, and header lines could follow
+#: one on the same line, so the ETag comes this way too (curl 7.84 or later).
+WRITE_OUT = "\nvmp-status=%{http_code}\n"
+WRITE_ETAG = WRITE_OUT + "vmp-etag=%header{etag}\n"
+_ETAG = re.compile(r"^vmp-etag=(\S+)$", re.MULTILINE)
 
 
 def check(spec: ExportSpec | ImportSpec) -> None:
@@ -128,8 +134,8 @@ def _put(node: Session, target: Pinned, path: str, part: transfer.Part, *, setti
     upload: dict[str, str | list[str]] = {
         "upload-file": "-",
         "header": [f"Content-Length: {part.length}", "Transfer-Encoding:", "Expect:"],
-        "dump-header": "-",
         "output": "/dev/null",
+        "write-out": WRITE_ETAG,
     }
     argv = ["sh", "-c", PUT_RANGE, "sh", path, str(part.offset), str(part.length)]
     out = _curl(node, argv, _config(target, settings, upload), what)
@@ -147,7 +153,7 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
     else:
         source = transfer.pin(spec.source_url, url_field="source_url")
     what = f"download from {transfer.redact(spec.source_url)} to {node.where}"
-    _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings, meter=True), what)
+    _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings), what)
     size = int(node.run(["stat", "-c", "%s", part]).strip())
     sha256 = node.run(["sha256sum", part]).split()[0]
     if expected and sha256 != expected:
@@ -159,11 +165,10 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
     return DownloadResult(size, sha256, sha256)
 
 
-def _config(
-    target: Pinned, settings: ProxmoxSettings, extra: dict[str, str | list[str]] | None = None, *, meter: bool = False
-) -> bytes:
+def _config(target: Pinned, settings: ProxmoxSettings, extra: dict[str, str | list[str]] | None = None) -> bytes:
     """curl's config (``-K``): the URL, pinned, the limits, and ``extra``;
-    ``meter``: with the progress meter (once a second)."""
+    with the progress meter (once a second), which keeps the command's SSH
+    channel from falling silent for ``task_timeout_seconds``."""
     address = f"[{target.address}]" if ":" in target.address else target.address
     options: dict[str, str | list[str] | None] = {
         "url": target.url,
@@ -173,13 +178,12 @@ def _config(
         "connect-to": f"::{address}:{target.port}",
         "proto": "=http,https",
         "noproxy": "*",
-        **({} if meter else {"silent": None}),
         "show-error": None,
         "fail": None,
         "connect-timeout": f"{settings.request_timeout:g}",
         "speed-limit": "1",
         "speed-time": str(max(1, int(settings.task_timeout_seconds))),
-        "write-out": "\nvmp-status=%{http_code}\n",
+        "write-out": WRITE_OUT,
         **(extra or {}),
     }
     lines = []
