@@ -251,10 +251,11 @@ def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
     pinned = Pinned(url, "s3.example.com", 443, "2001:db8::5")
     got = direct._config(pinned, ProxmoxSettings(**{**settings, "task_timeout_seconds": 600})).decode()
     lines = got.splitlines()
-    assert lines[:4] == [
+    assert lines[:5] == [
         'url = "https://s3.example.com/b/k?X-Amz-Signature=ab\\"c\\\\d"',
         'connect-to = "::[2001:db8::5]:443"',
         'proto = "=http,https"',
+        "globoff",
         'noproxy = "*"',
     ]
     assert "silent" not in lines  # the progress meter keeps the node's channel alive
@@ -299,6 +300,38 @@ def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(setti
         server.server_close()
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(b"hello")
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Serves 1 MiB for any path, recording the paths asked for in
+    ``self.server.paths``."""
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self.wfile.write(b"\x5a" * (1 << 20))
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_url_is_fetched_as_written_not_as_a_pattern(dp: Any, pve: Any, node: Node) -> None:
+    """curl takes brackets and braces in a URL for a pattern of many URLs
+    (globbing), each further one written to its standard output, which the
+    provider would read whole: one request, for the URL as written."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.paths = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/disk[1-3]{{a,b}}.raw"
+        got = import_(dp, url, "globbed", "raw", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.paths == ["/disk[1-3]{a,b}.raw"]  # type: ignore[attr-defined]
+    assert got.actual_size_bytes == 1 << 20
 
 
 class Trickle(BaseHTTPRequestHandler):

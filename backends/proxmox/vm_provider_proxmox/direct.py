@@ -20,8 +20,8 @@ What the node runs, and what it never sees:
   policy (:func:`provider_core.transfer.pin`); curl connects to that address
   only (``--connect-to ::<address>:<port>``, for whatever host: curl looks
   no name up), follows no redirect (one is an error naming its
-  HTTP status), speaks http and https only,
-  and ignores proxies and ``~/.curlrc``. It gives up after
+  HTTP status), fetches the URL as written (no globbing of ``[]`` and ``{}``
+  into many URLs), speaks http and https only, and ignores proxies and ``~/.curlrc``. It gives up after
   ``request_timeout`` seconds connecting and when slower than 1 byte/s for
   ``task_timeout_seconds``; TLS is verified against the node's own CA
   certificates.
@@ -177,6 +177,7 @@ def _config(target: Pinned, settings: ProxmoxSettings, extra: dict[str, str | li
         # (``--resolve`` would miss an IDN name, which curl turns into xn--)
         "connect-to": f"::{address}:{target.port}",
         "proto": "=http,https",
+        "globoff": None,  # [] and {} are the URL's own characters, not a pattern of many URLs
         "noproxy": "*",
         "show-error": None,
         "fail": None,
