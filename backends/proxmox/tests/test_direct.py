@@ -330,8 +330,25 @@ def test_a_url_is_fetched_as_written_not_as_a_pattern(dp: Any, pve: Any, node: N
     finally:
         server.shutdown()
         server.server_close()
-    assert server.paths == ["/disk[1-3]{a,b}.raw"]  # type: ignore[attr-defined]
+    assert server.paths == ["/disk[1-3]%7Ba,b%7D.raw"]  # type: ignore[attr-defined]  # braces quoted as relay sends them
     assert got.actual_size_bytes == 1 << 20
+
+
+def test_a_url_with_a_space_is_sent_as_relay_sends_it(dp: Any, pve: Any, node: Node) -> None:
+    """curl refuses a space in a URL, which requests (relay) sends as %20:
+    direct sends the URL as relay does rather than fail (UNAVAILABLE, which
+    a client retries) on a URL relay serves."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.paths = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/my disk.raw"
+        import_(dp, url, "spaced-relay", "raw", transfer_mode="relay")
+        import_(dp, url, "spaced-direct", "raw", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.paths == ["/my%20disk.raw", "/my%20disk.raw"]  # type: ignore[attr-defined]
 
 
 class Trickle(BaseHTTPRequestHandler):
