@@ -36,7 +36,8 @@ from provider_core.pb import provider_pb2 as pb
 from provider_core.transfer import Pinned
 
 WRAPPER = """#!/bin/sh
-# curl, recording how it is called; exits 7 once the count in %(fail)s is used up
+# curl, recording how it is called; exits 7 once the count in %(fail)s is used up;
+# a call that goes on first sleeps the seconds in %(slow)s
 { printf 'argv:'; printf ' %%s' "$@"; printf '\\nparent: '; tr '\\000' ' ' < /proc/$PPID/cmdline; printf '\\n'; } >> %(log)s
 if [ -e %(fail)s ]; then
     exec 9< %(fail)s
@@ -46,6 +47,7 @@ if [ -e %(fail)s ]; then
     echo $((n - 1)) > %(fail)s
     exec 9<&-
 fi
+if [ -e %(slow)s ]; then sleep "$(cat %(slow)s)"; fi
 exec %(curl)s "$@"
 """
 
@@ -59,6 +61,9 @@ class Node(PveNode):
     def fail_after(self, calls: int) -> None:
         (self.tmp.parent / "curl.fail").write_text(f"{calls}\n")
 
+    def slow(self, seconds: float) -> None:
+        (self.tmp.parent / "curl.slow").write_text(f"{seconds}\n")
+
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
@@ -68,7 +73,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
         skip_missing("curl (testbed/install.sh installs it)")
     n = Node(tmp_path / "node")
     curl = n.bin / "curl"
-    curl.write_text(WRAPPER % {"log": n.tmp.parent / "curl.log", "fail": n.tmp.parent / "curl.fail", "curl": real})
+    files = {name: n.tmp.parent / f"curl.{name}" for name in ("log", "fail", "slow")}
+    curl.write_text(WRAPPER % {**files, "curl": real})
     curl.chmod(0o755)
     n.start()
     try:
@@ -190,6 +196,20 @@ def test_a_failure_midway_aborts_the_multipart_upload(dp: Any, pve: Any, node: N
     client = s3.client()
     assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []  # aborted: no parts stay
     assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix="broken")
+    assert list(node.tmp.iterdir()) == []
+
+
+def test_no_part_starts_after_one_failed(dp: Any, pve: Any, node: Node, s3: S3Server) -> None:
+    """Of the first four parts, one goes on slowly and three fail at once:
+    the other four parts are never sent (their bytes would be thrown away
+    with the upload), and the upload is aborted once the slow one ended."""
+    make_disk(node, pve)
+    node.fail_after(1)
+    node.slow(2)
+    code, message = fails(lambda: export(dp, f"s3://{BUCKET}/broken.raw", "raw", credentials=creds(s3), transfer_mode="direct"))
+    assert code is grpc.StatusCode.UNAVAILABLE, message
+    assert node.calls.count("argv:") == direct.CONCURRENCY
+    assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     assert list(node.tmp.iterdir()) == []
 
 

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from itertools import islice
 from urllib.parse import urlsplit
 
 from provider_core import ExportSpec, ImportSpec, InvalidArgument, Unavailable, transfer
@@ -120,13 +121,16 @@ def _parts(node: Session, path: str, plan: transfer.PresignedUpload, settings: P
     def send(part: transfer.Part) -> str:
         return _put(node, plan.url(part), path, part, settings=settings, what=f"{what} (part {part.number})")
 
-    with ThreadPoolExecutor(min(CONCURRENCY, len(plan.parts)), thread_name_prefix="pve-part") as pool:
-        sent: dict[int, Future[str]] = {p.number: pool.submit(send, p) for p in plan.parts}
-        try:
-            return {number: future.result() for number, future in sent.items()}
-        finally:
-            for future in sent.values():
-                future.cancel()  # after a failure: the parts not started yet
+    todo = iter(plan.parts)
+    etags: dict[int, str] = {}
+    with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="pve-part") as pool:
+        running: dict[Future[str], int] = {pool.submit(send, p): p.number for p in islice(todo, CONCURRENCY)}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:  # a failure raises here: no part starts after it, those running end
+                etags[running.pop(future)] = future.result()
+            running.update({pool.submit(send, p): p.number for p in islice(todo, len(done))})
+    return etags
 
 
 def _put(node: Session, target: Pinned, path: str, part: transfer.Part, *, settings: ProxmoxSettings, what: str) -> str:
