@@ -104,7 +104,7 @@ def check(spec: ExportSpec | ImportSpec) -> None:
 def upload(node: Session, path: str, size: int, spec: ExportSpec, settings: ProxmoxSettings) -> UploadResult:
     """Send the file ``path`` of ``size`` bytes on the node to the request's
     destination from the node; its size and SHA256."""
-    sha256 = node.run(["sha256sum", path]).split()[0]
+    sha256 = node.sha256(path)
     if spec.backend_type == "s3":
         with transfer.presigned_upload(spec, size) as plan:
             etags = _parts(node, path, plan, settings, f"{plan.what} from {node.where}")
@@ -158,8 +158,8 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
         source = transfer.pin(spec.source_url, url_field="source_url")
     what = f"download from {transfer.redact(spec.source_url)} to {node.where}"
     _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings), what)
-    size = int(node.run(["stat", "-c", "%s", part]).strip())
-    sha256 = node.run(["sha256sum", part]).split()[0]
+    size = node.size(part)
+    sha256 = node.sha256(part)
     if expected and sha256 != expected:
         raise InvalidArgument.field(
             "expected_checksum",
