@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -297,8 +298,22 @@ class Hello(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("host", ["vmp-pin.invalid", "VMP-Pin.invalid.", "vmp-pïn.invalid"])
-def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(settings: dict[str, Any], host: str) -> None:
+class Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("vmp-pin.invalid", "127.0.0.1"),
+        ("VMP-Pin.invalid.", "127.0.0.1"),
+        ("vmp-pïn.invalid", "127.0.0.1"),
+        ("vmp-pin.invalid", "::1"),
+    ],
+)
+def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(
+    settings: dict[str, Any], host: str, address: str
+) -> None:
     """curl reaches the address the provider checked without a lookup of
     its own (which could answer another address: DNS rebinding), also where
     curl spells the host otherwise than Python does (an IDN name curl turns
@@ -307,12 +322,12 @@ def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(setti
     real = shutil.which("curl")
     if real is None:
         skip_missing("curl (testbed/install.sh installs it)")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    server = (Server6 if ":" in address else ThreadingHTTPServer)((address, 0), Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
         url = f"http://{host}:{port}/x"
-        pinned = Pinned(url, urlsplit(url).hostname or "", port, "127.0.0.1")
+        pinned = Pinned(url, urlsplit(url).hostname or "", port, address)
         config = direct._config(pinned, ProxmoxSettings(**settings))
         done = subprocess.run([real, "-q", "-K", "-"], input=config, capture_output=True, timeout=60, check=False)
     finally:
