@@ -309,6 +309,7 @@ class Server6(ThreadingHTTPServer):
         ("VMP-Pin.invalid.", "127.0.0.1"),
         ("vmp-pïn.invalid", "127.0.0.1"),
         ("vmp-pin.invalid", "::1"),
+        ("[::1]", "::1"),  # an address in brackets, not a pattern
     ],
 )
 def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(
