@@ -19,9 +19,10 @@ What the node runs, and what it never sees:
 - The provider resolves the URL's host and holds every address to its URL
   policy (:func:`provider_core.transfer.pin`); curl connects to that address
   only (``--connect-to ::<address>:<port>``, for whatever host: curl looks
-  no name up), follows no redirect (one is an error naming its
-  HTTP status), fetches the URL as written (no globbing of ``[]`` and ``{}``
-  into many URLs), speaks http and https only, and ignores proxies and ``~/.curlrc``. It gives up after
+  no name up), follows no redirect (one is an error naming its HTTP
+  status), requests the URL as written (quoted as relay sends it; no
+  globbing of ``[]`` and ``{}`` into many URLs), speaks http and https
+  only, and ignores proxies and ``~/.curlrc``. It gives up after
   ``request_timeout`` seconds connecting and when slower than 1 byte/s for
   ``task_timeout_seconds``; TLS is verified against the node's own CA
   certificates.
