@@ -10,7 +10,10 @@ that answers only ``pvesm path <volid>`` for the directory storages it is
 given, laid out as pve-storage's directory plugin lays them out
 (``<path>/images/<vmid>/<name>`` for disk images, ``<path>/import/<name>``
 and ``<path>/iso/<name>`` for import and ISO content; PVE/Storage/Plugin.pm
-``filesystem_path``). The API (fakepve) knows nothing of these files.
+``filesystem_path``), and for the LVM-thin storages it is given (storage to
+volume group): ``<root>/dev/<vg>/<name>``, a file standing for the active
+logical volume's device ``/dev/<vg>/<name>`` (LvmThinPlugin.pm ``path``).
+The API (fakepve) knows nothing of these files.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ storage=${2%%:*}
 volume=${2#*:}
 case "$storage" in
 %(storages)s
+%(thin)s
     *) echo "storage '$storage' does not exist" >&2; exit 255 ;;
 esac
 case "$volume" in
@@ -46,15 +50,17 @@ class PveNode:
     """sshd playing the nodes' shell (every node is this host), with
     ``pvesm`` first on its PATH and directory storages under ``root``."""
 
-    def __init__(self, tmp: Path, storages: tuple[str, ...] = ("cloud",)) -> None:
+    def __init__(self, tmp: Path, storages: tuple[str, ...] = ("cloud",), thin: dict[str, str] | None = None) -> None:
         self.root = tmp / "storages"
+        self.thin = thin or {}
         self.tmp = tmp / "node-tmp"
         self.tmp.mkdir(parents=True)
         bin_dir = self.bin = tmp / "node-bin"
         bin_dir.mkdir()
         cases = "\n".join(f"    {name}) root={shlex.quote(str(self.root / name))} ;;" for name in storages)
         pvesm = bin_dir / "pvesm"
-        pvesm.write_text(PVESM % {"storages": cases})
+        devices = (f'    {name}) echo {shlex.quote(str(self.device(vg)))}/"$volume"; exit 0 ;;' for name, vg in self.thin.items())
+        pvesm.write_text(PVESM % {"storages": cases, "thin": "\n".join(devices)})
         pvesm.chmod(0o755)
         (tmp / "sshd").mkdir()
         # SHLVL=1: bash, run by sshd for each command, then skips ~/.bashrc as
@@ -79,9 +85,15 @@ class PveNode:
             "node_tmp_dir": str(self.tmp),
         }
 
+    def device(self, vg: str) -> Path:
+        """The folder standing for ``/dev/<vg>``."""
+        return self.root / "dev" / vg
+
     def path(self, volid: str) -> Path:
-        """Where the stand-in keeps a volume of a directory storage."""
+        """Where the stand-in keeps a volume of a directory or LVM-thin storage."""
         storage, volume = volid.split(":", 1)
+        if storage in self.thin:
+            return self.device(self.thin[storage]) / volume
         parts = volume.split("/")
         if parts[0] in ("import", "iso", "snippets"):
             return self.root / storage / volume

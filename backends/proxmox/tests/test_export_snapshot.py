@@ -167,32 +167,21 @@ def test_a_snapshot_name_proxmox_would_not_make_reaches_no_shell(dp: Any, pve: A
     assert node.sshd.logins() == 0
 
 
-@pytest.mark.parametrize(
-    ("storage", "volume", "kind"),
-    [("local-lvm", "local-lvm:vm-100-disk-0", "lvmthin"), ("tank", "tank:vm-100-disk-0", "zfspool")],
-)
-def test_a_storage_whose_snapshots_need_activation_is_refused(
-    dp: Any,
-    pve: Any,
-    node: PveNode,
-    storage: str,
-    volume: str,
-    kind: str,
-) -> None:
-    if storage not in pve.storages:
-        pve.storages[storage] = {"type": kind, "pool": "tank", "active": 1, "content": "images,rootdir", "files": set()}
-    config = {"scsi0": f"{volume},size=8G", "memory": "512", "tags": OWNER}
+def test_a_zfs_snapshot_is_refused_for_good(dp: Any, pve: Any, node: PveNode) -> None:
+    """Proxmox copies no volume at a ZFS snapshot (pve-storage,
+    src/PVE/Storage/ZFSPoolPlugin.pm volume_has_feature: copy has no
+    'snap'), and the snapshot's zvol device needs snapdev=visible."""
+    pve.storages["tank"] = {"type": "zfspool", "pool": "tank", "active": 1, "content": "images,rootdir", "files": set()}
+    config = {"scsi0": "tank:vm-100-disk-0,size=8G", "memory": "512", "tags": OWNER}
     pve.add_vm(100, "web", status="running", config=config)
     snapshot = take_snapshot(dp, "web-migration-1a2b3c4d")
     code, message = fails(lambda: export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc"))
     assert code is grpc.StatusCode.FAILED_PRECONDITION, message
-    assert f"a raw volume on storage {storage!r} of type {kind}" in message
+    assert "a raw volume on storage 'tank' of type zfspool" in message
     assert "createSnapshot false" in message
-    # ZFS for good: Proxmox copies no volume at a ZFS snapshot (pve-storage,
-    # src/PVE/Storage/ZFSPoolPlugin.pm volume_has_feature: copy has no
-    # 'snap'), and the snapshot's zvol device needs snapdev=visible.
-    assert ("snapdev=visible" in message) is (kind == "zfspool")
+    assert "snapdev=visible" in message
     assert node.sshd.logins() == 0
+    assert [vm.vmid for vm in pve.vms] == [100]  # no clone tried
 
 
 def test_an_incomplete_snapshot_is_refused(dp: Any, pve: Any, node: PveNode) -> None:
@@ -253,7 +242,6 @@ def test_where_a_storage_keeps_a_volume_at_a_snapshot(how: str, fmt: str, path: 
 @pytest.mark.parametrize(
     ("entry", "volume", "said"),
     [
-        ({"type": "rbd", "krbd": 1}, "ceph:vm-100-disk-0", "type rbd"),
         ({"type": "dir"}, "cloud:100/vm-100-disk-0.raw", "a raw volume on storage 'cloud' of type dir"),
         ({"type": "lvm"}, "vg:vm-100-disk-0", "type lvm"),
         (None, "hidden:vm-100-disk-0", "needs Datastore.Audit or Datastore.AllocateSpace on /storage/hidden"),
@@ -262,9 +250,9 @@ def test_where_a_storage_keeps_a_volume_at_a_snapshot(how: str, fmt: str, path: 
 def test_storages_read_at_a_snapshot_only_where_pve_storage_says_how(
     entry: dict[str, Any] | None, volume: str, said: str, dp: Any, pve: Any
 ) -> None:
-    """Where a snapshot must be made visible on the node first (krbd maps
-    it; a raw file on a directory has none; LVM activates it), the export
-    is refused before the node is reached."""
+    """Where a snapshot is neither readable on the node nor copied by
+    Proxmox (a raw file on a directory has none; LVM copies raw volumes at
+    no snapshot), the export is refused before the node is reached."""
     from provider_core import FailedPrecondition
 
     storage = volume.split(":", maxsplit=1)[0]
@@ -276,3 +264,22 @@ def test_storages_read_at_a_snapshot_only_where_pve_storage_says_how(
     ref = backend.cluster.state("100")
     with pytest.raises(FailedPrecondition, match=said):
         resolve(backend.cluster, ref, "", "s1")
+
+
+@pytest.mark.parametrize(
+    ("entry", "volume"),
+    [({"type": "rbd", "krbd": 1}, "ceph:vm-100-disk-0"), ({"type": "lvmthin", "vgname": "pve"}, "thin:vm-100-disk-0")],
+)
+def test_a_snapshot_that_must_be_activated_or_mapped_is_read_from_a_clone(
+    entry: dict[str, Any], volume: str, dp: Any, pve: Any
+) -> None:
+    """krbd maps a snapshot, LVM-thin activates it: Proxmox copies it
+    instead, in a temporary full clone (test_export_clone.py runs it)."""
+    storage = volume.split(":", maxsplit=1)[0]
+    pve.storages[storage] = {**entry, "active": 1, "content": "images", "files": set()}
+    pve.add_vm(100, "web", config={"scsi0": f"{volume},size=8G", "scsi1": "cloud:100/vm-100-disk-1.qcow2,size=1G"})
+    pve.vm(100).snapshots["s1"] = {"scsi0": f"{volume},size=8G", "snaptime": 1}
+    backend = dp.backend
+    source = resolve(backend.cluster, backend.cluster.state("100"), "", "s1")
+    assert (source.how, source.format, source.kind) == ("clone", "raw", entry["type"])
+    assert [d.key for d in source.copies] == ["scsi0"]  # the snapshot's disks, not today's

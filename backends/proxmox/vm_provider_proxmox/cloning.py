@@ -9,20 +9,47 @@ Linked clones need a template (Proxmox refuses them otherwise; the backend
 says so before asking) and stay on the template's storage. Full clones go to
 placement's Datastore (Create: else ``storage``; Clone: else the source's
 storage), on placement's Host (else the template's or source's node).
+
+A temporary clone (:func:`at_snapshot`) is a full clone of a VM as one of
+its snapshots holds it, for ExportDisk to read a disk at a snapshot that
+only Proxmox can copy (:mod:`.sources`). It is named
+``vmp-export-<vmid>-<snapshot>``, says what it is in its description, and
+once made carries only the tag :data:`TEMPORARY_TAG` (the clone copies the
+source's tags, the ownership tag among them): ListVMs never lists it
+(:func:`temporary`), so VirtRigaud's adoption does not take it, and Delete
+refuses it as someone else's. It is destroyed with purge however the
+export ends; when that fails, an error is logged with its VMID.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provider_core import CloneSpec, FailedPrecondition, InvalidArgument, NotFound, Outcome
+from provider_core import CloneSpec, FailedPrecondition, InvalidArgument, NotFound, Outcome, PermissionDenied, ProviderError
 from provider_core.specs import DiskSpec
 
 from . import cloudinit, newvm, tasks
-from .inventory import Cluster, VmRef
+from .inventory import Cluster, VmRef, VmState
 from .vmconfig import GIB, Built, class_config, data_disks, disk_value, drives, free_key, primary_disk
+
+log = logging.getLogger(__name__)
+
+#: The only tag of a temporary clone; ListVMs skips VMs carrying it.
+TEMPORARY_TAG = "vmp-export"
+#: How a temporary clone's name starts.
+TEMPORARY_PREFIX = "vmp-export-"
+#: What a full clone at a snapshot needs (qemu-server's clone_vm; the
+#: provider's settings need these for Clone and Delete already).
+CLONE_PRIVILEGES = (
+    "VM.Clone and VM.Audit on /vms/{vmid}, VM.Allocate and VM.Config.Options on /vms (the new VMID: made, tagged,"
+    " destroyed), and Datastore.AllocateSpace on /storage/{storage}"
+)
 
 
 @dataclass
@@ -178,3 +205,110 @@ def from_template(cluster: Cluster, template: VmRef, plan_args: dict[str, Any]) 
         raise FailedPrecondition(f"template {template.vmid} has no disk to clone")
     plan = ClonePlan(source=template, source_config=config, full=True, root_gib=root, extra_disks=disks[1:], **plan_args)
     return run(cluster, plan)
+
+
+def temporary(cluster: Cluster, ref: VmRef) -> bool:
+    """Whether a listed VM is a temporary clone: it carries
+    :data:`TEMPORARY_TAG`, this process is making it, or it is one being
+    made (its name, and the ``clone`` lock, while the tags are still the
+    source's)."""
+    return (
+        TEMPORARY_TAG in ref.tags
+        or ref.vmid in cluster.temporary
+        or (ref.lock == "clone" and ref.name.startswith(TEMPORARY_PREFIX))
+    )
+
+
+def temporary_name(vmid: int, snapshot: str) -> str:
+    """``vmp-export-<vmid>-<snapshot>`` as a DNS name (Proxmox's rule for
+    VM names): a snapshot name's ``_`` becomes ``-``."""
+    return f"{TEMPORARY_PREFIX}{vmid}-" + re.sub(r"[^A-Za-z0-9-]+", "-", snapshot).strip("-")
+
+
+@contextmanager
+def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) -> Iterator[str]:
+    """A full clone of ``source`` as ``snapshot`` holds it, on the source's
+    node with its disks on ``storage`` (Proxmox copies every disk of the
+    snapshot: the clone API has no choice of disks), stopped; yields its API
+    path once the clone task has ended, and destroys it (purge) when the
+    block ends, however it ends. While a running source is copied, Proxmox
+    holds its config lock."""
+    client = cluster.client
+    marker = newvm.Marker.new()
+    description = (
+        f"Temporary full clone of VM {source.vmid} at snapshot {snapshot}, made by vm-provider for ExportDisk;"
+        f" destroyed when the export ends. {marker.description}"
+    )
+    params = {
+        "name": temporary_name(source.vmid, snapshot),
+        "full": 1,
+        "snapname": snapshot,
+        "storage": storage,
+        "description": description,
+    }
+    tried: list[int] = []
+
+    def post(vmid: int) -> str:
+        tried.append(vmid)
+        cluster.temporary.add(vmid)  # hidden from ListVMs from the start
+        upid: str = client.post(f"{source.path}/clone", newid=vmid, **params)
+        return upid
+
+    try:
+        vmid, upid = newvm.allocate(cluster, post, watch=True)
+    except BaseException as exc:
+        cluster.temporary.difference_update(tried)  # nothing was made
+        if isinstance(exc, PermissionDenied):
+            raise _denied(exc, source, snapshot, storage) from None
+        raise
+    cluster.temporary.difference_update(tried[:-1])  # the ids other clients took meanwhile
+    cluster.remember(vmid, source.node)
+    path = cluster.vm_path(vmid, source.node)
+    log.info("VM %d: temporary clone %d (%s) started on %s", source.vmid, vmid, params["name"], source.node)
+    copying = upid
+    try:
+        try:
+            tasks.wait(client, upid)
+            copying = ""
+        except ProviderError as exc:
+            exc.message = (
+                f"the temporary full clone {vmid} of VM {source.vmid} at snapshot {snapshot!r} failed"
+                f" (it copies every disk of the VM onto storage {storage!r}): {exc.message}"
+            )
+            raise
+        try:  # its own tag only (not the source's ownership tag), and nothing that keeps it or starts it
+            newvm.post_config(cluster, path, {"tags": TEMPORARY_TAG, "protection": 0, "onboot": 0})
+        except PermissionDenied as exc:
+            raise _denied(exc, source, snapshot, storage) from None
+        yield path
+    finally:
+        _remove(cluster, source, vmid, copying=copying, marker=marker, name=str(params["name"]))
+
+
+def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str) -> PermissionDenied:
+    needs = CLONE_PRIVILEGES.format(vmid=source.vmid, storage=storage)
+    return PermissionDenied(f"a temporary full clone at snapshot {snapshot!r} needs {needs}: {exc.message}")
+
+
+def _remove(cluster: Cluster, source: VmState, vmid: int, *, copying: str, marker: newvm.Marker, name: str) -> None:
+    """Destroy a temporary clone, stopping its clone task (``copying``, the
+    UPID of one not seen to end) first: qemu-server then removes what it
+    made. Never raises; a clone left behind is logged as an error, and this
+    process goes on hiding it."""
+    try:
+        if copying:
+            tasks.stop(cluster.client, copying)
+    except ProviderError as exc:
+        log.warning("the clone task %s of temporary clone VM %d could not be stopped: %s", copying, vmid, exc)
+    if newvm.discard(cluster, vmid, source.node, marker):
+        cluster.temporary.discard(vmid)
+        log.info("VM %d: temporary clone %d (%s) destroyed", source.vmid, vmid, name)
+        return
+    log.error(
+        "the temporary clone VM %d (%s) of VM %d on node %s was NOT destroyed: destroy it by hand (qm destroy %d --purge)",
+        vmid,
+        name,
+        source.vmid,
+        source.node,
+        vmid,
+    )

@@ -10,7 +10,9 @@ itself (``direct``, :mod:`.direct`): through URLs the provider presigns,
 so that no credential of the client's reaches a root shell on the node.
 
 Export: the disk as it is now or at a snapshot (:mod:`.sources`: which
-volume, and how it reads at the snapshot); ``pvesm path`` names the
+volume, and how it reads at the snapshot; a snapshot only Proxmox can copy
+is read from a temporary full clone, made before the node is reached and
+destroyed after the stream, whatever happened); ``pvesm path`` names the
 volume's file or device on the VM's node; ``qemu-img convert`` writes the
 asked format there (``-c`` when compressed; ``-U`` while the VM runs: a
 crash-consistent copy of a disk as it is now, or the snapshot, which the
@@ -77,16 +79,16 @@ def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome
     source = sources.resolve(cluster, ref, spec.disk_id, spec.snapshot_id)
     drive = source.drive
     export_id = f"export-{uuid.uuid4().hex[:16]}"
-    running = ref.running
+    running = ref.running and source.how != "clone"  # a temporary clone is stopped
 
     def work() -> ExportResult:
-        with shell.session(ref.node) as node:
-            path = node.run(["pvesm", "path", drive.volume]).strip()
+        with sources.opened(cluster, ref, source) as readable, shell.session(ref.node) as node:
+            path = node.run(["pvesm", "path", readable.drive.volume]).strip()
             tmp = node.run(["mktemp", "-p", cluster.settings.node_tmp_dir, f"vmp-{export_id}-XXXXXX"]).strip()
             try:
                 argv = ["qemu-img", "convert", "-O", spec.format, *(["-c"] if spec.compress else [])]
                 argv += ["-U"] if running else []
-                node.run([*argv, *source.args(path), tmp])
+                node.run([*argv, *readable.args(path), tmp])
                 size = node.size(tmp)
                 if spec.transfer_mode == "direct":
                     sent = direct.upload(node, tmp, size, spec, cluster.settings)

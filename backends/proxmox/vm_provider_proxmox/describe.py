@@ -2,7 +2,8 @@
 
 ListVMs is ONE request at any VM count (``/cluster/resources?type=vm``
 carries name, status, CPUs, memory, boot disk size, tags and node); it
-reports every VM but templates (only those with the ownership tag when
+reports every VM but templates and ExportDisk's temporary clones
+(:func:`.cloning.temporary`; only those with the ownership tag when
 ``list_all`` is false), ``managed`` saying which carry the tag. That
 answer's status is QEMU's run state (a paused VM is Suspended) as pvestatd
 last reported it, up to 10 s ago: a VM made since is listed Unknown and
@@ -53,6 +54,7 @@ from provider_core import (
     VMStatus,
 )
 
+from .cloning import temporary
 from .errors import SECRET_PARAMS
 from .inventory import Cluster, VmRef, parse_tags, parse_vmid, power_state
 from .vmconfig import GIB, MIB, primary_disk
@@ -174,7 +176,7 @@ def list_vms(cluster: Cluster) -> list[VMInfo]:
     out = []
     for ref in cluster.vms():
         managed = cluster.owned(ref)
-        if ref.template or not (cluster.settings.list_all or managed):
+        if ref.template or temporary(cluster, ref) or not (cluster.settings.list_all or managed):
             continue
         e = ref.entry
         raw = {

@@ -123,7 +123,7 @@ RULES: tuple[Rule, ...] = (
     _rule(None, r"can't clone VM to node '[^']*' \(VM uses local storage\)", _as(FailedPrecondition)),
     _rule(None, r"no such cluster node", _as(InvalidArgument)),
     _rule(None, r"checksum mismatch: got", _as(InvalidArgument, "the image does not match its checksum: ")),
-    _rule(None, r"Linked clone feature is not supported", _as(FailedPrecondition)),
+    _rule(None, r"(Linked|Full) clone feature is not supported", _as(FailedPrecondition)),
     _rule(None, r"not allowed for linked clones|can't clone to non-shared storage", _as(InvalidArgument)),
     _rule(None, r"^storage '[^']*' does not exist|hostname lookup '[^']*' failed", _as(InvalidArgument)),
     _rule(

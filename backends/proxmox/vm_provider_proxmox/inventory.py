@@ -218,6 +218,8 @@ class Cluster:
         #: Name and tags read from the configs of VMs the listing shows
         #: without a name yet (pvestatd has not reported them).
         self.settled: dict[int, tuple[str, frozenset[str]]] = {}
+        #: VMIDs of the temporary clones this process is making (never listed).
+        self.temporary: set[int] = set()
 
     def vm_path(self, vmid: int, node: str) -> str:
         return f"nodes/{node}/qemu/{vmid}"

@@ -185,9 +185,10 @@ def _claimed(cluster: Cluster, vmid: int, upid: str) -> None:
         attempt += 1
 
 
-def discard(cluster: Cluster, vmid: int, node: str, marker: Marker) -> None:
+def discard(cluster: Cluster, vmid: int, node: str, marker: Marker) -> bool:
     """Destroy a half-made VM, if it is this call's (best effort, errors
-    only logged): a VMID that belongs to another VM is never touched."""
+    only logged): a VMID that belongs to another VM is never touched.
+    False when this call's VM is still there."""
     path = cluster.vm_path(vmid, node)
     client = cluster.client
     try:
@@ -199,7 +200,7 @@ def discard(cluster: Cluster, vmid: int, node: str, marker: Marker) -> None:
             config = client.get(f"{path}/config")
         if not marker.on(config):
             log.warning("VMID %d does not hold the VM this call made (another client has it); left alone", vmid)
-            return
+            return True
         status = client.get(f"{path}/status/current")
         if status.get("status") == "running":
             tasks.wait(client, client.post(f"{path}/status/stop"))
@@ -208,7 +209,9 @@ def discard(cluster: Cluster, vmid: int, node: str, marker: Marker) -> None:
         pass
     except ProviderError as exc:
         log.warning("could not remove the unfinished VM %d on %s: %s", vmid, node, exc)
+        return False
     cluster.forget(vmid)
+    return True
 
 
 def finish(

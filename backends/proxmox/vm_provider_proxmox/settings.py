@@ -76,7 +76,8 @@ class ProxmoxSettings(BackendSettings):
     owner_tag: str = Field("vm-provider", description="Proxmox tag that marks VMs made by this provider")
     list_all: bool = Field(
         True,
-        description="ListVMs reports every VM of the cluster (for adoption); false: only those with owner_tag. Never templates",
+        description="ListVMs reports every VM of the cluster (for adoption); false: only those with owner_tag."
+        " Never templates nor ExportDisk's temporary clones",
     )
     default_cores: int = Field(1, ge=1, le=512)
     default_memory_mib: int = Field(1024, ge=16)

@@ -19,31 +19,49 @@ path`` gives for the volume and the storage's configuration
 - raw on btrfs: ``<dir>@S/disk.raw``, the read-only subvolume snapshot;
 - rbd without ``krbd``: ``rbd:<pool>/<image>@S:<options>``.
 
-Other storages keep a snapshot where it must first be made visible on the
-node (LVM-thin: activating the snapshot's logical volume; ZFS: the zvol
-snapshot's device, ``snapdev``; RBD with ``krbd``: mapping the snapshot),
-which changes the node's state for the export's sake; the provider does
-not do that through the node's shell, and refuses them with
-FAILED_PRECONDITION: export with the VM stopped and without a snapshot.
-ZFS stays refused for good: Proxmox itself copies no volume at a ZFS
-snapshot (pve-storage's ZFSPoolPlugin and ZFSPlugin ``volume_has_feature``
-offer ``copy`` of the current volume only), ``zfs send`` gives a ZFS
-stream and no disk image, and the device ``/dev/zvol/<pool>/<name>@S``
-exists only while the dataset's ``snapdev`` property is ``visible``, a
-property of the operator's that the provider does not change.
+LVM-thin and RBD with ``krbd`` keep a snapshot where the node's shell could
+read it only once it is made visible there (LVM-thin: activating the
+snapshot's logical volume, ``lvchange -ay -K``; ``krbd``: mapping the
+snapshot), which changes the node's state for the export's sake. Proxmox
+itself copies a volume of theirs at a snapshot for a full clone (pve-storage's
+``volume_has_feature``: ``copy`` from ``snap``; qemu-server's ``clone_disk``
+activates the snapshot, ``qemu_img_convert``s it and deactivates it again).
+So the provider has Proxmox make a temporary full clone of the VM at the
+snapshot (:func:`.cloning.at_snapshot`: on the VM's node, its disks on the
+disk's storage) and reads the clone's disk of the same config key as it is
+now: a volume of the same storage, active on the node as Proxmox keeps new
+volumes. The clone API copies every disk of the snapshot (it has no choice
+of disks), so this costs a copy of all of them, which the log says; the
+clone is destroyed with purge however the export ends (:func:`opened`).
+
+Other storages are refused with FAILED_PRECONDITION: export with the VM
+stopped and without a snapshot. ZFS stays refused for good: Proxmox itself
+copies no volume at a ZFS snapshot (pve-storage's ZFSPoolPlugin and ZFSPlugin
+``volume_has_feature`` offer ``copy`` of the current volume only), ``zfs
+send`` gives a ZFS stream and no disk image, and the device
+``/dev/zvol/<pool>/<name>@S`` exists only while the dataset's ``snapdev``
+property is ``visible``, a property of the operator's that the provider does
+not change. LVM (thick) copies at a snapshot only qcow2 volumes, which the
+provider does not tell from raw ones yet; raw files on a directory have no
+snapshots.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from provider_core import FailedPrecondition, NotFound
 
-from . import disks, snapshots
+from . import cloning, disks, snapshots
 from .inventory import Cluster, VmState
-from .vmconfig import Drive
+from .vmconfig import GIB, Drive, data_disks
+
+log = logging.getLogger(__name__)
 
 #: Storage types keeping disk images as files of a directory (pve-storage's
 #: Plugin.pm filesystem_path): qcow2 snapshots are internal to the file.
@@ -71,6 +89,10 @@ class Source:
     snapshot: str = ""
     how: str = ""
     format: str = ""
+    #: The disks a temporary clone copies (``how`` "clone"): all of the snapshot's.
+    copies: tuple[Drive, ...] = ()
+    #: The storage's type, for what is said about it.
+    kind: str = ""
 
     def args(self, path: str) -> list[str]:
         """``qemu-img convert``'s source arguments, from the path ``pvesm
@@ -126,7 +148,36 @@ def resolve(cluster: Cluster, ref: VmState, disk_id: str, snapshot_id: str) -> S
             f"disk {drive.key} of VM {ref.vmid} is {what} on storage {drive.storage!r} of type {kind or 'unknown'},"
             f" whose snapshots the provider cannot read from the node's shell{why}: {AT_SNAPSHOT}"
         )
-    return Source(drive, snapshot_id, how, fmt)
+    return Source(drive, snapshot_id, how, fmt, tuple(data_disks(config)) if how == "clone" else (), kind)
+
+
+@contextmanager
+def opened(cluster: Cluster, ref: VmState, source: Source) -> Iterator[Source]:
+    """The source as the node's shell reads it: the source itself, or (for
+    a snapshot only Proxmox copies) the same disk of a temporary full clone
+    at the snapshot, as it is now; the clone is destroyed when the block
+    ends."""
+    if source.how != "clone":
+        yield source
+        return
+    drive = source.drive
+    size = sum(d.size_bytes for d in source.copies) / GIB
+    log.info(
+        "VM %d: %s is on %s storage %r, whose snapshots only Proxmox reads: it copies snapshot %r in a temporary full"
+        " clone, all %d disk(s) of it (%.1f GiB) onto %r, and the clone's %s is exported",
+        ref.vmid,
+        drive.key,
+        source.kind,
+        drive.storage,
+        source.snapshot,
+        len(source.copies),
+        size,
+        drive.storage,
+        drive.key,
+    )
+    with cloning.at_snapshot(cluster, ref, source.snapshot, drive.storage) as path:
+        config: dict[str, Any] = cluster.client.get(f"{path}/config")
+        yield Source(disks.drive_of(config, drive.key), format=source.format)
 
 
 def volume_format(volume: str, kind: str) -> str:
@@ -145,6 +196,8 @@ def _how(kind: str, fmt: str, storage: dict[str, Any]) -> str:
         return "btrfs"
     if kind == "rbd" and not _true(storage.get("krbd")):
         return "rbd"
+    if kind in ("lvmthin", "rbd"):  # the snapshot must be activated or mapped: Proxmox copies it
+        return "clone"
     return ""
 
 
@@ -152,4 +205,4 @@ def _true(value: Any) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on")
 
 
-__all__ = ["Source", "resolve", "volume_format"]
+__all__ = ["Source", "opened", "resolve", "volume_format"]

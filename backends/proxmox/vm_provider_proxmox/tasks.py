@@ -146,3 +146,18 @@ def wait(client: PveClient, text: str, timeout: float | None = None) -> None:
             raise DeadlineExceeded(f"Proxmox task {upid.text} still running after {limit:.0f}s")
         time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) if attempt < 6 else backoff(3))
         attempt += 1
+
+
+def stop(client: PveClient, text: str) -> None:
+    """Stop a running task (``DELETE`` on it: its worker gets SIGTERM) and
+    wait for it to end; how it ended is not asked. A task that has ended
+    already is left as it is."""
+    upid = _require(text)
+    if _status(client, upid).get("status") == "running":
+        client.delete(upid.path)
+    try:
+        wait(client, text)
+    except DeadlineExceeded:
+        raise
+    except ProviderError:
+        pass  # it failed, as it was stopped

@@ -48,13 +48,13 @@ def needs(cluster: Cluster, version: tuple[int, int]) -> list[Need]:
     agent = "VM.GuestAgent.Audit" if version >= (9, 0) else "VM.Monitor"
     out = [
         Need("/vms", ("VM.Audit",), "every operation"),
-        Need("/vms", ("VM.Allocate",), "Create, Clone, Delete"),
-        Need("/vms", ("VM.Clone",), "Clone, Create from a template"),
+        Need("/vms", ("VM.Allocate",), "Create, Clone, Delete, ExportDisk of an LVM-thin or krbd snapshot"),
+        Need("/vms", ("VM.Clone",), "Clone, Create from a template, ExportDisk of an LVM-thin or krbd snapshot"),
         Need("/vms", ("VM.Config.CPU",), "Create, Reconfigure"),
         Need("/vms", ("VM.Config.Memory",), "Create, Reconfigure"),
         Need("/vms", ("VM.Config.Disk",), "Create, Reconfigure"),
         Need("/vms", ("VM.Config.Network",), "Create, Reconfigure"),
-        Need("/vms", ("VM.Config.Options",), "Create, Reconfigure"),
+        Need("/vms", ("VM.Config.Options",), "Create, Reconfigure, ExportDisk of an LVM-thin or krbd snapshot"),
         Need("/vms", ("VM.Config.HWType",), "Create, HardwareUpgrade"),
         Need("/vms", ("VM.Config.Cloudinit",), "Create, Clone (cloud-init)"),
         Need("/vms", ("VM.Config.CDROM",), "Create (ISO images, cloud-init drive)"),
