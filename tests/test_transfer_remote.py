@@ -132,6 +132,8 @@ def test_pin_holds_urls_to_the_policy(s3_url: str) -> None:
     assert pinned.address in urls.check_host("localhost", 8080)
     assert pinned.shown == "http://localhost:8080/disk.qcow2?<redacted>"
     assert transfer.pin("https://127.0.0.1/x").port == 443
+    # quoted as requests sends it in relay: another host's curl refuses a space
+    assert transfer.pin("http://127.0.0.1/my disk.raw?sig=a%2Fb").url == "http://127.0.0.1/my%20disk.raw?sig=a%2Fb"
     with pytest.raises(errors.InvalidArgument, match="source_url: must be an http or https URL"):
         transfer.pin(f"s3://{BUCKET}/x", url_field="source_url")
     with pytest.raises(errors.InvalidArgument, match="destination_url"):

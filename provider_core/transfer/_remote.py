@@ -21,6 +21,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from requests.utils import requote_uri
+
 from ..errors import InvalidArgument, Unavailable
 from ..urls import redact
 from . import _s3
@@ -92,11 +94,14 @@ def pin(url: str, *, url_field: str = "destination_url") -> Pinned:
     """``url`` (http or https) with the address its host resolves to, every
     address checked against the URL policy: InvalidArgument naming
     ``url_field`` for another scheme or a refused address, Unavailable when
-    it does not resolve."""
+    it does not resolve. The URL is quoted as the provider's own transfers
+    send it (requests' ``requote_uri``: a space becomes ``%20``), so that
+    another host's client (curl refuses a space) requests the same."""
     parts = parse(url, url_field)
     if parts.scheme not in ("http", "https"):
         raise InvalidArgument.field(url_field, "must be an http or https URL here")
-    return _pinned(url, parts)
+    sent = requote_uri(url)
+    return _pinned(sent, urlsplit(sent))
 
 
 def _pinned(url: str, parts: SplitResult) -> Pinned:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -35,7 +37,8 @@ from provider_core.pb import provider_pb2 as pb
 from provider_core.transfer import Pinned
 
 WRAPPER = """#!/bin/sh
-# curl, recording how it is called; exits 7 once the count in %(fail)s is used up
+# curl, recording how it is called; exits 7 once the count in %(fail)s is used up;
+# a call that goes on first sleeps the seconds in %(slow)s
 { printf 'argv:'; printf ' %%s' "$@"; printf '\\nparent: '; tr '\\000' ' ' < /proc/$PPID/cmdline; printf '\\n'; } >> %(log)s
 if [ -e %(fail)s ]; then
     exec 9< %(fail)s
@@ -45,6 +48,7 @@ if [ -e %(fail)s ]; then
     echo $((n - 1)) > %(fail)s
     exec 9<&-
 fi
+if [ -e %(slow)s ]; then sleep "$(cat %(slow)s)"; fi
 exec %(curl)s "$@"
 """
 
@@ -58,6 +62,9 @@ class Node(PveNode):
     def fail_after(self, calls: int) -> None:
         (self.tmp.parent / "curl.fail").write_text(f"{calls}\n")
 
+    def slow(self, seconds: float) -> None:
+        (self.tmp.parent / "curl.slow").write_text(f"{seconds}\n")
+
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
@@ -67,7 +74,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
         skip_missing("curl (testbed/install.sh installs it)")
     n = Node(tmp_path / "node")
     curl = n.bin / "curl"
-    curl.write_text(WRAPPER % {"log": n.tmp.parent / "curl.log", "fail": n.tmp.parent / "curl.fail", "curl": real})
+    files = {name: n.tmp.parent / f"curl.{name}" for name in ("log", "fail", "slow")}
+    curl.write_text(WRAPPER % {**files, "curl": real})
     curl.chmod(0o755)
     n.start()
     try:
@@ -192,6 +200,20 @@ def test_a_failure_midway_aborts_the_multipart_upload(dp: Any, pve: Any, node: N
     assert list(node.tmp.iterdir()) == []
 
 
+def test_no_part_starts_after_one_failed(dp: Any, pve: Any, node: Node, s3: S3Server) -> None:
+    """Of the first four parts, one goes on slowly and three fail at once:
+    the other four parts are never sent (their bytes would be thrown away
+    with the upload), and the upload is aborted once the slow one ended."""
+    make_disk(node, pve)
+    node.fail_after(1)
+    node.slow(2)
+    code, message = fails(lambda: export(dp, f"s3://{BUCKET}/broken.raw", "raw", credentials=creds(s3), transfer_mode="direct"))
+    assert code is grpc.StatusCode.UNAVAILABLE, message
+    assert node.calls.count("argv:") == direct.CONCURRENCY
+    assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert list(node.tmp.iterdir()) == []
+
+
 def test_an_import_that_fails_leaves_nothing(dp: Any, pve: Any, node: Node, s3: S3Server, tmp_path: Path) -> None:
     image = tmp_path / "golden.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
@@ -252,14 +274,117 @@ def test_curl_is_pinned_and_told_no_more(settings: dict[str, Any]) -> None:
     lines = got.splitlines()
     assert lines[:5] == [
         'url = "https://s3.example.com/b/k?X-Amz-Signature=ab\\"c\\\\d"',
-        'resolve = "s3.example.com:443:[2001:db8::5]"',
+        'connect-to = "::[2001:db8::5]:443"',
         'proto = "=http,https"',
+        "globoff",
         'noproxy = "*"',
-        "silent",
     ]
+    assert "silent" not in lines  # the progress meter keeps the node's channel alive
     assert 'speed-time = "600"' in lines
     assert 'write-out = "\\nvmp-status=%{http_code}\\n"' in lines
     assert not [line for line in lines if line.startswith(("location", "proxy", "netrc", "config"))]
+
+
+class Hello(BaseHTTPRequestHandler):
+    """Answers every GET with a short body."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("vmp-pin.invalid", "127.0.0.1"),
+        ("VMP-Pin.invalid.", "127.0.0.1"),
+        ("vmp-pïn.invalid", "127.0.0.1"),
+        ("vmp-pin.invalid", "::1"),
+        ("[::1]", "::1"),  # an address in brackets, not a pattern
+    ],
+)
+def test_curl_connects_to_the_checked_address_whatever_the_host_looks_like(
+    settings: dict[str, Any], host: str, address: str
+) -> None:
+    """curl reaches the address the provider checked without a lookup of
+    its own (which could answer another address: DNS rebinding), also where
+    curl spells the host otherwise than Python does (an IDN name curl turns
+    into its xn-- form). ``.invalid`` names resolve nowhere: a lookup by
+    curl fails the transfer."""
+    real = shutil.which("curl")
+    if real is None:
+        skip_missing("curl (testbed/install.sh installs it)")
+    server = (Server6 if ":" in address else ThreadingHTTPServer)((address, 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        url = f"http://{host}:{port}/x"
+        pinned = Pinned(url, urlsplit(url).hostname or "", port, address)
+        config = direct._config(pinned, ProxmoxSettings(**settings))
+        done = subprocess.run([real, "-q", "-K", "-"], input=config, capture_output=True, timeout=60, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(b"hello")
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Serves 1 MiB for any path, recording the paths asked for in
+    ``self.server.paths``."""
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self.wfile.write(b"\x5a" * (1 << 20))
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_url_is_fetched_as_written_not_as_a_pattern(dp: Any, pve: Any, node: Node) -> None:
+    """curl takes brackets and braces in a URL for a pattern of many URLs
+    (globbing), each further one written to its standard output, which the
+    provider would read whole: one request, for the URL as written."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.paths = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/disk[1-3]{{a,b}}.raw"
+        got = import_(dp, url, "globbed", "raw", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.paths == ["/disk[1-3]%7Ba,b%7D.raw"]  # type: ignore[attr-defined]  # braces quoted as relay sends them
+    assert got.actual_size_bytes == 1 << 20
+
+
+def test_a_url_with_a_space_is_sent_as_relay_sends_it(dp: Any, pve: Any, node: Node) -> None:
+    """curl refuses a space in a URL, which requests (relay) sends as %20:
+    direct sends the URL as relay does rather than fail (UNAVAILABLE, which
+    a client retries) on a URL relay serves."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.paths = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/my disk.raw"
+        import_(dp, url, "spaced-relay", "raw", transfer_mode="relay")
+        import_(dp, url, "spaced-direct", "raw", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.paths == ["/my%20disk.raw", "/my%20disk.raw"]  # type: ignore[attr-defined]
 
 
 class Trickle(BaseHTTPRequestHandler):
@@ -298,6 +423,50 @@ def test_a_long_download_keeps_the_node_channel_alive(
     assert time.monotonic() - started > 4
     assert got.actual_size_bytes == 4 * 64 * 1024
     assert node.path(got.disk_id).read_bytes() == b"\x5a" * 4 * 64 * 1024
+
+
+class SlowSink(BaseHTTPRequestHandler):
+    """Takes a PUT's body slowly (256 KiB every quarter second) into
+    ``self.server.got``."""
+
+    def do_PUT(self) -> None:
+        left = int(self.headers["Content-Length"])
+        got = bytearray()
+        while left:
+            time.sleep(0.25)
+            chunk = self.rfile.read(min(left, 256 << 10))
+            got += chunk
+            left -= len(chunk)
+        self.server.got = bytes(got)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_long_upload_keeps_the_node_channel_alive(
+    provider: Any, settings: dict[str, Any], pve: Any, node: Node, tmp_path: Path
+) -> None:
+    """An upload longer than task_timeout_seconds (the longest silence of a
+    command on the node) goes on while bytes flow, as a long download does."""
+    configured = {**settings, **node.settings(), "direct_transfers": True, "task_timeout_seconds": 2}
+    h = provider(configured, pvc_root=tmp_path)
+    disk = make_disk(node, pve)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        resp = export(h, f"http://127.0.0.1:{server.server_address[1]}/slow.qcow2", transfer_mode="direct")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started > 4
+    received = tmp_path / "received.qcow2"
+    received.write_bytes(server.got)  # type: ignore[attr-defined]
+    assert resp.checksum == sha256(received)
+    assert same_content(disk, received)
 
 
 class Moved(BaseHTTPRequestHandler):

@@ -151,6 +151,22 @@ def test_an_unknown_snapshot_is_not_found(dp: Any, pve: Any, node: PveNode) -> N
     assert node.sshd.logins() == 0
 
 
+def test_a_snapshot_name_proxmox_would_not_make_reaches_no_shell(dp: Any, pve: Any, node: PveNode) -> None:
+    """A snapshot's name goes into qemu-img's options (``-l
+    snapshot.name=S``, where a comma starts another option) and file names
+    on the node: one that is not a Proxmox snapshot name (pve-configid),
+    even where the snapshot list held it, is refused by the API when the
+    snapshot's config is read, before the node's shell is used."""
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "good")
+    odd = "good,snapshot.id=1"
+    pve.vm(100).snapshots[odd] = {**pve.vm(100).snapshots[snapshot], "name": odd}
+    code, message = fails(lambda: export(dp, "pvc://mig/x.qcow2", snapshot_id=odd, backend_type="pvc"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, message
+    assert "invalid configuration ID" in message
+    assert node.sshd.logins() == 0
+
+
 def test_a_zfs_snapshot_is_refused_for_good(dp: Any, pve: Any, node: PveNode) -> None:
     """Proxmox copies no volume at a ZFS snapshot (pve-storage,
     src/PVE/Storage/ZFSPoolPlugin.pm volume_has_feature: copy has no

@@ -89,7 +89,7 @@ def export_disk(cluster: Cluster, shell: NodeShell, spec: ExportSpec) -> Outcome
                 argv = ["qemu-img", "convert", "-O", spec.format, *(["-c"] if spec.compress else [])]
                 argv += ["-U"] if running else []
                 node.run([*argv, *readable.args(path), tmp])
-                size = int(node.run(["stat", "-c", "%s", tmp]).strip())
+                size = node.size(tmp)
                 if spec.transfer_mode == "direct":
                     sent = direct.upload(node, tmp, size, spec, cluster.settings)
                 else:
@@ -154,7 +154,7 @@ def _holds_import(cluster: Cluster, storage: str, origin: str) -> None:
 
 def _received(node: Session, path: str, sha256: str) -> None:
     """The file on the node holds the bytes the provider sent."""
-    on_node = node.run(["sha256sum", path]).split()[0]
+    on_node = node.sha256(path)
     if on_node != sha256:
         raise FailedPrecondition(f"the file written on {node.where} has sha256 {on_node}, not {sha256} as received")
 
@@ -196,10 +196,10 @@ def _reads_elsewhere(info: dict[str, Any]) -> str:
 def _existing(node: Session, volid: str, path: str, expected: str) -> ImportResult:
     if not expected:
         raise AlreadyExists(f"{volid} exists; to accept it when it matches, set verify_checksum and expected_checksum")
-    digest = node.run(["sha256sum", path]).split()[0]
+    digest = node.sha256(path)
     if digest != expected:
         raise AlreadyExists(f"{volid} exists with sha256 {digest}, not the expected {expected}")
-    size = int(node.run(["stat", "-c", "%s", path]).strip())
+    size = node.size(path)
     return ImportResult(disk_id=volid, path=volid, actual_size_bytes=size, checksum=digest)
 
 

@@ -18,20 +18,23 @@ What the node runs, and what it never sees:
   errors name it redacted.
 - The provider resolves the URL's host and holds every address to its URL
   policy (:func:`provider_core.transfer.pin`); curl connects to that address
-  only (``--resolve``), follows no redirect (one is an error naming its
-  HTTP status), speaks http and https only,
-  and ignores proxies and ``~/.curlrc``. It gives up after
+  only (``--connect-to ::<address>:<port>``, for whatever host: curl looks
+  no name up), follows no redirect (one is an error naming its HTTP
+  status), requests the URL as written (quoted as relay sends it; no
+  globbing of ``[]`` and ``{}`` into many URLs), speaks http and https
+  only, and ignores proxies and ``~/.curlrc``. It gives up after
   ``request_timeout`` seconds connecting and when slower than 1 byte/s for
   ``task_timeout_seconds``; TLS is verified against the node's own CA
   certificates.
+- curl's progress meter (once a second) keeps each command's SSH channel
+  from falling silent for ``task_timeout_seconds`` while a long upload or
+  download goes on.
 - Export: the image ``qemu-img convert`` wrote into ``node_tmp_dir`` (as for
   relay) is hashed there (``sha256sum``), then each part is cut from it by
   ``dd`` and piped into curl with its Content-Length, a few parts at a time;
   curl reports each part's ETag, which the provider completes the upload
   with. An http(s) destination gets the whole file in one PUT.
-- Import: curl writes into the hidden ``.part`` file (its progress meter
-  the only output, which keeps the SSH channel from falling silent for
-  ``task_timeout_seconds`` while a large image arrives), which is then hashed
+- Import: curl writes into the hidden ``.part`` file, which is then hashed
   (checked against ``expected_checksum`` when given) and verified like a
   relayed one before it is renamed into place.
 
@@ -46,7 +49,8 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from itertools import islice
 from urllib.parse import urlsplit
 
 from provider_core import ExportSpec, ImportSpec, InvalidArgument, Unavailable, transfer
@@ -71,7 +75,12 @@ GET_FILE = 'curl -q -K - -o "$1" 2>&1; echo "vmp-exit=$?"'
 _STATUS = re.compile(r"^vmp-status=(\d+)$", re.MULTILINE)
 _EXIT = re.compile(r"^vmp-exit=(\d+)$", re.MULTILINE)
 _QUERY = re.compile(r"\?\S*")
-_ETAG = re.compile(r"^etag:[ \t]*(\S+)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+#: What curl writes once done (``--write-out``), each on a line of its own;
+#: the progress meter's updates end no line, and header lines could follow
+#: one on the same line, so the ETag comes this way too (curl 7.84 or later).
+WRITE_OUT = "\nvmp-status=%{http_code}\n"
+WRITE_ETAG = WRITE_OUT + "vmp-etag=%header{etag}\n"
+_ETAG = re.compile(r"^vmp-etag=(\S+)$", re.MULTILINE)
 
 
 def check(spec: ExportSpec | ImportSpec) -> None:
@@ -96,7 +105,7 @@ def check(spec: ExportSpec | ImportSpec) -> None:
 def upload(node: Session, path: str, size: int, spec: ExportSpec, settings: ProxmoxSettings) -> UploadResult:
     """Send the file ``path`` of ``size`` bytes on the node to the request's
     destination from the node; its size and SHA256."""
-    sha256 = node.run(["sha256sum", path]).split()[0]
+    sha256 = node.sha256(path)
     if spec.backend_type == "s3":
         with transfer.presigned_upload(spec, size) as plan:
             etags = _parts(node, path, plan, settings, f"{plan.what} from {node.where}")
@@ -113,13 +122,16 @@ def _parts(node: Session, path: str, plan: transfer.PresignedUpload, settings: P
     def send(part: transfer.Part) -> str:
         return _put(node, plan.url(part), path, part, settings=settings, what=f"{what} (part {part.number})")
 
-    with ThreadPoolExecutor(min(CONCURRENCY, len(plan.parts)), thread_name_prefix="pve-part") as pool:
-        sent: dict[int, Future[str]] = {p.number: pool.submit(send, p) for p in plan.parts}
-        try:
-            return {number: future.result() for number, future in sent.items()}
-        finally:
-            for future in sent.values():
-                future.cancel()  # after a failure: the parts not started yet
+    todo = iter(plan.parts)
+    etags: dict[int, str] = {}
+    with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="pve-part") as pool:
+        running: dict[Future[str], int] = {pool.submit(send, p): p.number for p in islice(todo, CONCURRENCY)}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:  # a failure raises here: no part starts after it, those running end
+                etags[running.pop(future)] = future.result()
+            running.update({pool.submit(send, p): p.number for p in islice(todo, len(done))})
+    return etags
 
 
 def _put(node: Session, target: Pinned, path: str, part: transfer.Part, *, settings: ProxmoxSettings, what: str) -> str:
@@ -127,8 +139,8 @@ def _put(node: Session, target: Pinned, path: str, part: transfer.Part, *, setti
     upload: dict[str, str | list[str]] = {
         "upload-file": "-",
         "header": [f"Content-Length: {part.length}", "Transfer-Encoding:", "Expect:"],
-        "dump-header": "-",
         "output": "/dev/null",
+        "write-out": WRITE_ETAG,
     }
     argv = ["sh", "-c", PUT_RANGE, "sh", path, str(part.offset), str(part.length)]
     out = _curl(node, argv, _config(target, settings, upload), what)
@@ -146,9 +158,9 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
     else:
         source = transfer.pin(spec.source_url, url_field="source_url")
     what = f"download from {transfer.redact(spec.source_url)} to {node.where}"
-    _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings, meter=True), what)
-    size = int(node.run(["stat", "-c", "%s", part]).strip())
-    sha256 = node.run(["sha256sum", part]).split()[0]
+    _curl(node, ["sh", "-c", GET_FILE, "sh", part], _config(source, settings), what)
+    size = node.size(part)
+    sha256 = node.sha256(part)
     if expected and sha256 != expected:
         raise InvalidArgument.field(
             "expected_checksum",
@@ -158,24 +170,26 @@ def fetch(node: Session, spec: ImportSpec, part: str, expected: str, settings: P
     return DownloadResult(size, sha256, sha256)
 
 
-def _config(
-    target: Pinned, settings: ProxmoxSettings, extra: dict[str, str | list[str]] | None = None, *, meter: bool = False
-) -> bytes:
+def _config(target: Pinned, settings: ProxmoxSettings, extra: dict[str, str | list[str]] | None = None) -> bytes:
     """curl's config (``-K``): the URL, pinned, the limits, and ``extra``;
-    ``meter``: with the progress meter (once a second)."""
-    host, address = (f"[{a}]" if ":" in a else a for a in (target.host, target.address))
+    with the progress meter (once a second), which keeps the command's SSH
+    channel from falling silent for ``task_timeout_seconds``."""
+    address = f"[{target.address}]" if ":" in target.address else target.address
     options: dict[str, str | list[str] | None] = {
         "url": target.url,
-        "resolve": f"{host}:{target.port}:{address}",
+        # every host and port (the empty first two fields) to the checked
+        # address: curl looks no name up, however it spells the host
+        # (``--resolve`` would miss an IDN name, which curl turns into xn--)
+        "connect-to": f"::{address}:{target.port}",
         "proto": "=http,https",
+        "globoff": None,  # [] and {} are the URL's own characters, not a pattern of many URLs
         "noproxy": "*",
-        **({} if meter else {"silent": None}),
         "show-error": None,
         "fail": None,
         "connect-timeout": f"{settings.request_timeout:g}",
         "speed-limit": "1",
         "speed-time": str(max(1, int(settings.task_timeout_seconds))),
-        "write-out": "\nvmp-status=%{http_code}\n",
+        "write-out": WRITE_OUT,
         **(extra or {}),
     }
     lines = []

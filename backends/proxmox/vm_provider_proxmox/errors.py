@@ -272,6 +272,7 @@ def from_ssh(exc: BaseException, where: str) -> ProviderError:  # noqa: PLR0911 
 #: Exit statuses of curl on a node (a ``direct`` transfer) -> core errors;
 #: 22 (an HTTP error) goes by the HTTP status, others not listed are UNAVAILABLE.
 CURL_EXITS: dict[int, tuple[type[ProviderError], str]] = {
+    3: (InvalidArgument, "refused the URL as malformed"),
     5: (Unavailable, "could not resolve a proxy"),
     6: (Unavailable, "could not resolve the host"),
     7: (Unavailable, "could not connect (does the node reach it?)"),

@@ -160,6 +160,14 @@ class Session:
         self._finish(channel, argv, check)
         return out.decode(errors="replace")
 
+    def sha256(self, path: str) -> str:
+        """The SHA256 of a file on the node (``sha256sum``)."""
+        return self.run(["sha256sum", path]).split()[0]
+
+    def size(self, path: str) -> int:
+        """The size of a file on the node in bytes (``stat``)."""
+        return int(self.run(["stat", "-c", "%s", path]).strip())
+
     def status(self, argv: list[str]) -> int:
         """Run a command; its exit status."""
         return self._finish(self._exec(argv), argv, check=False)
