@@ -13,12 +13,14 @@ set neither a minimum TLS version nor a check of the client's name, so
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import socket
 import ssl
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,7 +199,11 @@ def server_context(files: TlsFiles, min_version: str = "1.3") -> ssl.SSLContext:
 class Credentials:
     """The TLS context for new connections: built again when the files
     change (a new certificate, key or CA: a rotation); a broken new set
-    keeps the context in use, with a warning. Open connections keep theirs."""
+    keeps the context in use, with a warning. Open connections keep theirs.
+
+    The files are looked at (:meth:`check`) in a thread, never on the event
+    loop (:meth:`current`): a stat of a file on a slow or hung filesystem,
+    or reading and loading a new set, would hold up every call meanwhile."""
 
     def __init__(self, files: TlsFiles, min_version: str) -> None:
         self.files = files
@@ -209,13 +215,29 @@ class Credentials:
         self.context = server_context(files, min_version)  # names what is wrong with the files
         self._signature = signature
         self._refused: object = None
+        self._checking: asyncio.Lock | None = None
+        self._checked = float("-inf")  # when the last check began (time.monotonic)
 
     @property
     def mutual(self) -> bool:
         return self.files.ca is not None
 
-    def current(self) -> ssl.SSLContext:
-        """The context to serve a new connection with (a few stat calls when nothing changed)."""
+    async def current(self) -> ssl.SSLContext:
+        """The context to serve a new connection with, the files checked in
+        a thread: one check at a time, and one that began after this call
+        did answers for it too (connections arriving together share it)."""
+        asked = time.monotonic()
+        if self._checking is None:
+            self._checking = asyncio.Lock()
+        async with self._checking:
+            if self._checked >= asked:
+                return self.context
+            self._checked = time.monotonic()
+            return await asyncio.to_thread(self.check)
+
+    def check(self) -> ssl.SSLContext:
+        """The context of the files as they are now (a few stat calls when
+        nothing changed; a blocking call: see :meth:`current`)."""
         try:
             signature: object = self.files.signature()
         except OSError as exc:

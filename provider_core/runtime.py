@@ -225,6 +225,11 @@ class Runtime:
         timed = self.metrics.timed(operation or getattr(fn, "__name__", "call"), fn, code_name)
         return await self._calls.run(ctx.run, timed, *args)
 
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, work of the core's own that takes long enough to
+        hold up other calls (converting a long answer), in a worker thread."""
+        return await self._calls.run(contextvars.copy_context().run, fn, *args)
+
     # -- health and life cycle -------------------------------------------------
 
     def on_health(self, callback: Callable[[bool], None]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .models import TaskState
 from .tasks import TaskRegistry
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +113,37 @@ class StateStore:
 
 
 class LocalStore(StateStore):
-    """Task records in one process's SQLite file (or in memory)."""
+    """Task records in one process's SQLite file (or in memory).
+
+    Every read and write runs in one thread of its own, never on the event
+    loop: a commit waits for the disk (and for another connection's write
+    lock, a backup's say) while the loop goes on serving. One thread keeps
+    SQLite's one connection used by one thread at a time, and the records'
+    order: what :meth:`start` wrote before it returned, a later
+    :meth:`get` finds."""
 
     def __init__(self, path: Path | None) -> None:
         super().__init__()
         self.path = path
         self.registry = TaskRegistry(path)
+        self._thread = WorkerPool(1, "state-sqlite")
 
     def describe(self) -> str:
         return str(self.path.parent) if self.path else "memory"  # the state directory
 
     async def close(self) -> None:
-        self.registry.close()
+        await self._thread.run(self.registry.close)  # after every write queued before it
+        self._thread.shutdown()
 
     async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
-        return self.registry.start(kind, subject)
+        return await self._thread.run(self.registry.start, kind, subject)
 
     async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> str:
-        self.registry.finish(task_id, error)
+        await self._thread.run(self.registry.finish, task_id, error)
         return error
 
     async def get(self, task_id: str) -> TaskState | None:
-        return self.registry.get(task_id)
+        return await self._thread.run(self.registry.get, task_id)
 
 
 __all__ = ["Hold", "LocalStore", "StateStore"]

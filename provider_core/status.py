@@ -152,13 +152,14 @@ def _guard_handler(handler: grpc.RpcMethodHandler, what: str = "") -> grpc.RpcMe
     """The same handler, with requests decoded by a decoder that never
     raises and corrupt ones answered INVALID_ARGUMENT (grpc would answer
     UNKNOWN naming a Python exception), and exceptions answered through the
-    table. Behaviours are async (grpc.aio)."""
+    table; an answer a behaviour encoded itself (bytes) is sent as it is.
+    Behaviours are async (grpc.aio)."""
     deserialize = handler.request_deserializer
     if deserialize is None:
         return handler
     kind = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
     decode = _tolerant(deserialize, kind.full_name if kind is not None else "request")
-    serialize = handler.response_serializer
+    serialize = _encoded_or(handler.response_serializer)
 
     async def request_checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, CorruptRequest):
@@ -192,6 +193,19 @@ def _guard_handler(handler: grpc.RpcMethodHandler, what: str = "") -> grpc.RpcMe
         return await unary(await request_checked(request, context), context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, decode, serialize)
+
+
+def _encoded_or(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serialize``, but an answer a behaviour encoded already (bytes, in a
+    worker thread: see ProviderService.ListVMs) is passed on as it is."""
+    if serialize is None:
+        return None
+    encode = serialize
+
+    def encoded_or(response: Any) -> bytes:
+        return response if type(response) is bytes else encode(response)
+
+    return encoded_or
 
 
 def _same_style(inner: Callable[..., Any], prepare: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Any]:

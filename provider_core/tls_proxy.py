@@ -8,7 +8,8 @@ with Python's ssl module (OpenSSL) on the event loop the server runs on:
 
 - each accepted connection does its handshake with the context
   :class:`~provider_core.listening.Credentials` holds at that moment (a
-  fresh one after the files changed); the client certificate is verified
+  fresh one after the files changed; they are looked at in a thread, off
+  the event loop); the client certificate is verified
   against the CA before a single byte reaches grpc (a failed handshake
   ends the connection: the client sees UNAVAILABLE);
 - a verified certificate none of whose names is in ``allowed_sans`` is
@@ -305,8 +306,13 @@ class TlsFront:
         conn = _Connection()
         loop = asyncio.get_running_loop()
         try:
+            context = await self.credentials.current()
+        except BaseException:  # cancelled: the provider stops
+            sock.close()
+            raise
+        try:
             tls, _ = await loop.connect_accepted_socket(
-                lambda: conn.client, sock, ssl=self.credentials.current(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                lambda: conn.client, sock, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             sock.close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
+from vmp_testplugins.memory import MemoryBackend, MemorySettings
 
 from provider_core import PowerOp
+from provider_core.models import Disk, Nic, PowerState, VMInfo
 from provider_core.pb import provider_pb2 as pb
 from provider_core.service import _raw_json
 from provider_core.testing import ProviderHarness
@@ -210,3 +213,67 @@ def test_a_caller_that_gives_up_does_not_unlock_the_vm_early(memory: ProviderHar
     released.join()
     assert memory.backend.overlaps == []  # type: ignore[attr-defined]
     assert memory.stub.Describe(pb.DescribeRequest(id="slow-vm")).power_state == "Off"
+
+
+class _ThreadNoting(Mapping[str, str]):
+    """A listed VM's raw fields, noting each thread that reads them."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        self.threads: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.threads.add(threading.current_thread().name)
+        return self.fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.threads.add(threading.current_thread().name)
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+
+def test_list_vms_is_answered_in_full_and_converted_off_the_event_loop(harness: Callable[..., ProviderHarness]) -> None:
+    """Ten thousand VMs take the event loop a few hundred ms to convert:
+    the answer is built and encoded in a worker thread, VM by VM."""
+    raws = [_ThreadNoting({"state": "running", "n": str(n)}) for n in range(3)]
+
+    class Listing(MemoryBackend):
+        def list_vms(self) -> list[VMInfo]:
+            return [
+                VMInfo.model_construct(
+                    id=f"id-{n}",
+                    name=f"vm-{n}",
+                    power_state=PowerState.SUSPENDED,
+                    ips=["10.0.0.7"],
+                    cpu=2,
+                    memory_mib=512,
+                    disks=[Disk(id="root", path=f"/d/{n}.qcow2", size_gib=10, format="qcow2")],
+                    networks=[Nic(name="default", mac="52:54:00:00:00:07", ip_address="10.0.0.7")],
+                    raw=raw,
+                )
+                for n, raw in enumerate(raws)
+            ]
+
+    h = harness(backend=Listing(MemorySettings()))
+    answer = h.stub.ListVMs(pb.ListVMsRequest(), timeout=10)
+    assert answer == pb.ListVMsResponse(
+        vms=[
+            pb.VMInfo(
+                id=f"id-{n}",
+                name=f"vm-{n}",
+                power_state="Off",  # Suspended, in on-off words
+                ips=["10.0.0.7"],
+                cpu=2,
+                memory_mib=512,
+                disks=[pb.DiskInfo(id="root", path=f"/d/{n}.qcow2", size_gib=10, format="qcow2")],
+                networks=[pb.NetworkInfo(name="default", mac="52:54:00:00:00:07", ip_address="10.0.0.7")],
+                provider_raw={"state": "running", "n": str(n)},
+            )
+            for n in range(3)
+        ]
+    )
+    threads = set().union(*(raw.threads for raw in raws))
+    assert threads, "the answer was not built from the backend's VMs"
+    assert all(name.startswith("memory-call-") for name in threads), threads  # the core's call workers, not the loop's thread

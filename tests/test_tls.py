@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -417,7 +418,41 @@ def test_a_rotation_while_the_first_context_is_built_is_served(monkeypatch: pyte
     creds = listening.Credentials(listening.TlsFiles(cert, key, tmp_path / "ca.pem"), "1.3")
     monkeypatch.undo()
     first = creds.context
-    assert creds.current() is not first
+    assert creds.check() is not first
+
+
+def test_the_files_are_looked_at_off_the_event_loop(tmp_path: Path, pki: Pki) -> None:
+    """A stat on a slow or hung filesystem must not hold up every call: the
+    check for a rotation runs in a thread, shared by connections arriving
+    together, and still sees files replaced before a connection came."""
+    cert, key = pki.server.files(tmp_path / "files")
+    (tmp_path / "ca.pem").write_bytes(pki.ca.pem)
+    looked: list[str] = []
+
+    class Noting(listening.TlsFiles):
+        def signature(self) -> tuple[tuple[int, int, int, int], ...]:
+            looked.append(threading.current_thread().name)
+            return super().signature()
+
+    creds = listening.Credentials(Noting(cert, key, tmp_path / "ca.pem"), "1.3")
+    first = creds.context
+    rotated = pki.ca.issue("provider", dns=(SERVER_NAME,), server=True)
+
+    async def main() -> tuple[str, list[ssl.SSLContext], ssl.SSLContext]:
+        looked.clear()
+        together = await asyncio.gather(*(creds.current() for _ in range(5)))
+        checks = len(looked)
+        assert 1 <= checks <= 2, looked  # one check, and one for those that came while it ran
+        new_cert, new_key = rotated.files(tmp_path / "rotated")
+        new_cert.replace(cert)
+        new_key.replace(key)
+        return threading.current_thread().name, together, await creds.current()
+
+    loop_thread, together, after = asyncio.run(main())
+    assert all(context is first for context in together)
+    assert after is not first
+    assert looked
+    assert loop_thread not in looked
 
 
 def test_token_auth_works_through_tls(serve: Serve, tmp_path: Path, pki: Pki) -> None:
