@@ -403,3 +403,24 @@ def test_a_clone_still_copying_is_stopped_and_removed(
     assert "the temporary full clone" in message
     assert hanging.running == {}, "the clone task was stopped"
     only_the_vm_is_left(pve, node)
+
+
+def leave_clone(pve: Any, vmid: int, name: str, *, of: int = 100, running: bool = False) -> Any:
+    """A clone as Proxmox finishes it after the process that asked for it
+    was killed: the source's tags (the ownership tag among them) and
+    ``onboot``, the description the clone was asked with, never retagged."""
+    description = (
+        f"Temporary full clone of VM {of} at snapshot old, made by vm-provider for ExportDisk;"
+        " destroyed when the export ends. Managed by vm-provider (creation 0123456789abcdef)."
+    )
+    config = {"memory": "512", "tags": OWNER, "onboot": "1", "description": description}
+    return pve.add_vm(vmid, name, status="running" if running else "stopped", config=config)
+
+
+def test_a_clone_a_killed_provider_left_is_never_listed(dp: Any, pve: Any, node: PveNode) -> None:
+    """A temporary clone the provider could not retag (it was killed while
+    Proxmox copied) still carries the source's ownership tag: ListVMs does
+    not list it all the same, by its name."""
+    make_vm(node, pve, running=False)
+    leave_clone(pve, 101, "vmp-export-100-old")
+    assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]

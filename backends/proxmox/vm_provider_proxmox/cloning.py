@@ -15,9 +15,9 @@ its snapshots holds it, for ExportDisk to read a disk at a snapshot that
 only Proxmox can copy (:mod:`.sources`). It is named
 ``vmp-export-<vmid>-<snapshot>``, says what it is in its description, and
 once made carries only the tag :data:`TEMPORARY_TAG` (the clone copies the
-source's tags, the ownership tag among them): ListVMs never lists it
-(:func:`temporary`), so VirtRigaud's adoption does not take it, and Delete
-refuses it as someone else's. It is destroyed with purge however the
+source's tags, the ownership tag among them): ListVMs never lists it, by
+its tag or its name (:func:`temporary`), so VirtRigaud's adoption does not
+take it, and Delete refuses a retagged one as someone else's. It is destroyed with purge however the
 export ends; when that fails, an error is logged with its VMID.
 """
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 TEMPORARY_TAG = "vmp-export"
 #: How a temporary clone's name starts.
 TEMPORARY_PREFIX = "vmp-export-"
+#: A temporary clone's name (``vmp-export-<vmid>-``), whatever its tags.
+TEMPORARY_NAME_RE = re.compile(rf"^{TEMPORARY_PREFIX}[0-9]+-")
 #: What a full clone at a snapshot needs (qemu-server's clone_vm; the
 #: provider's settings need these for Clone and Delete already).
 CLONE_PRIVILEGES = (
@@ -209,14 +211,11 @@ def from_template(cluster: Cluster, template: VmRef, plan_args: dict[str, Any]) 
 
 def temporary(cluster: Cluster, ref: VmRef) -> bool:
     """Whether a listed VM is a temporary clone: it carries
-    :data:`TEMPORARY_TAG`, this process is making it, or it is one being
-    made (its name, and the ``clone`` lock, while the tags are still the
-    source's)."""
-    return (
-        TEMPORARY_TAG in ref.tags
-        or ref.vmid in cluster.temporary
-        or (ref.lock == "clone" and ref.name.startswith(TEMPORARY_PREFIX))
-    )
+    :data:`TEMPORARY_TAG`, this process is making it, or it bears a
+    temporary clone's name (:data:`TEMPORARY_NAME_RE`): one still being
+    made, or one a provider killed while Proxmox copied could not retag,
+    whose tags are the source's, the ownership tag among them."""
+    return TEMPORARY_TAG in ref.tags or ref.vmid in cluster.temporary or bool(TEMPORARY_NAME_RE.match(ref.name))
 
 
 def temporary_name(vmid: int, snapshot: str) -> str:
