@@ -424,3 +424,21 @@ def test_a_clone_a_killed_provider_left_is_never_listed(dp: Any, pve: Any, node:
     make_vm(node, pve, running=False)
     leave_clone(pve, 101, "vmp-export-100-old")
     assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
+
+
+def test_the_next_export_of_the_vm_removes_the_clones_a_killed_provider_left(
+    dp: Any, pve: Any, node: PveNode, thin: ThinVolumes, claims: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under the VM's lock no other export of it runs: a temporary clone of
+    it is then a leftover, and the export destroys it first (a running one,
+    started by the ``onboot`` it copied, is stopped). A VM that only bears
+    such a name, and another VM's clone, are left alone."""
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "again")
+    leave_clone(pve, 101, "vmp-export-100-old", running=True)
+    pve.add_vm(102, "vmp-export-100-mine", status="stopped", config={"memory": "512"})
+    leave_clone(pve, 103, "vmp-export-7-old", of=7)
+    export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc")
+    assert sorted(vm.vmid for vm in pve.vms) == [100, 102, 103]
+    assert "removing the temporary clone VM 101 (vmp-export-100-old)" in caplog.text
+    assert "VMID 102" not in caplog.text

@@ -18,7 +18,9 @@ once made carries only the tag :data:`TEMPORARY_TAG` (the clone copies the
 source's tags, the ownership tag among them): ListVMs never lists it, by
 its tag or its name (:func:`temporary`), so VirtRigaud's adoption does not
 take it, and Delete refuses a retagged one as someone else's. It is destroyed with purge however the
-export ends; when that fails, an error is logged with its VMID.
+export ends; when that fails, an error is logged with its VMID, and the
+VM's next export through a temporary clone destroys it first, as it does
+the clones a killed provider left (:func:`_remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ TEMPORARY_TAG = "vmp-export"
 TEMPORARY_PREFIX = "vmp-export-"
 #: A temporary clone's name (``vmp-export-<vmid>-``), whatever its tags.
 TEMPORARY_NAME_RE = re.compile(rf"^{TEMPORARY_PREFIX}[0-9]+-")
+#: What a temporary clone's description says of it.
+MADE_FOR_EXPORT = "made by vm-provider for ExportDisk"
 #: What a full clone at a snapshot needs (qemu-server's clone_vm; the
 #: provider's settings need these for Clone and Delete already).
 CLONE_PRIVILEGES = (
@@ -233,10 +237,10 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
     block ends, however it ends. While a running source is copied, Proxmox
     holds its config lock."""
     client = cluster.client
+    _remove_leftovers(cluster, source)
     marker = newvm.Marker.new()
     description = (
-        f"Temporary full clone of VM {source.vmid} at snapshot {snapshot}, made by vm-provider for ExportDisk;"
-        f" destroyed when the export ends. {marker.description}"
+        f"{_temporary_of(source.vmid)} {snapshot}, {MADE_FOR_EXPORT}; destroyed when the export ends. {marker.description}"
     )
     params = {
         "name": temporary_name(source.vmid, snapshot),
@@ -284,6 +288,39 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
         _remove(cluster, source, vmid, copying=copying, marker=marker, name=str(params["name"]))
 
 
+def _temporary_of(vmid: int) -> str:
+    """How the description of a temporary clone of VM ``vmid`` begins."""
+    return f"Temporary full clone of VM {vmid} at snapshot"
+
+
+def _remove_leftovers(cluster: Cluster, source: VmState) -> None:
+    """Destroy the temporary clones of ``source`` an earlier export left:
+    its provider was killed, or their destroy failed. The caller holds the
+    VM's lock, so no other export of it makes one now. A leftover is named
+    ``vmp-export-<vmid>-...`` and its description says it is a temporary
+    clone of this VM (a VM that only bears such a name is left alone); one
+    still locked (Proxmox still copying it for a killed provider) is left
+    for the next export."""
+    prefix = f"{TEMPORARY_PREFIX}{source.vmid}-"
+    head = _temporary_of(source.vmid)
+
+    def leftover(config: dict[str, Any]) -> bool:
+        description = str(config.get("description", ""))
+        return description.startswith(head) and MADE_FOR_EXPORT in description
+
+    for ref in cluster.vms():
+        if ref.vmid in cluster.temporary or ref.lock or not ref.name.startswith(prefix):
+            continue
+        try:
+            if not leftover(cluster.client.get(f"{ref.path}/config")):
+                continue
+        except NotFound:
+            continue
+        log.warning("VM %d: removing the temporary clone VM %d (%s) an earlier export left", source.vmid, ref.vmid, ref.name)
+        if not newvm.discard(cluster, ref.vmid, ref.node, leftover):
+            log.error("the temporary clone VM %d (%s) an earlier export left could NOT be destroyed", ref.vmid, ref.name)
+
+
 def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str) -> PermissionDenied:
     needs = CLONE_PRIVILEGES.format(vmid=source.vmid, storage=storage)
     return PermissionDenied(f"a temporary full clone at snapshot {snapshot!r} needs {needs}: {exc.message}")
@@ -299,12 +336,13 @@ def _remove(cluster: Cluster, source: VmState, vmid: int, *, copying: str, marke
             tasks.stop(cluster.client, copying)
     except ProviderError as exc:
         log.warning("the clone task %s of temporary clone VM %d could not be stopped: %s", copying, vmid, exc)
-    if newvm.discard(cluster, vmid, source.node, marker):
+    if newvm.discard(cluster, vmid, source.node, marker.on):
         cluster.temporary.discard(vmid)
         log.info("VM %d: temporary clone %d (%s) destroyed", source.vmid, vmid, name)
         return
     log.error(
-        "the temporary clone VM %d (%s) of VM %d on node %s was NOT destroyed: destroy it by hand (qm destroy %d --purge)",
+        "the temporary clone VM %d (%s) of VM %d on node %s was NOT destroyed: destroy it by hand (qm destroy %d --purge);"
+        " the VM's next export through a temporary clone tries again",
         vmid,
         name,
         source.vmid,
