@@ -442,3 +442,19 @@ def test_the_next_export_of_the_vm_removes_the_clones_a_killed_provider_left(
     assert sorted(vm.vmid for vm in pve.vms) == [100, 102, 103]
     assert "removing the temporary clone VM 101 (vmp-export-100-old)" in caplog.text
     assert "VMID 102" not in caplog.text
+
+
+def test_a_clone_proxmox_refuses_says_it_was_a_temporary_clone(dp: Any, pve: Any, node: PveNode, thin: ThinVolumes) -> None:
+    """The clone copies every disk of the snapshot: one on a storage that
+    Proxmox copies at no snapshot (ZFS) makes it refuse the whole clone; the
+    answer says that this export needed a clone, and of what."""
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "mixed")
+    refusal = "Full clone feature is not supported for a snapshot of 'local-zfs:vm-100-disk-1' (scsi1)"
+    pve.fail("POST", "/nodes/pve1/qemu/100/clone", 500, refusal)
+    code, message = fails(lambda: export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc"))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, message
+    assert "a temporary full clone of VM 100 at snapshot 'mixed'" in message
+    assert "copies every disk of the VM onto storage 'local-lvm'" in message
+    assert refusal in message
+    only_the_vm_is_left(pve, node)

@@ -263,6 +263,8 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
         cluster.temporary.difference_update(tried)  # nothing was made
         if isinstance(exc, PermissionDenied):
             raise _denied(exc, source, snapshot, storage) from None
+        if isinstance(exc, ProviderError):
+            _explain(exc, f"a temporary full clone of VM {source.vmid} at snapshot {snapshot!r} was refused", storage)
         raise
     cluster.temporary.difference_update(tried[:-1])  # the ids other clients took meanwhile
     cluster.remember(vmid, source.node)
@@ -274,10 +276,7 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
             tasks.wait(client, upid)
             copying = ""
         except ProviderError as exc:
-            exc.message = (
-                f"the temporary full clone {vmid} of VM {source.vmid} at snapshot {snapshot!r} failed"
-                f" (it copies every disk of the VM onto storage {storage!r}): {exc.message}"
-            )
+            _explain(exc, f"the temporary full clone {vmid} of VM {source.vmid} at snapshot {snapshot!r} failed", storage)
             raise
         try:  # its own tag only (not the source's ownership tag), and nothing that keeps it or starts it
             newvm.post_config(cluster, path, {"tags": TEMPORARY_TAG, "protection": 0, "onboot": 0})
@@ -319,6 +318,11 @@ def _remove_leftovers(cluster: Cluster, source: VmState) -> None:
         log.warning("VM %d: removing the temporary clone VM %d (%s) an earlier export left", source.vmid, ref.vmid, ref.name)
         if not newvm.discard(cluster, ref.vmid, ref.node, leftover):
             log.error("the temporary clone VM %d (%s) an earlier export left could NOT be destroyed", ref.vmid, ref.name)
+
+
+def _explain(exc: ProviderError, what: str, storage: str) -> None:
+    """Say in ``exc`` that it is about the temporary clone, and what that copies."""
+    exc.message = f"{what} (it copies every disk of the VM onto storage {storage!r}): {exc.message}"
 
 
 def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str) -> PermissionDenied:
