@@ -407,13 +407,14 @@ def test_a_clone_still_copying_is_stopped_and_removed(
 
 def leave_clone(pve: Any, vmid: int, name: str, *, of: int = 100, running: bool = False) -> Any:
     """A clone as Proxmox finishes it after the process that asked for it
-    was killed: the source's tags (the ownership tag among them) and
-    ``onboot``, the description the clone was asked with, never retagged."""
+    was killed: the source's tags (the ownership tag among them),
+    ``onboot`` and ``protection`` (a snapshot's config holds them too), the
+    description the clone was asked with, never retagged."""
     description = (
         f"Temporary full clone of VM {of} at snapshot old, made by vm-provider for ExportDisk;"
         " destroyed when the export ends. Managed by vm-provider (creation 0123456789abcdef)."
     )
-    config = {"memory": "512", "tags": OWNER, "onboot": "1", "description": description}
+    config = {"memory": "512", "tags": OWNER, "onboot": "1", "protection": "1", "description": description}
     return pve.add_vm(vmid, name, status="running" if running else "stopped", config=config)
 
 

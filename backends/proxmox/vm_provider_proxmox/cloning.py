@@ -299,7 +299,8 @@ def _remove_leftovers(cluster: Cluster, source: VmState) -> None:
     ``vmp-export-<vmid>-...`` and its description says it is a temporary
     clone of this VM (a VM that only bears such a name is left alone); one
     still locked (Proxmox still copying it for a killed provider) is left
-    for the next export."""
+    for the next export. A leftover never reset keeps the snapshot's
+    ``protection``, which is lifted first."""
     prefix = f"{TEMPORARY_PREFIX}{source.vmid}-"
     head = _temporary_of(source.vmid)
 
@@ -311,11 +312,17 @@ def _remove_leftovers(cluster: Cluster, source: VmState) -> None:
         if ref.vmid in cluster.temporary or ref.lock or not ref.name.startswith(prefix):
             continue
         try:
-            if not leftover(cluster.client.get(f"{ref.path}/config")):
-                continue
+            config: dict[str, Any] = cluster.client.get(f"{ref.path}/config")
         except NotFound:
             continue
+        if not leftover(config):
+            continue
         log.warning("VM %d: removing the temporary clone VM %d (%s) an earlier export left", source.vmid, ref.vmid, ref.name)
+        if str(config.get("protection", "0")) not in ("0", ""):  # the snapshot's, copied: it was never reset
+            try:
+                newvm.post_config(cluster, ref.path, {"protection": 0})
+            except ProviderError as exc:
+                log.warning("could not lift the protection of the temporary clone VM %d: %s", ref.vmid, exc)
         if not newvm.discard(cluster, ref.vmid, ref.node, leftover):
             log.error("the temporary clone VM %d (%s) an earlier export left could NOT be destroyed", ref.vmid, ref.name)
 
