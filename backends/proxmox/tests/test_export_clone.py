@@ -317,6 +317,7 @@ def test_a_refused_clone_names_the_privileges_it_needs(
     assert "VM.Clone and VM.Audit on /vms/100" in message
     assert "VM.Allocate and VM.Config.Options on /vms" in message
     assert "Datastore.AllocateSpace on /storage/local-lvm" in message
+    assert "SDN.Use on the bridges of the VM's NICs" in message
     assert privilege in message
     only_the_vm_is_left(pve, node)
 

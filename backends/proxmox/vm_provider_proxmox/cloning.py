@@ -54,7 +54,8 @@ MADE_FOR_EXPORT = "made by vm-provider for ExportDisk"
 #: provider's settings need these for Clone and Delete already).
 CLONE_PRIVILEGES = (
     "VM.Clone and VM.Audit on /vms/{vmid}, VM.Allocate and VM.Config.Options on /vms (the new VMID: made, tagged,"
-    " destroyed), and Datastore.AllocateSpace on /storage/{storage}"
+    " destroyed), Datastore.AllocateSpace on /storage/{storage}, and SDN.Use on the bridges of the VM's NICs"
+    " (/sdn/zones/localnetwork/<bridge>; qemu-server checks them for a clone)"
 )
 
 
