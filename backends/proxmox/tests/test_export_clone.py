@@ -333,7 +333,8 @@ def test_a_clone_left_behind_is_logged_and_never_listed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Proxmox refuses to destroy the clone: the export stands, the error
-    log names the clone's VMID, and no provider lists it (its tag)."""
+    log names the clone's VMID, and no provider lists it (its tag). The
+    next export of the VM destroys it."""
     make_vm(node, pve, running=False)
     snapshot = take_snapshot(dp, "stuck")
     thin.destroy_fails = True
@@ -345,8 +346,13 @@ def test_a_clone_left_behind_is_logged_and_never_listed(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(f"temporary clone VM {left.vmid}" in e and "NOT destroyed" in e for e in errors), errors
     assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
-    other = provider({**settings, **node.settings()})
+    other = provider({**settings, **node.settings()}, pvc_root=claims)
     assert [vm.id for vm in other.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
+
+    thin.destroy_fails = False
+    export(dp, "pvc://mig/y.qcow2", snapshot_id=snapshot, backend_type="pvc")
+    assert f"removing the temporary clone VM {left.vmid}" in caplog.text
+    only_the_vm_is_left(pve, node)
 
 
 class HangingClone:

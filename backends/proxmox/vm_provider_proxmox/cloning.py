@@ -341,15 +341,17 @@ def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str)
 def _remove(cluster: Cluster, source: VmState, vmid: int, *, copying: str, marker: newvm.Marker, name: str) -> None:
     """Destroy a temporary clone, stopping its clone task (``copying``, the
     UPID of one not seen to end) first: qemu-server then removes what it
-    made. Never raises; a clone left behind is logged as an error, and this
-    process goes on hiding it."""
+    made. Never raises; a clone left behind is logged as an error (its tag
+    or name hides it from ListVMs, and the VM's next export through a
+    temporary clone destroys it: :func:`_remove_leftovers`)."""
     try:
         if copying:
             tasks.stop(cluster.client, copying)
     except ProviderError as exc:
         log.warning("the clone task %s of temporary clone VM %d could not be stopped: %s", copying, vmid, exc)
-    if newvm.discard(cluster, vmid, source.node, marker.on):
-        cluster.temporary.discard(vmid)
+    gone = newvm.discard(cluster, vmid, source.node, marker.on)
+    cluster.temporary.discard(vmid)  # no longer being made: a leftover for the next export
+    if gone:
         log.info("VM %d: temporary clone %d (%s) destroyed", source.vmid, vmid, name)
         return
     log.error(
