@@ -235,8 +235,8 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
     node with its disks on ``storage`` (Proxmox copies every disk of the
     snapshot: the clone API has no choice of disks), stopped; yields its API
     path once the clone task has ended, and destroys it (purge) when the
-    block ends, however it ends. While a running source is copied, Proxmox
-    holds its config lock."""
+    block ends, however it ends. While the source is copied, Proxmox holds
+    a lock on its config: exclusive when it runs, shared when stopped."""
     client = cluster.client
     _remove_leftovers(cluster, source)
     marker = newvm.Marker.new()
