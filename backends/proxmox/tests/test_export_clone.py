@@ -466,3 +466,14 @@ def test_a_clone_proxmox_refuses_says_it_was_a_temporary_clone(dp: Any, pve: Any
     assert "copies every disk of the VM onto storage 'local-lvm'" in message
     assert refusal in message
     only_the_vm_is_left(pve, node)
+
+
+def test_a_clone_still_copying_its_first_disk_is_never_listed(dp: Any, pve: Any, node: PveNode) -> None:
+    """Until Proxmox has copied a clone's first disk, its config holds only
+    ``lock: clone`` (qemu-server's ``clone_vm``): no name, no tags. Seen by
+    another replica, or by a provider started since, such a half-made VM
+    (a temporary clone, say) is not listed, so adoption does not take it."""
+    make_vm(node, pve, running=False)
+    half = pve.add_vm(101, "", status="stopped", lock="clone", config={"lock": "clone"})
+    del half.config["name"]
+    assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
