@@ -316,6 +316,9 @@ def _remove_leftovers(cluster: Cluster, source: VmState) -> None:
             config: dict[str, Any] = cluster.client.get(f"{ref.path}/config")
         except NotFound:
             continue
+        except ProviderError as exc:  # the export goes on; the next one tries again
+            log.warning("could not read VM %d (%s) to tell whether it is a leftover temporary clone: %s", ref.vmid, ref.name, exc)
+            continue
         if not leftover(config):
             continue
         log.warning("VM %d: removing the temporary clone VM %d (%s) an earlier export left", source.vmid, ref.vmid, ref.name)
