@@ -317,6 +317,7 @@ def test_a_refused_clone_names_the_privileges_it_needs(
     assert "VM.Clone and VM.Audit on /vms/100" in message
     assert "VM.Allocate and VM.Config.Options on /vms" in message
     assert "Datastore.AllocateSpace on /storage/local-lvm" in message
+    assert "SDN.Use on the bridges of the VM's NICs" in message
     assert privilege in message
     only_the_vm_is_left(pve, node)
 
@@ -332,7 +333,8 @@ def test_a_clone_left_behind_is_logged_and_never_listed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Proxmox refuses to destroy the clone: the export stands, the error
-    log names the clone's VMID, and no provider lists it (its tag)."""
+    log names the clone's VMID, and no provider lists it (its tag). The
+    next export of the VM destroys it."""
     make_vm(node, pve, running=False)
     snapshot = take_snapshot(dp, "stuck")
     thin.destroy_fails = True
@@ -344,8 +346,13 @@ def test_a_clone_left_behind_is_logged_and_never_listed(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(f"temporary clone VM {left.vmid}" in e and "NOT destroyed" in e for e in errors), errors
     assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
-    other = provider({**settings, **node.settings()})
+    other = provider({**settings, **node.settings()}, pvc_root=claims)
     assert [vm.id for vm in other.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
+
+    thin.destroy_fails = False
+    export(dp, "pvc://mig/y.qcow2", snapshot_id=snapshot, backend_type="pvc")
+    assert f"removing the temporary clone VM {left.vmid}" in caplog.text
+    only_the_vm_is_left(pve, node)
 
 
 class HangingClone:
@@ -403,3 +410,70 @@ def test_a_clone_still_copying_is_stopped_and_removed(
     assert "the temporary full clone" in message
     assert hanging.running == {}, "the clone task was stopped"
     only_the_vm_is_left(pve, node)
+
+
+def leave_clone(pve: Any, vmid: int, name: str, *, of: int = 100, running: bool = False) -> Any:
+    """A clone as Proxmox finishes it after the process that asked for it
+    was killed: the source's tags (the ownership tag among them),
+    ``onboot`` and ``protection`` (a snapshot's config holds them too), the
+    description the clone was asked with, never retagged."""
+    description = (
+        f"Temporary full clone of VM {of} at snapshot old, made by vm-provider for ExportDisk;"
+        " destroyed when the export ends. Managed by vm-provider (creation 0123456789abcdef)."
+    )
+    config = {"memory": "512", "tags": OWNER, "onboot": "1", "protection": "1", "description": description}
+    return pve.add_vm(vmid, name, status="running" if running else "stopped", config=config)
+
+
+def test_a_clone_a_killed_provider_left_is_never_listed(dp: Any, pve: Any, node: PveNode) -> None:
+    """A temporary clone the provider could not retag (it was killed while
+    Proxmox copied) still carries the source's ownership tag: ListVMs does
+    not list it all the same, by its name."""
+    make_vm(node, pve, running=False)
+    leave_clone(pve, 101, "vmp-export-100-old")
+    assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]
+
+
+def test_the_next_export_of_the_vm_removes_the_clones_a_killed_provider_left(
+    dp: Any, pve: Any, node: PveNode, thin: ThinVolumes, claims: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under the VM's lock no other export of it runs: a temporary clone of
+    it is then a leftover, and the export destroys it first (a running one,
+    started by the ``onboot`` it copied, is stopped). A VM that only bears
+    such a name, and another VM's clone, are left alone."""
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "again")
+    leave_clone(pve, 101, "vmp-export-100-old", running=True)
+    pve.add_vm(102, "vmp-export-100-mine", status="stopped", config={"memory": "512"})
+    leave_clone(pve, 103, "vmp-export-7-old", of=7)
+    export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc")
+    assert sorted(vm.vmid for vm in pve.vms) == [100, 102, 103]
+    assert "removing the temporary clone VM 101 (vmp-export-100-old)" in caplog.text
+    assert "VMID 102" not in caplog.text
+
+
+def test_a_clone_proxmox_refuses_says_it_was_a_temporary_clone(dp: Any, pve: Any, node: PveNode, thin: ThinVolumes) -> None:
+    """The clone copies every disk of the snapshot: one on a storage that
+    Proxmox copies at no snapshot (ZFS) makes it refuse the whole clone; the
+    answer says that this export needed a clone, and of what."""
+    make_vm(node, pve, running=False)
+    snapshot = take_snapshot(dp, "mixed")
+    refusal = "Full clone feature is not supported for a snapshot of 'local-zfs:vm-100-disk-1' (scsi1)"
+    pve.fail("POST", "/nodes/pve1/qemu/100/clone", 500, refusal)
+    code, message = fails(lambda: export(dp, "pvc://mig/x.qcow2", snapshot_id=snapshot, backend_type="pvc"))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, message
+    assert "a temporary full clone of VM 100 at snapshot 'mixed'" in message
+    assert "copies every disk of the VM onto storage 'local-lvm'" in message
+    assert refusal in message
+    only_the_vm_is_left(pve, node)
+
+
+def test_a_clone_still_copying_its_first_disk_is_never_listed(dp: Any, pve: Any, node: PveNode) -> None:
+    """Until Proxmox has copied a clone's first disk, its config holds only
+    ``lock: clone`` (qemu-server's ``clone_vm``): no name, no tags. Seen by
+    another replica, or by a provider started since, such a half-made VM
+    (a temporary clone, say) is not listed, so adoption does not take it."""
+    make_vm(node, pve, running=False)
+    half = pve.add_vm(101, "", status="stopped", lock="clone", config={"lock": "clone"})
+    del half.config["name"]
+    assert [vm.id for vm in dp.stub.ListVMs(pb.ListVMsRequest(), timeout=30).vms] == ["100"]

@@ -15,10 +15,12 @@ its snapshots holds it, for ExportDisk to read a disk at a snapshot that
 only Proxmox can copy (:mod:`.sources`). It is named
 ``vmp-export-<vmid>-<snapshot>``, says what it is in its description, and
 once made carries only the tag :data:`TEMPORARY_TAG` (the clone copies the
-source's tags, the ownership tag among them): ListVMs never lists it
-(:func:`temporary`), so VirtRigaud's adoption does not take it, and Delete
-refuses it as someone else's. It is destroyed with purge however the
-export ends; when that fails, an error is logged with its VMID.
+source's tags, the ownership tag among them): ListVMs never lists it, by
+its tag or its name (:func:`temporary`), so VirtRigaud's adoption does not
+take it, and Delete refuses a retagged one as someone else's. It is destroyed with purge however the
+export ends; when that fails, an error is logged with its VMID, and the
+VM's next export through a temporary clone destroys it first, as it does
+the clones a killed provider left (:func:`_remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -44,11 +46,16 @@ log = logging.getLogger(__name__)
 TEMPORARY_TAG = "vmp-export"
 #: How a temporary clone's name starts.
 TEMPORARY_PREFIX = "vmp-export-"
+#: A temporary clone's name (``vmp-export-<vmid>-``), whatever its tags.
+TEMPORARY_NAME_RE = re.compile(rf"^{TEMPORARY_PREFIX}[0-9]+-")
+#: What a temporary clone's description says of it.
+MADE_FOR_EXPORT = "made by vm-provider for ExportDisk"
 #: What a full clone at a snapshot needs (qemu-server's clone_vm; the
 #: provider's settings need these for Clone and Delete already).
 CLONE_PRIVILEGES = (
     "VM.Clone and VM.Audit on /vms/{vmid}, VM.Allocate and VM.Config.Options on /vms (the new VMID: made, tagged,"
-    " destroyed), and Datastore.AllocateSpace on /storage/{storage}"
+    " destroyed), Datastore.AllocateSpace on /storage/{storage}, and SDN.Use on the bridges of the VM's NICs"
+    " (/sdn/zones/localnetwork/<bridge>; qemu-server checks them for a clone)"
 )
 
 
@@ -209,14 +216,11 @@ def from_template(cluster: Cluster, template: VmRef, plan_args: dict[str, Any]) 
 
 def temporary(cluster: Cluster, ref: VmRef) -> bool:
     """Whether a listed VM is a temporary clone: it carries
-    :data:`TEMPORARY_TAG`, this process is making it, or it is one being
-    made (its name, and the ``clone`` lock, while the tags are still the
-    source's)."""
-    return (
-        TEMPORARY_TAG in ref.tags
-        or ref.vmid in cluster.temporary
-        or (ref.lock == "clone" and ref.name.startswith(TEMPORARY_PREFIX))
-    )
+    :data:`TEMPORARY_TAG`, this process is making it, or it bears a
+    temporary clone's name (:data:`TEMPORARY_NAME_RE`): one still being
+    made, or one a provider killed while Proxmox copied could not retag,
+    whose tags are the source's, the ownership tag among them."""
+    return TEMPORARY_TAG in ref.tags or ref.vmid in cluster.temporary or bool(TEMPORARY_NAME_RE.match(ref.name))
 
 
 def temporary_name(vmid: int, snapshot: str) -> str:
@@ -231,13 +235,13 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
     node with its disks on ``storage`` (Proxmox copies every disk of the
     snapshot: the clone API has no choice of disks), stopped; yields its API
     path once the clone task has ended, and destroys it (purge) when the
-    block ends, however it ends. While a running source is copied, Proxmox
-    holds its config lock."""
+    block ends, however it ends. While the source is copied, Proxmox holds
+    a lock on its config: exclusive when it runs, shared when stopped."""
     client = cluster.client
+    _remove_leftovers(cluster, source)
     marker = newvm.Marker.new()
     description = (
-        f"Temporary full clone of VM {source.vmid} at snapshot {snapshot}, made by vm-provider for ExportDisk;"
-        f" destroyed when the export ends. {marker.description}"
+        f"{_temporary_of(source.vmid)} {snapshot}, {MADE_FOR_EXPORT}; destroyed when the export ends. {marker.description}"
     )
     params = {
         "name": temporary_name(source.vmid, snapshot),
@@ -260,6 +264,8 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
         cluster.temporary.difference_update(tried)  # nothing was made
         if isinstance(exc, PermissionDenied):
             raise _denied(exc, source, snapshot, storage) from None
+        if isinstance(exc, ProviderError):
+            _explain(exc, f"a temporary full clone of VM {source.vmid} at snapshot {snapshot!r} was refused", storage)
         raise
     cluster.temporary.difference_update(tried[:-1])  # the ids other clients took meanwhile
     cluster.remember(vmid, source.node)
@@ -271,10 +277,7 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
             tasks.wait(client, upid)
             copying = ""
         except ProviderError as exc:
-            exc.message = (
-                f"the temporary full clone {vmid} of VM {source.vmid} at snapshot {snapshot!r} failed"
-                f" (it copies every disk of the VM onto storage {storage!r}): {exc.message}"
-            )
+            _explain(exc, f"the temporary full clone {vmid} of VM {source.vmid} at snapshot {snapshot!r} failed", storage)
             raise
         try:  # its own tag only (not the source's ownership tag), and nothing that keeps it or starts it
             newvm.post_config(cluster, path, {"tags": TEMPORARY_TAG, "protection": 0, "onboot": 0})
@@ -285,6 +288,54 @@ def at_snapshot(cluster: Cluster, source: VmState, snapshot: str, storage: str) 
         _remove(cluster, source, vmid, copying=copying, marker=marker, name=str(params["name"]))
 
 
+def _temporary_of(vmid: int) -> str:
+    """How the description of a temporary clone of VM ``vmid`` begins."""
+    return f"Temporary full clone of VM {vmid} at snapshot"
+
+
+def _remove_leftovers(cluster: Cluster, source: VmState) -> None:
+    """Destroy the temporary clones of ``source`` an earlier export left:
+    its provider was killed, or their destroy failed. The caller holds the
+    VM's lock, so no other export of it makes one now. A leftover is named
+    ``vmp-export-<vmid>-...`` and its description says it is a temporary
+    clone of this VM (a VM that only bears such a name is left alone); one
+    still locked (Proxmox still copying it for a killed provider) is left
+    for the next export. A leftover never reset keeps the snapshot's
+    ``protection``, which is lifted first."""
+    prefix = f"{TEMPORARY_PREFIX}{source.vmid}-"
+    head = _temporary_of(source.vmid)
+
+    def leftover(config: dict[str, Any]) -> bool:
+        description = str(config.get("description", ""))
+        return description.startswith(head) and MADE_FOR_EXPORT in description
+
+    for ref in cluster.vms():
+        if ref.vmid in cluster.temporary or ref.lock or not ref.name.startswith(prefix):
+            continue
+        try:
+            config: dict[str, Any] = cluster.client.get(f"{ref.path}/config")
+        except NotFound:
+            continue
+        except ProviderError as exc:  # the export goes on; the next one tries again
+            log.warning("could not read VM %d (%s) to tell whether it is a leftover temporary clone: %s", ref.vmid, ref.name, exc)
+            continue
+        if not leftover(config):
+            continue
+        log.warning("VM %d: removing the temporary clone VM %d (%s) an earlier export left", source.vmid, ref.vmid, ref.name)
+        if str(config.get("protection", "0")) not in ("0", ""):  # the snapshot's, copied: it was never reset
+            try:
+                newvm.post_config(cluster, ref.path, {"protection": 0})
+            except ProviderError as exc:
+                log.warning("could not lift the protection of the temporary clone VM %d: %s", ref.vmid, exc)
+        if not newvm.discard(cluster, ref.vmid, ref.node, leftover):
+            log.error("the temporary clone VM %d (%s) an earlier export left could NOT be destroyed", ref.vmid, ref.name)
+
+
+def _explain(exc: ProviderError, what: str, storage: str) -> None:
+    """Say in ``exc`` that it is about the temporary clone, and what that copies."""
+    exc.message = f"{what} (it copies every disk of the VM onto storage {storage!r}): {exc.message}"
+
+
 def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str) -> PermissionDenied:
     needs = CLONE_PRIVILEGES.format(vmid=source.vmid, storage=storage)
     return PermissionDenied(f"a temporary full clone at snapshot {snapshot!r} needs {needs}: {exc.message}")
@@ -293,19 +344,22 @@ def _denied(exc: PermissionDenied, source: VmState, snapshot: str, storage: str)
 def _remove(cluster: Cluster, source: VmState, vmid: int, *, copying: str, marker: newvm.Marker, name: str) -> None:
     """Destroy a temporary clone, stopping its clone task (``copying``, the
     UPID of one not seen to end) first: qemu-server then removes what it
-    made. Never raises; a clone left behind is logged as an error, and this
-    process goes on hiding it."""
+    made. Never raises; a clone left behind is logged as an error (its tag
+    or name hides it from ListVMs, and the VM's next export through a
+    temporary clone destroys it: :func:`_remove_leftovers`)."""
     try:
         if copying:
             tasks.stop(cluster.client, copying)
     except ProviderError as exc:
         log.warning("the clone task %s of temporary clone VM %d could not be stopped: %s", copying, vmid, exc)
-    if newvm.discard(cluster, vmid, source.node, marker):
-        cluster.temporary.discard(vmid)
+    gone = newvm.discard(cluster, vmid, source.node, marker.on)
+    cluster.temporary.discard(vmid)  # no longer being made: a leftover for the next export
+    if gone:
         log.info("VM %d: temporary clone %d (%s) destroyed", source.vmid, vmid, name)
         return
     log.error(
-        "the temporary clone VM %d (%s) of VM %d on node %s was NOT destroyed: destroy it by hand (qm destroy %d --purge)",
+        "the temporary clone VM %d (%s) of VM %d on node %s was NOT destroyed: destroy it by hand (qm destroy %d --purge);"
+        " the VM's next export through a temporary clone tries again",
         vmid,
         name,
         source.vmid,

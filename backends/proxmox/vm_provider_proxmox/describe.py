@@ -2,9 +2,10 @@
 
 ListVMs is ONE request at any VM count (``/cluster/resources?type=vm``
 carries name, status, CPUs, memory, boot disk size, tags and node); it
-reports every VM but templates and ExportDisk's temporary clones
-(:func:`.cloning.temporary`; only those with the ownership tag when
-``list_all`` is false), ``managed`` saying which carry the tag. That
+reports every VM but templates, ExportDisk's temporary clones
+(:func:`.cloning.temporary`) and clones still copying their first disk
+(nameless, locked ``clone``), only those with the ownership tag when
+``list_all`` is false, ``managed`` saying which carry the tag. That
 answer's status is QEMU's run state (a paused VM is Suspended) as pvestatd
 last reported it, up to 10 s ago: a VM made since is listed Unknown and
 without a name until then (pve-manager PVE/API2Tools.pm:81-114). Only the
@@ -172,11 +173,19 @@ def _boot_disk(cluster: Cluster, ref: VmRef) -> list[Disk]:
     return [Disk(id=cluster.boot_disks.get(ref.vmid, ""), size_gib=size // GIB)]
 
 
+def _half_made(ref: VmRef) -> bool:
+    """A clone Proxmox is still copying the first disk of: its config holds
+    only ``lock: clone`` until then (qemu-server's ``clone_vm``), so neither
+    its name nor its tags say whose it is or what (ExportDisk's temporary
+    clone, say). Adoption must not take it."""
+    return ref.lock == "clone" and not ref.name
+
+
 def list_vms(cluster: Cluster) -> list[VMInfo]:
     out = []
     for ref in cluster.vms():
         managed = cluster.owned(ref)
-        if ref.template or temporary(cluster, ref) or not (cluster.settings.list_all or managed):
+        if ref.template or temporary(cluster, ref) or _half_made(ref) or not (cluster.settings.list_all or managed):
             continue
         e = ref.entry
         raw = {

@@ -185,10 +185,11 @@ def _claimed(cluster: Cluster, vmid: int, upid: str) -> None:
         attempt += 1
 
 
-def discard(cluster: Cluster, vmid: int, node: str, marker: Marker) -> bool:
-    """Destroy a half-made VM, if it is this call's (best effort, errors
-    only logged): a VMID that belongs to another VM is never touched.
-    False when this call's VM is still there."""
+def discard(cluster: Cluster, vmid: int, node: str, mine: Callable[[dict[str, Any]], bool]) -> bool:
+    """Destroy a half-made VM, if it is the caller's (``mine`` of its
+    config: a :class:`Marker`'s ``on``; best effort, errors only logged): a
+    VMID that belongs to another VM is never touched. False when the
+    caller's VM is still there."""
     path = cluster.vm_path(vmid, node)
     client = cluster.client
     try:
@@ -198,7 +199,7 @@ def discard(cluster: Cluster, vmid: int, node: str, marker: Marker) -> bool:
             ref = cluster.find(str(vmid))  # it moved (a clone to another node): where it is now
             path = ref.path
             config = client.get(f"{path}/config")
-        if not marker.on(config):
+        if not mine(config):
             log.warning("VMID %d does not hold the VM this call made (another client has it); left alone", vmid)
             return True
         status = client.get(f"{path}/status/current")
@@ -231,7 +232,7 @@ def finish(
             for step in steps:
                 step(path)
         except ProviderError as exc:
-            discard(cluster, vmid, node, marker)
+            discard(cluster, vmid, node, marker.on)
             cloudinit.remove_files(files)
             if not made and lost_race(exc, vmid):
                 raise Aborted(f"VMID {vmid} was taken by another client meanwhile; nothing was made, create it again") from exc
