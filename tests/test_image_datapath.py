@@ -104,11 +104,8 @@ def start() -> Iterator[Containers]:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[PveNode]:
     n = PveNode(tmp_path / "node")
-    n.start()
-    try:
+    with n.running():
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,9 @@ The API (fakepve) knows nothing of these files.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,15 @@ class PveNode:
 
     def stop(self) -> None:
         self.sshd.stop()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[PveNode]:
+        """The node's sshd started for the block, stopped after it."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def settings(self, known_hosts: Path | None = None, key: Path | None = None) -> dict[str, Any]:
         return {

@@ -33,11 +33,8 @@ MiB = 1 << 20
 def node(tmp_path: Path) -> Iterator[PveNode]:
     skip_without_sshd()
     n = PveNode(tmp_path / "node")
-    n.start()
-    try:
+    with n.running():
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture

@@ -77,11 +77,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
     files = {name: n.tmp.parent / f"curl.{name}" for name in ("log", "fail", "slow")}
     curl.write_text(WRAPPER % {**files, "curl": real})
     curl.chmod(0o755)
-    n.start()
-    try:
+    with n.running():
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture

@@ -123,11 +123,8 @@ def node(tmp_path: Path) -> Iterator[PveNode]:
     skip_without_sshd()
     n = PveNode(tmp_path / "node", thin={STORAGE: VG})
     n.device(VG).mkdir(parents=True)
-    n.start()
-    try:
+    with n.running():
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture
