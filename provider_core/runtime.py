@@ -411,9 +411,7 @@ class Runtime:
         # Claiming the id and storing the task's record await the store: a
         # caller that goes away meanwhile leaves them to finish, or the work
         # would never run and the VM stay locked.
-        tracking = asyncio.ensure_future(
-            self._claim_and_track(op, keys, outcome, held, missing_ok=missing_ok, made=made, new_key=new_key)
-        )
+        tracking = self._claim_and_track(op, keys, outcome, held, missing_ok=missing_ok, made=made, new_key=new_key)
         try:
             task_id, job = await asyncio.shield(tracking)
         except asyncio.CancelledError:
@@ -437,16 +435,7 @@ class Runtime:
         if held.shared is not None:
             await held.shared.release()
 
-    async def _claim(self, held: Held, made: str | None, new_key: str | None) -> None:
-        """Lock a new VM's id as its name is locked, while its work runs: in
-        this process by alias, across processes by holding it too."""
-        if made is None or new_key is None:
-            return
-        self._locks.alias(made, new_key)
-        if held.shared is not None and made != new_key:
-            await held.shared.add(made)
-
-    async def _claim_and_track(
+    def _claim_and_track(
         self,
         op: Operation,
         keys: list[str],
@@ -456,13 +445,26 @@ class Runtime:
         missing_ok: bool,
         made: str | None,
         new_key: str | None,
+    ) -> asyncio.Future[tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]]:
+        """Lock a new VM's id as its name is locked, while its work runs:
+        in this process by alias, at once (a call naming the id next waits
+        for the work), across processes by holding it too; then run the
+        work as a task (:meth:`_track`). The future of the latter."""
+        if made is not None and new_key is not None:
+            self._locks.alias(made, new_key)
+        return asyncio.ensure_future(
+            self._share_and_track(op, keys, outcome, held, missing_ok=missing_ok, shared=made if made != new_key else None)
+        )
+
+    async def _share_and_track(
+        self, op: Operation, keys: list[str], outcome: Outcome[T], held: Held, *, missing_ok: bool, shared: str | None
     ) -> tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]:
-        """The id's claim (:meth:`_claim`), then the work's task (:meth:`_track`)."""
-        try:
-            await self._claim(held, made, new_key)
-        except BaseException:
-            await self._release(held)  # no work runs to let the VM go
-            raise
+        if shared is not None and held.shared is not None:
+            try:
+                await held.shared.add(shared)
+            except BaseException:
+                await self._release(held)  # no work runs to let the VM go
+                raise
         return await self._track(op, keys, outcome, held, missing_ok)
 
     async def _track(
