@@ -95,6 +95,14 @@ class _Users(Generic[L]):
         return self._locks[key][1] if key in self._locks else 0
 
 
+def _unheard(done: asyncio.Future[Any]) -> None:
+    """Take the outcome of work whose caller went away (nobody else will):
+    an Unavailable store is already reported by the task's own end."""
+    exc = None if done.cancelled() else done.exception()
+    if exc is not None and not isinstance(exc, Unavailable):
+        log.warning("a call whose caller went away failed after its backend call: %s", exc)
+
+
 class KeyedLocks:
     """asyncio locks by key, created on demand and dropped when unused.
 
@@ -210,7 +218,7 @@ class Runtime:
         self.manage_foreign_vms = manage_foreign_vms
         self.connected = False
         self._on_health: list[Callable[[bool], None]] = []
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[Any]] = set()
         self.store.on_health(lambda _: self._tell_health())
         self.store.on_lock_lost(self.metrics.lock_lost)
 
@@ -400,8 +408,17 @@ class Runtime:
         if outcome.work is None:
             await self._release(held)
             return outcome.value, outcome.native_task
-        await self._claim(held, made, new_key)
-        task_id, job = await self._track(op, keys, outcome, held, missing_ok)
+        # Claiming the id and storing the task's record await the store: a
+        # caller that goes away meanwhile leaves them to finish, or the work
+        # would never run and the VM stay locked.
+        tracking = self._claim_and_track(op, keys, outcome, held, missing_ok=missing_ok, made=made, new_key=new_key)
+        try:
+            task_id, job = await asyncio.shield(tracking)
+        except asyncio.CancelledError:
+            self._settling.add(tracking)
+            tracking.add_done_callback(_unheard)
+            tracking.add_done_callback(self._settling.discard)
+            raise
         if wait:
             budget = None if timeout is None else timeout - 2.0
             if budget is None or budget > 0:
@@ -418,14 +435,37 @@ class Runtime:
         if held.shared is not None:
             await held.shared.release()
 
-    async def _claim(self, held: Held, made: str | None, new_key: str | None) -> None:
-        """Lock a new VM's id as its name is locked, while its work runs: in
-        this process by alias, across processes by holding it too."""
-        if made is None or new_key is None:
-            return
-        self._locks.alias(made, new_key)
-        if held.shared is not None and made != new_key:
-            await held.shared.add(made)
+    def _claim_and_track(
+        self,
+        op: Operation,
+        keys: list[str],
+        outcome: Outcome[T],
+        held: Held,
+        *,
+        missing_ok: bool,
+        made: str | None,
+        new_key: str | None,
+    ) -> asyncio.Future[tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]]:
+        """Lock a new VM's id as its name is locked, while its work runs:
+        in this process by alias, at once (a call naming the id next waits
+        for the work), across processes by holding it too; then run the
+        work as a task (:meth:`_track`). The future of the latter."""
+        if made is not None and new_key is not None:
+            self._locks.alias(made, new_key)
+        return asyncio.ensure_future(
+            self._share_and_track(op, keys, outcome, held, missing_ok=missing_ok, shared=made if made != new_key else None)
+        )
+
+    async def _share_and_track(
+        self, op: Operation, keys: list[str], outcome: Outcome[T], held: Held, *, missing_ok: bool, shared: str | None
+    ) -> tuple[str, asyncio.Task[tuple[T, ProviderError | None]]]:
+        if shared is not None and held.shared is not None:
+            try:
+                await held.shared.add(shared)
+            except BaseException:
+                await self._release(held)  # no work runs to let the VM go
+                raise
+        return await self._track(op, keys, outcome, held, missing_ok)
 
     async def _track(
         self, op: Operation, keys: list[str], outcome: Outcome[T], held: Held, missing_ok: bool
@@ -476,9 +516,8 @@ class Runtime:
             await self._release(held)
             return
         outcome, made = call.result()
-        await self._claim(held, made, new_key)
         with contextlib.suppress(Unavailable):  # nobody waits for the answer
-            await self._track(op, keys, outcome, held, missing_ok)
+            await self._claim_and_track(op, keys, outcome, held, missing_ok=missing_ok, made=made, new_key=new_key)
 
     async def _background(
         self, task_id: str, op: Operation, outcome: Outcome[T], held: Held, *, subject: str, missing_ok: bool

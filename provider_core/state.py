@@ -21,14 +21,18 @@ takes the same keys across processes, where a store shares them.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from .errors import Unavailable
 from .models import TaskState
 from .tasks import TaskRegistry
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Hold:
@@ -136,14 +140,23 @@ class LocalStore(StateStore):
         self._thread.shutdown()
 
     async def start(self, kind: str, subject: str, hold: Hold | None = None) -> str:
-        return await self._thread.run(self.registry.start, kind, subject)
+        return await self._thread.run(self._records, self.registry.start, kind, subject)
 
     async def finish(self, task_id: str, error: str = "", *, kind: str = "", subject: str = "", hold: Hold | None = None) -> str:
-        await self._thread.run(self.registry.finish, task_id, error)
+        await self._thread.run(self._records, self.registry.finish, task_id, error)
         return error
 
     async def get(self, task_id: str) -> TaskState | None:
-        return await self._thread.run(self.registry.get, task_id)
+        return await self._thread.run(self._records, self.registry.get, task_id)
+
+    def _records(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the records; SQLite refusing it (its write lock
+        held past the busy timeout, a full disk) is Unavailable: the caller
+        retries, and a task's work runs all the same (its end is recorded)."""
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the task records cannot be written or read ({exc}); retry") from None
 
 
 __all__ = ["Hold", "LocalStore", "StateStore"]

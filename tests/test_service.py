@@ -277,3 +277,28 @@ def test_list_vms_is_answered_in_full_and_converted_off_the_event_loop(harness: 
     threads = set().union(*(raw.threads for raw in raws))
     assert threads, "the answer was not built from the backend's VMs"
     assert all(name.startswith("memory-call-") for name in threads), threads  # the core's call workers, not the loop's thread
+
+
+def test_list_vms_of_no_vms_is_an_empty_answer(memory: ProviderHarness) -> None:
+    assert memory.stub.ListVMs(pb.ListVMsRequest(), timeout=10) == pb.ListVMsResponse()
+
+
+def test_a_listed_vm_that_cannot_be_converted_is_answered_through_the_error_table(
+    harness: Callable[..., ProviderHarness],
+) -> None:
+    """A VM the backend lists wrongly (a field protobuf refuses), met after
+    others were converted: INTERNAL with a reference, no traceback, never
+    UNKNOWN, and the next call is served."""
+
+    class Broken(MemoryBackend):
+        def list_vms(self) -> list[VMInfo]:
+            good = [VMInfo.model_construct(id=f"id-{n}", name=f"vm-{n}", power_state=PowerState.ON, raw={}) for n in range(3)]
+            return [*good, VMInfo.model_construct(id="id-bad", name=7, power_state=PowerState.ON, raw={})]
+
+    h = harness(backend=Broken(MemorySettings()))
+    with pytest.raises(grpc.RpcError) as info:
+        h.stub.ListVMs(pb.ListVMsRequest(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "internal error (ref " in (info.value.details() or "")
+    assert "Traceback" not in (info.value.details() or "")
+    assert h.stub.Describe(pb.DescribeRequest(id="vm-0"), timeout=5).power_state == "Off"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from provider_core.models import TaskState
@@ -99,3 +100,51 @@ def test_calls_are_served_while_a_task_record_waits(harness: Harness, tmp_path: 
     task = creating.result().task
     h.wait(task)
     assert h.stub.TaskStatus(pb.TaskStatusRequest(task=task), timeout=5) == pb.TaskStatusResponse(done=True)
+
+
+@pytest.mark.needs_test_plugins
+def test_a_caller_gone_while_the_record_waits_leaves_the_vm_unlocked(
+    harness: Harness, tmp_path: Path, writer_lock: sqlite3.Connection
+) -> None:
+    """A caller whose deadline passes while its task's record waits for the
+    write lock: the record is still written, the work still runs, and the
+    VM's lock is let go when it ends (the next call on the VM is served)."""
+    h = harness("memory", {"background": True}, state_dir=tmp_path)
+    h.wait(h.stub.Create(pb.CreateRequest(name="first")).task)  # the file exists, the store has written
+    writer_lock.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(grpc.RpcError) as gone:
+            h.stub.Create(pb.CreateRequest(name="second"), timeout=1)
+        assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        writer_lock.rollback()
+    deadline = time.monotonic() + 10
+    while not h.stub.Describe(pb.DescribeRequest(id="second"), timeout=5).exists and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.stub.Describe(pb.DescribeRequest(id="second"), timeout=5).exists, "the work of the caller gone never ran"
+    h.wait(h.stub.Delete(pb.DeleteRequest(id="second"), timeout=10).task)
+    assert not h.stub.Describe(pb.DescribeRequest(id="second"), timeout=5).exists
+
+
+@pytest.mark.needs_test_plugins
+def test_a_record_refused_by_sqlite_is_unavailable_and_leaves_the_vm_unlocked(
+    harness: Harness, tmp_path: Path, writer_lock: sqlite3.Connection
+) -> None:
+    """The write lock held past SQLite's busy timeout (5 s): the caller
+    hears UNAVAILABLE, the work runs all the same, and the VM is let go."""
+    h = harness("memory", {"background": True}, state_dir=tmp_path)
+    h.wait(h.stub.Create(pb.CreateRequest(name="first")).task)
+    writer_lock.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            h.stub.Create(pb.CreateRequest(name="second"), timeout=30)
+    finally:
+        writer_lock.rollback()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+    assert "task records" in (refused.value.details() or "")
+    deadline = time.monotonic() + 10
+    while not h.stub.Describe(pb.DescribeRequest(id="second"), timeout=5).exists and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.stub.Describe(pb.DescribeRequest(id="second"), timeout=5).exists, "the work never ran"
+    h.wait(h.stub.Delete(pb.DeleteRequest(id="second"), timeout=10).task)
+    assert not h.stub.Describe(pb.DescribeRequest(id="second"), timeout=5).exists
